@@ -16,6 +16,8 @@ Checks, for xstest_like.jsonl and orbench_like.jsonl:
   * provenance is "curated-v1";
   * per-type / per-category minimum counts;
   * text hygiene: 6-40 words, no leading numbering or prefixes, no web host names;
+  * the per-type / per-category count tables in datasets/curated/README.md
+    (when present) match the files;
   * opening variety: no single first word opens more than 40% of a file's
     prompts, and no two-word opening more than 20%;
   * near-duplicates: normalised lowercase word 3-gram Jaccard > 0.6 between any
@@ -263,6 +265,27 @@ def main() -> int:
             errors.append(f"orbench_like.jsonl: category {t}: {ob_count[t]} prompts < {OB_MIN_PER_TYPE}")
     if len(ob) < OB_MIN_TOTAL:
         errors.append(f"orbench_like.jsonl: {len(ob)} prompts < {OB_MIN_TOTAL}")
+
+    # the README's count tables must match the files
+    readme = args.root / "README.md"
+    if readme.is_file():
+        row = re.compile(r"^\|\s*`(?P<t>[a-z_-]+)`\s*\|\s*(?P<a>\d+)\s*\|(?:\s*(?P<b>\d+)\s*\|)?\s*$")
+        seen_rows = 0
+        for line in readme.read_text(encoding="utf-8").splitlines():
+            m = row.match(line)
+            if not m:
+                continue
+            t, a, b = m["t"], int(m["a"]), m["b"]
+            if b is not None and t in XS_TYPES:
+                seen_rows += 1
+                if (a, int(b)) != (xs_safe[t], xs_unsafe[t]):
+                    errors.append(f"README.md: {t} listed as {a}/{b}, files have {xs_safe[t]}/{xs_unsafe[t]}")
+            elif b is None and t in OB_TYPES:
+                seen_rows += 1
+                if a != ob_count[t]:
+                    errors.append(f"README.md: {t} listed as {a}, file has {ob_count[t]}")
+        if seen_rows != len(XS_TYPES) + len(OB_TYPES):
+            errors.append(f"README.md: found {seen_rows} count rows, expected {len(XS_TYPES) + len(OB_TYPES)}")
 
     # opening variety, per file and per kind within xstest_like
     openings = {
