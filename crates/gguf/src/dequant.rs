@@ -65,7 +65,7 @@ pub(crate) fn dequantize_ctx(
     let blocks = bytes.chunks_exact(ts).zip(out.chunks_exact_mut(bs));
     match ty {
         GgmlType::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes(arr(b))),
-        GgmlType::F16 => blocks.for_each(|(b, y)| y[0] = f16_at(b, 0)),
+        GgmlType::F16 => f16_slice(bytes, out),
         GgmlType::BF16 => blocks
             .for_each(|(b, y)| y[0] = f32::from_bits(u32::from(u16::from_le_bytes(arr(b))) << 16)),
         GgmlType::F64 => blocks.for_each(|(b, y)| y[0] = f64::from_le_bytes(arr(b)) as f32),
@@ -103,9 +103,39 @@ fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
     b[..N].try_into().expect("slice length checked by caller")
 }
 
+/// Exact IEEE half -> single conversion, inlined into the block loops. (`half::f16::to_f32`
+/// checks CPU features on every call, which costs more than the conversion itself.)
+#[inline(always)]
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h & 0x8000) << 16;
+    let exp = u32::from((h >> 10) & 0x1F);
+    let man = u32::from(h & 0x3FF);
+    if exp == 0 {
+        // Zero or subnormal: man * 2^-24, exact in f32.
+        let v = man as f32 * (1.0 / 16_777_216.0);
+        return f32::from_bits(v.to_bits() | sign);
+    }
+    let exp = if exp == 31 { 255 } else { exp + 112 };
+    f32::from_bits(sign | (exp << 23) | (man << 13))
+}
+
 #[inline(always)]
 fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// Whole F16 tensors go through half's slice conversion, which uses F16C when the CPU has it.
+fn f16_slice(bytes: &[u8], out: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    const CHUNK: usize = 1024;
+    let mut buf = [f16::ZERO; CHUNK];
+    for (src, dst) in bytes.chunks(2 * CHUNK).zip(out.chunks_mut(CHUNK)) {
+        let halves = &mut buf[..dst.len()];
+        for (h, c) in halves.iter_mut().zip(src.chunks_exact(2)) {
+            *h = f16::from_bits(u16::from_le_bytes([c[0], c[1]]));
+        }
+        halves.convert_to_f32_slice(dst);
+    }
 }
 
 /// `block_q4_0 { half d; u8 qs[16]; }`: element `i` is nibble `i % 16` of `qs`, low nibbles
@@ -139,15 +169,23 @@ fn q4_1(b: &[u8], y: &mut [f32]) {
 #[inline(always)]
 fn q5_0(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
-    let qh = u32::from_le_bytes(arr(&b[2..6]));
+    let hb = high_bits(u32::from_le_bytes(arr(&b[2..6])));
     let qs = &b[6..22];
     let (lo, hi) = y.split_at_mut(16);
     for i in 0..16 {
-        let h0 = ((qh >> i) & 1) as u8;
-        let h1 = ((qh >> (i + 16)) & 1) as u8;
-        lo[i] = d * (((qs[i] & 0x0F) | (h0 << 4)) as i32 - 16) as f32;
-        hi[i] = d * (((qs[i] >> 4) | (h1 << 4)) as i32 - 16) as f32;
+        lo[i] = d * (((qs[i] & 0x0F) | hb[i]) as i32 - 16) as f32;
+        hi[i] = d * (((qs[i] >> 4) | hb[i + 16]) as i32 - 16) as f32;
     }
+}
+
+/// Bit `i` of `qh`, moved to bit 4 of byte `i` (the fifth bit of element `i`).
+#[inline(always)]
+fn high_bits(qh: u32) -> [u8; 32] {
+    let mut hb = [0u8; 32];
+    for (i, v) in hb.iter_mut().enumerate() {
+        *v = (((qh >> i) & 1) << 4) as u8;
+    }
+    hb
 }
 
 /// `block_q5_1 { half d; half m; u8 qh[4]; u8 qs[16]; }`: value `d * q + m`.
@@ -155,14 +193,12 @@ fn q5_0(b: &[u8], y: &mut [f32]) {
 fn q5_1(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let m = f16_at(b, 2);
-    let qh = u32::from_le_bytes(arr(&b[4..8]));
+    let hb = high_bits(u32::from_le_bytes(arr(&b[4..8])));
     let qs = &b[8..24];
     let (lo, hi) = y.split_at_mut(16);
     for i in 0..16 {
-        let h0 = ((qh >> i) & 1) as u8;
-        let h1 = ((qh >> (i + 16)) & 1) as u8;
-        lo[i] = d * ((qs[i] & 0x0F) | (h0 << 4)) as f32 + m;
-        hi[i] = d * ((qs[i] >> 4) | (h1 << 4)) as f32 + m;
+        lo[i] = d * ((qs[i] & 0x0F) | hb[i]) as f32 + m;
+        hi[i] = d * ((qs[i] >> 4) | hb[i + 16]) as f32 + m;
     }
 }
 
@@ -280,25 +316,30 @@ fn q5_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// `block_q6_K { u8 ql[128]; u8 qh[64]; i8 scales[16]; half d; }`. In each 128-element half
-/// `h`, element `r` takes nibble `r / 64` of `ql[64h + r % 64]` and bits `2 * (r / 32)` of
-/// `qh[32h + r % 32]`; value `d*scales[e / 16] * (q - 32)`.
+/// `h`, element `32k + l` (k < 4, l < 32) takes nibble `k / 2` of `ql[64h + 32(k % 2) + l]` and
+/// bits `2k` of `qh[32h + l]`; value `d*scales[e / 16] * (q - 32)`. (ggml's loop shape, which
+/// reads each `ql`/`qh` byte once.)
 #[inline(always)]
 fn q6_k(b: &[u8], y: &mut [f32]) {
-    let ql = &b[0..128];
-    let qh = &b[128..192];
-    let scales = &b[192..208];
     let d = f16_at(b, 208);
-    for (g, yg) in y.chunks_exact_mut(16).enumerate() {
-        let dl = d * (scales[g] as i8) as f32;
-        let e0 = 16 * g;
-        let (h, r0) = (e0 / 128, e0 % 128);
-        let lshift = 4 * (r0 / 64);
-        let hshift = 2 * (r0 / 32);
-        let l = &ql[64 * h + r0 % 64..64 * h + r0 % 64 + 16];
-        let hh = &qh[32 * h + r0 % 32..32 * h + r0 % 32 + 16];
-        for ((v, &lb), &hb) in yg.iter_mut().zip(l).zip(hh) {
-            let q = ((lb >> lshift) & 0x0F) | (((hb >> hshift) & 3) << 4);
-            *v = dl * (q as i32 - 32) as f32;
+    let mut dl = [0f32; 16];
+    for (v, &s) in dl.iter_mut().zip(&b[192..208]) {
+        *v = d * (s as i8) as f32;
+    }
+    for h in 0..2 {
+        let ql: &[u8; 64] = b[64 * h..64 * h + 64].try_into().unwrap();
+        let qh: &[u8; 32] = b[128 + 32 * h..160 + 32 * h].try_into().unwrap();
+        let yh: &mut [f32; 128] = (&mut y[128 * h..128 * h + 128]).try_into().unwrap();
+        for part in 0..2 {
+            let g = 8 * h + part;
+            let (s0, s1, s2, s3) = (dl[g], dl[g + 2], dl[g + 4], dl[g + 6]);
+            for l in 16 * part..16 * part + 16 {
+                let (a, c, hb) = (ql[l], ql[l + 32], qh[l]);
+                yh[l] = s0 * (((a & 0x0F) | ((hb & 3) << 4)) as i32 - 32) as f32;
+                yh[l + 32] = s1 * (((c & 0x0F) | (((hb >> 2) & 3) << 4)) as i32 - 32) as f32;
+                yh[l + 64] = s2 * (((a >> 4) | (((hb >> 4) & 3) << 4)) as i32 - 32) as f32;
+                yh[l + 96] = s3 * (((c >> 4) | (((hb >> 6) & 3) << 4)) as i32 - 32) as f32;
+            }
         }
     }
 }
