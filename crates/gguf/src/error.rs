@@ -39,9 +39,10 @@ pub enum GgufError {
     )]
     UnsupportedVersion { version: u32, file: PathBuf },
 
-    /// The file ends before `what`, which starts at byte `offset`.
+    /// `what`, starting at byte `offset`, does not fit in the file.
     #[error(
-        "{}: file is truncated: it ends before {what} (at byte offset {offset})",
+        "{}: file is truncated: {what}, starting at byte offset {offset}, runs past the end \
+         of the file",
         file.display()
     )]
     Truncated {

@@ -703,8 +703,9 @@ impl<'a> Parser<'a, '_> {
                 (start, _) => {
                     return Err(GgufError::Truncated {
                         what: format!(
-                            "the data of tensor '{}' ({n_bytes} bytes of {}, {})",
-                            t.name, t.ggml_type, "ending past the end of the file"
+                            "the data of tensor '{}' ({n_bytes} bytes of {}; the file has \
+                             {file_len} bytes)",
+                            t.name, t.ggml_type
                         ),
                         offset: start.unwrap_or(u64::MAX),
                         file: self.file.to_owned(),
