@@ -1,0 +1,86 @@
+//! Chat formatting by rendering the model's own Jinja template, never a re-typed copy.
+
+use minijinja::{Environment, Error, ErrorKind, Value, context};
+use serde::{Deserialize, Serialize};
+
+use crate::{LmError, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn user(s: impl Into<String>) -> Self {
+        Self {
+            role: "user".into(),
+            content: s.into(),
+        }
+    }
+    pub fn system(s: impl Into<String>) -> Self {
+        Self {
+            role: "system".into(),
+            content: s.into(),
+        }
+    }
+    pub fn assistant(s: impl Into<String>) -> Self {
+        Self {
+            role: "assistant".into(),
+            content: s.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatTemplate {
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+impl ChatTemplate {
+    /// Renders like transformers' `apply_chat_template(tokenize=False)`; `prefill` is appended
+    /// after the generation prompt so the assistant turn starts with it (prefilling attacks,
+    /// forced harmful prefixes).
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        prefill: Option<&str>,
+    ) -> Result<String> {
+        let mut env = Environment::new();
+        // Same Jinja settings as transformers.
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .expect("static syntax config"),
+        );
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", |_fmt: String| -> String {
+            "26 Jul 2024".to_string()
+        });
+        env.add_template("chat", &self.source)
+            .map_err(|e| LmError::Template(format!("parsing chat template: {e:#}")))?;
+        let tmpl = env.get_template("chat").expect("just added");
+        let mut out = tmpl
+            .render(context! {
+                messages => Value::from(minijinja::value::Serde(messages)),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })
+            .map_err(|e| LmError::Template(format!("rendering chat template: {e:#}")))?;
+        if let Some(p) = prefill {
+            out.push_str(p);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,175 @@
+//! Batched generation with a KV cache: left-padded prompts, greedy or temperature/top-p
+//! sampling, stopping per row on an end-of-turn token or the token budget.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ForwardOptions, KvCache, Logits, TokenBatch};
+use crate::{LanguageModel, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateConfig {
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    #[serde(default)]
+    pub temperature: f64,
+    #[serde(default = "default_top_p")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// Generate through the LoRA adapter if the model has one.
+    #[serde(default = "yes")]
+    pub adapter: bool,
+}
+
+fn default_max_new() -> usize {
+    64
+}
+fn default_top_p() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: default_max_new(),
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            adapter: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    EndOfTurn,
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// New tokens, without the stop token.
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: Finish,
+}
+
+fn pick(row: &[f32], cfg: &GenerateConfig, rng: &mut ChaCha8Rng) -> u32 {
+    if cfg.temperature <= 0.0 {
+        let mut best = 0usize;
+        for (i, &v) in row.iter().enumerate() {
+            if v > row[best] {
+                best = i;
+            }
+        }
+        return best as u32;
+    }
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut probs: Vec<(usize, f64)> = row
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i, ((v as f64 - max) / cfg.temperature).exp()))
+        .collect();
+    let z: f64 = probs.iter().map(|p| p.1).sum();
+    probs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
+    let mut kept = Vec::new();
+    let mut acc = 0.0;
+    for (i, p) in probs {
+        let p = p / z;
+        kept.push((i, p));
+        acc += p;
+        if acc >= cfg.top_p {
+            break;
+        }
+    }
+    let total: f64 = kept.iter().map(|k| k.1).sum();
+    let mut u = rng.random::<f64>() * total;
+    for (i, p) in &kept {
+        if u < *p {
+            return *i as u32;
+        }
+        u -= p;
+    }
+    kept.last().map(|k| k.0 as u32).unwrap_or(0)
+}
+
+/// Generates for a batch of tokenised prompts.
+pub fn generate(
+    model: &LanguageModel,
+    prompts: &[Vec<u32>],
+    cfg: &GenerateConfig,
+) -> Result<Vec<Generation>> {
+    let b = prompts.len();
+    if b == 0 {
+        return Ok(vec![]);
+    }
+    let stops = &model.config.eos_token_ids;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut cache = KvCache::default();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut finish: Vec<Option<Finish>> = vec![None; b];
+    let opts = ForwardOptions {
+        hidden: false,
+        num_layers: None,
+        logits: Logits::Last,
+        adapter: cfg.adapter,
+        train: false,
+    };
+    let mut batch = TokenBatch::left_padded(prompts, model.pad_id);
+    let vocab = model.config.vocab_size;
+    for _step in 0..cfg.max_new_tokens {
+        let o = model.net.forward(&batch, Some(&mut cache), opts);
+        let logits = o.logits.expect("logits requested");
+        let data = logits
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .expect("f32 logits");
+        let mut next = Vec::with_capacity(b);
+        let mut mask = Vec::with_capacity(b);
+        for row in 0..b {
+            if finish[row].is_some() {
+                next.push(model.pad_id);
+                mask.push(false);
+                continue;
+            }
+            let tok = pick(&data[row * vocab..(row + 1) * vocab], cfg, &mut rng);
+            if stops.contains(&tok) {
+                finish[row] = Some(Finish::EndOfTurn);
+                next.push(model.pad_id);
+                mask.push(false);
+            } else {
+                out[row].push(tok);
+                next.push(tok);
+                mask.push(true);
+            }
+        }
+        if finish.iter().all(|f| f.is_some()) {
+            break;
+        }
+        batch = TokenBatch {
+            ids: next,
+            mask,
+            batch: b,
+            seq: 1,
+        };
+    }
+    out.into_iter()
+        .zip(finish)
+        .map(|(tokens, f)| {
+            let text = model.decode(&tokens, true)?;
+            Ok(Generation {
+                tokens,
+                text,
+                finish: f.unwrap_or(Finish::Length),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,281 @@
+//! LoRA adapters kept beside frozen base weights, switchable per forward.
+//!
+//! burn 0.22 ships a LoRA reparameterizer, but it folds the adapter into the weight, so the
+//! "original model" forward that representation losses need would require a second copy of
+//! the network. Here each projection holds its own low-rank pair and the forward decides
+//! whether to add it: the same weights serve h_lora and h_orig.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::tensor::module::linear;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::{LmError, Result};
+
+/// The seven projections of a Llama-family block, named as PEFT names them.
+pub const ALL_MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+#[derive(Module, Debug)]
+pub struct LoraLinear {
+    /// `[in, out]`, frozen.
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    /// `[in, r]`; PEFT's `lora_A.weight` transposed.
+    pub lora_a: Option<Param<Tensor<2>>>,
+    /// `[r, out]`; PEFT's `lora_B.weight` transposed.
+    pub lora_b: Option<Param<Tensor<2>>>,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+impl LoraLinear {
+    pub fn frozen(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        Self {
+            weight: Param::from_tensor(weight).set_require_grad(false),
+            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+            lora_a: None,
+            lora_b: None,
+            scale: 0.0,
+            dropout: 0.0,
+        }
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.weight.val().dims()[0]
+    }
+    pub fn d_out(&self) -> usize {
+        self.weight.val().dims()[1]
+    }
+
+    /// `adapter`: add the low-rank update; `train`: apply LoRA dropout on its input.
+    pub fn forward(&self, x: Tensor<3>, adapter: bool, train: bool) -> Tensor<3> {
+        let y = linear(
+            x.clone(),
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+        );
+        match (&self.lora_a, &self.lora_b) {
+            (Some(a), Some(b)) if adapter => {
+                let x = if train && self.dropout > 0.0 {
+                    let keep = 1.0 - self.dropout;
+                    let m = x.random_like(Distribution::Bernoulli(keep));
+                    x * m / keep
+                } else {
+                    x
+                };
+                let d = linear(linear(x, a.val(), None), b.val(), None);
+                y + d * self.scale
+            }
+            _ => y,
+        }
+    }
+
+    /// W + scale * A B, folded into the frozen weight; the adapter is removed.
+    pub fn merge(self) -> Self {
+        match (&self.lora_a, &self.lora_b) {
+            (Some(a), Some(b)) => {
+                let w = self.weight.val() + a.val().matmul(b.val()) * self.scale;
+                Self {
+                    weight: Param::from_tensor(w.detach()).set_require_grad(false),
+                    bias: self.bias,
+                    lora_a: None,
+                    lora_b: None,
+                    scale: 0.0,
+                    dropout: 0.0,
+                }
+            }
+            _ => self,
+        }
+    }
+}
+
+/// Which projections of which layers get an adapter. Mirrors PEFT's `LoraConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    #[serde(default = "default_rank")]
+    pub rank: usize,
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    #[serde(default = "default_modules")]
+    pub modules: Vec<String>,
+    /// Layer indices; empty means every layer.
+    #[serde(default)]
+    pub layers: Vec<usize>,
+}
+
+fn default_rank() -> usize {
+    16
+}
+fn default_alpha() -> f64 {
+    16.0
+}
+fn default_dropout() -> f64 {
+    0.05
+}
+fn default_modules() -> Vec<String> {
+    ALL_MODULES.iter().map(|s| s.to_string()).collect()
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            rank: default_rank(),
+            alpha: default_alpha(),
+            dropout: default_dropout(),
+            modules: default_modules(),
+            layers: vec![],
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            return Err(LmError::Lora("rank must be positive".into()));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(LmError::Lora(format!(
+                "dropout {} must be in [0, 1)",
+                self.dropout
+            )));
+        }
+        for m in &self.modules {
+            if !ALL_MODULES.contains(&m.as_str()) {
+                return Err(LmError::Lora(format!(
+                    "unknown module `{m}`; expected one of {ALL_MODULES:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+    pub fn covers(&self, layer: usize, module: &str) -> bool {
+        (self.layers.is_empty() || self.layers.contains(&layer))
+            && self.modules.iter().any(|m| m == module)
+    }
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+}
+
+/// Attaches a fresh adapter: A ~ N(0, 1/r) (Kaiming-like as PEFT), B = 0, so the adapted model
+/// starts identical to the base.
+pub fn attach(lin: &mut LoraLinear, cfg: &LoraConfig) {
+    let device = lin.weight.val().device();
+    let (d_in, d_out) = (lin.d_in(), lin.d_out());
+    let std = 1.0 / (d_in as f64).sqrt();
+    let a = Tensor::<2>::random([d_in, cfg.rank], Distribution::Normal(0.0, std), &device);
+    let b = Tensor::<2>::zeros([cfg.rank, d_out], &device);
+    lin.lora_a = Some(Param::from_tensor(a).set_require_grad(true));
+    lin.lora_b = Some(Param::from_tensor(b).set_require_grad(true));
+    lin.scale = cfg.scale();
+    lin.dropout = cfg.dropout;
+}
+
+/// Contents of a PEFT `adapter_config.json` that matter to us.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeftAdapterConfig {
+    pub peft_type: String,
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    pub target_modules: Vec<String>,
+    #[serde(default)]
+    pub layers_to_transform: Option<Vec<usize>>,
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    pub bias: Option<String>,
+    #[serde(default)]
+    pub task_type: Option<String>,
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    #[serde(default)]
+    pub use_rslora: bool,
+    #[serde(default)]
+    pub inference_mode: bool,
+    /// mosr extension: sha256 of the base model file the adapter was trained on.
+    #[serde(default)]
+    pub mosr_base_model_sha256: Option<String>,
+}
+
+pub(crate) fn peft_key(layer: usize, module: &str, ab: &str) -> String {
+    let group =
+        if module.ends_with("_proj") && ["gate_proj", "up_proj", "down_proj"].contains(&module) {
+            "mlp"
+        } else {
+            "self_attn"
+        };
+    format!("base_model.model.model.layers.{layer}.{group}.{module}.lora_{ab}.weight")
+}
+
+pub(crate) fn host_transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+pub(crate) fn tensor_to_host(t: &Tensor<2>) -> (Vec<f32>, [usize; 2]) {
+    let dims = t.dims();
+    let data = t.to_data().try_into_vec_as::<f32>().expect("f32 data");
+    (data, dims)
+}
+
+pub(crate) fn host_to_tensor(
+    data: Vec<f32>,
+    dims: [usize; 2],
+    device: &burn::tensor::Device,
+) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(data, dims), device)
+}
+
+/// Serialises (name -> (shape, f32 data)) as safetensors bytes.
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, (s, d))| {
+            (
+                k.clone(),
+                s.clone(),
+                d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .expect("consistent tensor view"),
+            )
+        })
+        .collect();
+    let out = safetensors::serialize(views, metadata).map_err(|e| LmError::Weights {
+        file: path.to_path_buf(),
+        problem: format!("serialising safetensors: {e}"),
+    })?;
+    crate::atomic_write(path, &out)
+}

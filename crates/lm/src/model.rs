@@ -1,0 +1,537 @@
+//! The decoder: Llama / Mistral / Qwen2 in burn, returning every layer's residual stream.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
+use burn::tensor::module::{attention, embedding, linear};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use crate::config::ModelConfig;
+use crate::lora::{LoraConfig, LoraLinear, attach};
+use crate::weights::{HostTensor, WeightSource};
+use crate::{LmError, Result};
+
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let var = x.clone().powi_scalar(2).mean_dim(2);
+        let inv = (var + self.eps).sqrt().recip();
+        x * inv * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: LoraLinear,
+    pub k_proj: LoraLinear,
+    pub v_proj: LoraLinear,
+    pub o_proj: LoraLinear,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: LoraLinear,
+    pub up_proj: LoraLinear,
+    pub down_proj: LoraLinear,
+}
+
+#[derive(Module, Debug)]
+pub struct Block {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+/// The whole network. `lm_head` is stored `[hidden, vocab]` (a copy of the embedding for tied
+/// models) so the unembedding is one plain matmul.
+#[derive(Module, Debug)]
+pub struct CausalLm {
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    pub lm_head: Param<Tensor<2>>,
+    #[module(skip)]
+    pub config: ModelConfig,
+    pub inv_freq: Vec<f64>,
+}
+
+/// Which logits to compute: the unembedding of a 49k-150k vocabulary dominates small models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardOptions {
+    /// Keep the residual stream: index 0 = embedding output, index i = after block i-1.
+    pub hidden: bool,
+    /// Run only this many blocks (training needs the states up to the last target layer).
+    pub num_layers: Option<usize>,
+    pub logits: Logits,
+    /// Add the LoRA update (false gives the original model from the same weights).
+    pub adapter: bool,
+    /// LoRA dropout on.
+    pub train: bool,
+}
+
+impl Default for ForwardOptions {
+    fn default() -> Self {
+        Self {
+            hidden: false,
+            num_layers: None,
+            logits: Logits::Last,
+            adapter: true,
+            train: false,
+        }
+    }
+}
+
+pub struct ForwardOutput {
+    /// `[batch, seq or 1, vocab]`.
+    pub logits: Option<Tensor<3>>,
+    /// `[batch, seq, hidden]` per layer.
+    pub hidden: Vec<Tensor<3>>,
+}
+
+/// Left-padded token batch. Left padding keeps every row's last real token in the last column,
+/// which is where next-token logits and the "last prompt token" representation are read.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    pub ids: Vec<u32>,
+    pub mask: Vec<bool>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl TokenBatch {
+    pub fn left_padded(seqs: &[Vec<u32>], pad_id: u32) -> Self {
+        let seq = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(seqs.len() * seq);
+        let mut mask = Vec::with_capacity(seqs.len() * seq);
+        for s in seqs {
+            let pad = seq - s.len();
+            ids.extend(std::iter::repeat_n(pad_id, pad));
+            mask.extend(std::iter::repeat_n(false, pad));
+            ids.extend_from_slice(s);
+            mask.extend(std::iter::repeat_n(true, s.len()));
+        }
+        Self {
+            ids,
+            mask,
+            batch: seqs.len(),
+            seq,
+        }
+    }
+    /// Per-row position ids: count of real tokens before each one (pads get 0).
+    pub fn positions(&self) -> Vec<usize> {
+        let mut pos = Vec::with_capacity(self.ids.len());
+        for b in 0..self.batch {
+            let mut n = 0usize;
+            for t in 0..self.seq {
+                pos.push(n.saturating_sub(0));
+                if self.mask[b * self.seq + t] {
+                    n += 1;
+                    *pos.last_mut().unwrap() = n - 1;
+                }
+            }
+        }
+        pos
+    }
+}
+
+/// Keys and values of earlier positions, per layer, `[batch, kv_heads, t, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Key validity (false for padding) over all cached positions, row-major `[batch, t]`.
+    pub key_mask: Vec<Vec<bool>>,
+    /// Real tokens seen so far per row (next position id).
+    pub next_pos: Vec<usize>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.key_mask.first().map(|m| m.len()).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn to_tensor1(h: HostTensor, device: &Device) -> Tensor<1> {
+    let n = h.data.len();
+    Tensor::from_data(TensorData::new(h.data, [n]), device)
+}
+
+fn to_tensor2_transposed(h: HostTensor, device: &Device) -> Tensor<2> {
+    let (rows, cols) = (h.shape[0], h.shape[1]);
+    let t = crate::lora::host_transpose(&h.data, rows, cols);
+    Tensor::from_data(TensorData::new(t, [cols, rows]), device)
+}
+
+impl CausalLm {
+    /// Builds the network from any weight source, checking every shape against the config.
+    pub fn load(src: &dyn WeightSource, cfg: &ModelConfig, device: &Device) -> Result<Self> {
+        let fetch = |name: &str, shape: &[usize]| -> Result<HostTensor> {
+            let t = src.get(name)?.ok_or_else(|| LmError::MissingTensor {
+                file: src.origin().to_path_buf(),
+                tensor: name.to_string(),
+            })?;
+            if t.shape != shape {
+                return Err(LmError::ShapeMismatch {
+                    file: src.origin().to_path_buf(),
+                    tensor: name.to_string(),
+                    expected: shape.to_vec(),
+                    found: t.shape,
+                });
+            }
+            Ok(t)
+        };
+        let d = cfg.hidden_size;
+        let q_out = cfg.num_heads * cfg.head_dim;
+        let kv_out = cfg.num_kv_heads * cfg.head_dim;
+        let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<LoraLinear> {
+            let w = to_tensor2_transposed(fetch(&format!("{name}.weight"), &[out, inp])?, device);
+            let b = if bias {
+                Some(to_tensor1(fetch(&format!("{name}.bias"), &[out])?, device))
+            } else {
+                None
+            };
+            Ok(LoraLinear::frozen(w, b))
+        };
+        let norm = |name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: Param::from_tensor(to_tensor1(fetch(name, &[d])?, device))
+                    .set_require_grad(false),
+                eps: cfg.rms_norm_eps,
+            })
+        };
+        let embed = fetch("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Block {
+                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
+                self_attn: Attention {
+                    q_proj: lin(
+                        &format!("{p}.self_attn.q_proj"),
+                        q_out,
+                        d,
+                        cfg.attention_bias,
+                    )?,
+                    k_proj: lin(
+                        &format!("{p}.self_attn.k_proj"),
+                        kv_out,
+                        d,
+                        cfg.attention_bias,
+                    )?,
+                    v_proj: lin(
+                        &format!("{p}.self_attn.v_proj"),
+                        kv_out,
+                        d,
+                        cfg.attention_bias,
+                    )?,
+                    o_proj: lin(&format!("{p}.self_attn.o_proj"), d, q_out, false)?,
+                    num_heads: cfg.num_heads,
+                    num_kv_heads: cfg.num_kv_heads,
+                    head_dim: cfg.head_dim,
+                },
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate_proj: lin(
+                        &format!("{p}.mlp.gate_proj"),
+                        cfg.intermediate_size,
+                        d,
+                        false,
+                    )?,
+                    up_proj: lin(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, d, false)?,
+                    down_proj: lin(
+                        &format!("{p}.mlp.down_proj"),
+                        d,
+                        cfg.intermediate_size,
+                        false,
+                    )?,
+                },
+            });
+        }
+        let head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            match src.get("lm_head.weight")? {
+                Some(h) => {
+                    if h.shape != [cfg.vocab_size, d] {
+                        return Err(LmError::ShapeMismatch {
+                            file: src.origin().to_path_buf(),
+                            tensor: "lm_head.weight".into(),
+                            expected: vec![cfg.vocab_size, d],
+                            found: h.shape,
+                        });
+                    }
+                    h
+                }
+                None => embed.clone(),
+            }
+        };
+        let embed_t = Tensor::from_data(TensorData::new(embed.data, [cfg.vocab_size, d]), device);
+        Ok(Self {
+            embed_tokens: Param::from_tensor(embed_t).set_require_grad(false),
+            layers,
+            norm: norm("model.norm.weight")?,
+            lm_head: Param::from_tensor(to_tensor2_transposed(head, device))
+                .set_require_grad(false),
+            inv_freq: cfg.rope_inv_freq(),
+            config: cfg.clone(),
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.val().device()
+    }
+
+    /// Adds fresh LoRA adapters where the config says.
+    pub fn attach_lora(mut self, cfg: &LoraConfig) -> Result<Self> {
+        cfg.validate()?;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (name, lin) in layer.linears_mut() {
+                if cfg.covers(i, name) {
+                    attach(lin, cfg);
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Folds every adapter into its base weight.
+    pub fn merge_lora(mut self) -> Self {
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|mut l| {
+                l.self_attn.q_proj = l.self_attn.q_proj.merge();
+                l.self_attn.k_proj = l.self_attn.k_proj.merge();
+                l.self_attn.v_proj = l.self_attn.v_proj.merge();
+                l.self_attn.o_proj = l.self_attn.o_proj.merge();
+                l.mlp.gate_proj = l.mlp.gate_proj.merge();
+                l.mlp.up_proj = l.mlp.up_proj.merge();
+                l.mlp.down_proj = l.mlp.down_proj.merge();
+                l
+            })
+            .collect();
+        self
+    }
+
+    fn rope_tables(&self, positions: &[usize], batch: usize, seq: usize) -> (Tensor<4>, Tensor<4>) {
+        let hd = self.config.head_dim;
+        let half = hd / 2;
+        let mut cos = Vec::with_capacity(batch * seq * hd);
+        let mut sin = Vec::with_capacity(batch * seq * hd);
+        for &p in positions {
+            for rep in 0..2 {
+                let _ = rep;
+                for f in &self.inv_freq[..half] {
+                    let a = p as f64 * f;
+                    cos.push(a.cos() as f32);
+                    sin.push(a.sin() as f32);
+                }
+            }
+        }
+        let dev = self.device();
+        let c = Tensor::<4>::from_data(TensorData::new(cos, [batch, 1, seq, hd]), &dev);
+        let s = Tensor::<4>::from_data(TensorData::new(sin, [batch, 1, seq, hd]), &dev);
+        (c, s)
+    }
+
+    /// Forward over a left-padded batch, optionally extending a KV cache.
+    pub fn forward(
+        &self,
+        batch: &TokenBatch,
+        cache: Option<&mut KvCache>,
+        opts: ForwardOptions,
+    ) -> ForwardOutput {
+        let (b, t) = (batch.batch, batch.seq);
+        let dev = self.device();
+        let n_layers = opts
+            .num_layers
+            .unwrap_or(self.layers.len())
+            .min(self.layers.len());
+
+        // Positions and key validity, continuing from the cache when there is one.
+        let mut local_cache = KvCache::default();
+        let cache = match cache {
+            Some(c) => c,
+            None => &mut local_cache,
+        };
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.layers.len()];
+            cache.key_mask = vec![Vec::new(); b];
+            cache.next_pos = vec![0; b];
+        }
+        let past = cache.len();
+        let mut positions = Vec::with_capacity(b * t);
+        for row in 0..b {
+            let mut n = cache.next_pos[row];
+            for col in 0..t {
+                let real = batch.mask[row * t + col];
+                positions.push(if real { n } else { 0 });
+                if real {
+                    n += 1;
+                }
+                cache.key_mask[row].push(real);
+            }
+            cache.next_pos[row] = n;
+        }
+        let total = past + t;
+        // masked = future key, or a padding key (except the diagonal, so no row is all -inf).
+        let mut m = Vec::with_capacity(b * t * total);
+        for row in 0..b {
+            for qi in 0..t {
+                let qa = past + qi;
+                for kj in 0..total {
+                    m.push(kj > qa || (!cache.key_mask[row][kj] && kj != qa));
+                }
+            }
+        }
+        let mask = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, t, total]), &dev);
+        let (cos, sin) = self.rope_tables(&positions, b, t);
+
+        let ids: Vec<i64> = batch.ids.iter().map(|&x| x as i64).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
+        let mut x = embedding(self.embed_tokens.val(), ids);
+        let mut hidden = Vec::new();
+        if opts.hidden {
+            hidden.push(x.clone());
+        }
+        for (i, layer) in self.layers.iter().take(n_layers).enumerate() {
+            let entry = &mut cache.layers[i];
+            x = layer.forward(x, &cos, &sin, &mask, entry, opts);
+            if opts.hidden {
+                hidden.push(x.clone());
+            }
+        }
+        let logits = if n_layers < self.layers.len() {
+            None
+        } else {
+            match opts.logits {
+                Logits::None => None,
+                Logits::Last => {
+                    let last = x.narrow(1, t - 1, 1);
+                    Some(linear(self.norm.forward(last), self.lm_head.val(), None))
+                }
+                Logits::All => Some(linear(self.norm.forward(x), self.lm_head.val(), None)),
+            }
+        };
+        ForwardOutput { logits, hidden }
+    }
+
+    /// Final norm + unembedding of any residual-stream state (the LogitLens).
+    pub fn unembed(&self, h: Tensor<3>) -> Tensor<3> {
+        linear(self.norm.forward(h), self.lm_head.val(), None)
+    }
+}
+
+fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let hd = x.dims()[3];
+    let half = hd / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+impl Block {
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut LoraLinear); 7] {
+        [
+            ("q_proj", &mut self.self_attn.q_proj),
+            ("k_proj", &mut self.self_attn.k_proj),
+            ("v_proj", &mut self.self_attn.v_proj),
+            ("o_proj", &mut self.self_attn.o_proj),
+            ("gate_proj", &mut self.mlp.gate_proj),
+            ("up_proj", &mut self.mlp.up_proj),
+            ("down_proj", &mut self.mlp.down_proj),
+        ]
+    }
+    pub fn linears(&self) -> [(&'static str, &LoraLinear); 7] {
+        [
+            ("q_proj", &self.self_attn.q_proj),
+            ("k_proj", &self.self_attn.k_proj),
+            ("v_proj", &self.self_attn.v_proj),
+            ("o_proj", &self.self_attn.o_proj),
+            ("gate_proj", &self.mlp.gate_proj),
+            ("up_proj", &self.mlp.up_proj),
+            ("down_proj", &self.mlp.down_proj),
+        ]
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<4, Bool>,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+        opts: ForwardOptions,
+    ) -> Tensor<3> {
+        let a = &self.self_attn;
+        let (ad, tr) = (opts.adapter, opts.train);
+        let [b, t, _] = x.dims();
+        let h = self.input_layernorm.forward(x.clone());
+        let q = a
+            .q_proj
+            .forward(h.clone(), ad, tr)
+            .reshape([b, t, a.num_heads, a.head_dim])
+            .swap_dims(1, 2);
+        let k = a
+            .k_proj
+            .forward(h.clone(), ad, tr)
+            .reshape([b, t, a.num_kv_heads, a.head_dim])
+            .swap_dims(1, 2);
+        let v = a
+            .v_proj
+            .forward(h, ad, tr)
+            .reshape([b, t, a.num_kv_heads, a.head_dim])
+            .swap_dims(1, 2);
+        let q = rotate(q, cos, sin);
+        let k = rotate(k, cos, sin);
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let n_rep = a.num_heads / a.num_kv_heads;
+        let total = k.dims()[2];
+        let (k, v) = if n_rep > 1 {
+            let rep = |z: Tensor<4>| {
+                z.unsqueeze_dim::<5>(2)
+                    .expand([b, a.num_kv_heads, n_rep, total, a.head_dim])
+                    .reshape([b, a.num_heads, total, a.head_dim])
+            };
+            (rep(k), rep(v))
+        } else {
+            (k, v)
+        };
+        let mask = mask.clone().expand([b, a.num_heads, t, total]);
+        let opts_attn = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        };
+        let o = attention(q, k, v, Some(mask), None, opts_attn);
+        let o = o.swap_dims(1, 2).reshape([b, t, a.num_heads * a.head_dim]);
+        let x = x + a.o_proj.forward(o, ad, tr);
+        let h = self.post_attention_layernorm.forward(x.clone());
+        let m = &self.mlp;
+        let g = silu(m.gate_proj.forward(h.clone(), ad, tr)) * m.up_proj.forward(h, ad, tr);
+        x + m.down_proj.forward(g, ad, tr)
+    }
+}

@@ -1,0 +1,236 @@
+//! Where tensors come from: a GGUF file or an HF safetensors folder, both seen through
+//! HF tensor names and PyTorch shapes so the model code has one vocabulary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mosr_gguf::GgufFile;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::Arch;
+use crate::{LmError, Result};
+
+/// A dense f32 tensor in PyTorch (row-major, `[out, in]` for linear weights) layout.
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+pub trait WeightSource {
+    /// The tensor under its HF name, or `None` if the file does not hold it.
+    fn get(&self, hf_name: &str) -> Result<Option<HostTensor>>;
+    /// File that errors should name.
+    fn origin(&self) -> &Path;
+}
+
+/// Maps an HF parameter name to the llama.cpp GGUF name.
+pub fn hf_to_gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (idx, tail) = rest.split_once('.')?;
+    let mapped = match tail {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{idx}.{mapped}"))
+}
+
+pub struct GgufWeights<'a> {
+    pub file: &'a GgufFile,
+    pub arch: Arch,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+}
+
+impl WeightSource for GgufWeights<'_> {
+    fn get(&self, hf_name: &str) -> Result<Option<HostTensor>> {
+        let Some(name) = hf_to_gguf_name(hf_name) else {
+            return Ok(None);
+        };
+        let Ok(info) = self.file.tensor_info(&name) else {
+            return Ok(None);
+        };
+        let shape = info.shape();
+        let mut data = self.file.dequantize(&name)?;
+        // llama.cpp's converter interleaves the two RoPE halves of each Q/K head for Llama-arch
+        // models (it uses GPT-J style rotation); HF rotates halves, so undo it here.
+        if self.arch != Arch::Qwen2 {
+            if name.ends_with("attn_q.weight") {
+                data = unpermute_rows(&data, &shape, self.num_heads);
+            } else if name.ends_with("attn_k.weight") {
+                data = unpermute_rows(&data, &shape, self.num_kv_heads);
+            }
+        }
+        Ok(Some(HostTensor { shape, data }))
+    }
+    fn origin(&self) -> &Path {
+        self.file.path()
+    }
+}
+
+/// Inverse of llama.cpp's `permute(w, n_head)`: GGUF row `h*hd + 2i + j` is HF row
+/// `h*hd + j*hd/2 + i`.
+pub fn unpermute_rows(data: &[f32], shape: &[usize], n_head: usize) -> Vec<f32> {
+    let rows = shape[0];
+    let cols: usize = shape[1..].iter().product::<usize>().max(1);
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_head {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * hd + 2 * i + j;
+                let dst = h * hd + j * half + i;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The forward permutation, used when writing GGUF-compatible tensors back (tests, conversion).
+pub fn permute_rows(data: &[f32], shape: &[usize], n_head: usize) -> Vec<f32> {
+    let rows = shape[0];
+    let cols: usize = shape[1..].iter().product::<usize>().max(1);
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_head {
+        for i in 0..half {
+            for j in 0..2 {
+                let dst = h * hd + 2 * i + j;
+                let src = h * hd + j * half + i;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// An HF folder: `model.safetensors` or shards listed in `model.safetensors.index.json`.
+pub struct SafetensorsWeights {
+    dir: PathBuf,
+    /// tensor name -> shard index
+    index: BTreeMap<String, usize>,
+    shards: Vec<(PathBuf, memmap2::Mmap)>,
+}
+
+impl SafetensorsWeights {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index_path.exists() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| LmError::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| LmError::Weights {
+                    file: index_path.clone(),
+                    problem: format!("not valid JSON: {e}"),
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| LmError::Weights {
+                    file: index_path.clone(),
+                    problem: "no `weight_map` object".into(),
+                })?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            vec![dir.join("model.safetensors")]
+        };
+        let mut shards = Vec::new();
+        let mut index = BTreeMap::new();
+        for (i, f) in files.iter().enumerate() {
+            let file = std::fs::File::open(f).map_err(|e| LmError::io(f, e))?;
+            // SAFETY: read-only map of a file we do not modify while it is mapped.
+            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LmError::io(f, e))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| LmError::Weights {
+                file: f.clone(),
+                problem: format!("not a valid safetensors file: {e}"),
+            })?;
+            for name in st.names() {
+                index.insert(name.to_string(), i);
+            }
+            shards.push((f.clone(), mmap));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            index,
+            shards,
+        })
+    }
+}
+
+impl WeightSource for SafetensorsWeights {
+    fn get(&self, hf_name: &str) -> Result<Option<HostTensor>> {
+        let Some(&i) = self.index.get(hf_name) else {
+            return Ok(None);
+        };
+        let (path, mmap) = &self.shards[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| LmError::Weights {
+            file: path.clone(),
+            problem: e.to_string(),
+        })?;
+        let view = st.tensor(hf_name).map_err(|e| LmError::Weights {
+            file: path.clone(),
+            problem: format!("tensor `{hf_name}`: {e}"),
+        })?;
+        let bytes = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(LmError::Weights {
+                    file: path.clone(),
+                    problem: format!(
+                        "tensor `{hf_name}` has unsupported dtype {other:?} (f32, f16, bf16)"
+                    ),
+                });
+            }
+        };
+        Ok(Some(HostTensor {
+            shape: view.shape().to_vec(),
+            data,
+        }))
+    }
+    fn origin(&self) -> &Path {
+        &self.dir
+    }
+}
