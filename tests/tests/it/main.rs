@@ -1,0 +1,5 @@
+//! Workspace integration tests: real models against PyTorch/transformers fixtures.
+
+mod lm_errors;
+mod lm_lora;
+mod lm_reference;
