@@ -1,1 +1,35 @@
-//! mosr-artifacts
+//! mosr-artifacts: the one crate that owns every on-disk format of mosr.
+//!
+//! Stages never call each other; they meet only through the files defined here. Keeping every
+//! Parquet schema, the run-folder layout, content hashes, atomic writes and stage manifests in
+//! one place means a schema change is one edit, and every reader validates what it loads.
+//!
+//! * [`atomic`]: write-to-temp, fsync, rename, for any file.
+//! * [`hash`]: sha256 of files and bytes (input hashes, output keys, pins).
+//! * [`parquet_io`]: zstd Parquet writer and a reader that validates and normalises types
+//!   (Utf8View/LargeUtf8 to Utf8, LargeList to List, as polars writes them).
+//! * [`schema`]: column specs of every table, validation naming the file and the column.
+//! * [`tables`]: typed rows for the `prompts`, `capability` and `judge_labels` tables.
+//! * [`manifest`]: the JSON manifest every stage writes next to its outputs.
+//! * [`run_dir`]: `runs/<pipeline>/<stage>-<key>/` and the stage key.
+
+pub mod atomic;
+pub mod error;
+pub mod hash;
+pub mod manifest;
+pub mod parquet_io;
+pub mod run_dir;
+pub mod schema;
+pub mod tables;
+
+pub use atomic::{write_atomic, write_bytes_atomic};
+pub use error::{Error, Result};
+pub use hash::{sha256_bytes, sha256_file};
+pub use manifest::{StageManifest, code_version, now_rfc3339};
+pub use parquet_io::{read_parquet_raw, read_table, write_parquet};
+pub use run_dir::{RunDir, stage_key};
+pub use schema::{ColType, ColumnSpec, TableSchema};
+pub use tables::{
+    CapabilityRow, JudgeLabelRow, PromptRow, Role, Split, read_capability, read_judge_labels,
+    read_prompts, write_capability, write_judge_labels, write_prompts,
+};
