@@ -38,6 +38,16 @@ pub enum Error {
         column: String,
         reason: String,
     },
+    /// A pipeline file that does not parse or validate; `at` names the section/key and line.
+    #[error("{path}: {at}: {reason}")]
+    Pipeline {
+        path: PathBuf,
+        at: String,
+        reason: String,
+    },
+    /// A stage input that is missing or belongs to another run.
+    #[error("{path}: {reason}")]
+    Stage { path: PathBuf, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

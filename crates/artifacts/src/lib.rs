@@ -11,13 +11,15 @@
 //! * [`schema`]: column specs of every table, validation naming the file and the column.
 //! * [`tables`]: typed rows for the `prompts`, `capability` and `judge_labels` tables.
 //! * [`manifest`]: the JSON manifest every stage writes next to its outputs.
-//! * [`run_dir`]: `runs/<pipeline>/<stage>-<key>/` and the stage key.
+//! * [`run_dir`]: `runs/<pipeline>/<stage>/`, the stage key, resumable partial folders.
+//! * [`pipeline`]: pipeline TOML files: the `[run]` section and per-stage sections.
 
 pub mod atomic;
 pub mod error;
 pub mod hash;
 pub mod manifest;
 pub mod parquet_io;
+pub mod pipeline;
 pub mod run_dir;
 pub mod schema;
 pub mod tables;
@@ -27,7 +29,8 @@ pub use error::{Error, Result};
 pub use hash::{sha256_bytes, sha256_file};
 pub use manifest::{StageManifest, code_version, now_rfc3339};
 pub use parquet_io::{read_parquet_raw, read_table, write_parquet};
-pub use run_dir::{RunDir, stage_key};
+pub use pipeline::{PipelineFile, RunSection};
+pub use run_dir::{RunDir, StageWork, stage_key};
 pub use schema::{ColType, ColumnSpec, TableSchema};
 pub use tables::{
     CapabilityRow, JudgeLabelRow, PromptRow, Role, Split, read_capability, read_judge_labels,

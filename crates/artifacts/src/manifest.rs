@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageManifest {
     pub stage: String,
+    /// The stage key (config + upstream keys); a stage is up to date when it matches.
+    #[serde(default)]
+    pub key: String,
     /// The stage's full configuration as JSON (the key is derived from it).
     pub config: serde_json::Value,
     /// Input name (file or logical input) -> sha256.
@@ -36,6 +39,7 @@ impl StageManifest {
     pub fn new(stage: &str, config: serde_json::Value) -> Self {
         StageManifest {
             stage: stage.to_string(),
+            key: String::new(),
             config,
             inputs: BTreeMap::new(),
             outputs: BTreeMap::new(),

@@ -1,20 +1,24 @@
-//! Run folders: `<runs root>/<pipeline>/<stage>-<key>/`.
+//! Run folders: `<runs root>/<pipeline>/<stage>/`, one folder per stage.
 //!
-//! The key is a hash of the stage's config and its inputs' hashes, so a changed config or a
-//! changed input gets a new folder and an unchanged one is found again (resume, skip).
+//! A stage's key is a hash of its config and its upstream stages' keys, recorded in its
+//! manifest: a stage is up to date when the manifest's key equals the key computed now, so
+//! `reproduce` reruns only what changed. Work happens in `.<stage>.partial/` (tagged with the
+//! key, kept across a crash so long stages can resume from their own checkpoints) and is
+//! renamed into place only when the manifest is written: a stage folder is always complete.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::hash::sha256_bytes;
+use crate::manifest::StageManifest;
 
 /// Hex characters of the sha256 kept in a stage key: 16 (64 bits) is unique enough for the
-/// handful of configurations a pipeline has, and keeps folder names readable.
+/// handful of configurations a pipeline has, and keeps keys readable.
 pub const KEY_LEN: usize = 16;
 
 /// Stage key from the config (serialised with sorted keys: serde_json's default map is a
-/// BTreeMap) and the input hashes (a BTreeMap, so ordered too).
+/// BTreeMap) and the inputs' keys or hashes (a BTreeMap, so ordered too).
 pub fn stage_key(config: &serde_json::Value, input_hashes: &BTreeMap<String, String>) -> String {
     let payload = serde_json::json!({ "config": config, "inputs": input_hashes });
     let bytes = serde_json::to_vec(&payload).expect("JSON values always serialise");
@@ -25,6 +29,16 @@ pub fn stage_key(config: &serde_json::Value, input_hashes: &BTreeMap<String, Str
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
+}
+
+/// A stage being computed: write outputs under [`StageWork::dir`], then [`StageWork::commit`].
+#[derive(Debug)]
+pub struct StageWork {
+    stage: String,
+    key: String,
+    partial: PathBuf,
+    target: PathBuf,
+    resumed: bool,
 }
 
 impl RunDir {
@@ -39,21 +53,84 @@ impl RunDir {
         &self.root
     }
 
-    /// `<root>/<stage>-<key>` (not created).
-    pub fn stage_dir(&self, stage: &str, key: &str) -> PathBuf {
-        self.root.join(format!("{stage}-{key}"))
+    /// `<root>/<stage>` (not created).
+    pub fn stage_dir(&self, stage: &str) -> PathBuf {
+        self.root.join(stage)
     }
 
-    /// [`RunDir::stage_dir`], created if missing.
-    pub fn create_stage_dir(&self, stage: &str, key: &str) -> Result<PathBuf> {
-        let dir = self.stage_dir(stage, key);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        Ok(dir)
+    /// The completed stage's manifest, or an error saying the stage has not run.
+    pub fn manifest(&self, stage: &str) -> Result<StageManifest> {
+        let p = self.stage_dir(stage).join("manifest.json");
+        if !p.is_file() {
+            return Err(Error::Stage {
+                path: p,
+                reason: format!(
+                    "stage `{stage}` has not completed in this run folder; run it first"
+                ),
+            });
+        }
+        StageManifest::read(&p)
     }
 
-    /// Whether a stage folder holds a manifest: manifests are written last, atomically, so
-    /// its presence means the stage completed.
-    pub fn is_complete(&self, stage: &str, key: &str) -> bool {
-        self.stage_dir(stage, key).join("manifest.json").is_file()
+    /// Whether the stage completed with this key.
+    pub fn is_up_to_date(&self, stage: &str, key: &str) -> bool {
+        self.manifest(stage).map(|m| m.key == key).unwrap_or(false)
+    }
+
+    /// Starts (or resumes) work on a stage. A partial folder left by a killed run with the same
+    /// key is kept; one with another key is wiped.
+    pub fn begin(&self, stage: &str, key: &str) -> Result<StageWork> {
+        let partial = self.root.join(format!(".{stage}.partial"));
+        let tag = partial.join(".key");
+        let resumed = std::fs::read_to_string(&tag)
+            .map(|k| k.trim() == key)
+            .unwrap_or(false);
+        if !resumed && partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        }
+        std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        if !resumed {
+            crate::atomic::write_bytes_atomic(&tag, key.as_bytes())?;
+        }
+        Ok(StageWork {
+            stage: stage.to_string(),
+            key: key.to_string(),
+            partial,
+            target: self.stage_dir(stage),
+            resumed,
+        })
+    }
+}
+
+impl StageWork {
+    /// Where outputs are written until commit.
+    pub fn dir(&self) -> &Path {
+        &self.partial
+    }
+    /// True when a killed run with the same key left work here.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// Writes the manifest (with the key) and moves the folder into place, replacing the
+    /// previous outputs of the stage.
+    pub fn commit(self, mut manifest: StageManifest) -> Result<PathBuf> {
+        manifest.key = self.key.clone();
+        manifest.stage = self.stage.clone();
+        let tag = self.partial.join(".key");
+        let _ = std::fs::remove_file(&tag);
+        manifest.write(&self.partial.join("manifest.json"))?;
+        if self.target.exists() {
+            let old = self.target.with_extension("old");
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
+            std::fs::rename(&self.partial, &self.target).map_err(|e| Error::io(&self.target, e))?;
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        } else {
+            std::fs::rename(&self.partial, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        }
+        Ok(self.target)
     }
 }

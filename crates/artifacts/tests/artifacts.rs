@@ -405,17 +405,38 @@ fn stage_key_and_run_dir() {
 
     let dir = tmp("runs");
     let run = RunDir::new(&dir.join("runs"), "smoke");
-    assert_eq!(
-        run.stage_dir("probe", &k),
-        dir.join("runs/smoke").join(format!("probe-{k}"))
+    assert_eq!(run.stage_dir("probe"), dir.join("runs/smoke/probe"));
+    assert!(!run.is_up_to_date("probe", &k));
+    assert!(
+        run.manifest("probe")
+            .unwrap_err()
+            .to_string()
+            .contains("has not completed")
     );
-    let made = run.create_stage_dir("probe", &k).unwrap();
-    assert!(made.is_dir());
-    assert!(!run.is_complete("probe", &k));
-    StageManifest::new("probe", serde_json::json!({}))
-        .write(&made.join("manifest.json"))
+
+    // A killed stage leaves a partial folder that the same key resumes and another key wipes.
+    let work = run.begin("probe", &k).unwrap();
+    assert!(!work.resumed());
+    std::fs::write(work.dir().join("shard-0"), b"x").unwrap();
+    drop(work);
+    let work = run.begin("probe", &k).unwrap();
+    assert!(work.resumed() && work.dir().join("shard-0").is_file());
+    let out = work
+        .commit(StageManifest::new("probe", serde_json::json!({})))
         .unwrap();
-    assert!(run.is_complete("probe", &k));
+    assert_eq!(out, run.stage_dir("probe"));
+    assert!(out.join("shard-0").is_file() && !out.join(".key").exists());
+    assert!(run.is_up_to_date("probe", &k));
+    assert!(!run.is_up_to_date("probe", "another"));
+    let work = run.begin("probe", "another").unwrap();
+    assert!(!work.resumed() && !work.dir().join("shard-0").exists());
+    work.commit(StageManifest::new("probe", serde_json::json!({})))
+        .unwrap();
+    assert!(run.is_up_to_date("probe", "another"));
+    assert!(
+        !run.stage_dir("probe").join("shard-0").exists(),
+        "commit replaces the old outputs"
+    );
 }
 
 #[test]

@@ -1,0 +1,152 @@
+//! Pipeline files (`pipelines/*.toml`): a `[run]` section shared by every stage, and one
+//! section per stage that the stage's own config struct (serde, `deny_unknown_fields`, with
+//! documented defaults) reads. Errors name the file, the section or key, and its line.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::run_dir::RunDir;
+
+/// `[run]`: what every stage needs to know about the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Pipeline name; the run folder is `<runs_dir>/<name>`.
+    pub name: String,
+    /// Registry model id (see `cargo xtask fetch model`), a `.gguf` path or an HF folder.
+    pub model: String,
+    /// Seeds every random choice of every stage.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// `cpu` (burn-flex), or `cuda` / `wgpu` when built with those features.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Root of run folders, relative to the repository root unless absolute.
+    #[serde(default = "default_runs_dir")]
+    pub runs_dir: PathBuf,
+}
+
+fn default_seed() -> u64 {
+    2511
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_runs_dir() -> PathBuf {
+    PathBuf::from("runs")
+}
+
+/// A parsed pipeline file: the `[run]` section and the raw table of every other section.
+#[derive(Debug, Clone)]
+pub struct PipelineFile {
+    pub path: PathBuf,
+    pub text: String,
+    pub run: RunSection,
+    pub table: toml::Table,
+}
+
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(needle))
+        .map(|i| i + 1)
+}
+
+impl PipelineFile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| Error::Pipeline {
+            path: path.to_path_buf(),
+            at: e
+                .span()
+                .map(|s| format!("line {}", text[..s.start].lines().count().max(1)))
+                .unwrap_or_else(|| "file".into()),
+            reason: e.message().to_string(),
+        })?;
+        let run_value = table.get("run").cloned().ok_or_else(|| Error::Pipeline {
+            path: path.to_path_buf(),
+            at: "[run]".into(),
+            reason: "missing section (it names the model and the run)".into(),
+        })?;
+        let mut file = PipelineFile {
+            path: path.to_path_buf(),
+            text,
+            run: RunSection {
+                name: String::new(),
+                model: String::new(),
+                seed: 0,
+                device: String::new(),
+                runs_dir: PathBuf::new(),
+            },
+            table,
+        };
+        file.run = file.parse_value("run", run_value)?;
+        Ok(file)
+    }
+
+    fn parse_value<T: DeserializeOwned>(&self, section: &str, v: toml::Value) -> Result<T> {
+        v.try_into::<T>().map_err(|e| {
+            let msg = e.message().to_string();
+            // serde names the offending key in backticks: point at its line in this section.
+            let key = msg.split('`').nth(1).unwrap_or("");
+            let header = line_of(&self.text, &format!("[{section}]"));
+            let line = header.and_then(|h| {
+                self.text.lines().enumerate().skip(h).find(|(_, l)| {
+                    let t = l.trim_start();
+                    !key.is_empty()
+                        && (t.starts_with(&format!("{key} ")) || t.starts_with(&format!("{key}=")))
+                })
+            });
+            let at = match (line, header) {
+                (Some((i, _)), _) => format!("[{section}] line {}", i + 1),
+                (None, Some(h)) => format!("[{section}] (line {h})"),
+                _ => format!("[{section}]"),
+            };
+            Error::Pipeline {
+                path: self.path.clone(),
+                at,
+                reason: msg,
+            }
+        })
+    }
+
+    /// A stage's section, or its defaults when the file has none.
+    pub fn section<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T> {
+        match self.table.get(name) {
+            Some(v) => self.parse_value(name, v.clone()),
+            None => Ok(T::default()),
+        }
+    }
+
+    /// Fails on a top-level section nobody reads (a typo like `[probes]`).
+    pub fn check_sections(&self, known: &[&str]) -> Result<()> {
+        for k in self.table.keys() {
+            if k != "run" && !known.contains(&k.as_str()) {
+                return Err(Error::Pipeline {
+                    path: self.path.clone(),
+                    at: format!(
+                        "[{k}] (line {})",
+                        line_of(&self.text, &format!("[{k}")).unwrap_or(0)
+                    ),
+                    reason: format!(
+                        "unknown section; expected one of: run, {}",
+                        known.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The run folder, with a relative `runs_dir` taken from `repo_root`.
+    pub fn run_dir(&self, repo_root: &Path) -> RunDir {
+        let root = if self.run.runs_dir.is_absolute() {
+            self.run.runs_dir.clone()
+        } else {
+            repo_root.join(&self.run.runs_dir)
+        };
+        RunDir::new(&root, &self.run.name)
+    }
+}
