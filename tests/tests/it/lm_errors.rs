@@ -1,1 +1,180 @@
-//! errors.
+//! Bad input gives errors that name the file and the problem.
+
+use std::path::{Path, PathBuf};
+
+use mosr_gguf::GgufWriter;
+use mosr_lm::LanguageModel;
+use mosr_tests::model_path;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lm-errors");
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn open_err(p: &Path) -> String {
+    match LanguageModel::open(p, &mosr_lm::Device::flex()) {
+        Ok(_) => panic!("{} should not load", p.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A two-layer Llama GGUF with a byte-level tokenizer, small enough to build in a test;
+/// `skip` leaves one tensor out, `bad_shape` gives one tensor the wrong shape.
+fn tiny_llama(path: &Path, skip: Option<&str>, bad_shape: Option<&str>) {
+    let mut w = GgufWriter::new();
+    let (d, ff, layers, vocab) = (8usize, 16usize, 2u32, 4usize);
+    w.add_metadata("general.architecture", "llama");
+    w.add_metadata("llama.embedding_length", d as u32);
+    w.add_metadata("llama.feed_forward_length", ff as u32);
+    w.add_metadata("llama.block_count", layers);
+    w.add_metadata("llama.attention.head_count", 2u32);
+    w.add_metadata("llama.attention.head_count_kv", 1u32);
+    w.add_metadata("llama.attention.layer_norm_rms_epsilon", 1e-5f32);
+    w.add_metadata("llama.context_length", 64u32);
+    w.add_metadata("tokenizer.ggml.model", "gpt2");
+    w.add_metadata("tokenizer.ggml.pre", "default");
+    let toks = ["a", "b", "ab", "<|im_end|>"];
+    w.add_metadata(
+        "tokenizer.ggml.tokens",
+        mosr_gguf::MetaValue::Array(toks.iter().map(|t| (*t).into()).collect()),
+    );
+    w.add_metadata(
+        "tokenizer.ggml.token_type",
+        mosr_gguf::MetaValue::Array(vec![1i32.into(), 1i32.into(), 1i32.into(), 3i32.into()]),
+    );
+    w.add_metadata(
+        "tokenizer.ggml.merges",
+        mosr_gguf::MetaValue::Array(vec!["a b".into()]),
+    );
+    w.add_metadata("tokenizer.ggml.eos_token_id", 3u32);
+    w.add_metadata(
+        "tokenizer.chat_template",
+        "{% for m in messages %}{{ m.content }}{% endfor %}",
+    );
+    let mut add = |name: &str, shape: Vec<usize>| {
+        if skip == Some(name) {
+            return;
+        }
+        let mut shape = shape;
+        if bad_shape == Some(name) {
+            shape[0] += 1;
+        }
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.05).collect();
+        w.add_tensor_f32(name, &shape, &data).unwrap();
+    };
+    add("token_embd.weight", vec![vocab, d]);
+    add("output_norm.weight", vec![d]);
+    for i in 0..layers {
+        add(&format!("blk.{i}.attn_norm.weight"), vec![d]);
+        add(&format!("blk.{i}.ffn_norm.weight"), vec![d]);
+        add(&format!("blk.{i}.attn_q.weight"), vec![d, d]);
+        add(&format!("blk.{i}.attn_k.weight"), vec![d / 2, d]);
+        add(&format!("blk.{i}.attn_v.weight"), vec![d / 2, d]);
+        add(&format!("blk.{i}.attn_output.weight"), vec![d, d]);
+        add(&format!("blk.{i}.ffn_gate.weight"), vec![ff, d]);
+        add(&format!("blk.{i}.ffn_up.weight"), vec![ff, d]);
+        add(&format!("blk.{i}.ffn_down.weight"), vec![d, ff]);
+    }
+    w.write(path).unwrap();
+}
+
+#[test]
+fn tiny_model_loads_and_runs() {
+    let p = tmp("tiny.gguf");
+    tiny_llama(&p, None, None);
+    let lm = LanguageModel::open(&p, &mosr_lm::Device::flex()).unwrap();
+    assert_eq!(lm.config.num_layers, 2);
+    assert!(lm.config.tie_word_embeddings);
+    assert_eq!(lm.encode("ab", false).unwrap(), vec![2]);
+    let out = mosr_lm::generate::generate(&lm, &[vec![0, 1]], &Default::default()).unwrap();
+    assert!(out[0].tokens.len() <= 64);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let p = tmp("missing.gguf");
+    tiny_llama(&p, Some("blk.1.ffn_up.weight"), None);
+    let e = open_err(&p);
+    assert!(
+        e.contains("missing.gguf")
+            && e.contains("model.layers.1.mlp.up_proj.weight")
+            && e.contains("missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn shape_mismatch_is_named() {
+    let p = tmp("shape.gguf");
+    tiny_llama(&p, None, Some("blk.0.attn_v.weight"));
+    let e = open_err(&p);
+    assert!(
+        e.contains("shape.gguf") && e.contains("v_proj") && e.contains("[5, 8]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_gguf_is_reported() {
+    let src = model_path("smollm2-135m-instruct");
+    let bytes = std::fs::read(&src).unwrap();
+    for cut in [10usize, 4096, bytes.len() / 2] {
+        let p = tmp(&format!("truncated-{cut}.gguf"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let e = open_err(&p);
+        assert!(
+            e.contains(&format!("truncated-{cut}.gguf")) && e.to_lowercase().contains("truncat"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn unknown_quant_type_is_reported() {
+    let p = tmp("unknown-type.gguf");
+    tiny_llama(&p, None, None);
+    let mut bytes = std::fs::read(&p).unwrap();
+    // Patch the first tensor's type code (u32 after its name, n_dims and dims) to 1000.
+    let name = b"token_embd.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    let ty = at + 4 + 2 * 8;
+    bytes[ty..ty + 4].copy_from_slice(&1000u32.to_le_bytes());
+    std::fs::write(&p, &bytes).unwrap();
+    let e = open_err(&p);
+    assert!(e.contains("unknown-type.gguf") && e.contains("1000"), "{e}");
+}
+
+#[test]
+fn hf_config_mismatch_and_wrong_sha256_are_reported() {
+    let gguf = tmp("for-hf.gguf");
+    tiny_llama(&gguf, None, None);
+    let dir = tmp("hf-bad");
+    mosr_lm::convert::gguf_to_hf(&gguf, &dir).unwrap();
+    assert!(LanguageModel::open(&dir, &mosr_lm::Device::flex()).is_ok());
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["intermediate_size"] = serde_json::json!(24);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = open_err(&dir);
+    assert!(
+        e.contains("hf-bad") && e.contains("gate_proj") && e.contains("[24, 8]"),
+        "{e}"
+    );
+
+    let part = mosr_lm::fetch::WheelPart {
+        package: "not-needed".into(),
+        version: "0".into(),
+        member: "x".into(),
+        wheel_sha256: "00".repeat(32),
+    };
+    let e = mosr_lm::fetch::verify(&gguf, &part.wheel_sha256)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("for-hf.gguf") && e.contains("sha256") && e.contains(&"00".repeat(32)),
+        "{e}"
+    );
+}
