@@ -56,13 +56,14 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().cmd {
         Cmd::Test { args } => {
-            for id in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
-                mosr_lm::fetch::fetch(id)?;
-            }
+            let smol = mosr_lm::fetch::fetch("smollm2-135m-instruct")?;
+            let qwen = mosr_lm::fetch::fetch("qwen2.5-coder-0.5b-instruct")?;
             let repo = mosr_data::paths::repo_root();
             mosr_data::fetch_default(&repo, false, false)?;
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = std::process::Command::new(cargo)
+                .env("MOSR_SMOLLM2_GGUF", &smol)
+                .env("MOSR_QWEN05_GGUF", &qwen)
                 .args(["test", "--workspace"])
                 .args(&args)
                 .status()?;
