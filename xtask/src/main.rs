@@ -3,6 +3,8 @@
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "mosr project tasks")]
 struct Cli {
@@ -12,6 +14,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// mosr vs PyTorch + transformers, A/B interleaved on SmolLM2 (f32, 2 threads).
+    Bench {
+        /// Python with torch + transformers + gguf (default: a venv created under the cache).
+        #[arg(long)]
+        python: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, value_delimiter = ',', default_value = "matmul,prefill,generate")]
+        workloads: Vec<String>,
+    },
     /// The test suite as CI runs it: fetch the models and datasets the tests use, then
     /// `cargo test --workspace`.
     Test {
@@ -55,6 +67,13 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().cmd {
+        Cmd::Bench {
+            python,
+            rounds,
+            workloads,
+        } => {
+            bench::run(&mosr_data::paths::repo_root(), python, rounds, &workloads)?;
+        }
         Cmd::Test { args } => {
             let smol = mosr_lm::fetch::fetch("smollm2-135m-instruct")?;
             let qwen = mosr_lm::fetch::fetch("qwen2.5-coder-0.5b-instruct")?;

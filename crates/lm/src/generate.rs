@@ -23,6 +23,9 @@ pub struct GenerateConfig {
     /// Generate through the LoRA adapter if the model has one.
     #[serde(default = "yes")]
     pub adapter: bool,
+    /// Keep generating past end-of-turn tokens (benchmarks need a fixed token count).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 fn default_max_new() -> usize {
@@ -43,6 +46,7 @@ impl Default for GenerateConfig {
             top_p: 1.0,
             seed: 0,
             adapter: true,
+            ignore_eos: false,
         }
     }
 }
@@ -141,7 +145,7 @@ pub fn generate(
                 continue;
             }
             let tok = pick(&data[row * vocab..(row + 1) * vocab], cfg, &mut rng);
-            if stops.contains(&tok) {
+            if !cfg.ignore_eos && stops.contains(&tok) {
                 finish[row] = Some(Finish::EndOfTurn);
                 next.push(model.pad_id);
                 mask.push(false);

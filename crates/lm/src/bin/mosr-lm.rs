@@ -61,6 +61,150 @@ enum Cmd {
     },
     /// Download and verify a registry model.
     Fetch { id: String },
+    /// Time one workload and print a JSON line (used by `cargo xtask bench`).
+    Bench {
+        #[arg(long, default_value = "smollm2-135m-instruct")]
+        model: String,
+        /// prefill | generate | matmul
+        #[arg(long)]
+        workload: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Prompt tokens per row.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
+}
+
+/// Peak resident memory of this process (VmHWM), bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|x| x.parse::<u64>().ok())
+            })
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Deterministic token ids that avoid special tokens (same rule as the Python reference).
+fn bench_ids(batch: usize, seq: usize, vocab: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|b| {
+            (0..seq)
+                .map(|t| (1000 + (b * 7919 + t * 104_729) % (vocab - 2000)) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+fn bench(
+    model: &str,
+    workload: &str,
+    batch: usize,
+    seq: usize,
+    new_tokens: usize,
+    repeats: usize,
+) -> anyhow::Result<()> {
+    use mosr_lm::{ForwardOptions, Logits, TokenBatch};
+    let dev = mosr_lm::Device::flex();
+    let mut times = Vec::new();
+    let (tokens, flops);
+    if workload == "matmul" {
+        let n = 1024;
+        let a =
+            burn::tensor::Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, &dev);
+        let b =
+            burn::tensor::Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, &dev);
+        let _ = a.clone().matmul(b.clone()).into_data();
+        for _ in 0..repeats.max(5) {
+            let t0 = std::time::Instant::now();
+            let _ = a.clone().matmul(b.clone()).into_data();
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        tokens = 0;
+        flops = 2.0 * (n as f64).powi(3);
+    } else {
+        let lm = LanguageModel::open(&fetch::resolve(model)?, &dev)?;
+        let ids = bench_ids(batch, seq, lm.config.vocab_size);
+        let c = &lm.config;
+        let params = (c.num_layers
+            * (c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+                + c.num_heads * c.head_dim * c.hidden_size
+                + 3 * c.hidden_size * c.intermediate_size)) as f64;
+        match workload {
+            "prefill" => {
+                let tb = TokenBatch::left_padded(&ids, lm.pad_id);
+                let opts = ForwardOptions {
+                    hidden: true,
+                    logits: Logits::Last,
+                    ..Default::default()
+                };
+                let run = || {
+                    let out = lm.net.forward(&tb, None, opts);
+                    let _ = out.logits.unwrap().into_data();
+                    let _ = out.hidden.last().unwrap().clone().into_data();
+                };
+                run();
+                for _ in 0..repeats {
+                    let t0 = std::time::Instant::now();
+                    run();
+                    times.push(t0.elapsed().as_secs_f64());
+                }
+                tokens = batch * seq;
+                // 2 flops per parameter per token, plus the attention scores.
+                let attn = (c.num_layers * 2 * 2 * seq * c.num_heads * c.head_dim) as f64 / 2.0;
+                flops = tokens as f64
+                    * (2.0 * params
+                        + attn
+                        + 2.0 * (c.hidden_size * c.vocab_size) as f64 / seq as f64);
+            }
+            "generate" => {
+                let cfg = GenerateConfig {
+                    max_new_tokens: new_tokens,
+                    ignore_eos: true,
+                    ..Default::default()
+                };
+                let _ = generate(
+                    &lm,
+                    &ids[..1.min(ids.len())],
+                    &GenerateConfig {
+                        max_new_tokens: 2,
+                        ..cfg.clone()
+                    },
+                )?;
+                for _ in 0..repeats {
+                    let t0 = std::time::Instant::now();
+                    let g = generate(&lm, &ids, &cfg)?;
+                    times.push(t0.elapsed().as_secs_f64());
+                    assert!(g.iter().all(|g| g.tokens.len() == new_tokens));
+                }
+                tokens = batch * new_tokens;
+                flops =
+                    tokens as f64 * (2.0 * params + 2.0 * (c.hidden_size * c.vocab_size) as f64);
+            }
+            other => anyhow::bail!("unknown workload `{other}` (prefill, generate, matmul)"),
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "mosr", "workload": workload, "median_s": median, "times_s": times,
+            "tokens": tokens, "tokens_per_s": tokens as f64 / median,
+            "gflops_per_s": flops / median / 1e9, "peak_rss_bytes": peak_rss(),
+        })
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,6 +254,7 @@ fn main() -> anyhow::Result<()> {
                 top_p,
                 seed,
                 adapter: true,
+                ignore_eos: false,
             };
             let t0 = std::time::Instant::now();
             let gens = generate(&lm, &ids, &cfg)?;
@@ -132,6 +277,16 @@ fn main() -> anyhow::Result<()> {
             let path = fetch::resolve(&model)?;
             mosr_lm::convert::gguf_to_hf(&path, &out)?;
             println!("{}", out.display());
+        }
+        Cmd::Bench {
+            model,
+            workload,
+            batch,
+            seq,
+            new_tokens,
+            repeats,
+        } => {
+            bench(&model, &workload, batch, seq, new_tokens, repeats)?;
         }
         Cmd::Fetch { id } => {
             println!("{}", fetch::fetch(&id)?.display());

@@ -1,0 +1,147 @@
+//! `cargo xtask bench`: mosr against PyTorch + transformers on the same machine, weights,
+//! token ids, dtype (f32) and thread count, A/B interleaved, medians and ratios.
+//!
+//! Each workload runs in its own process (`mosr-lm bench`, `tools/bench/torch_bench.py`) so
+//! peak memory (VmHWM / ru_maxrss) is per workload.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn run_json(cmd: &mut Command) -> Result<serde_json::Value> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("no JSON line in output")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// A venv with torch + transformers + gguf under the cache, created on first use.
+fn torch_python(repo: &Path, given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let venv = mosr_lm::fetch::cache_root().join("bench-venv");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        eprintln!(
+            "creating {} (torch, transformers, gguf; a few minutes)",
+            venv.display()
+        );
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()?
+            .success()
+            && Command::new(&py)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "torch",
+                    "transformers",
+                    "gguf",
+                    "numpy",
+                ])
+                .current_dir(repo)
+                .status()?
+                .success();
+        if !ok {
+            bail!("could not create the PyTorch venv at {}", venv.display());
+        }
+    }
+    Ok(py)
+}
+
+pub fn run(
+    repo: &Path,
+    python: Option<PathBuf>,
+    rounds: usize,
+    workloads: &[String],
+) -> Result<()> {
+    let gguf = mosr_lm::fetch::fetch("smollm2-135m-instruct")?;
+    let py = torch_python(repo, python)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = Command::new(&cargo)
+        .args(["build", "-q", "-p", "mosr-lm"])
+        .current_dir(repo)
+        .status()?
+        .success();
+    if !ok {
+        bail!("building mosr-lm failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo.join("target"));
+    let mosr = target.join("debug/mosr-lm");
+    let mut rows = Vec::new();
+    for w in workloads {
+        let mut results: Vec<(serde_json::Value, serde_json::Value)> = Vec::new();
+        for round in 0..rounds {
+            eprintln!("{w}: round {}/{rounds}", round + 1);
+            let m = run_json(
+                Command::new(&mosr)
+                    .args(["bench", "--workload", w, "--model"])
+                    .arg(&gguf)
+                    .env("RAYON_NUM_THREADS", "2"),
+            )?;
+            let t = run_json(
+                Command::new(&py)
+                    .arg(repo.join("tools/bench/torch_bench.py"))
+                    .args(["--workload", w, "--threads", "2", "--gguf"])
+                    .arg(&gguf),
+            )?;
+            results.push((m, t));
+        }
+        let med = |f: &dyn Fn(&(serde_json::Value, serde_json::Value)) -> f64| {
+            let mut v: Vec<f64> = results.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let m_s = med(&|r| r.0["median_s"].as_f64().unwrap());
+        let t_s = med(&|r| r.1["median_s"].as_f64().unwrap());
+        let row = serde_json::json!({
+            "workload": w,
+            "mosr_median_s": m_s, "pytorch_median_s": t_s,
+            "speedup_mosr_over_pytorch": t_s / m_s,
+            "mosr_gflops_per_s": med(&|r| r.0["gflops_per_s"].as_f64().unwrap()),
+            "pytorch_gflops_per_s": med(&|r| r.1["gflops_per_s"].as_f64().unwrap()),
+            "mosr_tokens_per_s": med(&|r| r.0["tokens_per_s"].as_f64().unwrap()),
+            "pytorch_tokens_per_s": med(&|r| r.1["tokens_per_s"].as_f64().unwrap()),
+            "mosr_peak_rss_mb": med(&|r| r.0["peak_rss_bytes"].as_f64().unwrap()) / 1e6,
+            "pytorch_peak_rss_mb": med(&|r| r.1["peak_rss_bytes"].as_f64().unwrap()) / 1e6,
+            "raw": results.iter().map(|(m, t)| serde_json::json!({"mosr": m, "pytorch": t})).collect::<Vec<_>>(),
+        });
+        rows.push(row);
+    }
+    println!(
+        "| workload | mosr tok/s | PyTorch tok/s | mosr / PyTorch speed | mosr GFLOP/s | PyTorch GFLOP/s | mosr peak MB | PyTorch peak MB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.1} | {:.0} | {:.0} |",
+            r["workload"].as_str().unwrap(),
+            r["mosr_tokens_per_s"].as_f64().unwrap(),
+            r["pytorch_tokens_per_s"].as_f64().unwrap(),
+            r["speedup_mosr_over_pytorch"].as_f64().unwrap(),
+            r["mosr_gflops_per_s"].as_f64().unwrap(),
+            r["pytorch_gflops_per_s"].as_f64().unwrap(),
+            r["mosr_peak_rss_mb"].as_f64().unwrap(),
+            r["pytorch_peak_rss_mb"].as_f64().unwrap(),
+        );
+    }
+    let out = repo.join("results/bench/latest.json");
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    std::fs::write(&out, serde_json::to_string_pretty(&rows)?)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
