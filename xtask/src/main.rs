@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod reproduce;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "mosr project tasks")]
@@ -14,6 +15,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a pipeline (pipelines/NAME.toml) end to end; unchanged stages are skipped.
+    Reproduce {
+        #[arg(long, default_value = "default")]
+        pipeline: String,
+        /// Start at this stage (earlier stages must be complete).
+        #[arg(long)]
+        from: Option<String>,
+        /// Run only this stage.
+        #[arg(long)]
+        only: Option<String>,
+        /// Rerun the selected stages even if up to date.
+        #[arg(long)]
+        force: bool,
+    },
     /// mosr vs PyTorch + transformers, A/B interleaved on SmolLM2 (f32, 2 threads).
     Bench {
         /// Python with torch + transformers + gguf (default: a venv created under the cache).
@@ -67,6 +82,20 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().cmd {
+        Cmd::Reproduce {
+            pipeline,
+            from,
+            only,
+            force,
+        } => {
+            reproduce::run(
+                &mosr_data::paths::repo_root(),
+                &pipeline,
+                from.as_deref(),
+                only.as_deref(),
+                force,
+            )?;
+        }
         Cmd::Bench {
             python,
             rounds,

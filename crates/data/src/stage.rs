@@ -21,7 +21,7 @@ use mosr_artifacts::{
     CapabilityRow, JudgeLabelRow, PromptRow, Role, Split, StageManifest, sha256_file,
     write_bytes_atomic, write_capability, write_judge_labels, write_prompts,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::counts::Counts;
@@ -550,4 +550,62 @@ fn assign_splits(
         }
     }
     hist
+}
+
+/// `[data]` section of a pipeline file. Splits are kept stable across pipelines by default so
+/// every pipeline evaluates on the same test prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Seed and shares of the train/dev/test split (default: seed 2511, 70/10/20).
+    #[serde(default)]
+    pub split: Option<SplitConfig>,
+}
+
+/// Runs the data stage into `runs/<pipeline>/data/` unless it is up to date; returns the
+/// stage folder. The key covers the config and the sha256 of the sources manifest and the
+/// curated files, so editing a curated prompt rebuilds the tables.
+pub fn run_pipeline_stage(
+    file: &mosr_artifacts::PipelineFile,
+    repo_root: &Path,
+    force: bool,
+) -> Result<PathBuf> {
+    let section: DataSection = file.section("data")?;
+    let run_dir = file.run_dir(repo_root);
+    let mut cfg = BuildConfig::new(repo_root, Path::new(""));
+    if let Some(s) = section.split {
+        cfg.split = s;
+    }
+    let mut inputs = BTreeMap::new();
+    inputs.insert(
+        "datasets/sources.toml".to_string(),
+        sha256_file(&cfg.sources_file)?,
+    );
+    let curated = repo_root.join("datasets/curated");
+    if let Ok(rd) = std::fs::read_dir(&curated) {
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
+        files.sort();
+        for f in files {
+            inputs.insert(
+                format!(
+                    "datasets/curated/{}",
+                    f.file_name().unwrap().to_string_lossy()
+                ),
+                sha256_file(&f)?,
+            );
+        }
+    }
+    let key = mosr_artifacts::stage_key(&serde_json::to_value(&cfg)?, &inputs);
+    if !force && run_dir.is_up_to_date("data", &key) {
+        info!(stage = "data", "up to date");
+        return Ok(run_dir.stage_dir("data"));
+    }
+    let work = run_dir.begin("data", &key)?;
+    cfg.out_dir = work.dir().to_path_buf();
+    let out = run(&cfg)?;
+    let manifest = StageManifest::read(&out.manifest)?;
+    Ok(work.commit(manifest)?)
 }
