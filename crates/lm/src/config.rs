@@ -110,14 +110,16 @@ impl ModelConfig {
             file: source.to_path_buf(),
             problem: what,
         };
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        if self.num_heads == 0
+            || self.num_kv_heads == 0
+            || !self.num_heads.is_multiple_of(self.num_kv_heads)
         {
             return Err(bad(format!(
                 "num_heads {} must be a positive multiple of num_kv_heads {}",
                 self.num_heads, self.num_kv_heads
             )));
         }
-        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim == 0 {
             return Err(bad(format!("head_dim {} must be even", self.head_dim)));
         }
         if self.hidden_size == 0 || self.num_layers == 0 || self.vocab_size == 0 {

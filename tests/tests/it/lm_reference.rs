@@ -149,7 +149,7 @@ fn check_batch(lm: &LanguageModel, model: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|m| ids(m))
+        .flat_map(ids)
         .map(|x| x == 1)
         .collect();
     assert_eq!(batch.mask, want_mask, "{model}: left padding layout");
