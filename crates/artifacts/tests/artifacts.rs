@@ -459,3 +459,87 @@ fn schema_docs_cover_every_table() {
         );
     }
 }
+
+#[derive(Debug, Default, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct ProbeSection {
+    #[serde(default)]
+    l2: f64,
+    #[serde(default)]
+    layers: Vec<usize>,
+}
+
+#[test]
+fn pipeline_errors_name_the_key_and_line() {
+    use mosr_artifacts::PipelineFile;
+    let dir = tmp("pipelines");
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ok = write(
+        "ok.toml",
+        "[run]\nname = \"t\"\nmodel = \"m\"\n\n[probe]\nl2 = 0.5\n",
+    );
+    let f = PipelineFile::load(&ok).unwrap();
+    assert_eq!(f.run.seed, 2511, "documented default seed");
+    assert_eq!(
+        f.section::<ProbeSection>("probe").unwrap(),
+        ProbeSection {
+            l2: 0.5,
+            layers: vec![]
+        }
+    );
+    assert_eq!(
+        f.section::<ProbeSection>("absent").unwrap(),
+        ProbeSection::default()
+    );
+
+    let unknown = write(
+        "unknown.toml",
+        "[run]\nname = \"t\"\nmodel = \"m\"\n\n[probe]\nl2 = 0.5\nlayerz = [1]\n",
+    );
+    let e = PipelineFile::load(&unknown)
+        .unwrap()
+        .section::<ProbeSection>("probe")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown.toml") && e.contains("layerz") && e.contains("line 7"),
+        "{e}"
+    );
+
+    let wrong = write(
+        "wrong.toml",
+        "[run]\nname = \"t\"\nmodel = \"m\"\n[probe]\nl2 = \"high\"\n",
+    );
+    let e = PipelineFile::load(&wrong)
+        .unwrap()
+        .section::<ProbeSection>("probe")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("wrong.toml") && e.contains("[probe]"), "{e}");
+
+    let no_model = write("nomodel.toml", "[run]\nname = \"t\"\n");
+    let e = PipelineFile::load(&no_model).unwrap_err().to_string();
+    assert!(
+        e.contains("nomodel.toml") && e.contains("[run]") && e.contains("model"),
+        "{e}"
+    );
+
+    let typo = write(
+        "typo.toml",
+        "[run]\nname = \"t\"\nmodel = \"m\"\n[probes]\n",
+    );
+    let e = PipelineFile::load(&typo)
+        .unwrap()
+        .check_sections(&["probe"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[probes]") && e.contains("line 4"), "{e}");
+
+    let broken = write("broken.toml", "[run]\nname = \"t\"\nmodel = = \"m\"\n");
+    let e = PipelineFile::load(&broken).unwrap_err().to_string();
+    assert!(e.contains("broken.toml") && e.contains("line 3"), "{e}");
+}
