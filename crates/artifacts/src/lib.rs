@@ -14,6 +14,7 @@
 //! * [`run_dir`]: `runs/<pipeline>/<stage>/`, the stage key, resumable partial folders.
 //! * [`pipeline`]: pipeline TOML files: the `[run]` section and per-stage sections.
 
+pub mod analysis;
 pub mod atomic;
 pub mod error;
 pub mod hash;
