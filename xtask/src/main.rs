@@ -28,6 +28,12 @@ enum Cmd {
         /// Rerun the selected stages even if up to date.
         #[arg(long)]
         force: bool,
+        /// Run folders root instead of the pipeline's `[run] runs_dir`.
+        #[arg(long)]
+        runs_dir: Option<std::path::PathBuf>,
+        /// Report root instead of the pipeline's `[run] results_dir`.
+        #[arg(long)]
+        results_dir: Option<std::path::PathBuf>,
     },
     /// mosr vs PyTorch + transformers, A/B interleaved on SmolLM2 (f32, 2 threads).
     Bench {
@@ -87,13 +93,19 @@ fn main() -> Result<()> {
             from,
             only,
             force,
+            runs_dir,
+            results_dir,
         } => {
             reproduce::run(
                 &mosr_data::paths::repo_root(),
-                &pipeline,
-                from.as_deref(),
-                only.as_deref(),
-                force,
+                &reproduce::Options {
+                    pipeline: &pipeline,
+                    from: from.as_deref(),
+                    only: only.as_deref(),
+                    force,
+                    runs_dir,
+                    results_dir,
+                },
             )?;
         }
         Cmd::Bench {

@@ -2,7 +2,7 @@
 //! A stage whose manifest key matches its current config and upstream keys is skipped, so a
 //! second run with no change does nothing, and a killed run picks up where it stopped.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -15,10 +15,16 @@ struct Stage {
 }
 
 fn stages() -> Vec<Stage> {
-    vec![Stage {
-        name: "data",
-        run: |f, r, force| mosr_data::stage::run_pipeline_stage(f, r, force),
-    }]
+    vec![
+        Stage {
+            name: "data",
+            run: |f, r, force| mosr_data::stage::run_pipeline_stage(f, r, force),
+        },
+        Stage {
+            name: "report",
+            run: |f, r, force| mosr_report::run_pipeline_stage(f, r, force),
+        },
+    ]
 }
 
 pub fn pipeline_path(repo: &Path, name: &str) -> std::path::PathBuf {
@@ -30,15 +36,32 @@ pub fn pipeline_path(repo: &Path, name: &str) -> std::path::PathBuf {
     }
 }
 
-pub fn run(
-    repo: &Path,
-    pipeline: &str,
-    from: Option<&str>,
-    only: Option<&str>,
-    force: bool,
-) -> Result<()> {
+/// What to run and where; `runs_dir`/`results_dir` override the pipeline's `[run]` folders.
+pub struct Options<'a> {
+    pub pipeline: &'a str,
+    pub from: Option<&'a str>,
+    pub only: Option<&'a str>,
+    pub force: bool,
+    pub runs_dir: Option<PathBuf>,
+    pub results_dir: Option<PathBuf>,
+}
+
+pub fn run(repo: &Path, opts: &Options) -> Result<()> {
+    let Options {
+        pipeline,
+        from,
+        only,
+        force,
+        ..
+    } = *opts;
     let path = pipeline_path(repo, pipeline);
-    let file = PipelineFile::load(&path)?;
+    let mut file = PipelineFile::load(&path)?;
+    if let Some(d) = &opts.runs_dir {
+        file.run.runs_dir = d.clone();
+    }
+    if let Some(d) = &opts.results_dir {
+        file.run.results_dir = d.clone();
+    }
     let all = stages();
     let names: Vec<&str> = all.iter().map(|s| s.name).collect();
     file.check_sections(&names)?;
@@ -70,10 +93,11 @@ pub fn run(
         tracing::info!(stage = s.name, secs = t0.elapsed().as_secs_f64(), out = %out.display(), "stage done");
     }
     println!(
-        "pipeline `{}` done in {:.1} s; run folder {}",
+        "pipeline `{}` done in {:.1} s; run folder {}; report {}",
         file.run.name,
         started.elapsed().as_secs_f64(),
-        file.run_dir(repo).root().display()
+        file.run_dir(repo).root().display(),
+        file.results_dir(repo).join("README.md").display()
     );
     Ok(())
 }

@@ -24,7 +24,12 @@ pub const REPRESENTATIONS: TableSchema = TableSchema {
     version: 1,
     columns: &[
         col!("prompt_id", Utf8, false, "id from `prompts.parquet`"),
-        col!("role", Utf8, false, "the prompt's role (copied so a layer loads without a join)"),
+        col!(
+            "role",
+            Utf8,
+            false,
+            "the prompt's role (copied so a layer loads without a join)"
+        ),
         col!("split", Utf8, false, "the prompt's split"),
         col!(
             "layer",

@@ -27,6 +27,10 @@ pub struct RunSection {
     /// Root of run folders, relative to the repository root unless absolute.
     #[serde(default = "default_runs_dir")]
     pub runs_dir: PathBuf,
+    /// Root of reports (`<results_dir>/<name>/`), relative to the repository root unless
+    /// absolute.
+    #[serde(default = "default_results_dir")]
+    pub results_dir: PathBuf,
 }
 
 fn default_seed() -> u64 {
@@ -37,6 +41,9 @@ fn default_device() -> String {
 }
 fn default_runs_dir() -> PathBuf {
     PathBuf::from("runs")
+}
+fn default_results_dir() -> PathBuf {
+    PathBuf::from("results")
 }
 
 /// A parsed pipeline file: the `[run]` section and the raw table of every other section.
@@ -79,6 +86,7 @@ impl PipelineFile {
                 seed: 0,
                 device: String::new(),
                 runs_dir: PathBuf::new(),
+                results_dir: PathBuf::new(),
             },
             table,
         };
@@ -148,5 +156,15 @@ impl PipelineFile {
             repo_root.join(&self.run.runs_dir)
         };
         RunDir::new(&root, &self.run.name)
+    }
+
+    /// The report folder `<results_dir>/<name>`, relative `results_dir` taken from `repo_root`.
+    pub fn results_dir(&self, repo_root: &Path) -> PathBuf {
+        let root = if self.run.results_dir.is_absolute() {
+            self.run.results_dir.clone()
+        } else {
+            repo_root.join(&self.run.results_dir)
+        };
+        root.join(&self.run.name)
     }
 }

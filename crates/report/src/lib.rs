@@ -1,0 +1,216 @@
+//! mosr-report: the results report. Reads the Parquet outputs of every stage of a run folder,
+//! joins them with polars into the paper's tables, draws the plots, and writes
+//! `results/<pipeline>/` (Parquet + Markdown + SVG + README.md).
+//!
+//! The report never recomputes a metric: every number comes from a stage's table, so the
+//! report and the artifacts cannot disagree. Sections whose stage has not run are skipped and
+//! listed as missing in the README.
+
+pub mod markdown;
+pub mod sections;
+pub mod svg;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use mosr_artifacts::{PipelineFile, RunDir, StageManifest, write_bytes_atomic};
+use polars::prelude::{DataFrame, ParquetReader, ParquetWriter, SerReader};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+/// `[report]` section of a pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportSection {
+    /// Row order of the variants in the tables; variants not listed follow, sorted.
+    pub variant_order: Vec<String>,
+    /// Decimals in the Markdown tables.
+    pub digits: usize,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        ReportSection {
+            variant_order: ["base", "rr", "rr_weights", "rr_augment", "mosr"]
+                .map(String::from)
+                .to_vec(),
+            digits: 3,
+        }
+    }
+}
+
+/// What a report run wrote.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOutputs {
+    pub out_dir: PathBuf,
+    /// Written files, relative to `out_dir`.
+    pub files: Vec<String>,
+    /// Sections skipped because their stage has not produced its table.
+    pub missing: Vec<String>,
+}
+
+/// Everything a section writes goes through this, so every file is atomic and listed.
+pub struct Writer {
+    pub dir: PathBuf,
+    pub files: Vec<String>,
+    pub digits: usize,
+}
+
+impl Writer {
+    pub fn text(&mut self, name: &str, text: &str) -> Result<()> {
+        let path = self.dir.join(name);
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+        }
+        write_bytes_atomic(&path, text.as_bytes())?;
+        self.files.push(name.to_string());
+        Ok(())
+    }
+
+    /// `<name>.parquet` (for polars users) and the same table as Markdown in the README.
+    pub fn table(&mut self, name: &str, df: &mut DataFrame) -> Result<String> {
+        let path = self.dir.join(format!("{name}.parquet"));
+        let tmp = self.dir.join(format!(".{name}.parquet.tmp"));
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        ParquetWriter::new(file)
+            .finish(df)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        self.files.push(format!("{name}.parquet"));
+        Ok(markdown::table(df, self.digits))
+    }
+}
+
+/// Read a Parquet file into a polars DataFrame, naming the file on error.
+pub fn read_df(path: &Path) -> Result<DataFrame> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    ParquetReader::new(file)
+        .finish()
+        .with_context(|| format!("reading {} with polars", path.display()))
+}
+
+/// Build the report for `run_dir` into `out_dir`. `command` is recorded in the README.
+pub fn run(
+    cfg: &ReportSection,
+    run_dir: &RunDir,
+    out_dir: &Path,
+    command: &str,
+) -> Result<ReportOutputs> {
+    let started = Instant::now();
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let mut w = Writer {
+        dir: out_dir.to_path_buf(),
+        files: Vec::new(),
+        digits: cfg.digits,
+    };
+    let mut body = String::new();
+    let mut missing = Vec::new();
+    for section in sections::all() {
+        match (section.build)(cfg, run_dir, &mut w)? {
+            Some(md) => {
+                body.push_str(&format!("## {}\n\n{}\n", section.title, md));
+            }
+            None => missing.push(section.title.to_string()),
+        }
+    }
+    let readme = readme(run_dir, command, &body, &missing)?;
+    w.text("README.md", &readme)?;
+    info!(
+        files = w.files.len(),
+        missing = missing.len(),
+        secs = started.elapsed().as_secs_f64(),
+        out = %out_dir.display(),
+        "report written"
+    );
+    Ok(ReportOutputs {
+        out_dir: out_dir.to_path_buf(),
+        files: w.files,
+        missing,
+    })
+}
+
+/// Manifests of every finished stage of the run, by stage name.
+pub fn manifests(run_dir: &RunDir) -> BTreeMap<String, StageManifest> {
+    let mut out = BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(run_dir.root()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Ok(m) = run_dir.manifest(&name) {
+                out.insert(name, m);
+            }
+        }
+    }
+    out
+}
+
+fn readme(run_dir: &RunDir, command: &str, body: &str, missing: &[String]) -> Result<String> {
+    let ms = manifests(run_dir);
+    let total: f64 = ms.values().map(|m| m.wall_time_s).sum();
+    let code = ms
+        .values()
+        .map(|m| m.code_version.clone())
+        .next()
+        .unwrap_or_else(mosr_artifacts::code_version);
+    let model_hash = ms
+        .values()
+        .find_map(|m| {
+            m.inputs
+                .iter()
+                .find(|(k, _)| k.starts_with("model"))
+                .map(|(k, v)| format!("{k} sha256 {v}"))
+        })
+        .unwrap_or_else(|| "(no model-reading stage has run)".into());
+    let seed = ms.values().find_map(|m| m.seed);
+    let mut s = format!(
+        "# Results: `{}`\n\nMade by `{command}` from code `{code}`.\n\n\
+         * model: {model_hash}\n* seed: {}\n* stage wall time (sum of manifests): {:.1} min\n\n",
+        run_dir
+            .root()
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        seed.map(|s| s.to_string()).unwrap_or_else(|| "–".into()),
+        total / 60.0
+    );
+    s.push_str("| stage | key | wall time (s) | created |\n|---|---|---:|---|\n");
+    for (name, m) in &ms {
+        s.push_str(&format!(
+            "| {name} | `{}` | {:.1} | {} |\n",
+            m.key, m.wall_time_s, m.created
+        ));
+    }
+    s.push_str(
+        "\nEvery table below is also a Parquet file in this folder; open it with \
+         `polars.read_parquet(\"results/<pipeline>/<table>.parquet\")`.\n\n",
+    );
+    s.push_str(body);
+    if !missing.is_empty() {
+        s.push_str("## Not in this report\n\nThese sections need stages that have not run yet: ");
+        s.push_str(&missing.join(", "));
+        s.push_str(".\n");
+    }
+    Ok(s)
+}
+
+/// Runs the report for a pipeline file into `[run] results_dir` (default
+/// `results/<pipeline>/`). Cheap, so it always reruns (no key).
+pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, _force: bool) -> Result<PathBuf> {
+    let cfg: ReportSection = file.section("report")?;
+    let run_dir = file.run_dir(repo_root);
+    let out_dir = file.results_dir(repo_root);
+    let rel = file
+        .path
+        .strip_prefix(repo_root)
+        .unwrap_or(&file.path)
+        .display()
+        .to_string();
+    let command = format!("cargo xtask reproduce --pipeline {rel}");
+    run(&cfg, &run_dir, &out_dir, &command)?;
+    Ok(out_dir)
+}

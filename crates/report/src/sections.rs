@@ -1,0 +1,636 @@
+//! The report's sections, in README order. Each reads one stage's tables, writes its own
+//! Parquet/SVG files through the [`Writer`] and returns its Markdown, or `None` when its stage
+//! has not produced the table yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, Result, bail};
+use mosr_artifacts::RunDir;
+use polars::df;
+use polars::prelude::{AnyValue, BooleanChunked, Column, DataFrame, DataType};
+
+use crate::svg::{self, Chart, Series};
+use crate::{ReportSection, Writer, read_df};
+
+pub struct Section {
+    pub title: &'static str,
+    pub build: fn(&ReportSection, &RunDir, &mut Writer) -> Result<Option<String>>,
+}
+
+pub fn all() -> Vec<Section> {
+    vec![
+        Section {
+            title: "Main table",
+            build: main_table,
+        },
+        Section {
+            title: "Ablation",
+            build: ablation,
+        },
+        Section {
+            title: "Refusal judge validation",
+            build: judge_validation,
+        },
+        Section {
+            title: "Linear probes",
+            build: probes,
+        },
+        Section {
+            title: "Boundary positions",
+            build: boundary,
+        },
+        Section {
+            title: "LogitLens",
+            build: logit_lens,
+        },
+        Section {
+            title: "Training curves",
+            build: training,
+        },
+    ]
+}
+
+/// Column `name` of `df` as strings (any string encoding), naming the column on error.
+pub fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>> {
+    let c = df
+        .column(name)
+        .with_context(|| format!("column `{name}` missing"))?;
+    let c = c.cast(&DataType::String)?;
+    (0..c.len())
+        .map(|i| {
+            Ok(match c.get(i)? {
+                AnyValue::String(v) => v.to_string(),
+                AnyValue::StringOwned(v) => v.to_string(),
+                _ => String::new(),
+            })
+        })
+        .collect()
+}
+
+/// Column `name` as f64 (nulls as NaN).
+pub fn f64s(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
+    let c = df
+        .column(name)
+        .with_context(|| format!("column `{name}` missing"))?;
+    let c = c.cast(&DataType::Float64)?;
+    (0..c.len())
+        .map(|i| {
+            Ok(match c.get(i)? {
+                AnyValue::Float64(v) => v,
+                _ => f64::NAN,
+            })
+        })
+        .collect()
+}
+
+/// One row of the eval stage's `metrics.parquet`.
+#[derive(Debug, Clone)]
+pub struct Metric {
+    pub variant: String,
+    pub set: String,
+    pub attack: String,
+    pub metric: String,
+    pub value: f64,
+    pub n: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// The eval metrics, or None when the eval stage has not run.
+pub fn eval_metrics(run_dir: &RunDir) -> Result<Option<Vec<Metric>>> {
+    let path = run_dir.stage_dir("eval").join("metrics.parquet");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let df = read_df(&path)?;
+    let ctx = || format!("{}", path.display());
+    let (variant, set, attack, metric) = (
+        strs(&df, "variant").with_context(ctx)?,
+        strs(&df, "set").with_context(ctx)?,
+        strs(&df, "attack").with_context(ctx)?,
+        strs(&df, "metric").with_context(ctx)?,
+    );
+    let value = f64s(&df, "value").with_context(ctx)?;
+    let n = f64s(&df, "n").with_context(ctx)?;
+    let ci_low = f64s(&df, "ci_low").with_context(ctx)?;
+    let ci_high = f64s(&df, "ci_high").with_context(ctx)?;
+    Ok(Some(
+        (0..df.height())
+            .map(|i| Metric {
+                variant: variant[i].clone(),
+                set: set[i].clone(),
+                attack: attack[i].clone(),
+                metric: metric[i].clone(),
+                value: value[i],
+                n: n[i],
+                ci_low: ci_low[i],
+                ci_high: ci_high[i],
+            })
+            .collect(),
+    ))
+}
+
+/// Main-table column of a metric, and its group (0 ASR per attack, 1 pooled ASR,
+/// 2 over-refusal, 3 contrast compliance, 4 capability);
+/// None for metrics that are not in the main table (judge validation, perplexities).
+pub fn main_column(m: &Metric) -> Option<(u8, String)> {
+    match m.metric.as_str() {
+        // Pooled ASR (`all`) is a column of its own; the ablation means skip it so that
+        // attacks are not counted twice.
+        "asr" if m.attack == "all" => Some((1, "ASR pooled".to_string())),
+        "asr" => Some((0, format!("ASR {}", m.attack))),
+        "over_refusal_rate" => Some((2, format!("over-refusal {}", short_set(&m.set)))),
+        "compliance_rate" => Some((3, format!("compliance {}", short_set(&m.set)))),
+        "accuracy" if !m.variant.is_empty() => Some((4, m.set.clone())),
+        _ => None,
+    }
+}
+
+fn short_set(set: &str) -> &str {
+    set.strip_prefix("overrefusal_").unwrap_or(set)
+}
+
+fn order_variants(cfg: &ReportSection, variants: BTreeSet<String>) -> Vec<String> {
+    let mut out: Vec<String> = cfg
+        .variant_order
+        .iter()
+        .filter(|v| variants.contains(*v))
+        .cloned()
+        .collect();
+    let rest: Vec<String> = variants.into_iter().filter(|v| !out.contains(v)).collect();
+    out.extend(rest);
+    out
+}
+
+/// Variants x {ASR per attack, over-refusal per set, contrast compliance, capability}.
+fn main_table(cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Option<String>> {
+    let Some(metrics) = eval_metrics(run_dir)? else {
+        return Ok(None);
+    };
+    let mut columns: BTreeSet<(u8, String)> = BTreeSet::new();
+    let mut cells: BTreeMap<(String, String), &Metric> = BTreeMap::new();
+    let mut variants = BTreeSet::new();
+    for m in &metrics {
+        if let Some(col) = main_column(m) {
+            if cells
+                .insert((m.variant.clone(), col.1.clone()), m)
+                .is_some()
+            {
+                bail!(
+                    "eval metrics: two rows for variant `{}`, column `{}`",
+                    m.variant,
+                    col.1
+                );
+            }
+            variants.insert(m.variant.clone());
+            columns.insert(col);
+        }
+    }
+    if cells.is_empty() {
+        return Ok(None);
+    }
+    let variants = order_variants(cfg, variants);
+    // Long table (one row per cell, with n and CI) for analysis; wide one for reading.
+    let mut long = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((v, c), m) in &cells {
+        long.0.push(v.clone());
+        long.1.push(c.clone());
+        long.2.push(m.value);
+        long.3.push(m.n);
+        long.4.push(m.ci_low);
+        long.5.push(m.ci_high);
+    }
+    let mut long_df = df!(
+        "variant" => long.0, "column" => long.1, "value" => long.2,
+        "n" => long.3, "ci_low" => long.4, "ci_high" => long.5
+    )?;
+    w.table("main_table_long", &mut long_df)?;
+    let mut wide: Vec<Column> = vec![Column::new("variant".into(), variants.clone())];
+    for (_, c) in &columns {
+        let vals: Vec<Option<f64>> = variants
+            .iter()
+            .map(|v| cells.get(&(v.clone(), c.clone())).map(|m| m.value))
+            .collect();
+        wide.push(Column::new(c.as_str().into(), vals));
+    }
+    let mut wide_df = DataFrame::new_infer_height(wide)?;
+    let md = w.table("main_table", &mut wide_df)?;
+
+    // Safety vs over-refusal: pooled ASR against mean over-refusal on safe sets.
+    let mut series = Vec::new();
+    for v in &variants {
+        let mean_of = |group: u8| {
+            let vals: Vec<f64> = columns
+                .iter()
+                .filter(|(g, _)| *g == group)
+                .filter_map(|(_, c)| cells.get(&(v.clone(), c.clone())).map(|m| m.value))
+                .filter(|x| x.is_finite())
+                .collect();
+            (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+        };
+        if let (Some(asr), Some(or)) = (mean_of(0), mean_of(2)) {
+            series.push(Series {
+                name: v.clone(),
+                points: vec![(or, asr)],
+            });
+        }
+    }
+    let mut out = format!(
+        "Rates are shares of prompts (n and 95% Wilson intervals in `main_table_long.parquet`). \
+         ASR: a response that is neither refused nor gibberish; over-refusal: refused or gibberish \
+         on a safe prompt; capability: log-likelihood accuracy.\n\n{md}\n"
+    );
+    if !series.is_empty() {
+        let chart = Chart {
+            title: "Safety vs over-refusal".into(),
+            x_label: "mean over-refusal rate (safe sets)".into(),
+            y_label: "mean attack success rate".into(),
+            y_range: None,
+        };
+        w.text(
+            "plots/safety_vs_overrefusal.svg",
+            &svg::scatter_chart(&chart, &series),
+        )?;
+        out.push_str("![safety vs over-refusal](plots/safety_vs_overrefusal.svg)\n");
+    }
+    Ok(Some(out))
+}
+
+/// The four training variants side by side, each component's effect relative to `rr`.
+fn ablation(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Option<String>> {
+    let Some(metrics) = eval_metrics(run_dir)? else {
+        return Ok(None);
+    };
+    const VARIANTS: [(&str, bool, bool); 5] = [
+        ("base", false, false),
+        ("rr", false, false),
+        ("rr_weights", true, false),
+        ("rr_augment", false, true),
+        ("mosr", true, true),
+    ];
+    let mean = |v: &str, group: u8| -> f64 {
+        let vals: Vec<f64> = metrics
+            .iter()
+            .filter(|m| m.variant == v)
+            .filter(|m| main_column(m).is_some_and(|(g, _)| g == group))
+            .map(|m| m.value)
+            .filter(|x| x.is_finite())
+            .collect();
+        if vals.is_empty() {
+            f64::NAN
+        } else {
+            vals.iter().sum::<f64>() / vals.len() as f64
+        }
+    };
+    let present: Vec<&(&str, bool, bool)> = VARIANTS
+        .iter()
+        .filter(|(v, ..)| metrics.iter().any(|m| m.variant == *v))
+        .collect();
+    if !present.iter().any(|(v, ..)| *v == "rr") {
+        return Ok(None);
+    }
+    let rr = (mean("rr", 0), mean("rr", 2), mean("rr", 4));
+    let mut cols: (Vec<String>, Vec<&str>, Vec<&str>) = (vec![], vec![], vec![]);
+    let mut vals: [Vec<f64>; 6] = Default::default();
+    for (v, weights, aug) in present {
+        cols.0.push(v.to_string());
+        cols.1.push(if *weights { "yes" } else { "no" });
+        cols.2.push(if *aug { "yes" } else { "no" });
+        let (a, o, c) = (mean(v, 0), mean(v, 2), mean(v, 4));
+        for (k, x) in [a, a - rr.0, o, o - rr.1, c, c - rr.2]
+            .into_iter()
+            .enumerate()
+        {
+            vals[k].push(x);
+        }
+    }
+    let [a, da, o, dor, c, dc] = vals;
+    let mut df = df!(
+        "variant" => cols.0, "overlap weights" => cols.1, "context augmentation" => cols.2,
+        "mean ASR" => a, "Δ ASR vs rr" => da, "mean over-refusal" => o,
+        "Δ over-refusal vs rr" => dor, "mean capability" => c, "Δ capability vs rr" => dc
+    )?;
+    let md = w.table("ablation_table", &mut df)?;
+    Ok(Some(format!(
+        "Means over the main table's ASR columns, over-refusal columns and capability columns. \
+         Lower ASR and lower over-refusal are better.\n\n{md}"
+    )))
+}
+
+/// The refusal judge against the human labels (accuracy, precision, recall, F1).
+fn judge_validation(
+    _cfg: &ReportSection,
+    run_dir: &RunDir,
+    w: &mut Writer,
+) -> Result<Option<String>> {
+    let Some(metrics) = eval_metrics(run_dir)? else {
+        return Ok(None);
+    };
+    let rows: Vec<&Metric> = metrics
+        .iter()
+        .filter(|m| m.metric.starts_with("judge_"))
+        .collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut df = df!(
+        "set" => rows.iter().map(|m| m.set.clone()).collect::<Vec<_>>(),
+        "metric" => rows.iter().map(|m| m.metric.clone()).collect::<Vec<_>>(),
+        "value" => rows.iter().map(|m| m.value).collect::<Vec<_>>(),
+        "n" => rows.iter().map(|m| m.n).collect::<Vec<_>>(),
+        "ci_low" => rows.iter().map(|m| m.ci_low).collect::<Vec<_>>(),
+        "ci_high" => rows.iter().map(|m| m.ci_high).collect::<Vec<_>>()
+    )?;
+    Ok(Some(w.table("judge_validation", &mut df)?))
+}
+
+/// Rows of `df` grouped by the string column `by`, as (key, [(x, y)]) from two numeric columns.
+fn series_by(df: &DataFrame, by: &str, x: &str, y: &str) -> Result<Vec<Series>> {
+    let (keys, xs, ys) = (strs(df, by)?, f64s(df, x)?, f64s(df, y)?);
+    let mut map: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for i in 0..keys.len() {
+        map.entry(keys[i].clone()).or_default().push((xs[i], ys[i]));
+    }
+    Ok(map
+        .into_iter()
+        .map(|(name, mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series { name, points }
+        })
+        .collect())
+}
+
+/// Keep the rows of `df` whose string column `col` is one of `keep`.
+fn filter_in(df: &DataFrame, col: &str, keep: &[&str]) -> Result<DataFrame> {
+    let vals = strs(df, col)?;
+    let mask: BooleanChunked = vals
+        .iter()
+        .map(|v| keep.contains(&v.as_str()))
+        .collect::<BooleanChunked>();
+    Ok(df.filter(&mask)?)
+}
+
+/// The summary row per set: the layer where held-out accuracy peaks, and what the probe says
+/// about over-refusal prompts there and at the last layer.
+fn probes(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Option<String>> {
+    let path = run_dir.stage_dir("probe").join("probe_metrics.parquet");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let df = read_df(&path)?;
+    let ctx = || path.display().to_string();
+    let (layer, set) = (
+        f64s(&df, "layer").with_context(ctx)?,
+        strs(&df, "set").with_context(ctx)?,
+    );
+    let (acc, share) = (
+        f64s(&df, "accuracy").with_context(ctx)?,
+        f64s(&df, "share_malicious").with_context(ctx)?,
+    );
+    let best = (0..df.height())
+        .filter(|&i| set[i] == "test" && acc[i].is_finite())
+        .max_by(|&a, &b| {
+            acc[a]
+                .total_cmp(&acc[b])
+                .then(layer[b].total_cmp(&layer[a]))
+        });
+    let Some(best) = best else {
+        bail!("{}: no `test` rows with an accuracy", ctx());
+    };
+    let best_layer = layer[best];
+    let at_best = filter_in(
+        &df,
+        "set",
+        &[
+            "test",
+            "benign_test",
+            "harmful_test",
+            "overrefusal_safe",
+            "overrefusal_borderline",
+            "overrefusal_unsafe_contrast",
+        ],
+    )?;
+    let lay = f64s(&at_best, "layer")?;
+    let mask: BooleanChunked = lay.iter().map(|l| *l == best_layer).collect();
+    let mut at_best = at_best.filter(&mask)?;
+    let md = w.table("probe_best_layer", &mut at_best)?;
+
+    let acc_plot = filter_in(
+        &df,
+        "set",
+        &["test", "overrefusal_safe", "overrefusal_borderline"],
+    )?;
+    let chart = Chart {
+        title: "Probe: accuracy per layer (over-refusal sets: share scored benign)".into(),
+        x_label: "layer".into(),
+        y_label: "accuracy".into(),
+        y_range: Some((0.0, 1.0)),
+    };
+    w.text(
+        "plots/probe_accuracy.svg",
+        &svg::line_chart(&chart, &series_by(&acc_plot, "set", "layer", "accuracy")?),
+    )?;
+    let or_share: Vec<String> = (0..df.height())
+        .filter(|&i| layer[i] == best_layer && set[i].starts_with("overrefusal"))
+        .map(|i| format!("{} {:.2}", set[i], share[i]))
+        .collect();
+    Ok(Some(format!(
+        "Logistic-regression probes (benign vs harmful, train split) per layer; `probe_metrics.parquet` \
+         in the run folder has every layer. Held-out accuracy peaks at layer {best_layer} ({:.3}); \
+         there, the share of over-refusal prompts scored malicious is: {}.\n\n{md}\n\
+         ![probe accuracy per layer](plots/probe_accuracy.svg)\n",
+        acc[best],
+        if or_share.is_empty() {
+            "–".to_string()
+        } else {
+            or_share.join(", ")
+        }
+    )))
+}
+
+/// Median boundary position per role and layer (0 = benign centroid, 1 = malicious).
+fn boundary(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Option<String>> {
+    let path = run_dir.stage_dir("probe").join("boundary.parquet");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let df = read_df(&path)?;
+    let chart = Chart {
+        title: "Position between the benign (0) and malicious (1) centroids".into(),
+        x_label: "layer".into(),
+        y_label: "median boundary position".into(),
+        y_range: None,
+    };
+    w.text(
+        "plots/boundary.svg",
+        &svg::line_chart(
+            &chart,
+            &series_by(&df, "role", "layer", "median")
+                .with_context(|| path.display().to_string())?,
+        ),
+    )?;
+    // The table: one row per role, the median at a few evenly spaced layers.
+    let (role, layer, median) = (
+        strs(&df, "role")?,
+        f64s(&df, "layer")?,
+        f64s(&df, "median")?,
+    );
+    let mut layers: Vec<f64> = layer.clone();
+    layers.sort_by(f64::total_cmp);
+    layers.dedup();
+    let picks: Vec<f64> = if layers.len() <= 6 {
+        layers.clone()
+    } else {
+        (0..6).map(|k| layers[k * (layers.len() - 1) / 5]).collect()
+    };
+    let roles: BTreeSet<&String> = role.iter().collect();
+    let mut cols = vec![Column::new(
+        "role".into(),
+        roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+    )];
+    for l in &picks {
+        let vals: Vec<Option<f64>> = roles
+            .iter()
+            .map(|r| {
+                (0..role.len())
+                    .find(|&i| &&role[i] == r && layer[i] == *l)
+                    .map(|i| median[i])
+            })
+            .collect();
+        cols.push(Column::new(format!("layer {l}").into(), vals));
+    }
+    let mut table = DataFrame::new_infer_height(cols)?;
+    let md = w.table("boundary_medians", &mut table)?;
+    Ok(Some(format!(
+        "Each prompt's hidden state projected on the difference of the class means, scaled so that \
+         the benign centroid is 0 and the malicious one 1 (medians; quartiles in the run folder's \
+         `boundary.parquet`).\n\n{md}\n![boundary positions](plots/boundary.svg)\n"
+    )))
+}
+
+/// Refusal-tone probability mass per layer and role.
+fn logit_lens(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Option<String>> {
+    let path = run_dir
+        .stage_dir("logit_lens")
+        .join("logit_lens_summary.parquet");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let df = read_df(&path)?;
+    let ctx = || path.display().to_string();
+    for (col, title, file) in [
+        (
+            "refusal_mass",
+            "LogitLens: refusal-tone mass per layer",
+            "lens_refusal_mass.svg",
+        ),
+        (
+            "compliance_mass",
+            "LogitLens: compliance-tone mass per layer",
+            "lens_compliance_mass.svg",
+        ),
+    ] {
+        let chart = Chart {
+            title: title.into(),
+            x_label: "layer".into(),
+            y_label: "probability mass".into(),
+            y_range: None,
+        };
+        w.text(
+            &format!("plots/{file}"),
+            &svg::line_chart(
+                &chart,
+                &series_by(&df, "role", "layer", col).with_context(ctx)?,
+            ),
+        )?;
+    }
+    // Last layer per role: what the model is about to say.
+    let layer = f64s(&df, "layer").with_context(ctx)?;
+    let last = layer.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mask: BooleanChunked = layer.iter().map(|l| *l == last).collect();
+    let mut at_last = df.filter(&mask)?;
+    let md = w.table("logit_lens_last_layer", &mut at_last)?;
+    Ok(Some(format!(
+        "Each layer's residual stream decoded through the final norm and the unembedding at the \
+         last prompt token. Last layer ({last}):\n\n{md}\n\
+         ![refusal mass](plots/lens_refusal_mass.svg)\n![compliance mass](plots/lens_compliance_mass.svg)\n"
+    )))
+}
+
+/// Loss curves of every trained variant, and start/end values.
+fn training(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Option<String>> {
+    let dir = run_dir.stage_dir("finetune");
+    let mut variants: Vec<(String, DataFrame)> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        let mut names: Vec<String> = rd
+            .flatten()
+            .filter(|e| e.path().join("train_log.parquet").is_file())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        for n in names {
+            let df = read_df(&dir.join(&n).join("train_log.parquet"))?;
+            variants.push((n, df));
+        }
+    }
+    if variants.is_empty() {
+        return Ok(None);
+    }
+    let mut rows: (
+        Vec<String>,
+        Vec<f64>,
+        Vec<f64>,
+        Vec<f64>,
+        Vec<f64>,
+        Vec<f64>,
+        Vec<f64>,
+        Vec<f64>,
+    ) = Default::default();
+    for col in ["loss", "erasure_loss", "retain_loss"] {
+        let mut series = Vec::new();
+        for (v, df) in &variants {
+            let (x, y) = (f64s(df, "step")?, f64s(df, col)?);
+            series.push(Series {
+                name: v.clone(),
+                points: x.into_iter().zip(y).collect(),
+            });
+        }
+        let chart = Chart {
+            title: format!("Training: {col}"),
+            x_label: "step".into(),
+            y_label: col.into(),
+            y_range: None,
+        };
+        w.text(
+            &format!("plots/train_{col}.svg"),
+            &svg::line_chart(&chart, &series),
+        )?;
+    }
+    for (v, df) in &variants {
+        let (l, e, r, t) = (
+            f64s(df, "loss")?,
+            f64s(df, "erasure_loss")?,
+            f64s(df, "retain_loss")?,
+            f64s(df, "tokens_per_s")?,
+        );
+        let n = l.len();
+        rows.0.push(v.clone());
+        rows.1.push(n as f64);
+        rows.2.push(l[0]);
+        rows.3.push(l[n - 1]);
+        rows.4.push(e[0]);
+        rows.5.push(e[n - 1]);
+        rows.6.push(r[n - 1]);
+        rows.7.push(t.iter().sum::<f64>() / n as f64);
+    }
+    let mut df = df!(
+        "variant" => rows.0, "steps" => rows.1, "loss start" => rows.2, "loss end" => rows.3,
+        "erasure start" => rows.4, "erasure end" => rows.5, "retain end" => rows.6,
+        "tokens/s (mean)" => rows.7
+    )?;
+    let md = w.table("training_summary", &mut df)?;
+    Ok(Some(format!(
+        "{md}\n![loss](plots/train_loss.svg)\n![erasure](plots/train_erasure_loss.svg)\n\
+         ![retain](plots/train_retain_loss.svg)\n"
+    )))
+}
