@@ -812,3 +812,87 @@ fn training_weights_stage_on_smollm2_states() {
         "{err}"
     );
 }
+
+/// Stand-in for the extract stage when it is not in this checkout: writes
+/// `$MOSR_TRAIN_RUN/extract/representations.parquet` (SmolLM2 last-prompt-token states of
+/// every layer) for the augment stage's harmful prompts and the pseudo-malicious train bank,
+/// with a manifest, so the weights stage can run in a real pipeline folder.
+/// `MOSR_TRAIN_RUN=runs/<pipeline> cargo test -p mosr-tests --test it training_write_run_representations -- --ignored`
+#[test]
+#[ignore]
+fn training_write_run_representations() {
+    let run = PathBuf::from(std::env::var("MOSR_TRAIN_RUN").expect("MOSR_TRAIN_RUN"));
+    let lm = LanguageModel::open(&model_path(SMOL), &mosr_lm::Device::flex()).unwrap();
+    let examples = mosr_artifacts::training::read_training_examples(
+        &run.join("augment/training_examples.parquet"),
+    )
+    .unwrap();
+    let prompts = mosr_artifacts::read_prompts(&run.join("data/prompts.parquet")).unwrap();
+    let mut items: Vec<(String, String, String)> = examples
+        .iter()
+        .filter(|e| e.set == "harmful")
+        .map(|e| (e.prompt_id.clone(), e.prompt.clone(), "harmful".to_string()))
+        .collect();
+    items.extend(
+        prompts
+            .iter()
+            .filter(|p| p.role == Role::PseudoMalicious && p.split == Split::Train)
+            .map(|p| (p.id.clone(), p.text.clone(), "pseudo_malicious".to_string())),
+    );
+    let mut rows = Vec::new();
+    for chunk in items.chunks(8) {
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|(_, t, _)| {
+                let mut v = lm.chat_ids(&[Message::user(t.clone())], None).unwrap();
+                if v.len() > 256 {
+                    v = v[v.len() - 256..].to_vec();
+                }
+                v
+            })
+            .collect();
+        let tb = TokenBatch::left_padded(&ids, lm.pad_id);
+        let out = lm.net.forward(
+            &tb,
+            None,
+            ForwardOptions {
+                hidden: true,
+                logits: Logits::None,
+                ..Default::default()
+            },
+        );
+        for (layer, h) in out.hidden.iter().enumerate() {
+            let [_, t, d] = h.dims();
+            let v = h
+                .clone()
+                .narrow(1, t - 1, 1)
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap();
+            for (i, (id, _, role)) in chunk.iter().enumerate() {
+                rows.push(mosr_weights::reps::RepresentationRow {
+                    prompt_id: id.clone(),
+                    role: role.clone(),
+                    split: "train".into(),
+                    layer: layer as i32,
+                    position_kind: "last_prompt_token".into(),
+                    vector: v[i * d..(i + 1) * d].to_vec(),
+                });
+            }
+        }
+    }
+    let dir = run.join("extract");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("representations.parquet");
+    mosr_weights::reps::write_representations(&path, &rows).unwrap();
+    let mut m = mosr_artifacts::StageManifest::new(
+        "extract",
+        serde_json::json!({"stand_in": "mosr-tests training_write_run_representations"}),
+    );
+    m.key = mosr_artifacts::sha256_file(&path).unwrap()[..16].to_string();
+    m.outputs
+        .insert("representations.parquet".into(), mosr_artifacts::sha256_file(&path).unwrap());
+    m.row_counts.insert("representations".into(), rows.len() as u64);
+    m.write(&dir.join("manifest.json")).unwrap();
+    eprintln!("{} rows for {} prompts -> {}", rows.len(), items.len(), path.display());
+}
