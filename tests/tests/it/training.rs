@@ -890,9 +890,17 @@ fn training_write_run_representations() {
         serde_json::json!({"stand_in": "mosr-tests training_write_run_representations"}),
     );
     m.key = mosr_artifacts::sha256_file(&path).unwrap()[..16].to_string();
-    m.outputs
-        .insert("representations.parquet".into(), mosr_artifacts::sha256_file(&path).unwrap());
-    m.row_counts.insert("representations".into(), rows.len() as u64);
+    m.outputs.insert(
+        "representations.parquet".into(),
+        mosr_artifacts::sha256_file(&path).unwrap(),
+    );
+    m.row_counts
+        .insert("representations".into(), rows.len() as u64);
     m.write(&dir.join("manifest.json")).unwrap();
-    eprintln!("{} rows for {} prompts -> {}", rows.len(), items.len(), path.display());
+    eprintln!(
+        "{} rows for {} prompts -> {}",
+        rows.len(),
+        items.len(),
+        path.display()
+    );
 }
