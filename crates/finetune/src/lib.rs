@@ -268,6 +268,7 @@ pub struct FinetuneOutputs {
 /// Trains every configured variant into `<out_dir>/<variant>/`. `lm` must live on an
 /// autodiff device; `model_ref` names the base model in the adapter config and `base_sha` is
 /// its hash (checked when a checkpoint is resumed). Variants already finished are skipped.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     cfg: &FinetuneConfig,
     lm: &LanguageModel,
