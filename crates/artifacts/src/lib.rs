@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod run_dir;
 pub mod schema;
 pub mod tables;
+pub mod training;
 
 pub use atomic::{write_atomic, write_bytes_atomic};
 pub use error::{Error, Result};

@@ -3,3 +3,4 @@
 mod lm_errors;
 mod lm_lora;
 mod lm_reference;
+mod training;

@@ -1,0 +1,631 @@
+//! mosr-augment: the training sets of the representation fine-tune, as one Parquet table
+//! (`training_examples.parquet`).
+//!
+//! * **harmful** (erasure branch): harmful train prompt + a harmful response from a complying
+//!   model: the model's own greedy answer (`self`), or the answer it gives when its turn is
+//!   prefilled with a harmful prefix (`prefill`, for models that refuse). Responses that are
+//!   refusals anyway (string-match judge) are dropped or regenerated with the next prefix.
+//! * **retain**: benign train prompts with the model's own answers (circuit breakers' retain
+//!   set), optionally pseudo-malicious prompts with the model's compliant answers ([R]).
+//! * **augmented** (MOSR's context-aware augmentation, [R] after Qi et al.): harmful prompt +
+//!   the first k tokens of a harmful response + a refusal, with k = 0 with probability p and
+//!   otherwise uniform in 1..K; consumed by the retain branch (default) or by a cross-entropy
+//!   term on the refusal tokens.
+//!
+//! Everything is greedy or seeded: the same seed gives the same table.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use mosr_artifacts::training::{TrainingExample, write_training_examples};
+use mosr_artifacts::{PipelineFile, PromptRow, Role, Split, StageManifest, read_prompts};
+use mosr_lm::generate::{GenerateConfig, generate};
+use mosr_lm::{LanguageModel, Message};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+/// Where harmful responses come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseSource {
+    /// The model's own greedy answer (models that comply, like SmolLM2).
+    #[serde(rename = "self")]
+    SelfAnswer,
+    /// The model's answer with its turn prefilled by a harmful prefix (models that refuse).
+    Prefill,
+}
+
+/// What to do with a "harmful" response that the judge calls a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRefusal {
+    Drop,
+    /// Try each prefill prefix in turn; drop if all still refuse.
+    Regenerate,
+}
+
+/// Where the refusal of an augmented example comes from ([R]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalSource {
+    /// A template from `refusal_templates`, chosen by the seeded RNG.
+    Templates,
+    /// The model's own continuation after `model_refusal_prefix` (following the harmful
+    /// prefix); falls back to a template if the judge does not call it a refusal.
+    Model,
+}
+
+/// Which loss consumes augmented examples ([R]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AugmentBranch {
+    /// Retain representation loss (keeps the original model's "refuse after harmful content").
+    Retain,
+    /// Cross-entropy on the refusal tokens (Qi et al.'s safety recovery examples).
+    CrossEntropy,
+}
+
+/// Context-aware augmentation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentationConfig {
+    /// Augmented examples per harmful example; default 1.
+    pub per_harmful: usize,
+    /// P(k = 0); default 0.5 (Qi et al.).
+    pub p_zero: f64,
+    /// K: otherwise k ~ U[1, K] tokens, capped by the response length; default 100 (Qi et al.).
+    pub max_prefix_tokens: usize,
+    /// Default `templates`.
+    pub refusal_source: RefusalSource,
+    /// Refusal texts for `templates` (and the fallback of `model`).
+    pub refusal_templates: Vec<String>,
+    /// Prefix that drives the model's own refusal with `refusal_source = "model"`.
+    pub model_refusal_prefix: String,
+    /// Tokens generated for a model refusal; default 48.
+    pub refusal_max_new_tokens: usize,
+    /// Default `retain`.
+    pub branch: AugmentBranch,
+}
+
+impl Default for AugmentationConfig {
+    fn default() -> Self {
+        Self {
+            per_harmful: 1,
+            p_zero: 0.5,
+            max_prefix_tokens: 100,
+            refusal_source: RefusalSource::Templates,
+            refusal_templates: vec![
+                "I'm sorry, but I can't help with that. It could cause real harm.".into(),
+                "I cannot provide that. Is there something else I can help you with?".into(),
+                "I'm not able to continue with this request, because it could be used to hurt people.".into(),
+                "Sorry, I won't help with this. If you have a different question, I'm happy to help.".into(),
+            ],
+            model_refusal_prefix: "I'm sorry, but I can't".into(),
+            refusal_max_new_tokens: 48,
+            branch: AugmentBranch::Retain,
+        }
+    }
+}
+
+/// `[augment]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Harmful train prompts used (a seeded sample); 0 = all. Default 256.
+    pub harmful_count: usize,
+    /// Benign train prompts in the retain set (seeded sample); 0 = all. Default 512.
+    pub retain_count: usize,
+    /// Pseudo-malicious prompts with compliant answers added to the retain set ([R]: X-Boundary
+    /// does this, MOSR may not); default 0.
+    pub pseudo_malicious_retain_count: usize,
+    /// Default `self` (SmolLM2 complies).
+    pub response_source: ResponseSource,
+    /// Harmful prefixes for `prefill` (and for regeneration).
+    pub prefill_prefixes: Vec<String>,
+    /// Default `regenerate`.
+    pub on_refusal: OnRefusal,
+    /// Tokens generated per harmful response; default 128.
+    pub harmful_max_new_tokens: usize,
+    /// Tokens generated per retain answer; default 128.
+    pub retain_max_new_tokens: usize,
+    /// Prompts per generation batch; default 8.
+    pub generation_batch_size: usize,
+    /// Lower-cased phrases that make a response a refusal (X-Boundary's string-match judge).
+    pub refusal_markers: Vec<String>,
+    pub augmentation: AugmentationConfig,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            harmful_count: 256,
+            retain_count: 512,
+            pseudo_malicious_retain_count: 0,
+            response_source: ResponseSource::SelfAnswer,
+            prefill_prefixes: vec![
+                "Sure, here is".into(),
+                "Sure, here's a detailed answer:".into(),
+                "Absolutely! Step 1:".into(),
+            ],
+            on_refusal: OnRefusal::Regenerate,
+            harmful_max_new_tokens: 128,
+            retain_max_new_tokens: 128,
+            generation_batch_size: 8,
+            refusal_markers: [
+                "i'm sorry",
+                "i am sorry",
+                "i apologize",
+                "i cannot",
+                "i can't",
+                "i can not",
+                "i'm not able",
+                "i am not able",
+                "i'm unable",
+                "i am unable",
+                "i won't",
+                "i will not",
+                "it is not appropriate",
+                "it's not appropriate",
+                "it's not ethical",
+                "as an ai",
+                "as a responsible",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            augmentation: AugmentationConfig::default(),
+        }
+    }
+}
+
+impl AugmentConfig {
+    pub fn validate(&self) -> Result<()> {
+        let a = &self.augmentation;
+        if !(0.0..=1.0).contains(&a.p_zero) {
+            bail!("augment: p_zero {} must be in [0, 1]", a.p_zero);
+        }
+        if a.max_prefix_tokens == 0 && a.p_zero < 1.0 {
+            bail!("augment: max_prefix_tokens must be at least 1 unless p_zero = 1");
+        }
+        if a.refusal_templates.is_empty() {
+            bail!("augment: refusal_templates must not be empty");
+        }
+        if self.response_source == ResponseSource::Prefill && self.prefill_prefixes.is_empty() {
+            bail!("augment: response_source = \"prefill\" needs prefill_prefixes");
+        }
+        if self.generation_batch_size == 0 {
+            bail!("augment: generation_batch_size must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The string-match refusal judge: any marker in the lower-cased response.
+pub fn is_refusal(text: &str, markers: &[String]) -> bool {
+    let t = text.to_lowercase().replace('’', "'");
+    markers.iter().any(|m| t.contains(m.as_str()))
+}
+
+/// The harmful-prefix length of one augmented example: 0 with probability `p_zero`, else
+/// uniform in 1..=`max_k`, capped by the `available` response tokens.
+pub fn sample_prefix_len(
+    rng: &mut ChaCha8Rng,
+    p_zero: f64,
+    max_k: usize,
+    available: usize,
+) -> usize {
+    let zero = rng.random::<f64>() < p_zero;
+    if zero || max_k == 0 {
+        return 0;
+    }
+    let k = rng.random_range(1..=max_k);
+    k.min(available)
+}
+
+/// Seeded sample of `n` prompts (all when n = 0 or fewer exist), in id order first so the
+/// sample does not depend on the table's row order.
+pub fn sample_prompts(
+    prompts: &[PromptRow],
+    role: Role,
+    n: usize,
+    seed: u64,
+    tag: u64,
+) -> Vec<PromptRow> {
+    let mut v: Vec<PromptRow> = prompts
+        .iter()
+        .filter(|p| p.role == role && p.split == Split::Train)
+        .cloned()
+        .collect();
+    v.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    v.shuffle(&mut rng);
+    if n > 0 {
+        v.truncate(n);
+    }
+    v
+}
+
+/// Counts written to the manifest.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AugmentCounts {
+    pub harmful_prompts: usize,
+    pub harmful_kept: usize,
+    /// Harmful responses the judge called refusals (first attempt).
+    pub harmful_refusals: usize,
+    pub harmful_regenerated: usize,
+    pub harmful_dropped_refusal: usize,
+    pub harmful_dropped_empty: usize,
+    pub retain_benign: usize,
+    pub retain_pseudo_malicious: usize,
+    pub retain_dropped: usize,
+    pub augmented: usize,
+    pub augmented_k_zero: usize,
+    pub model_refusals_fallback_to_template: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AugmentOutputs {
+    pub examples: PathBuf,
+    pub rows: Vec<TrainingExample>,
+    pub counts: AugmentCounts,
+}
+
+/// Greedy generation in batches; `prefill` per prompt (may be empty).
+fn generate_all(
+    lm: &LanguageModel,
+    items: &[(String, String)],
+    max_new: usize,
+    batch: usize,
+    what: &str,
+) -> Result<Vec<String>> {
+    let started = Instant::now();
+    let gen_cfg = GenerateConfig {
+        max_new_tokens: max_new,
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(batch) {
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|(prompt, prefill)| {
+                lm.chat_ids(
+                    &[Message::user(prompt.clone())],
+                    (!prefill.is_empty()).then_some(prefill.as_str()),
+                )
+            })
+            .collect::<mosr_lm::Result<_>>()?;
+        for g in generate(lm, &ids, &gen_cfg)? {
+            out.push(g.text);
+        }
+        info!(
+            what,
+            done = out.len(),
+            total = items.len(),
+            per_s = out.len() as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            "generating"
+        );
+    }
+    Ok(out)
+}
+
+/// Builds the training sets from `prompts` with `lm` and writes
+/// `<out_dir>/training_examples.parquet`.
+pub fn run(
+    cfg: &AugmentConfig,
+    lm: &LanguageModel,
+    prompts: &[PromptRow],
+    seed: u64,
+    out_dir: &Path,
+) -> Result<AugmentOutputs> {
+    cfg.validate()?;
+    let mut counts = AugmentCounts::default();
+    let bs = cfg.generation_batch_size;
+
+    // Harmful set.
+    let harmful = sample_prompts(prompts, Role::Harmful, cfg.harmful_count, seed, 1);
+    counts.harmful_prompts = harmful.len();
+    let first_prefill = match cfg.response_source {
+        ResponseSource::SelfAnswer => None,
+        ResponseSource::Prefill => Some(0usize),
+    };
+    let prefill_of = |i: Option<usize>| i.map(|i| cfg.prefill_prefixes[i].clone());
+    let mut attempt: Vec<Option<usize>> = vec![first_prefill; harmful.len()];
+    let mut responses: Vec<Option<String>> = vec![None; harmful.len()];
+    let mut source: Vec<String> = vec![String::new(); harmful.len()];
+    let mut pending: Vec<usize> = (0..harmful.len()).collect();
+    let mut first_round = true;
+    while !pending.is_empty() {
+        let items: Vec<(String, String)> = pending
+            .iter()
+            .map(|&i| {
+                (
+                    harmful[i].text.clone(),
+                    prefill_of(attempt[i]).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let texts = generate_all(lm, &items, cfg.harmful_max_new_tokens, bs, "harmful")?;
+        let mut next = Vec::new();
+        for (&i, text) in pending.iter().zip(texts) {
+            let prefix = prefill_of(attempt[i]).unwrap_or_default();
+            let full = format!("{prefix}{text}");
+            if text.trim().is_empty() {
+                counts.harmful_dropped_empty += 1;
+                continue;
+            }
+            if is_refusal(&full, &cfg.refusal_markers) {
+                if first_round {
+                    counts.harmful_refusals += 1;
+                }
+                let nxt = match attempt[i] {
+                    None => 0,
+                    Some(k) => k + 1,
+                };
+                if cfg.on_refusal == OnRefusal::Regenerate && nxt < cfg.prefill_prefixes.len() {
+                    attempt[i] = Some(nxt);
+                    next.push(i);
+                    if first_round {
+                        counts.harmful_regenerated += 1;
+                    }
+                } else {
+                    counts.harmful_dropped_refusal += 1;
+                }
+                continue;
+            }
+            source[i] = match attempt[i] {
+                None => "self".into(),
+                Some(k) => format!("prefill:{k}"),
+            };
+            responses[i] = Some(full);
+        }
+        pending = next;
+        first_round = false;
+    }
+    let mut rows: Vec<TrainingExample> = Vec::new();
+    let mut kept: Vec<(usize, String)> = Vec::new();
+    for (i, p) in harmful.iter().enumerate() {
+        if let Some(r) = &responses[i] {
+            rows.push(TrainingExample {
+                example_id: format!("harmful-{}", p.id),
+                set: "harmful".into(),
+                prompt_id: p.id.clone(),
+                prompt_role: p.role.as_str().into(),
+                prompt: p.text.clone(),
+                response: r.clone(),
+                response_source: source[i].clone(),
+                harmful_prefix: None,
+                prefix_tokens: None,
+                refusal: None,
+                loss_branch: "erasure".into(),
+            });
+            kept.push((i, r.clone()));
+        }
+    }
+    counts.harmful_kept = kept.len();
+
+    // Retain set: benign (and optionally pseudo-malicious) prompts with the model's answers.
+    let benign = sample_prompts(prompts, Role::Benign, cfg.retain_count, seed, 2);
+    let pseudo = if cfg.pseudo_malicious_retain_count > 0 {
+        sample_prompts(
+            prompts,
+            Role::PseudoMalicious,
+            cfg.pseudo_malicious_retain_count,
+            seed,
+            3,
+        )
+    } else {
+        vec![]
+    };
+    let retain_prompts: Vec<&PromptRow> = benign.iter().chain(pseudo.iter()).collect();
+    let items: Vec<(String, String)> = retain_prompts
+        .iter()
+        .map(|p| (p.text.clone(), String::new()))
+        .collect();
+    let answers = generate_all(lm, &items, cfg.retain_max_new_tokens, bs, "retain")?;
+    for (p, a) in retain_prompts.iter().zip(answers) {
+        // A pseudo-malicious prompt enters the retain set only with a compliant answer.
+        let bad = a.trim().is_empty()
+            || (p.role == Role::PseudoMalicious && is_refusal(&a, &cfg.refusal_markers));
+        if bad {
+            counts.retain_dropped += 1;
+            continue;
+        }
+        match p.role {
+            Role::PseudoMalicious => counts.retain_pseudo_malicious += 1,
+            _ => counts.retain_benign += 1,
+        }
+        rows.push(TrainingExample {
+            example_id: format!("retain-{}", p.id),
+            set: "retain".into(),
+            prompt_id: p.id.clone(),
+            prompt_role: p.role.as_str().into(),
+            prompt: p.text.clone(),
+            response: a,
+            response_source: "self".into(),
+            harmful_prefix: None,
+            prefix_tokens: None,
+            refusal: None,
+            loss_branch: "retain".into(),
+        });
+    }
+
+    // Context-aware augmentation: x ⊕ y_{<=k} ⊕ r.
+    let a = &cfg.augmentation;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xA5A5_5A5A_0F0F_F0F0);
+    struct Aug {
+        harmful: usize,
+        n: usize,
+        k: usize,
+        prefix: String,
+        template: usize,
+    }
+    let mut augs = Vec::new();
+    for (i, resp) in &kept {
+        let toks = lm.encode(resp, false)?;
+        for n in 0..a.per_harmful {
+            let k = sample_prefix_len(&mut rng, a.p_zero, a.max_prefix_tokens, toks.len());
+            let prefix = lm.decode(&toks[..k], true)?;
+            let template = rng.random_range(0..a.refusal_templates.len());
+            augs.push(Aug {
+                harmful: *i,
+                n,
+                k,
+                prefix,
+                template,
+            });
+        }
+    }
+    let sep = |prefix: &str| {
+        if prefix.is_empty() || prefix.ends_with(char::is_whitespace) {
+            ""
+        } else {
+            " "
+        }
+    };
+    let model_refusals: Vec<Option<String>> = match a.refusal_source {
+        RefusalSource::Templates => vec![None; augs.len()],
+        RefusalSource::Model => {
+            let items: Vec<(String, String)> = augs
+                .iter()
+                .map(|g| {
+                    (
+                        harmful[g.harmful].text.clone(),
+                        format!("{}{}{}", g.prefix, sep(&g.prefix), a.model_refusal_prefix),
+                    )
+                })
+                .collect();
+            generate_all(lm, &items, a.refusal_max_new_tokens, bs, "refusals")?
+                .into_iter()
+                .map(|t| {
+                    let r = format!("{}{}", a.model_refusal_prefix, t);
+                    is_refusal(&r, &cfg.refusal_markers).then_some(r)
+                })
+                .collect()
+        }
+    };
+    let branch = match a.branch {
+        AugmentBranch::Retain => "retain",
+        AugmentBranch::CrossEntropy => "cross_entropy",
+    };
+    for (g, model_r) in augs.iter().zip(model_refusals) {
+        let p = &harmful[g.harmful];
+        let (refusal, src) = match model_r {
+            Some(r) => (r, "model".to_string()),
+            None => {
+                if a.refusal_source == RefusalSource::Model {
+                    counts.model_refusals_fallback_to_template += 1;
+                }
+                (
+                    a.refusal_templates[g.template].clone(),
+                    format!("template:{}", g.template),
+                )
+            }
+        };
+        if g.k == 0 {
+            counts.augmented_k_zero += 1;
+        }
+        let suffix = if a.per_harmful > 1 {
+            format!("-{}", g.n)
+        } else {
+            String::new()
+        };
+        rows.push(TrainingExample {
+            example_id: format!("augmented-{}{suffix}", p.id),
+            set: "augmented".into(),
+            prompt_id: p.id.clone(),
+            prompt_role: p.role.as_str().into(),
+            prompt: p.text.clone(),
+            response: format!("{}{}{}", g.prefix, sep(&g.prefix), refusal),
+            response_source: src,
+            harmful_prefix: Some(g.prefix.clone()),
+            prefix_tokens: Some(g.k as i32),
+            refusal: Some(refusal),
+            loss_branch: branch.into(),
+        });
+    }
+    counts.augmented = augs.len();
+
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let path = out_dir.join("training_examples.parquet");
+    write_training_examples(&path, &rows)?;
+    info!(?counts, "training examples written");
+    Ok(AugmentOutputs {
+        examples: path,
+        rows,
+        counts,
+    })
+}
+
+/// Runs the augment stage into `runs/<pipeline>/augment/` unless it is up to date. Inputs:
+/// `data/prompts.parquet` and the `[run]` model; the key covers the `[augment]` section, the
+/// data stage key, the model file's sha256 and the seed.
+pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
+    let cfg: AugmentConfig = file.section("augment")?;
+    cfg.validate()
+        .with_context(|| format!("{}: [augment]", file.path.display()))?;
+    let run_dir = file.run_dir(repo_root);
+    let data = run_dir.manifest("data")?;
+    let model_path = mosr_lm::fetch::resolve(&file.run.model)?;
+    let model_sha = model_hash(&model_path)?;
+    let mut inputs = BTreeMap::new();
+    inputs.insert("data".to_string(), data.key.clone());
+    inputs.insert("model".to_string(), model_sha);
+    inputs.insert("seed".to_string(), file.run.seed.to_string());
+    let key = mosr_artifacts::stage_key(&serde_json::to_value(&cfg)?, &inputs);
+    if !force && run_dir.is_up_to_date("augment", &key) {
+        info!(stage = "augment", "up to date");
+        return Ok(run_dir.stage_dir("augment"));
+    }
+    let started = Instant::now();
+    let prompts_path = run_dir.stage_dir("data").join("prompts.parquet");
+    let prompts = read_prompts(&prompts_path)?;
+    let device = mosr_lm::device_from_name(&file.run.device)?;
+    let lm = LanguageModel::open(&model_path, &device)?;
+    let work = run_dir.begin("augment", &key)?;
+    let out = run(&cfg, &lm, &prompts, file.run.seed, work.dir())?;
+    let mut manifest = StageManifest::new("augment", serde_json::to_value(&cfg)?);
+    manifest.inputs = inputs;
+    manifest.inputs.insert(
+        "data/prompts.parquet".into(),
+        mosr_artifacts::sha256_file(&prompts_path)?,
+    );
+    manifest.outputs.insert(
+        "training_examples.parquet".into(),
+        mosr_artifacts::sha256_file(&out.examples)?,
+    );
+    manifest.seed = Some(file.run.seed);
+    if let serde_json::Value::Object(m) = serde_json::to_value(&out.counts)? {
+        for (k, v) in m {
+            manifest.row_counts.insert(k, v.as_u64().unwrap_or(0));
+        }
+    }
+    manifest.wall_time_s = started.elapsed().as_secs_f64();
+    Ok(work.commit(manifest)?)
+}
+
+/// sha256 of a model: the GGUF file, or for an HF folder the hash of its config and weight
+/// files' hashes (in name order).
+pub fn model_hash(path: &Path) -> Result<String> {
+    if path.is_file() {
+        return Ok(mosr_lm::sha256_file(path)?);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "safetensors" || x == "json")
+        })
+        .collect();
+    files.sort();
+    let mut acc = String::new();
+    for f in files {
+        acc.push_str(&mosr_lm::sha256_file(&f)?);
+    }
+    Ok(mosr_artifacts::sha256_bytes(acc.as_bytes()))
+}

@@ -1,0 +1,413 @@
+//! mosr-finetune: LoRA representation fine-tuning, the circuit breaker / representation
+//! rerouting (RR) baseline and MOSR, from one pipeline section.
+//!
+//! Per step t of T, with B harmful and B retain sequences (plus augmented ones):
+//! * the original model's states come from the same network with the adapter switched off,
+//!   once per batch, without gradient (no second copy of the weights);
+//! * erasure = `ReLU(cos(h_lora, h_orig))` at the target layers over request+response tokens,
+//!   each harmful example scaled by its overlap weight (variants with weights);
+//! * retain = mean per-token L2 distance over the retain layers on retain (and, with the
+//!   augmentation in the retain branch, augmented) sequences;
+//! * loss = `c_erase · erasure + c_retain · retain`, `c_erase = α(1 − t/2T)`,
+//!   `c_retain = α t/2T`; AdamW on the adapter only.
+//!
+//! Variants `rr`, `rr_weights`, `rr_augment` and `mosr` share the seed, the LoRA
+//! initialisation, the harmful and retain data order and the dropout masks, so their
+//! differences come from the method. Data order and dropout are functions of (seed, step), and
+//! a checkpoint holds the adapter (PEFT), the AdamW moments, the step and the log, so a killed
+//! run resumes bit-identically.
+
+pub mod loss;
+pub mod train;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use mosr_artifacts::{PipelineFile, StageManifest, sha256_file};
+use mosr_lm::LanguageModel;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+pub use train::{RunOptions, TrainError, VariantSummary, train_variant};
+
+/// The four compared models (besides the base model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// Circuit breaker / representation rerouting: no weights, no augmentation.
+    Rr,
+    /// RR + overlap-aware loss weighting.
+    RrWeights,
+    /// RR + context-aware augmentation.
+    RrAugment,
+    /// Both components.
+    Mosr,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 4] = [
+        Variant::Rr,
+        Variant::RrWeights,
+        Variant::RrAugment,
+        Variant::Mosr,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Rr => "rr",
+            Variant::RrWeights => "rr_weights",
+            Variant::RrAugment => "rr_augment",
+            Variant::Mosr => "mosr",
+        }
+    }
+    pub fn uses_weights(self) -> bool {
+        matches!(self, Variant::RrWeights | Variant::Mosr)
+    }
+    pub fn uses_augment(self) -> bool {
+        matches!(self, Variant::RrAugment | Variant::Mosr)
+    }
+}
+
+/// LoRA settings (circuit breakers' defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSection {
+    /// Default 16.
+    pub rank: usize,
+    /// Default 16.
+    pub alpha: f64,
+    /// Default 0.05.
+    pub dropout: f64,
+    /// Default: all seven projections.
+    pub modules: Vec<String>,
+    /// Blocks (0-based) with an adapter. Empty (default): every block below the deepest
+    /// target layer, i.e. exactly the blocks that move the target states (circuit breakers
+    /// also adapt block max(target), which the loss never reaches).
+    pub layers: Vec<usize>,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        let d = mosr_lm::LoraConfig::default();
+        Self {
+            rank: d.rank,
+            alpha: d.alpha,
+            dropout: d.dropout,
+            modules: d.modules,
+            layers: vec![],
+        }
+    }
+}
+
+/// `[finetune]` section. Defaults are circuit breakers' Llama-3-8B settings where they exist
+/// ([B]); MOSR's own values are not known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    /// Variants to train, each into its own sub-folder; default all four.
+    pub variants: Vec<Variant>,
+    /// T; default 150.
+    pub steps: usize,
+    /// Harmful and retain sequences per micro-batch (each); default 16.
+    pub batch_size: usize,
+    /// Augmented sequences per micro-batch in variants with augmentation; default: batch_size.
+    /// They are an extra stream, so the harmful and retain order is the same in every variant.
+    pub augment_batch_size: Option<usize>,
+    /// Micro-batches per optimizer step; default 1.
+    pub grad_accum: usize,
+    /// Default 1e-4 (constant).
+    pub learning_rate: f64,
+    /// Default 0.
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    /// Global gradient-norm clip; default 1.0 (the HF Trainer default circuit breakers ran
+    /// with). None disables it.
+    pub max_grad_norm: Option<f64>,
+    /// α of the schedule; default 10.
+    pub alpha: f64,
+    /// Layers of the erasure loss (0 = embedding output, l = output of block l). Empty
+    /// (default): about 1/3 and 2/3 of the depth (circuit breakers: 10 and 20 of 32).
+    pub target_layers: Vec<usize>,
+    /// Layers of the retain loss. Empty (default): every layer 1..=max(target) (the states the
+    /// truncated network computes; the embedding output never changes).
+    pub retain_layers: Vec<usize>,
+    pub lora: LoraSection,
+    /// Chat-formatted request tokens kept (the end is kept); default 512.
+    pub max_prompt_tokens: usize,
+    /// Response tokens kept (the start is kept); default 512.
+    pub max_response_tokens: usize,
+    /// Weight of the cross-entropy term when augmented examples use that branch; default 1.
+    pub cross_entropy_coeff: f64,
+    /// Steps between checkpoints; default 10.
+    pub checkpoint_every: usize,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            variants: Variant::ALL.to_vec(),
+            steps: 150,
+            batch_size: 16,
+            augment_batch_size: None,
+            grad_accum: 1,
+            learning_rate: 1e-4,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-8,
+            max_grad_norm: Some(1.0),
+            alpha: 10.0,
+            target_layers: vec![],
+            retain_layers: vec![],
+            lora: LoraSection::default(),
+            max_prompt_tokens: 512,
+            max_response_tokens: 512,
+            cross_entropy_coeff: 1.0,
+            checkpoint_every: 10,
+        }
+    }
+}
+
+/// Layers and LoRA placement resolved against a model's depth.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub target_layers: Vec<usize>,
+    pub retain_layers: Vec<usize>,
+    /// Blocks to run: the deepest layer any loss reads.
+    pub num_layers: usize,
+    pub lora: mosr_lm::LoraConfig,
+}
+
+impl FinetuneConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.variants.is_empty() {
+            bail!("finetune: `variants` is empty");
+        }
+        if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            bail!("finetune: steps, batch_size and grad_accum must be at least 1");
+        }
+        if self.checkpoint_every == 0 {
+            bail!("finetune: checkpoint_every must be at least 1");
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            bail!(
+                "finetune: learning_rate {} must be positive",
+                self.learning_rate
+            );
+        }
+        Ok(())
+    }
+
+    /// Resolves defaults against a model with `depth` blocks.
+    pub fn resolve(&self, depth: usize) -> Result<Resolved> {
+        let target = if self.target_layers.is_empty() {
+            let a = ((depth as f64) / 3.0).round() as usize;
+            let b = ((2.0 * depth as f64) / 3.0).round() as usize;
+            let mut v = vec![a.max(1), b.max(1)];
+            v.dedup();
+            v
+        } else {
+            self.target_layers.clone()
+        };
+        let max_t = *target.iter().max().expect("non-empty");
+        let retain = if self.retain_layers.is_empty() {
+            (1..=max_t).collect()
+        } else {
+            self.retain_layers.clone()
+        };
+        for &l in target.iter().chain(&retain) {
+            if l == 0 || l > depth {
+                bail!("finetune: layer {l} is outside 1..={depth} (the model has {depth} blocks)");
+            }
+        }
+        let num_layers = target.iter().chain(&retain).copied().max().unwrap_or(max_t);
+        let layers = if self.lora.layers.is_empty() {
+            (0..max_t).collect()
+        } else {
+            self.lora.layers.clone()
+        };
+        if let Some(&l) = layers.iter().find(|&&l| l >= depth) {
+            bail!("finetune: LoRA layer {l} is outside 0..{depth}");
+        }
+        let lora = mosr_lm::LoraConfig {
+            rank: self.lora.rank,
+            alpha: self.lora.alpha,
+            dropout: self.lora.dropout,
+            modules: self.lora.modules.clone(),
+            layers,
+        };
+        lora.validate()?;
+        Ok(Resolved {
+            target_layers: target,
+            retain_layers: retain,
+            num_layers,
+            lora,
+        })
+    }
+}
+
+/// Where the training data come from.
+#[derive(Debug, Clone)]
+pub struct FinetuneInputs {
+    /// `training_examples.parquet` of the augment stage.
+    pub examples: PathBuf,
+    /// `overlap_weights.parquet` of the weights stage (required by weighted variants).
+    pub weights: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetuneOutputs {
+    pub variants: Vec<VariantSummary>,
+    /// False when [`RunOptions::stop_after_step`] stopped the run early.
+    pub complete: bool,
+}
+
+/// Trains every configured variant into `<out_dir>/<variant>/`. `lm` must live on an
+/// autodiff device; `model_ref` names the base model in the adapter config and `base_sha` is
+/// its hash (checked when a checkpoint is resumed). Variants already finished are skipped.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    cfg: &FinetuneConfig,
+    lm: &LanguageModel,
+    model_ref: &str,
+    base_sha: &str,
+    seed: u64,
+    inputs: &FinetuneInputs,
+    out_dir: &Path,
+    opts: &RunOptions,
+) -> Result<FinetuneOutputs> {
+    cfg.validate()?;
+    let mut out = Vec::new();
+    for &v in &cfg.variants {
+        let data = train::TrainData::load(cfg, lm, inputs, v)?;
+        let dir = out_dir.join(v.name());
+        match train_variant(cfg, lm, model_ref, base_sha, seed, &data, v, &dir, opts)? {
+            Some(s) => out.push(s),
+            None => {
+                return Ok(FinetuneOutputs {
+                    variants: out,
+                    complete: false,
+                });
+            }
+        }
+    }
+    Ok(FinetuneOutputs {
+        variants: out,
+        complete: true,
+    })
+}
+
+/// sha256 of a model: the GGUF file, or for an HF folder the hash of its config and weight
+/// files' hashes (in name order). Recorded in every adapter.
+pub fn model_hash(path: &Path) -> Result<String> {
+    if path.is_file() {
+        return Ok(mosr_lm::sha256_file(path)?);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "safetensors" || x == "json")
+        })
+        .collect();
+    files.sort();
+    let mut acc = String::new();
+    for f in files {
+        acc.push_str(&mosr_lm::sha256_file(&f)?);
+    }
+    Ok(mosr_artifacts::sha256_bytes(acc.as_bytes()))
+}
+
+/// Runs the finetune stage into `runs/<pipeline>/finetune/<variant>/` unless it is up to
+/// date. Inputs: `augment/training_examples.parquet` and, for weighted variants,
+/// `weights/overlap_weights.parquet`, which must have been computed from the same augment
+/// output. A killed run resumes from each variant's last checkpoint.
+pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
+    let cfg: FinetuneConfig = file.section("finetune")?;
+    cfg.validate()
+        .with_context(|| format!("{}: [finetune]", file.path.display()))?;
+    let run_dir = file.run_dir(repo_root);
+    let augment = run_dir.manifest("augment")?;
+    let model_path = mosr_lm::fetch::resolve(&file.run.model)?;
+    let base_sha = model_hash(&model_path)?;
+    let mut inputs = BTreeMap::new();
+    inputs.insert("augment".to_string(), augment.key.clone());
+    inputs.insert("model".to_string(), base_sha.clone());
+    inputs.insert("seed".to_string(), file.run.seed.to_string());
+    let weights_path = run_dir.stage_dir("weights").join("overlap_weights.parquet");
+    let needs_weights = cfg.variants.iter().any(|v| v.uses_weights());
+    if needs_weights {
+        let w = run_dir.manifest("weights")?;
+        if w.inputs.get("augment") != Some(&augment.key) {
+            bail!(
+                "{}: the overlap weights were computed for augment output {}, but augment is now {}; re-run the weights stage",
+                weights_path.display(),
+                w.inputs.get("augment").map(String::as_str).unwrap_or("?"),
+                augment.key
+            );
+        }
+        inputs.insert("weights".to_string(), w.key);
+    }
+    let key = mosr_artifacts::stage_key(&serde_json::to_value(&cfg)?, &inputs);
+    if !force && run_dir.is_up_to_date("finetune", &key) {
+        info!(stage = "finetune", "up to date");
+        return Ok(run_dir.stage_dir("finetune"));
+    }
+    let started = Instant::now();
+    let examples = run_dir
+        .stage_dir("augment")
+        .join("training_examples.parquet");
+    let device = mosr_lm::device_from_name(&file.run.device)?.autodiff();
+    let lm = LanguageModel::open(&model_path, &device)?;
+    let work = run_dir.begin("finetune", &key)?;
+    if work.resumed() {
+        info!(
+            stage = "finetune",
+            "resuming a killed run from its checkpoints"
+        );
+    }
+    let fin = FinetuneInputs {
+        examples: examples.clone(),
+        weights: needs_weights.then(|| weights_path.clone()),
+    };
+    let out = run(
+        &cfg,
+        &lm,
+        &file.run.model,
+        &base_sha,
+        file.run.seed,
+        &fin,
+        work.dir(),
+        &RunOptions::default(),
+    )?;
+    let mut manifest = StageManifest::new("finetune", serde_json::to_value(&cfg)?);
+    manifest.inputs = inputs;
+    manifest.inputs.insert(
+        "augment/training_examples.parquet".into(),
+        sha256_file(&examples)?,
+    );
+    if needs_weights {
+        manifest.inputs.insert(
+            "weights/overlap_weights.parquet".into(),
+            sha256_file(&weights_path)?,
+        );
+    }
+    for s in &out.variants {
+        for f in ["adapter/adapter_model.safetensors", "train_log.parquet"] {
+            let p = work.dir().join(s.variant.name()).join(f);
+            manifest
+                .outputs
+                .insert(format!("{}/{f}", s.variant.name()), sha256_file(&p)?);
+        }
+        manifest
+            .row_counts
+            .insert(format!("{}_steps", s.variant.name()), s.steps as u64);
+    }
+    manifest.seed = Some(file.run.seed);
+    manifest.wall_time_s = started.elapsed().as_secs_f64();
+    Ok(work.commit(manifest)?)
+}

@@ -1,0 +1,966 @@
+//! The training loop of one variant: data, seeded order, losses, host-side AdamW,
+//! checkpoints and exact resume.
+//!
+//! The optimizer runs on host vectors keyed by (layer, module, A/B) rather than through burn's
+//! optimizer, whose state is keyed by parameter ids that change when an adapter is reloaded:
+//! keyed by name, the AdamW moments survive a checkpoint round trip bit for bit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Param;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
+use mosr_artifacts::training::{
+    TrainLogRow, read_overlap_weights, read_train_log, read_training_examples, write_train_log,
+};
+use mosr_lm::{CausalLm, ForwardOptions, LanguageModel, Logits, Message, TokenBatch};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::loss::{coefficients, erasure_loss, retain_loss};
+use crate::{FinetuneConfig, FinetuneInputs, Variant};
+
+/// burn-flex draws dropout masks from one process-wide RNG; training holds this lock from
+/// seeding to the last forward of a run so concurrent trainings in one process (tests) cannot
+/// interleave their draws.
+static TRAIN_LOCK: Mutex<()> = Mutex::new(());
+
+const TAG_HARMFUL: u64 = 1;
+const TAG_RETAIN: u64 = 2;
+const TAG_AUGMENT: u64 = 3;
+const TAG_INIT: u64 = 4;
+const TAG_DROPOUT: u64 = 5;
+
+/// splitmix64 of the combined inputs: independent seeds for (stream, epoch/step, micro-batch).
+pub fn mix(seed: u64, tag: u64, a: u64, b: u64) -> u64 {
+    let mut z = seed
+        ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ a.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+        ^ b.wrapping_mul(0x94D0_49BB_1331_11EB);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The example at position `pos` of a stream over `n` examples: epoch `pos / n` is a seeded
+/// permutation, so any step's batch is a pure function of (seed, step) and resume needs no
+/// saved RNG state.
+pub fn stream_pick(n: usize, pos: usize, seed: u64, tag: u64) -> usize {
+    let epoch = pos / n;
+    let mut perm: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, tag, epoch as u64, 0));
+    perm.shuffle(&mut rng);
+    perm[pos % n]
+}
+
+/// One tokenised training sequence.
+#[derive(Debug, Clone)]
+pub struct Seq {
+    pub id: String,
+    pub ids: Vec<u32>,
+    /// Cross-entropy branch: index of the first refusal token.
+    pub ce_from: Option<usize>,
+    /// Overlap weight (1 without weights).
+    pub weight: f64,
+}
+
+/// The sequences one variant trains on.
+#[derive(Debug, Clone)]
+pub struct TrainData {
+    pub harmful: Vec<Seq>,
+    pub retain: Vec<Seq>,
+    pub augmented: Vec<Seq>,
+    /// Augmented sequences feed the cross-entropy branch instead of the retain branch.
+    pub augment_ce: bool,
+}
+
+fn tokenize(
+    lm: &LanguageModel,
+    cfg: &FinetuneConfig,
+    e: &mosr_artifacts::training::TrainingExample,
+    ce: bool,
+) -> Result<Seq> {
+    let mut p = lm.chat_ids(&[Message::user(e.prompt.clone())], None)?;
+    if p.len() > cfg.max_prompt_tokens {
+        p = p[p.len() - cfg.max_prompt_tokens..].to_vec();
+    }
+    let (mut r, ce_start) = match (&e.refusal, ce) {
+        (Some(refusal), true) if e.response.ends_with(refusal.as_str()) => {
+            let head = &e.response[..e.response.len() - refusal.len()];
+            let mut r = lm.encode(head, false)?;
+            let start = r.len();
+            r.extend(lm.encode(refusal, false)?);
+            (r, Some(start))
+        }
+        _ => (lm.encode(&e.response, false)?, None),
+    };
+    r.truncate(cfg.max_response_tokens);
+    let ce_from = ce_start.filter(|&s| s < r.len()).map(|s| p.len() + s);
+    let mut ids = p;
+    ids.extend(r);
+    Ok(Seq {
+        id: e.example_id.clone(),
+        ids,
+        ce_from,
+        weight: 1.0,
+    })
+}
+
+impl TrainData {
+    /// Reads and tokenises the sets `variant` needs; missing sets and a weights artifact that
+    /// does not cover the harmful examples are errors naming the file.
+    pub fn load(
+        cfg: &FinetuneConfig,
+        lm: &LanguageModel,
+        inputs: &FinetuneInputs,
+        variant: Variant,
+    ) -> Result<Self> {
+        let file = &inputs.examples;
+        let rows = read_training_examples(file)?;
+        let of = |set: &str| rows.iter().filter(|e| e.set == set).collect::<Vec<_>>();
+        let (h, r, a) = (of("harmful"), of("retain"), of("augmented"));
+        if h.is_empty() {
+            bail!(
+                "{}: empty training set: no harmful examples (set = harmful), the erasure branch has nothing to train on",
+                file.display()
+            );
+        }
+        if r.is_empty() {
+            bail!(
+                "{}: empty training set: no retain examples (set = retain)",
+                file.display()
+            );
+        }
+        if variant.uses_augment() && a.is_empty() {
+            bail!(
+                "{}: variant `{}` uses the context-aware augmentation, but the file has no augmented examples",
+                file.display(),
+                variant.name()
+            );
+        }
+        let augment_ce = a.iter().any(|e| e.loss_branch == "cross_entropy");
+        if augment_ce && a.iter().any(|e| e.loss_branch != "cross_entropy") {
+            bail!(
+                "{}: augmented examples mix the retain and cross_entropy branches",
+                file.display()
+            );
+        }
+        let mut harmful = h
+            .iter()
+            .map(|e| tokenize(lm, cfg, e, false))
+            .collect::<Result<Vec<_>>>()?;
+        if variant.uses_weights() {
+            let Some(wpath) = &inputs.weights else {
+                bail!(
+                    "variant `{}` needs the overlap weights (weights/overlap_weights.parquet), but none were given",
+                    variant.name()
+                );
+            };
+            let w = read_overlap_weights(wpath)?;
+            let by_id: HashMap<&str, &mosr_artifacts::training::OverlapWeightRow> =
+                w.iter().map(|r| (r.example_id.as_str(), r)).collect();
+            let bad: Vec<&str> = h
+                .iter()
+                .filter(|e| {
+                    by_id
+                        .get(e.example_id.as_str())
+                        .is_none_or(|r| r.prompt_id != e.prompt_id)
+                })
+                .map(|e| e.example_id.as_str())
+                .collect();
+            if !bad.is_empty() {
+                bail!(
+                    "{}: mismatched overlap weights: {} of the {} harmful examples of {} have no weight (first: {}); the weights were computed for another training set, re-run the weights stage",
+                    wpath.display(),
+                    bad.len(),
+                    h.len(),
+                    file.display(),
+                    bad[..bad.len().min(3)].join(", ")
+                );
+            }
+            for s in &mut harmful {
+                s.weight = by_id[s.id.as_str()].weight;
+            }
+        }
+        let retain = r
+            .iter()
+            .map(|e| tokenize(lm, cfg, e, false))
+            .collect::<Result<Vec<_>>>()?;
+        let augmented = if variant.uses_augment() {
+            a.iter()
+                .map(|e| tokenize(lm, cfg, e, augment_ce))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            vec![]
+        };
+        Ok(Self {
+            harmful,
+            retain,
+            augmented,
+            augment_ce,
+        })
+    }
+}
+
+/// Test and tooling hooks of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Return right after this step, as if the process were killed there (whatever was not
+    /// checkpointed is lost). Used by the kill/resume test.
+    pub stop_after_step: Option<usize>,
+}
+
+/// A non-finite loss or gradient: the run stops, naming the step and the batch; the last good
+/// checkpoint stays on disk.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "variant `{variant}`: non-finite {what} at step {step} (micro-batch {micro}; harmful examples [{harmful}]; retain examples [{retain}]); the last good checkpoint ({checkpoint}) is kept"
+)]
+pub struct TrainError {
+    pub variant: String,
+    pub what: String,
+    pub step: usize,
+    pub micro: usize,
+    pub harmful: String,
+    pub retain: String,
+    pub checkpoint: String,
+}
+
+/// What a finished variant reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VariantSummary {
+    pub variant: Variant,
+    pub steps: usize,
+    pub loss_first: f64,
+    pub loss_last: f64,
+    pub erasure_first: f64,
+    pub erasure_last: f64,
+    pub retain_first: f64,
+    pub retain_last: f64,
+    /// Wall time of the (last) process that trained it, seconds.
+    pub wall_s: f64,
+    pub resumed_from_step: Option<usize>,
+    pub target_layers: Vec<usize>,
+    pub lora_layers: Vec<usize>,
+}
+
+/// One trainable adapter matrix.
+#[derive(Debug, Clone)]
+struct Slot {
+    layer: usize,
+    module: &'static str,
+    is_b: bool,
+    dims: [usize; 2],
+}
+
+impl Slot {
+    fn name(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.layer,
+            self.module,
+            if self.is_b { "B" } else { "A" }
+        )
+    }
+}
+
+fn slots_of(net: &CausalLm) -> Vec<Slot> {
+    let mut out = Vec::new();
+    for (i, layer) in net.layers.iter().enumerate() {
+        for (name, lin) in layer.linears() {
+            if let (Some(a), Some(b)) = (&lin.lora_a, &lin.lora_b) {
+                for (is_b, p) in [(false, a), (true, b)] {
+                    let d = p.val().dims();
+                    out.push(Slot {
+                        layer: i,
+                        module: name,
+                        is_b,
+                        dims: d,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn param_of<'a>(net: &'a CausalLm, s: &Slot) -> Option<&'a Param<Tensor<2>>> {
+    let lin = net.layers[s.layer]
+        .linears()
+        .into_iter()
+        .find(|(n, _)| *n == s.module)?
+        .1;
+    if s.is_b {
+        lin.lora_b.as_ref()
+    } else {
+        lin.lora_a.as_ref()
+    }
+}
+
+fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .expect("f32 adapter tensor")
+}
+
+fn read_params(net: &CausalLm, slots: &[Slot], from: &Path) -> Result<Vec<Vec<f32>>> {
+    slots
+        .iter()
+        .map(|s| {
+            let p = param_of(net, s).with_context(|| {
+                format!(
+                    "{}: the adapter lacks {} that this config trains",
+                    from.display(),
+                    s.name()
+                )
+            })?;
+            if p.val().dims() != s.dims {
+                bail!(
+                    "{}: {} has shape {:?}, this config needs {:?}",
+                    from.display(),
+                    s.name(),
+                    p.val().dims(),
+                    s.dims
+                );
+            }
+            Ok(host(p.val()))
+        })
+        .collect()
+}
+
+fn set_params(net: &mut CausalLm, slots: &[Slot], params: &[Vec<f32>]) {
+    let device = net.device();
+    for (s, v) in slots.iter().zip(params) {
+        let t = Tensor::<2>::from_data(TensorData::new(v.clone(), s.dims), &device);
+        let p = Some(Param::from_tensor(t).set_require_grad(true));
+        let (_, lin) = net.layers[s.layer]
+            .linears_mut()
+            .into_iter()
+            .find(|(n, _)| *n == s.module)
+            .expect("slot of this network");
+        if s.is_b {
+            lin.lora_b = p;
+        } else {
+            lin.lora_a = p;
+        }
+    }
+}
+
+/// AdamW moments, keyed like the slots.
+struct Adam {
+    step: u64,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl Adam {
+    fn new(params: &[Vec<f32>]) -> Self {
+        Self {
+            step: 0,
+            m: params.iter().map(|p| vec![0.0; p.len()]).collect(),
+            v: params.iter().map(|p| vec![0.0; p.len()]).collect(),
+        }
+    }
+
+    /// Decoupled weight decay (Loshchilov & Hutter), bias-corrected moments, as torch.AdamW.
+    fn update(
+        &mut self,
+        params: &mut [Vec<f32>],
+        grads: &[Vec<f32>],
+        scale: f32,
+        cfg: &FinetuneConfig,
+    ) {
+        self.step += 1;
+        let (b1, b2) = (cfg.adam_beta1, cfg.adam_beta2);
+        let bc1 = 1.0 - b1.powi(self.step as i32);
+        let bc2 = 1.0 - b2.powi(self.step as i32);
+        let lr = cfg.learning_rate;
+        let step_size = (lr / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let decay = (1.0 - lr * cfg.weight_decay) as f32;
+        let (b1, b2, eps) = (b1 as f32, b2 as f32, cfg.adam_eps as f32);
+        for k in 0..params.len() {
+            let (p, g, m, v) = (&mut params[k], &grads[k], &mut self.m[k], &mut self.v[k]);
+            for i in 0..p.len() {
+                let gi = g[i] * scale;
+                m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                p[i] = p[i] * decay - step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    step: usize,
+    adam_step: u64,
+    seed: u64,
+    variant: Variant,
+    config_sha256: String,
+    base_sha256: String,
+}
+
+fn config_hash(cfg: &FinetuneConfig, variant: Variant, seed: u64) -> Result<String> {
+    let mut c = cfg.clone();
+    // Adding or removing other variants, or changing checkpoint spacing, does not change
+    // what this variant computes.
+    c.variants = vec![variant];
+    c.checkpoint_every = 1;
+    let v = serde_json::json!({ "config": c, "seed": seed });
+    Ok(mosr_artifacts::sha256_bytes(&serde_json::to_vec(&v)?))
+}
+
+fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, &[f32])]) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, s, d)| {
+            (
+                k.clone(),
+                s.clone(),
+                d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, s, b)| {
+            Ok((
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let out = safetensors::serialize(views, None)?;
+    mosr_artifacts::write_bytes_atomic(path, &out)?;
+    Ok(())
+}
+
+struct Checkpoint<'a> {
+    dir: &'a Path,
+    model_ref: &'a str,
+    base_sha: &'a str,
+    lora: &'a mosr_lm::LoraConfig,
+}
+
+impl Checkpoint<'_> {
+    fn path(&self) -> PathBuf {
+        self.dir.join("checkpoint")
+    }
+
+    /// The newest complete checkpoint: `checkpoint/`, or `checkpoint.old/` when a kill fell
+    /// between the two renames of [`Self::save`].
+    fn find(&self) -> Option<PathBuf> {
+        [self.path(), self.dir.join("checkpoint.old")]
+            .into_iter()
+            .find(|p| p.join("state.json").is_file())
+    }
+
+    /// "<path> (step N)" of the newest checkpoint, for error messages.
+    fn describe(&self) -> String {
+        match self.find() {
+            Some(p) => {
+                let step = std::fs::read(p.join("state.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<CheckpointState>(&b).ok())
+                    .map(|s| s.step.to_string())
+                    .unwrap_or_else(|| "?".into());
+                format!("{}, step {step}", p.display())
+            }
+            None => "none written yet".into(),
+        }
+    }
+
+    /// Written into `checkpoint.tmp/`, then swapped in by renames, so a kill at any moment
+    /// leaves one complete checkpoint.
+    fn save(
+        &self,
+        net: &CausalLm,
+        slots: &[Slot],
+        adam: &Adam,
+        state: &CheckpointState,
+        log: &[TrainLogRow],
+    ) -> Result<()> {
+        let tmp = self.dir.join("checkpoint.tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        mosr_lm::adapter::save(
+            net,
+            self.lora,
+            &tmp.join("adapter"),
+            Some(self.model_ref),
+            Some(self.base_sha),
+        )?;
+        let mut t = Vec::new();
+        for (k, s) in slots.iter().enumerate() {
+            t.push((
+                format!("{}.exp_avg", s.name()),
+                s.dims.to_vec(),
+                &adam.m[k][..],
+            ));
+            t.push((
+                format!("{}.exp_avg_sq", s.name()),
+                s.dims.to_vec(),
+                &adam.v[k][..],
+            ));
+        }
+        write_safetensors(&tmp.join("optimizer.safetensors"), &t)?;
+        write_train_log(&tmp.join("train_log.parquet"), log)?;
+        mosr_artifacts::write_bytes_atomic(
+            &tmp.join("state.json"),
+            &serde_json::to_vec_pretty(state)?,
+        )?;
+        let cur = self.path();
+        let old = self.dir.join("checkpoint.old");
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        if cur.exists() {
+            std::fs::rename(&cur, &old)?;
+        }
+        std::fs::rename(&tmp, &cur)?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        Ok(())
+    }
+}
+
+fn read_optimizer(path: &Path, slots: &[Slot], step: u64) -> Result<Adam> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let get = |name: String, n: usize| -> Result<Vec<f32>> {
+        let v = st
+            .tensor(&name)
+            .with_context(|| format!("{}: missing `{name}`", path.display()))?;
+        if v.dtype() != safetensors::Dtype::F32 || v.data().len() != n * 4 {
+            bail!("{}: `{name}` is not {n} float32 values", path.display());
+        }
+        Ok(v.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    let mut adam = Adam {
+        step,
+        m: Vec::new(),
+        v: Vec::new(),
+    };
+    for s in slots {
+        let n = s.dims[0] * s.dims[1];
+        adam.m.push(get(format!("{}.exp_avg", s.name()), n)?);
+        adam.v.push(get(format!("{}.exp_avg_sq", s.name()), n)?);
+    }
+    Ok(adam)
+}
+
+/// Cross-entropy of the refusal tokens of augmented sequences (Qi et al.'s recovery term).
+fn cross_entropy(net: &CausalLm, seqs: &[&Seq], pad: u32) -> Tensor<1> {
+    let ids: Vec<Vec<u32>> = seqs.iter().map(|s| s.ids.clone()).collect();
+    let tb = TokenBatch::left_padded(&ids, pad);
+    let (n, t) = (tb.batch, tb.seq);
+    let out = net.forward(
+        &tb,
+        None,
+        ForwardOptions {
+            hidden: false,
+            num_layers: None,
+            logits: Logits::All,
+            adapter: true,
+            train: true,
+        },
+    );
+    let logits = out.logits.expect("all logits");
+    let logp = log_softmax(logits.narrow(1, 0, t - 1), 2);
+    let mut targets = vec![0i64; n * (t - 1)];
+    let mut mask = vec![0f32; n * (t - 1)];
+    for (row, s) in seqs.iter().enumerate() {
+        let off = t - s.ids.len();
+        for p in 0..t - 1 {
+            targets[row * (t - 1) + p] = tb.ids[row * t + p + 1] as i64;
+            if let Some(from) = s.ce_from
+                && p + 1 >= off + from
+            {
+                mask[row * (t - 1) + p] = 1.0;
+            }
+        }
+    }
+    let total: f32 = mask.iter().sum::<f32>().max(1.0);
+    let dev = net.device();
+    let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [n, t - 1, 1]), &dev);
+    let mask = Tensor::<2>::from_data(TensorData::new(mask, [n, t - 1]), &dev);
+    let picked = logp.gather(2, targets).squeeze_dim::<2>(2);
+    (picked * mask).sum().neg() / total as f64
+}
+
+/// Trains one variant into `dir` (resuming its checkpoint when there is one). Returns None
+/// when [`RunOptions::stop_after_step`] stopped it early.
+#[allow(clippy::too_many_arguments)]
+pub fn train_variant(
+    cfg: &FinetuneConfig,
+    lm: &LanguageModel,
+    model_ref: &str,
+    base_sha: &str,
+    seed: u64,
+    data: &TrainData,
+    variant: Variant,
+    dir: &Path,
+    opts: &RunOptions,
+) -> Result<Option<VariantSummary>> {
+    let _guard = TRAIN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let res = cfg.resolve(lm.config.num_layers)?;
+    let summary_path = dir.join("summary.json");
+    if summary_path.is_file() {
+        let s: VariantSummary = serde_json::from_slice(&std::fs::read(&summary_path)?)
+            .with_context(|| format!("{}: invalid summary", summary_path.display()))?;
+        info!(variant = variant.name(), "already trained; skipped");
+        return Ok(Some(s));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let device = lm.device();
+    let cfg_sha = config_hash(cfg, variant, seed)?;
+
+    // Same seeded initialisation in every variant.
+    device.seed(mix(seed, TAG_INIT, 0, 0));
+    let mut net = lm.net.clone().attach_lora(&res.lora)?;
+    let slots = slots_of(&net);
+    let mut params = read_params(&net, &slots, dir)?;
+    let mut adam = Adam::new(&params);
+    let mut log: Vec<TrainLogRow> = Vec::new();
+    let mut start = 0usize;
+    let ck = Checkpoint {
+        dir,
+        model_ref,
+        base_sha,
+        lora: &res.lora,
+    };
+    let mut resumed_from = None;
+    if let Some(path) = ck.find() {
+        let state_path = path.join("state.json");
+        let state: CheckpointState = serde_json::from_slice(&std::fs::read(&state_path)?)
+            .with_context(|| format!("{}: invalid checkpoint state", state_path.display()))?;
+        if state.config_sha256 != cfg_sha {
+            bail!(
+                "{}: the checkpoint was written with another configuration or seed; delete {} to start over",
+                state_path.display(),
+                path.display()
+            );
+        }
+        let adapter_dir = path.join("adapter");
+        let (loaded, _) = mosr_lm::adapter::load(lm.net.clone(), &adapter_dir, Some(base_sha))
+            .with_context(|| format!("resuming {}", path.display()))?;
+        params = read_params(&loaded, &slots, &adapter_dir)?;
+        adam = read_optimizer(&path.join("optimizer.safetensors"), &slots, state.adam_step)?;
+        log = read_train_log(&path.join("train_log.parquet"))?;
+        log.truncate(state.step);
+        start = state.step;
+        resumed_from = Some(start);
+        info!(
+            variant = variant.name(),
+            step = start,
+            "resumed from checkpoint"
+        );
+    }
+    set_params(&mut net, &slots, &params);
+
+    let b = cfg.batch_size;
+    let ba = if variant.uses_augment() {
+        cfg.augment_batch_size.unwrap_or(b)
+    } else {
+        0
+    };
+    let aug_in_retain = variant.uses_augment() && !data.augment_ce;
+    let aug_in_ce = variant.uses_augment() && data.augment_ce;
+    info!(
+        variant = variant.name(),
+        harmful = data.harmful.len(),
+        retain = data.retain.len(),
+        augmented = data.augmented.len(),
+        steps = cfg.steps,
+        target_layers = ?res.target_layers,
+        lora_blocks = res.lora.layers.len(),
+        "training"
+    );
+    let fwd = ForwardOptions {
+        hidden: true,
+        num_layers: Some(res.num_layers),
+        logits: Logits::None,
+        adapter: false,
+        train: false,
+    };
+    for t in start + 1..=cfg.steps {
+        let t0 = Instant::now();
+        let (c_erase, c_retain) = coefficients(cfg.alpha, t, cfg.steps);
+        let mut gsum: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
+        let (mut e_sum, mut r_sum, mut ce_sum, mut tokens) = (0f64, 0f64, 0f64, 0i64);
+        let mut total_sum = 0f64;
+        for m in 0..cfg.grad_accum {
+            let micro = (t - 1) * cfg.grad_accum + m;
+            let pick = |n: usize, k: usize, tag: u64| -> Vec<usize> {
+                (0..k)
+                    .map(|j| stream_pick(n, micro * k + j, seed, tag))
+                    .collect()
+            };
+            let hs: Vec<&Seq> = pick(data.harmful.len(), b, TAG_HARMFUL)
+                .into_iter()
+                .map(|i| &data.harmful[i])
+                .collect();
+            let mut rs: Vec<&Seq> = pick(data.retain.len(), b, TAG_RETAIN)
+                .into_iter()
+                .map(|i| &data.retain[i])
+                .collect();
+            let aug: Vec<&Seq> = if ba > 0 {
+                pick(data.augmented.len(), ba, TAG_AUGMENT)
+                    .into_iter()
+                    .map(|i| &data.augmented[i])
+                    .collect()
+            } else {
+                vec![]
+            };
+            if aug_in_retain {
+                rs.extend(aug.iter().copied());
+            }
+            let names = |v: &[&Seq]| {
+                v.iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let seqs: Vec<Vec<u32>> = hs.iter().chain(rs.iter()).map(|s| s.ids.clone()).collect();
+            let tb = TokenBatch::left_padded(&seqs, lm.pad_id);
+            let (n, tl) = (tb.batch, tb.seq);
+            tokens += tb.mask.iter().filter(|&&x| x).count() as i64;
+            let count = |rows: std::ops::Range<usize>| -> f64 {
+                rows.map(|r| tb.mask[r * tl..(r + 1) * tl].iter().filter(|&&x| x).count())
+                    .sum::<usize>() as f64
+            };
+            let ne = count(0..b) * res.target_layers.len() as f64;
+            let nr = count(b..n) * res.retain_layers.len() as f64;
+            let mut mask_e = vec![0f32; b * tl];
+            for (r, s) in hs.iter().enumerate() {
+                for c in 0..tl {
+                    if tb.mask[r * tl + c] {
+                        mask_e[r * tl + c] = (s.weight / ne) as f32;
+                    }
+                }
+            }
+            let mask_r: Vec<f32> = tb.mask[b * tl..]
+                .iter()
+                .map(|&x| if x { (1.0 / nr) as f32 } else { 0.0 })
+                .collect();
+            let mask_e = Tensor::<2>::from_data(TensorData::new(mask_e, [b, tl]), &device);
+            let mask_r = Tensor::<2>::from_data(TensorData::new(mask_r, [n - b, tl]), &device);
+
+            // Original model: same weights, adapter off, once per batch, no gradient.
+            let orig: Vec<Tensor<3>> = net
+                .forward(&tb, None, fwd)
+                .hidden
+                .into_iter()
+                .map(|h| h.detach())
+                .collect();
+            device.seed(mix(seed, TAG_DROPOUT, t as u64, m as u64));
+            let lora = net
+                .forward(
+                    &tb,
+                    None,
+                    ForwardOptions {
+                        adapter: true,
+                        train: true,
+                        ..fwd
+                    },
+                )
+                .hidden;
+            let sel = |h: &[Tensor<3>], layers: &[usize], from: usize, len: usize| {
+                layers
+                    .iter()
+                    .map(|&l| h[l].clone().narrow(0, from, len))
+                    .collect::<Vec<_>>()
+            };
+            let le = erasure_loss(
+                &sel(&lora, &res.target_layers, 0, b),
+                &sel(&orig, &res.target_layers, 0, b),
+                &mask_e,
+            );
+            let lr = retain_loss(
+                &sel(&lora, &res.retain_layers, b, n - b),
+                &sel(&orig, &res.retain_layers, b, n - b),
+                &mask_r,
+            );
+            let mut total = le.clone() * c_erase + lr.clone() * c_retain;
+            let mut ce_val = 0f64;
+            if aug_in_ce && !aug.is_empty() {
+                let ce = cross_entropy(&net, &aug, lm.pad_id);
+                ce_val = ce.clone().into_scalar::<f32>() as f64;
+                total = total + ce * cfg.cross_entropy_coeff;
+            }
+            let total = total / cfg.grad_accum as f64;
+            let (ve, vr) = (
+                le.into_scalar::<f32>() as f64,
+                lr.into_scalar::<f32>() as f64,
+            );
+            let vt = total.clone().into_scalar::<f32>() as f64;
+            if !(ve.is_finite() && vr.is_finite() && vt.is_finite() && ce_val.is_finite()) {
+                return Err(TrainError {
+                    variant: variant.name().into(),
+                    what: format!("loss (erasure {ve}, retain {vr}, cross-entropy {ce_val})"),
+                    step: t,
+                    micro: m,
+                    harmful: names(&hs),
+                    retain: names(&rs),
+                    checkpoint: ck.describe(),
+                }
+                .into());
+            }
+            e_sum += ve / cfg.grad_accum as f64;
+            r_sum += vr / cfg.grad_accum as f64;
+            ce_sum += ce_val / cfg.grad_accum as f64;
+            total_sum += vt;
+            let grads = total.backward();
+            for (k, s) in slots.iter().enumerate() {
+                if let Some(g) = param_of(&net, s).and_then(|p| p.val().grad(&grads)) {
+                    for (acc, x) in gsum[k].iter_mut().zip(host(g)) {
+                        *acc += x;
+                    }
+                }
+            }
+            if m + 1 == cfg.grad_accum {
+                let sq: f64 = gsum
+                    .iter()
+                    .flat_map(|g| g.iter())
+                    .map(|&x| (x as f64) * (x as f64))
+                    .sum();
+                if !sq.is_finite() {
+                    return Err(TrainError {
+                        variant: variant.name().into(),
+                        what: "gradient".into(),
+                        step: t,
+                        micro: m,
+                        harmful: names(&hs),
+                        retain: names(&rs),
+                        checkpoint: ck.describe(),
+                    }
+                    .into());
+                }
+            }
+        }
+        let grad_norm = gsum
+            .iter()
+            .flat_map(|g| g.iter())
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt();
+        let scale = match cfg.max_grad_norm {
+            Some(max) if grad_norm > max => (max / (grad_norm + 1e-6)) as f32,
+            _ => 1.0,
+        };
+        adam.update(&mut params, &gsum, scale, cfg);
+        set_params(&mut net, &slots, &params);
+        let secs = t0.elapsed().as_secs_f64();
+        let row = TrainLogRow {
+            step: t as i64,
+            loss: total_sum,
+            erasure_loss: e_sum,
+            retain_loss: r_sum,
+            cross_entropy_loss: aug_in_ce.then_some(ce_sum),
+            c_erase,
+            c_retain,
+            grad_norm,
+            learning_rate: cfg.learning_rate,
+            tokens,
+            tokens_per_s: tokens as f64 / secs.max(1e-9),
+        };
+        info!(
+            variant = variant.name(),
+            step = t,
+            of = cfg.steps,
+            loss = row.loss,
+            erasure = row.erasure_loss,
+            retain = row.retain_loss,
+            grad_norm,
+            secs,
+            tokens_per_s = row.tokens_per_s,
+            "step"
+        );
+        log.push(row);
+        if t % cfg.checkpoint_every == 0 || t == cfg.steps {
+            let state = CheckpointState {
+                step: t,
+                adam_step: adam.step,
+                seed,
+                variant,
+                config_sha256: cfg_sha.clone(),
+                base_sha256: base_sha.to_string(),
+            };
+            ck.save(&net, &slots, &adam, &state, &log)?;
+        }
+        if opts.stop_after_step == Some(t) && t < cfg.steps {
+            info!(
+                variant = variant.name(),
+                step = t,
+                "stopped early (stop_after_step)"
+            );
+            return Ok(None);
+        }
+    }
+    mosr_lm::adapter::save(
+        &net,
+        &res.lora,
+        &dir.join("adapter"),
+        Some(model_ref),
+        Some(base_sha),
+    )?;
+    write_train_log(&dir.join("train_log.parquet"), &log)?;
+    let (first, last) = (
+        log.first().expect("steps >= 1"),
+        log.last().expect("steps >= 1"),
+    );
+    let summary = VariantSummary {
+        variant,
+        steps: cfg.steps,
+        loss_first: first.loss,
+        loss_last: last.loss,
+        erasure_first: first.erasure_loss,
+        erasure_last: last.erasure_loss,
+        retain_first: first.retain_loss,
+        retain_last: last.retain_loss,
+        wall_s: started.elapsed().as_secs_f64(),
+        resumed_from_step: resumed_from,
+        target_layers: res.target_layers.clone(),
+        lora_layers: res.lora.layers.clone(),
+    };
+    mosr_artifacts::write_bytes_atomic(&summary_path, &serde_json::to_vec_pretty(&summary)?)?;
+    // The final adapter and log are written: the checkpoint is no longer needed.
+    let _ = std::fs::remove_dir_all(ck.path());
+    info!(
+        variant = variant.name(),
+        loss_first = summary.loss_first,
+        loss_last = summary.loss_last,
+        secs = summary.wall_s,
+        "variant trained"
+    );
+    Ok(Some(summary))
+}
+
+/// Reads every variant's train log of a finetune folder (reports, tests).
+pub fn read_logs(dir: &Path) -> Result<BTreeMap<String, Vec<TrainLogRow>>> {
+    let mut out = BTreeMap::new();
+    for v in Variant::ALL {
+        let p = dir.join(v.name()).join("train_log.parquet");
+        if p.is_file() {
+            out.insert(v.name().to_string(), read_train_log(&p)?);
+        }
+    }
+    Ok(out)
+}
