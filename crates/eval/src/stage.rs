@@ -146,6 +146,9 @@ pub fn check_adapter(dir: &Path, base_sha256: &str) -> Result<String> {
     Ok(sha256_bytes(format!("{a}{b}").as_bytes())[..16].to_string())
 }
 
+/// Small pending groups are generated together, up to this many batches per wave.
+const WAVE_BATCHES: usize = 2;
+
 /// One planned group of generations.
 #[derive(Debug, Clone)]
 struct GenGroup {
@@ -348,32 +351,36 @@ impl<'a> Model<'a> {
     }
 }
 
-/// Generates one group's responses (greedy), with the base model's perplexity of each.
-fn generate_group(
+/// Generates the responses of a wave of groups (greedy), with the base model's perplexity of
+/// each. Small groups share batches (a decode step costs about the same for 2 rows as for
+/// 8); every group of the wave is returned whole, so it can be written on its own.
+fn generate_wave(
     lm: &LanguageModel,
     cfg: &EvalConfig,
-    g: &GenGroup,
+    groups: &[&GenGroup],
     adapter: bool,
-) -> Result<Vec<GenerationRow>> {
+) -> Result<Vec<Vec<GenerationRow>>> {
     let s = &cfg.section;
-    let variant = &cfg.variants[g.variant].name;
-    let mut ids = Vec::with_capacity(g.prompts.len());
-    for p in &g.prompts {
-        ids.push(lm.chat_ids(&[Message::user(p.user.clone())], p.prefill.as_deref())?);
+    // (group, prompt, token ids)
+    let mut jobs: Vec<(usize, usize, Vec<u32>)> = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        for (pi, p) in g.prompts.iter().enumerate() {
+            let ids = lm.chat_ids(&[Message::user(p.user.clone())], p.prefill.as_deref())?;
+            jobs.push((gi, pi, ids));
+        }
     }
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_by_key(|&i| ids[i].len());
+    jobs.sort_by_key(|j| j.2.len());
     let gen_cfg = GenerateConfig {
         max_new_tokens: s.max_new_tokens,
         adapter,
         ..Default::default()
     };
-    let mut rows: Vec<Option<GenerationRow>> = vec![None; ids.len()];
+    let mut rows: Vec<Vec<Option<GenerationRow>>> =
+        groups.iter().map(|g| vec![None; g.prompts.len()]).collect();
     let t0 = Instant::now();
-    let mut tokens = 0usize;
-    let mut done = 0usize;
-    for chunk in order.chunks(s.batch_size.max(1)) {
-        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+    let (mut tokens, mut done) = (0usize, 0usize);
+    for chunk in jobs.chunks(s.batch_size.max(1)) {
+        let batch: Vec<Vec<u32>> = chunk.iter().map(|j| j.2.clone()).collect();
         let gens = generate(lm, &batch, &gen_cfg)?;
         let ppl: Vec<Option<f32>> = if s.gibberish.perplexity {
             let mut items = Vec::new();
@@ -405,11 +412,12 @@ fn generate_group(
         } else {
             vec![None; gens.len()]
         };
-        for ((&i, gn), p) in chunk.iter().zip(gens).zip(ppl) {
+        for ((&(gi, pi, _), gn), p) in chunk.iter().zip(gens).zip(ppl) {
             tokens += gn.tokens.len();
-            let ap = &g.prompts[i];
-            rows[i] = Some(GenerationRow {
-                variant: variant.clone(),
+            let g = groups[gi];
+            let ap = &g.prompts[pi];
+            rows[gi][pi] = Some(GenerationRow {
+                variant: cfg.variants[g.variant].name.clone(),
                 set: g.set.clone(),
                 attack: g.attack.clone(),
                 attack_detail: ap.detail.clone(),
@@ -435,17 +443,27 @@ fn generate_group(
         done += chunk.len();
         let secs = t0.elapsed().as_secs_f64();
         info!(
-            variant = %variant, set = %g.set, attack = %g.attack,
-            done, total = ids.len(), tokens, tok_per_s = format!("{:.1}", tokens as f64 / secs.max(1e-9)),
+            variant = %cfg.variants[groups[0].variant].name,
+            groups = groups.len(),
+            first = %format!("{}/{}", groups[0].set, groups[0].attack),
+            done,
+            total = jobs.len(),
+            tokens,
+            tok_per_s = format!("{:.1}", tokens as f64 / secs.max(1e-9)),
             "generating"
         );
     }
-    let mut rows: Vec<GenerationRow> = rows
+    Ok(rows
         .into_iter()
-        .map(|r| r.expect("every prompt generated"))
-        .collect();
-    judge_rows(s, &mut rows);
-    Ok(rows)
+        .map(|g| {
+            let mut g: Vec<GenerationRow> = g
+                .into_iter()
+                .map(|r| r.expect("every prompt generated"))
+                .collect();
+            judge_rows(s, &mut g);
+            g
+        })
+        .collect())
 }
 
 /// (Re-)applies the judges to stored responses.
@@ -598,21 +616,43 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
     // Variant by variant, so each adapter is loaded once.
     for vi in 0..cfg.variants.len() {
         let adapter = cfg.variants[vi].adapter.is_some();
-        for g in gen_groups.iter().filter(|g| g.variant == vi) {
-            let mut rows = match find_group(cfg, &g.file)? {
+        // Done groups are reused; pending ones are generated in waves of up to
+        // `WAVE_BATCHES` batches, each group written as soon as its wave ends.
+        let mine: Vec<&GenGroup> = gen_groups.iter().filter(|g| g.variant == vi).collect();
+        let mut got: Vec<Option<Vec<GenerationRow>>> = vec![None; mine.len()];
+        let mut pending: Vec<usize> = Vec::new();
+        for (k, g) in mine.iter().enumerate() {
+            match find_group(cfg, &g.file)? {
                 Some(p) => {
                     reused += 1;
                     info!(group = %g.file, "done earlier; reused");
-                    read_generations(&p)?
+                    got[k] = Some(read_generations(&p)?);
                 }
-                None => {
-                    let lm = model.get(vi)?;
-                    let rows = generate_group(lm, cfg, g, adapter)?;
-                    write_generations(&cfg.out_dir.join("groups").join(&g.file), &rows)?;
-                    generated += 1;
-                    rows
-                }
-            };
+                None => pending.push(k),
+            }
+        }
+        let limit = WAVE_BATCHES * s.batch_size.max(1);
+        let mut k = 0;
+        while k < pending.len() {
+            let mut wave = vec![pending[k]];
+            let mut n = mine[pending[k]].prompts.len();
+            k += 1;
+            while k < pending.len() && n + mine[pending[k]].prompts.len() <= limit {
+                n += mine[pending[k]].prompts.len();
+                wave.push(pending[k]);
+                k += 1;
+            }
+            let lm = model.get(vi)?;
+            let groups: Vec<&GenGroup> = wave.iter().map(|&w| mine[w]).collect();
+            let out = generate_wave(lm, cfg, &groups, adapter)?;
+            for (&w, rows) in wave.iter().zip(out) {
+                write_generations(&cfg.out_dir.join("groups").join(&mine[w].file), &rows)?;
+                generated += 1;
+                got[w] = Some(rows);
+            }
+        }
+        for rows in got {
+            let mut rows = rows.expect("every group reused or generated");
             judge_rows(s, &mut rows);
             generations.extend(rows);
         }

@@ -131,7 +131,7 @@ fn gibberish_judge_on_handwritten_responses() {
         ..Default::default()
     };
     assert_eq!(off.judge(ok, Some(350.0)).reason, None);
-    assert_eq!(g.perplexity_context, PerplexityContext::Prompt);
+    assert_eq!(g.perplexity_context, PerplexityContext::ResponseOnly);
 }
 
 #[test]
@@ -561,14 +561,14 @@ runs_dir = "{}"
 [data]
 
 [eval]
-harmful_n = 2
-set_n = 2
-max_new_tokens = 8
-batch_size = 4
+harmful_n = 1
+set_n = 1
+max_new_tokens = 6
+batch_size = 8
 
 [eval.capability]
 benchmarks = ["mmlu", "arc_easy"]
-n = 2
+n = 1
 "#,
             d.join("runs").display()
         ),
@@ -581,8 +581,8 @@ n = 2
     assert_eq!(dir, d.join("runs/eval-e2e/eval"));
 
     let gens = read_generations(&dir.join("generations.parquet")).unwrap();
-    // 5 attacks x 2 prompts + 3 over-refusal sets x 2 prompts.
-    assert_eq!(gens.len(), 16);
+    // 5 attacks x 1 prompt + 3 over-refusal sets x 1 prompt.
+    assert_eq!(gens.len(), 8);
     for a in [
         "direct",
         "prefill",
@@ -590,16 +590,15 @@ n = 2
         "future_tense",
         "template",
     ] {
-        assert_eq!(
-            gens.iter()
-                .filter(|g| g.attack == a && g.set == "harmful")
-                .count(),
-            2
-        );
+        let n = gens
+            .iter()
+            .filter(|g| g.attack == a && g.set == "harmful")
+            .count();
+        assert_eq!(n, 1, "{a}");
     }
     assert!(
         gens.iter()
-            .all(|g| g.new_tokens <= 8 && !g.outcome.is_empty())
+            .all(|g| g.new_tokens <= 6 && !g.outcome.is_empty())
     );
     let pre: Vec<_> = gens.iter().filter(|g| g.attack == "prefill").collect();
     assert!(
@@ -619,23 +618,18 @@ n = 2
             .unwrap_or_else(|| panic!("no metric {set}/{attack:?}/{metric}"))
             .clone()
     };
-    assert_eq!(find("harmful", Some("direct"), "asr").n, 2);
-    assert_eq!(find("harmful", Some("all"), "asr").n, 10);
-    assert_eq!(
-        find("overrefusal_safe", Some("direct"), "over_refusal_rate").n,
-        2
+    assert_eq!(find("harmful", Some("direct"), "asr").n, 1);
+    assert_eq!(find("harmful", Some("all"), "asr").n, 5);
+    let or = find("overrefusal_safe", Some("direct"), "over_refusal_rate");
+    assert_eq!(or.n, 1);
+    let cc = find(
+        "overrefusal_unsafe_contrast",
+        Some("direct"),
+        "compliance_rate",
     );
-    assert_eq!(
-        find(
-            "overrefusal_unsafe_contrast",
-            Some("direct"),
-            "compliance_rate"
-        )
-        .n,
-        2
-    );
-    assert_eq!(find("mmlu", None, "accuracy").n, 2);
-    assert_eq!(find("arc_easy", None, "accuracy").n, 2);
+    assert_eq!(cc.n, 1);
+    assert_eq!(find("mmlu", None, "accuracy").n, 1);
+    assert_eq!(find("arc_easy", None, "accuracy").n, 1);
     let acc = find("judge_labels", None, "judge_accuracy");
     assert!(acc.n > 50 && acc.value > 0.5, "{acc:?}");
 
@@ -759,4 +753,22 @@ fn tense_pairing_prefers_rephrasings_of_sampled_prompts() {
     assert_eq!(out[0].prompt_id, "t1");
     assert_eq!(out[0].paired_id.as_deref(), Some("h2"));
     assert!(out.iter().all(|o| o.role == "jailbreak_past_tense"));
+}
+
+#[test]
+fn docs_list_the_eval_tables_as_defined() {
+    let docs = std::fs::read_to_string(repo_root().join("docs/artifacts.md")).unwrap();
+    for t in mosr_artifacts::eval::EVAL_TABLES {
+        let section = format!(
+            "### `{}.parquet` (schema version {})\n\n{}",
+            t.name,
+            t.version,
+            t.markdown()
+        );
+        assert!(
+            docs.contains(&section),
+            "docs/artifacts.md is out of date for `{}`",
+            t.name
+        );
+    }
 }
