@@ -17,7 +17,7 @@ use mosr_artifacts::eval::CapabilityItemRow;
 use mosr_lm::LanguageModel;
 use serde::{Deserialize, Serialize};
 
-use crate::likelihood::{Item, continuation_logprobs};
+use crate::likelihood::{Choices, shared_context_logprobs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,43 +103,47 @@ pub fn option_scores(
     adapter: bool,
 ) -> Result<Vec<Vec<f64>>> {
     let mut items = Vec::new();
-    let mut shape = Vec::new();
     let mut norms = Vec::new();
     for r in rows {
         if r.choices.len() < 2 || r.choices.len() > LETTERS.len() {
             bail!("capability item `{}` has {} options", r.id, r.choices.len());
         }
         let (ctx, conts) = render(cfg, r);
-        let ctx_ids = lm.encode(&ctx, false)?;
-        if ctx_ids.is_empty() {
+        let context = lm.encode(&ctx, false)?;
+        if context.is_empty() {
             bail!("capability item `{}`: empty prompt", r.id);
         }
-        shape.push(conts.len());
+        let mut continuations = Vec::new();
+        let mut n = Vec::new();
         for c in conts {
             let ids = lm.encode(&c, false)?;
-            norms.push(match (cfg.format, cfg.normalise) {
+            if ids.is_empty() {
+                bail!("capability item `{}`: an option encodes to no tokens", r.id);
+            }
+            n.push(match (cfg.format, cfg.normalise) {
                 (Format::Letter, _) | (_, Normalise::None) => 1.0,
                 (_, Normalise::Bytes) => c.len().max(1) as f64,
-                (_, Normalise::Tokens) => ids.len().max(1) as f64,
+                (_, Normalise::Tokens) => ids.len() as f64,
             });
-            items.push(Item {
-                context: ctx_ids.clone(),
-                continuation: ids,
-            });
+            continuations.push(ids);
         }
+        items.push(Choices {
+            context,
+            continuations,
+        });
+        norms.push(n);
     }
-    let lps = continuation_logprobs(lm, &items, adapter, cfg.batch_size);
-    let mut out = Vec::with_capacity(rows.len());
-    let mut k = 0;
-    for n in shape {
-        out.push(
-            (k..k + n)
-                .map(|j| lps[j].iter().map(|&x| x as f64).sum::<f64>() / norms[j])
-                .collect(),
-        );
-        k += n;
-    }
-    Ok(out)
+    let lps = shared_context_logprobs(lm, &items, adapter, cfg.batch_size);
+    Ok(lps
+        .iter()
+        .zip(&norms)
+        .map(|(opts, n)| {
+            opts.iter()
+                .zip(n)
+                .map(|(lp, d)| lp.iter().map(|&x| x as f64).sum::<f64>() / d)
+                .collect()
+        })
+        .collect())
 }
 
 /// Index of the best score (the first one on ties) and the margin of the correct option

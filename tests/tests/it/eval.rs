@@ -15,7 +15,7 @@ use mosr_artifacts::{CapabilityRow, JudgeLabelRow, PipelineFile, PromptRow, Role
 use mosr_eval::judges::{
     GibberishJudgeConfig, Outcome, PerplexityContext, RefusalJudgeConfig, judge,
 };
-use mosr_eval::likelihood::{Item, continuation_logprobs, perplexity};
+use mosr_eval::likelihood::{Choices, Item, continuation_logprobs, perplexity};
 use mosr_eval::metrics::{
     Confusion, Z95, generation_metrics, judge_validation_rows, validate_refusal_judge, wilson,
 };
@@ -458,6 +458,44 @@ fn continuation_logprobs_match_a_direct_forward() {
                 got[k]
             );
         }
+    }
+    // Shared-context scoring (one context pass, KV cache copied per option) agrees.
+    let shared = mosr_eval::likelihood::shared_context_logprobs(
+        &lm,
+        &[
+            Choices {
+                context: items[0].context.clone(),
+                continuations: vec![
+                    items[0].continuation.clone(),
+                    lm.encode(" Lyon", false).unwrap(),
+                ],
+            },
+            Choices {
+                context: items[1].context.clone(),
+                continuations: vec![items[1].continuation.clone()],
+            },
+        ],
+        false,
+        8,
+    );
+    for (a, b) in shared[0][0].iter().zip(&batched[0]) {
+        assert!((a - b).abs() < 2e-3, "{a} vs {b}");
+    }
+    for (a, b) in shared[1][0].iter().zip(&batched[1]) {
+        assert!((a - b).abs() < 2e-3, "{a} vs {b}");
+    }
+    let lyon = continuation_logprobs(
+        &lm,
+        &[Item {
+            context: items[0].context.clone(),
+            continuation: lm.encode(" Lyon", false).unwrap(),
+        }],
+        false,
+        8,
+    );
+    assert_eq!(shared[0][1].len(), lyon[0].len());
+    for (a, b) in shared[0][1].iter().zip(&lyon[0]) {
+        assert!((a - b).abs() < 2e-3, "{a} vs {b}");
     }
     let ppl = perplexity(&batched[0]).unwrap();
     let mean = batched[0].iter().sum::<f32>() / batched[0].len() as f32;
