@@ -10,6 +10,7 @@
 //!   (Utf8View/LargeUtf8 to Utf8, LargeList to List, as polars writes them).
 //! * [`schema`]: column specs of every table, validation naming the file and the column.
 //! * [`tables`]: typed rows for the `prompts`, `capability` and `judge_labels` tables.
+//! * [`eval`]: the evaluation stage's `generations`, `metrics` and `capability_items` tables.
 //! * [`manifest`]: the JSON manifest every stage writes next to its outputs.
 //! * [`run_dir`]: `runs/<pipeline>/<stage>/`, the stage key, resumable partial folders.
 //! * [`pipeline`]: pipeline TOML files: the `[run]` section and per-stage sections.
@@ -17,6 +18,7 @@
 pub mod analysis;
 pub mod atomic;
 pub mod error;
+pub mod eval;
 pub mod hash;
 pub mod manifest;
 pub mod parquet_io;

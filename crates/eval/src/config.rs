@@ -1,0 +1,75 @@
+//! `[eval]` section of a pipeline file. Every key has a default (documented here and in
+//! docs/stages.md); sub-tables configure attacks, judges and capability.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::attacks::prefill::PrefillConfig;
+use crate::attacks::template::TemplateConfig;
+use crate::attacks::tense::TenseConfig;
+use crate::capability::CapabilityConfig;
+use crate::judges::{GibberishJudgeConfig, RefusalJudgeConfig};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Attacks on the harmful test prompts, by name. Default: direct, prefill, past_tense,
+    /// future_tense, template.
+    pub attacks: Vec<String>,
+    /// Over-refusal sets (data-stage roles) sent as direct requests. Default:
+    /// overrefusal_safe, overrefusal_unsafe_contrast, overrefusal_borderline.
+    pub sets: Vec<String>,
+    /// Extra prompt sets (JSONL or Parquet with `text` and `role`), relative to the repository
+    /// root unless absolute. Default none.
+    pub custom_sets: Vec<PathBuf>,
+    /// Variants to evaluate besides `base` (always evaluated); empty = every adapter found
+    /// under `runs/<pipeline>/finetune/<variant>/adapter`. Default empty.
+    pub variants: Vec<String>,
+    /// Harmful test prompts sampled (seeded) for the attacks; also the number of tense
+    /// rephrasings sent. 0 = all. Default 100.
+    pub harmful_n: usize,
+    /// Prompts sampled (seeded) per over-refusal set. 0 = all. Default 100.
+    pub set_n: usize,
+    /// Split of the harmful prompts attacked. Default `test`.
+    pub harmful_split: String,
+    /// Greedy decoding budget per response. Default 64.
+    pub max_new_tokens: usize,
+    /// Prompts per generation batch. Default 8.
+    pub batch_size: usize,
+    pub prefill: PrefillConfig,
+    pub tense: TenseConfig,
+    pub template: TemplateConfig,
+    pub refusal: RefusalJudgeConfig,
+    pub gibberish: GibberishJudgeConfig,
+    pub capability: CapabilityConfig,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            attacks: crate::attacks::KNOWN
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            sets: vec![
+                "overrefusal_safe".into(),
+                "overrefusal_unsafe_contrast".into(),
+                "overrefusal_borderline".into(),
+            ],
+            custom_sets: Vec::new(),
+            variants: Vec::new(),
+            harmful_n: 100,
+            set_n: 100,
+            harmful_split: "test".into(),
+            max_new_tokens: 64,
+            batch_size: 8,
+            prefill: PrefillConfig::default(),
+            tense: TenseConfig::default(),
+            template: TemplateConfig::default(),
+            refusal: RefusalJudgeConfig::default(),
+            gibberish: GibberishJudgeConfig::default(),
+            capability: CapabilityConfig::default(),
+        }
+    }
+}

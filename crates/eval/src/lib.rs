@@ -1,0 +1,27 @@
+//! mosr-eval: the evaluation stage. It measures what the paper reports, for the base model
+//! and every trained LoRA variant: safety (attack success rate under several attacks),
+//! over-refusal (refusals of safe prompts that look unsafe), compliance on their unsafe
+//! contrasts, and general capability (MMLU, ARC by log-likelihood), all into Parquet.
+//!
+//! * [`attacks`]: direct request, prefilling, past/future-tense rephrasings, template
+//!   jailbreaks; one file each.
+//! * [`judges`]: refusal string match and gibberish heuristics; [`metrics`]: rates with
+//!   Wilson intervals and the refusal judge's validation on human labels.
+//! * [`likelihood`], [`capability`]: continuation log-likelihoods, option scoring.
+//! * [`sets`]: seeded sampling and custom JSONL/Parquet sets.
+//! * [`stage`]: [`run`] and [`run_pipeline_stage`] (the `[eval]` section, resumable groups).
+
+pub mod attacks;
+pub mod capability;
+pub mod config;
+pub mod judges;
+pub mod likelihood;
+pub mod metrics;
+pub mod sets;
+pub mod stage;
+
+pub use config::EvalSection;
+pub use stage::{
+    EvalConfig, EvalOutputs, Overrides, Variant, base_model_sha256, run, run_pipeline_stage,
+    run_pipeline_stage_with,
+};
