@@ -78,8 +78,15 @@ fn probe_recovers_known_direction_on_gaussians() {
         "{} iterations",
         f.iterations
     );
-    let want: Vec<f64> = u.iter().zip(&scale).map(|(a, s)| a / s).collect();
-    let c = cosine(&f.raw_direction(), &want);
+    // Mapped back to the isotropic space (times s_j) the fitted raw direction must be u. (In raw
+    // space the cosine would be dominated by the low-variance features' estimation noise.)
+    let back: Vec<f64> = f
+        .raw_direction()
+        .iter()
+        .zip(&scale)
+        .map(|(w, s)| w * s)
+        .collect();
+    let c = cosine(&back, &u);
     assert!(c > 0.97, "cosine to the true direction {c}");
     // Accuracy near the Bayes rate Phi(1.5) = 0.933.
     let correct = (0..n)
@@ -408,8 +415,8 @@ fn extract_bad_inputs_fail_clearly_without_outputs() {
         msg.contains("overrefusal_borderline") && msg.contains("no prompts"),
         "{msg}"
     );
-    // Over-long prompt under reject: names the prompt, writes nothing. The limit sits just
-    // below the longest formatted prompt (h2), above the template's own tokens.
+    // Over-long prompt under reject: names the prompt, writes nothing. The limit sits one
+    // token below the longest formatted prompt (h2), above every other prompt.
     let lm = LanguageModel::open(&model_path(SMOL), &mosr_lm::Device::flex()).unwrap();
     let longest = lm
         .chat_ids(
@@ -420,7 +427,7 @@ fn extract_bad_inputs_fail_clearly_without_outputs() {
         )
         .unwrap()
         .len();
-    let limit = longest - 3;
+    let limit = longest - 1;
     drop(lm);
     let s = ExtractSection {
         roles: vec!["benign".into(), "harmful".into()],
