@@ -14,6 +14,8 @@
 //! * [`manifest`]: the JSON manifest every stage writes next to its outputs.
 //! * [`run_dir`]: `runs/<pipeline>/<stage>/`, the stage key, resumable partial folders.
 //! * [`pipeline`]: pipeline TOML files: the `[run]` section and per-stage sections.
+//! * [`analysis`]: tables of the analysis stages and streaming/resumable table writing.
+//! * [`svg`]: small SVG line plots for reports.
 
 pub mod analysis;
 pub mod atomic;
@@ -25,6 +27,7 @@ pub mod parquet_io;
 pub mod pipeline;
 pub mod run_dir;
 pub mod schema;
+pub mod svg;
 pub mod tables;
 pub mod training;
 

@@ -1,5 +1,6 @@
 //! Workspace integration tests: real models against PyTorch/transformers fixtures.
 
+mod analysis;
 mod eval;
 mod lm_errors;
 mod lm_lora;

@@ -1,0 +1,458 @@
+//! The extract stage: the residual stream of every layer for chat-formatted prompts.
+//!
+//! For each selected prompt (a seeded sample per role and split, see [`prompts::select`]) the
+//! stage renders a single user turn with the model's own chat template and generation prompt,
+//! runs batched forwards through `mosr-lm` (no adapter), and writes one row per prompt and layer
+//! to `representations.parquet` (schema in `mosr_artifacts::analysis::REPRESENTATIONS`).
+//!
+//! Memory stays bounded by one batch: each batch is written as its own part file the moment it
+//! is computed, and a killed run skips the parts it finds; the parts are merged (streamed,
+//! one at a time) into the final table at the end.
+
+pub mod prompts;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Tensor;
+use mosr_artifacts::analysis::{
+    Parts, REPRESENTATIONS, i32_column, table_batch, utf8_column, vector_column,
+};
+use mosr_artifacts::{
+    PipelineFile, PromptRow, StageManifest, read_prompts, sha256_bytes, sha256_file,
+};
+use mosr_lm::{ForwardOptions, LanguageModel, Logits, TokenBatch};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+pub use prompts::OnOverflow;
+
+/// Where in the prompt the representation is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Position {
+    /// The last token of the formatted prompt: the one before the assistant's first token,
+    /// where the model decides how to answer [R: the method notes' default].
+    #[default]
+    LastPromptToken,
+    /// Mean over every token of the formatted prompt (template tokens included).
+    MeanPrompt,
+}
+
+impl Position {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Position::LastPromptToken => "last_prompt_token",
+            Position::MeanPrompt => "mean_prompt",
+        }
+    }
+}
+
+/// `[extract]` section of a pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractSection {
+    /// Roles to extract. Default: harmful, benign, pseudo_malicious (the overlap bank the
+    /// `weights` stage reads), overrefusal_safe, overrefusal_unsafe_contrast,
+    /// overrefusal_borderline. A role without prompts in the chosen splits is an error.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<String>,
+    /// Splits to extract (default train and test; over-refusal roles exist only in test,
+    /// pseudo_malicious only in train).
+    #[serde(default = "default_splits")]
+    pub splits: Vec<String>,
+    /// At most this many prompts per (role, split), a seeded sample; default: all.
+    #[serde(default)]
+    pub max_per_role_split: Option<usize>,
+    /// Layers to keep (0 = embedding output, l = output of block l); default: all.
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    /// Token position of the representation (default `last_prompt_token`).
+    #[serde(default)]
+    pub position: Position,
+    /// Prompts per forward (default 8).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest formatted prompt in tokens (default 512).
+    #[serde(default = "default_max_prompt_tokens")]
+    pub max_prompt_tokens: usize,
+    /// `truncate` (default; counted in the manifest) or `reject` (the stage fails).
+    #[serde(default)]
+    pub on_overflow: OnOverflow,
+}
+
+fn default_roles() -> Vec<String> {
+    [
+        "harmful",
+        "benign",
+        "pseudo_malicious",
+        "overrefusal_safe",
+        "overrefusal_unsafe_contrast",
+        "overrefusal_borderline",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_splits() -> Vec<String> {
+    vec!["train".into(), "test".into()]
+}
+fn default_batch_size() -> usize {
+    8
+}
+fn default_max_prompt_tokens() -> usize {
+    512
+}
+
+impl Default for ExtractSection {
+    fn default() -> Self {
+        ExtractSection {
+            roles: default_roles(),
+            splits: default_splits(),
+            max_per_role_split: None,
+            layers: None,
+            position: Position::default(),
+            batch_size: default_batch_size(),
+            max_prompt_tokens: default_max_prompt_tokens(),
+            on_overflow: OnOverflow::default(),
+        }
+    }
+}
+
+/// Everything `run` needs: the section plus where the inputs are.
+#[derive(Debug, Clone)]
+pub struct ExtractConfig {
+    pub section: ExtractSection,
+    /// `prompts.parquet` of the data stage.
+    pub prompts: PathBuf,
+    /// Registry id, GGUF path or HF folder.
+    pub model: String,
+    /// `cpu`, `cuda`, `wgpu`.
+    pub device: String,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtractOutputs {
+    pub representations: PathBuf,
+    pub manifest: PathBuf,
+    pub prompts: usize,
+    pub layers: Vec<usize>,
+    pub truncated: usize,
+}
+
+/// The model facts recorded in the manifest and the stage key.
+#[derive(Debug, Clone, Serialize)]
+struct ModelInfo {
+    id: String,
+    sha256: String,
+    chat_template_sha256: String,
+    dtype: &'static str,
+    hidden_size: usize,
+    num_layers: usize,
+}
+
+/// Run extraction into `out_dir` (created); resumes from part files a killed run left there
+/// with the same configuration.
+pub fn run(cfg: &ExtractConfig, out_dir: &Path) -> Result<ExtractOutputs> {
+    let started = Instant::now();
+    let s = &cfg.section;
+    if s.batch_size == 0 {
+        bail!("[extract] batch_size must be at least 1");
+    }
+    let roles = prompts::parse_roles(&s.roles)?;
+    let splits = prompts::parse_splits(&s.splits)?;
+    if !cfg.prompts.is_file() {
+        bail!(
+            "{}: prompts table is missing; run the data stage first",
+            cfg.prompts.display()
+        );
+    }
+    let all = read_prompts(&cfg.prompts)?;
+    let chosen = prompts::select(
+        &all,
+        &roles,
+        &splits,
+        s.max_per_role_split,
+        cfg.seed,
+        &cfg.prompts,
+    )?;
+    drop(all);
+
+    let (model_path, model_sha) = prompts::model_identity(&cfg.model)?;
+    let device = mosr_lm::device_from_name(&cfg.device)?;
+    let t0 = Instant::now();
+    let lm = LanguageModel::open(&model_path, &device)?;
+    info!(model = %model_path.display(), secs = t0.elapsed().as_secs_f64(), "model loaded");
+    let n_blocks = lm.config.num_layers;
+    let layers: Vec<usize> = match &s.layers {
+        Some(l) if l.is_empty() => bail!("[extract] layers is empty; omit it for all layers"),
+        Some(l) => {
+            let mut l = l.clone();
+            l.sort_unstable();
+            l.dedup();
+            if let Some(&bad) = l.iter().find(|&&x| x > n_blocks) {
+                bail!("[extract] layer {bad} does not exist: the model has layers 0..={n_blocks}");
+            }
+            l
+        }
+        None => (0..=n_blocks).collect(),
+    };
+    let max_ctx = lm.config.max_position_embeddings;
+    if s.max_prompt_tokens > max_ctx {
+        bail!(
+            "[extract] max_prompt_tokens = {} exceeds the model's context window ({max_ctx})",
+            s.max_prompt_tokens
+        );
+    }
+    let info_model = ModelInfo {
+        id: cfg.model.clone(),
+        sha256: model_sha,
+        chat_template_sha256: sha256_bytes(lm.chat.source.as_bytes()),
+        dtype: "f32",
+        hidden_size: lm.config.hidden_size,
+        num_layers: n_blocks,
+    };
+
+    // Tokenise everything up front (cheap), then batch by length so padding stays small.
+    let mut items: Vec<(Vec<u32>, &PromptRow)> = Vec::with_capacity(chosen.len());
+    let mut truncated = 0usize;
+    for p in &chosen {
+        let (ids, cut) =
+            prompts::chat_tokens(&lm, &p.id, &p.text, s.max_prompt_tokens, s.on_overflow)
+                .with_context(|| format!("{}: prompt `{}`", cfg.prompts.display(), p.id))?;
+        truncated += cut as usize;
+        items.push((ids, p));
+    }
+    items.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.1.id.cmp(&b.1.id)));
+    let n_batches = items.len().div_ceil(s.batch_size);
+    info!(
+        prompts = items.len(),
+        batches = n_batches,
+        layers = layers.len(),
+        truncated,
+        "extracting"
+    );
+
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let manifest_config =
+        serde_json::json!({ "section": s, "model": info_model, "seed": cfg.seed });
+    let parts_dir = out_dir.join("parts");
+    let fingerprint = sha256_bytes(serde_json::to_string(&manifest_config)?.as_bytes());
+    let tag = parts_dir.join(".config");
+    if parts_dir.exists()
+        && std::fs::read_to_string(&tag)
+            .map(|t| t != fingerprint)
+            .unwrap_or(true)
+    {
+        std::fs::remove_dir_all(&parts_dir)
+            .with_context(|| format!("removing stale {}", parts_dir.display()))?;
+    }
+    let parts = Parts::new(&parts_dir, &REPRESENTATIONS)?;
+    mosr_artifacts::write_bytes_atomic(&tag, fingerprint.as_bytes())?;
+
+    let width = lm.config.hidden_size;
+    let max_layer = *layers.last().expect("non-empty");
+    let opts = ForwardOptions {
+        hidden: true,
+        num_layers: Some(max_layer),
+        logits: Logits::None,
+        adapter: false,
+        train: false,
+    };
+    let (mut done_prompts, mut skipped) = (0usize, 0usize);
+    let mut last_log = Instant::now();
+    let compute_started = Instant::now();
+    for (bi, chunk) in items.chunks(s.batch_size).enumerate() {
+        if parts.done(bi) {
+            skipped += 1;
+            continue;
+        }
+        let seqs: Vec<Vec<u32>> = chunk.iter().map(|(ids, _)| ids.clone()).collect();
+        let batch = TokenBatch::left_padded(&seqs, lm.pad_id);
+        let out = lm.net.forward(&batch, None, opts);
+        let vectors = pick_positions(&out.hidden, &batch, &layers, s.position, width)?;
+        let rows = chunk.len() * layers.len();
+        let mut ids = Vec::with_capacity(rows);
+        let mut roles_c = Vec::with_capacity(rows);
+        let mut splits_c = Vec::with_capacity(rows);
+        let mut layer_c = Vec::with_capacity(rows);
+        for &l in &layers {
+            for (_, p) in chunk {
+                ids.push(p.id.as_str());
+                roles_c.push(p.role.as_str());
+                splits_c.push(p.split.as_str());
+                layer_c.push(l as i32);
+            }
+        }
+        let path = parts.path(bi);
+        let b = table_batch(
+            &REPRESENTATIONS,
+            &path,
+            vec![
+                utf8_column(ids),
+                utf8_column(roles_c),
+                utf8_column(splits_c),
+                i32_column(layer_c),
+                utf8_column(std::iter::repeat_n(s.position.as_str(), rows)),
+                vector_column(&path, width, vectors)?,
+            ],
+        )?;
+        parts.write(bi, &b)?;
+        done_prompts += chunk.len();
+        if last_log.elapsed().as_secs_f64() > 10.0 || bi + 1 == n_batches {
+            let secs = compute_started.elapsed().as_secs_f64();
+            info!(
+                batch = bi + 1,
+                of = n_batches,
+                prompts = done_prompts,
+                prompts_per_s = done_prompts as f64 / secs.max(1e-9),
+                "extract progress"
+            );
+            last_log = Instant::now();
+        }
+    }
+    if skipped > 0 {
+        info!(
+            batches = skipped,
+            "resumed: batches already on disk were skipped"
+        );
+    }
+    let rep_path = out_dir.join("representations.parquet");
+    let rows = parts.merge(n_batches, &rep_path)?;
+
+    let mut manifest = StageManifest::new("extract", manifest_config);
+    manifest.seed = Some(cfg.seed);
+    manifest
+        .inputs
+        .insert("prompts.parquet".into(), sha256_file(&cfg.prompts)?);
+    manifest
+        .inputs
+        .insert("model".into(), info_model.sha256.clone());
+    manifest
+        .outputs
+        .insert("representations.parquet".into(), sha256_file(&rep_path)?);
+    let mut counts: BTreeMap<String, u64> = prompts::group_counts(&chosen)
+        .into_iter()
+        .map(|(k, v)| (format!("prompts/{k}"), v))
+        .collect();
+    counts.insert("representations".into(), rows);
+    counts.insert("prompts".into(), chosen.len() as u64);
+    counts.insert("layers".into(), layers.len() as u64);
+    counts.insert("truncated_prompts".into(), truncated as u64);
+    counts.insert("resumed_batches".into(), skipped as u64);
+    manifest.row_counts = counts;
+    manifest.wall_time_s = started.elapsed().as_secs_f64();
+    let manifest_path = out_dir.join("manifest.json");
+    manifest.write(&manifest_path)?;
+    info!(
+        prompts = chosen.len(),
+        rows,
+        secs = manifest.wall_time_s,
+        out = %rep_path.display(),
+        "extract done"
+    );
+    Ok(ExtractOutputs {
+        representations: rep_path,
+        manifest: manifest_path,
+        prompts: chosen.len(),
+        layers,
+        truncated,
+    })
+}
+
+/// Row-major `[layer][prompt][width]` vectors at the configured position. Batches are
+/// left-padded, so the last column is every row's last prompt token.
+pub fn pick_positions(
+    hidden: &[Tensor<3>],
+    batch: &TokenBatch,
+    layers: &[usize],
+    position: Position,
+    width: usize,
+) -> Result<Vec<f32>> {
+    let (b, t) = (batch.batch, batch.seq);
+    let mut out = Vec::with_capacity(layers.len() * b * width);
+    for &l in layers {
+        let h = hidden
+            .get(l)
+            .with_context(|| {
+                format!(
+                    "forward returned {} hidden states, layer {l} asked",
+                    hidden.len()
+                )
+            })?
+            .clone();
+        match position {
+            Position::LastPromptToken => {
+                let v = h.narrow(1, t - 1, 1).into_data().try_into_vec_as::<f32>();
+                out.extend(v.map_err(|e| anyhow::anyhow!("hidden state data: {e:?}"))?);
+            }
+            Position::MeanPrompt => {
+                let v = h
+                    .into_data()
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| anyhow::anyhow!("hidden state data: {e:?}"))?;
+                for row in 0..b {
+                    let mut acc = vec![0f64; width];
+                    let mut n = 0usize;
+                    for col in 0..t {
+                        if batch.mask[row * t + col] {
+                            n += 1;
+                            let base = (row * t + col) * width;
+                            for (a, x) in acc.iter_mut().zip(&v[base..base + width]) {
+                                *a += *x as f64;
+                            }
+                        }
+                    }
+                    out.extend(acc.iter().map(|a| (*a / n.max(1) as f64) as f32));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the stage into `runs/<pipeline>/extract/` unless up to date; returns the folder.
+pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
+    let section: ExtractSection = file.section("extract")?;
+    run_pipeline_stage_with(file, repo_root, force, section)
+}
+
+/// [`run_pipeline_stage`] with a section already read (the binary applies its flags to it).
+pub fn run_pipeline_stage_with(
+    file: &PipelineFile,
+    repo_root: &Path,
+    force: bool,
+    section: ExtractSection,
+) -> Result<PathBuf> {
+    let run_dir = file.run_dir(repo_root);
+    let data = run_dir.manifest("data")?;
+    let (_, model_sha) = prompts::model_identity(&file.run.model)?;
+    let cfg = ExtractConfig {
+        section,
+        prompts: run_dir.stage_dir("data").join("prompts.parquet"),
+        model: file.run.model.clone(),
+        device: file.run.device.clone(),
+        seed: file.run.seed,
+    };
+    let inputs = BTreeMap::from([
+        ("data".to_string(), data.key.clone()),
+        ("model".to_string(), model_sha),
+    ]);
+    let key_config = serde_json::json!({
+        "section": cfg.section, "model": cfg.model, "seed": cfg.seed, "device": cfg.device
+    });
+    let key = mosr_artifacts::stage_key(&key_config, &inputs);
+    if !force && run_dir.is_up_to_date("extract", &key) {
+        info!(stage = "extract", "up to date");
+        return Ok(run_dir.stage_dir("extract"));
+    }
+    let work = run_dir.begin("extract", &key)?;
+    if work.resumed() {
+        info!(stage = "extract", "resuming a killed run");
+    }
+    let out = run(&cfg, work.dir())?;
+    let manifest = StageManifest::read(&out.manifest)?;
+    Ok(work.commit(manifest)?)
+}

@@ -1,0 +1,679 @@
+//! The logit-lens stage: what each layer would say next.
+//!
+//! For each selected prompt (chat-formatted as in the extract stage, whose prompt selection
+//! and formatting code it reuses as a library) the residual stream of every layer at the last
+//! prompt token goes through the model's final norm and unembedding (`CausalLm::unembed`) and
+//! a softmax. Per prompt and layer the stage keeps the top-k tokens, the entropy, and the
+//! probability mass of two token sets built at run time from word lists: refusal tone
+//! ("Sorry", "cannot", ...) and compliance tone ("Sure", "Here", ...). At the last layer this
+//! is the model's own next-token distribution.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
+use mosr_artifacts::analysis::{
+    BatchView, LOGIT_LENS_SUMMARY, LOGIT_LENS_TONE, LOGIT_LENS_TOPK, Parts, f32_column, f64_column,
+    for_each_batch, i32_column, i64_column, table_batch, utf8_column, write_table,
+};
+use mosr_artifacts::svg::{LinePlot, Series};
+use mosr_artifacts::{PipelineFile, StageManifest, read_prompts, sha256_bytes, sha256_file};
+use mosr_extract::OnOverflow;
+use mosr_extract::prompts;
+use mosr_lm::{ForwardOptions, LanguageModel, Logits, TokenBatch};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// `[logit_lens]` section of a pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogitLensSection {
+    /// Roles to decode (default benign, harmful, overrefusal_safe, overrefusal_borderline).
+    #[serde(default = "default_roles")]
+    pub roles: Vec<String>,
+    /// Splits to take them from (default `test`, held out from every probe and training set).
+    #[serde(default = "default_splits")]
+    pub splits: Vec<String>,
+    /// At most this many prompts per (role, split), a seeded sample (default 100).
+    #[serde(default = "default_max")]
+    pub max_per_role_split: Option<usize>,
+    /// Layers to decode; default all (0 = embedding output).
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    /// Tokens kept per prompt and layer (default 10).
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Prompts per forward (default 8).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest formatted prompt in tokens (default 512).
+    #[serde(default = "default_max_prompt_tokens")]
+    pub max_prompt_tokens: usize,
+    /// `truncate` (default) or `reject`.
+    #[serde(default)]
+    pub on_overflow: OnOverflow,
+    /// Refusal-tone words [R: the paper's tone words are not recovered]. Each word, as is and
+    /// with a leading space, contributes the first token of its tokenisation.
+    #[serde(default = "default_refusal_words")]
+    pub refusal_words: Vec<String>,
+    /// Compliance-tone words, tokenised the same way.
+    #[serde(default = "default_compliance_words")]
+    pub compliance_words: Vec<String>,
+}
+
+fn default_roles() -> Vec<String> {
+    [
+        "benign",
+        "harmful",
+        "overrefusal_safe",
+        "overrefusal_borderline",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_splits() -> Vec<String> {
+    vec!["test".into()]
+}
+fn default_max() -> Option<usize> {
+    Some(100)
+}
+fn default_top_k() -> usize {
+    10
+}
+fn default_batch_size() -> usize {
+    8
+}
+fn default_max_prompt_tokens() -> usize {
+    512
+}
+fn default_refusal_words() -> Vec<String> {
+    [
+        "Sorry",
+        "sorry",
+        "cannot",
+        "unable",
+        "apologize",
+        "Unfortunately",
+        "No",
+        "refuse",
+        "decline",
+        "unethical",
+        "illegal",
+        "inappropriate",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_compliance_words() -> Vec<String> {
+    [
+        "Sure",
+        "Certainly",
+        "Absolutely",
+        "Here",
+        "Yes",
+        "Of course",
+        "Happy",
+        "Great",
+        "Step",
+        "First",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl Default for LogitLensSection {
+    fn default() -> Self {
+        LogitLensSection {
+            roles: default_roles(),
+            splits: default_splits(),
+            max_per_role_split: default_max(),
+            layers: None,
+            top_k: default_top_k(),
+            batch_size: default_batch_size(),
+            max_prompt_tokens: default_max_prompt_tokens(),
+            on_overflow: OnOverflow::default(),
+            refusal_words: default_refusal_words(),
+            compliance_words: default_compliance_words(),
+        }
+    }
+}
+
+/// A token set built from words: ids and the decoded tokens (for the manifest).
+#[derive(Debug, Clone, Serialize)]
+pub struct ToneSet {
+    pub ids: Vec<u32>,
+    pub tokens: Vec<String>,
+}
+
+/// The first token of each word, as written and with a leading space (mid-sentence form).
+/// Variants whose first token is whitespace or punctuation only are skipped.
+pub fn tone_set(lm: &LanguageModel, words: &[String]) -> Result<ToneSet> {
+    let mut ids = BTreeSet::new();
+    for w in words {
+        let w = w.trim();
+        if w.is_empty() {
+            bail!("tone word list holds an empty word");
+        }
+        for variant in [w.to_string(), format!(" {w}")] {
+            let enc = lm.encode(&variant, false)?;
+            let Some(&first) = enc.first() else { continue };
+            let text = lm.decode(&[first], false)?;
+            if text.trim().chars().any(|c| c.is_alphanumeric()) {
+                ids.insert(first);
+            }
+        }
+    }
+    if ids.is_empty() {
+        bail!("tone word list {words:?} gives no tokens");
+    }
+    let ids: Vec<u32> = ids.into_iter().collect();
+    let tokens = ids
+        .iter()
+        .map(|&i| lm.decode(&[i], false))
+        .collect::<mosr_lm::Result<Vec<_>>>()?;
+    Ok(ToneSet { ids, tokens })
+}
+
+/// Lens distributions: for each requested layer, row-major `[batch][vocab]` softmax of
+/// `unembed(h_layer)` at the last column (every row's last prompt token, left padding).
+pub fn lens_probs(
+    lm: &LanguageModel,
+    batch: &TokenBatch,
+    layers: &[usize],
+) -> Result<Vec<Vec<f32>>> {
+    let max_layer = layers.iter().copied().max().unwrap_or(0);
+    let out = lm.net.forward(
+        batch,
+        None,
+        ForwardOptions {
+            hidden: true,
+            num_layers: Some(max_layer),
+            logits: Logits::None,
+            adapter: false,
+            train: false,
+        },
+    );
+    let t = batch.seq;
+    layers
+        .iter()
+        .map(|&l| {
+            let h: Tensor<3> = out
+                .hidden
+                .get(l)
+                .with_context(|| format!("layer {l} not returned by the forward"))?
+                .clone()
+                .narrow(1, t - 1, 1);
+            let p = softmax(lm.net.unembed(h), 2);
+            p.into_data()
+                .try_into_vec_as::<f32>()
+                .map_err(|e| anyhow::anyhow!("lens data: {e:?}"))
+        })
+        .collect()
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct LogitLensConfig {
+    pub section: LogitLensSection,
+    pub prompts: PathBuf,
+    pub model: String,
+    pub device: String,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogitLensOutputs {
+    pub manifest: PathBuf,
+    pub summary: Vec<RoleLayer>,
+}
+
+/// Mean tone masses of one role at one layer.
+#[derive(Debug, Clone)]
+pub struct RoleLayer {
+    pub role: String,
+    pub layer: usize,
+    pub n: usize,
+    pub refusal_mass: f64,
+    pub compliance_mass: f64,
+    pub entropy: f64,
+    pub top_token: String,
+    pub top_token_share: f64,
+}
+
+/// Run the stage into `out_dir`; resumes from part files a killed run left there.
+pub fn run(cfg: &LogitLensConfig, out_dir: &Path) -> Result<LogitLensOutputs> {
+    let started = Instant::now();
+    let s = &cfg.section;
+    if s.batch_size == 0 || s.top_k == 0 {
+        bail!("[logit_lens] batch_size and top_k must be at least 1");
+    }
+    let roles = prompts::parse_roles(&s.roles)?;
+    let splits = prompts::parse_splits(&s.splits)?;
+    if !cfg.prompts.is_file() {
+        bail!(
+            "{}: prompts table is missing; run the data stage first",
+            cfg.prompts.display()
+        );
+    }
+    let all = read_prompts(&cfg.prompts)?;
+    let chosen = prompts::select(
+        &all,
+        &roles,
+        &splits,
+        s.max_per_role_split,
+        cfg.seed,
+        &cfg.prompts,
+    )?;
+    drop(all);
+    let (model_path, model_sha) = prompts::model_identity(&cfg.model)?;
+    let device = mosr_lm::device_from_name(&cfg.device)?;
+    let lm = LanguageModel::open(&model_path, &device)?;
+    let n_blocks = lm.config.num_layers;
+    let layers: Vec<usize> = match &s.layers {
+        Some(l) if l.is_empty() => bail!("[logit_lens] layers is empty; omit it for all layers"),
+        Some(l) => {
+            let mut l = l.clone();
+            l.sort_unstable();
+            l.dedup();
+            if let Some(&bad) = l.iter().find(|&&x| x > n_blocks) {
+                bail!(
+                    "[logit_lens] layer {bad} does not exist: the model has layers 0..={n_blocks}"
+                );
+            }
+            l
+        }
+        None => (0..=n_blocks).collect(),
+    };
+    if s.max_prompt_tokens > lm.config.max_position_embeddings {
+        bail!(
+            "[logit_lens] max_prompt_tokens = {} exceeds the model's context window ({})",
+            s.max_prompt_tokens,
+            lm.config.max_position_embeddings
+        );
+    }
+    let refusal = tone_set(&lm, &s.refusal_words).context("[logit_lens] refusal_words")?;
+    let compliance = tone_set(&lm, &s.compliance_words).context("[logit_lens] compliance_words")?;
+    let both: Vec<&u32> = refusal
+        .ids
+        .iter()
+        .filter(|i| compliance.ids.contains(i))
+        .collect();
+    if !both.is_empty() {
+        bail!(
+            "[logit_lens] tokens {both:?} are in both the refusal and the compliance set; change the word lists"
+        );
+    }
+    info!(refusal = ?refusal.tokens, compliance = ?compliance.tokens, "tone token sets");
+
+    let mut items = Vec::with_capacity(chosen.len());
+    let mut truncated = 0usize;
+    for p in &chosen {
+        let (ids, cut) =
+            prompts::chat_tokens(&lm, &p.id, &p.text, s.max_prompt_tokens, s.on_overflow)
+                .with_context(|| format!("{}: prompt `{}`", cfg.prompts.display(), p.id))?;
+        truncated += cut as usize;
+        items.push((ids, p));
+    }
+    items.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.1.id.cmp(&b.1.id)));
+    let n_batches = items.len().div_ceil(s.batch_size);
+
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let manifest_config = serde_json::json!({
+        "section": s, "model": cfg.model, "model_sha256": model_sha, "seed": cfg.seed,
+        "refusal_tokens": refusal, "compliance_tokens": compliance,
+    });
+    let fingerprint = sha256_bytes(serde_json::to_string(&manifest_config)?.as_bytes());
+    let tag = out_dir.join("parts.config");
+    let (tk_dir, tone_dir) = (out_dir.join("parts_topk"), out_dir.join("parts_tone"));
+    if std::fs::read_to_string(&tag)
+        .map(|t| t != fingerprint)
+        .unwrap_or(true)
+    {
+        for d in [&tk_dir, &tone_dir] {
+            if d.exists() {
+                std::fs::remove_dir_all(d)
+                    .with_context(|| format!("removing stale {}", d.display()))?;
+            }
+        }
+    }
+    let topk_parts = Parts::new(&tk_dir, &LOGIT_LENS_TOPK)?;
+    let tone_parts = Parts::new(&tone_dir, &LOGIT_LENS_TONE)?;
+    mosr_artifacts::write_bytes_atomic(&tag, fingerprint.as_bytes())?;
+
+    let vocab = lm.config.vocab_size;
+    let mut token_text: HashMap<u32, String> = HashMap::new();
+    let k = s.top_k.min(vocab);
+    let compute_started = Instant::now();
+    let mut last_log = Instant::now();
+    let (mut done, mut skipped) = (0usize, 0usize);
+    for (bi, chunk) in items.chunks(s.batch_size).enumerate() {
+        if topk_parts.done(bi) && tone_parts.done(bi) {
+            skipped += 1;
+            continue;
+        }
+        let seqs: Vec<Vec<u32>> = chunk.iter().map(|(ids, _)| ids.clone()).collect();
+        let batch = TokenBatch::left_padded(&seqs, lm.pad_id);
+        let probs = lens_probs(&lm, &batch, &layers)?;
+        let mut tk = TopkCols::default();
+        let mut tone = ToneCols::default();
+        for (li, &l) in layers.iter().enumerate() {
+            for (row, (_, p)) in chunk.iter().enumerate() {
+                let pr = &probs[li][row * vocab..(row + 1) * vocab];
+                let mass =
+                    |set: &ToneSet| set.ids.iter().map(|&i| pr[i as usize] as f64).sum::<f64>();
+                let entropy: f64 = pr
+                    .iter()
+                    .filter(|&&x| x > 0.0)
+                    .map(|&x| -(x as f64) * (x as f64).ln())
+                    .sum();
+                tone.ids.push(p.id.clone());
+                tone.roles.push(p.role.as_str());
+                tone.layers.push(l as i32);
+                tone.refusal.push(mass(&refusal));
+                tone.compliance.push(mass(&compliance));
+                tone.entropy.push(entropy);
+                let mut idx: Vec<u32> = (0..vocab as u32).collect();
+                let cmp =
+                    |a: &u32, b: &u32| pr[*b as usize].total_cmp(&pr[*a as usize]).then(a.cmp(b));
+                if k < vocab {
+                    idx.select_nth_unstable_by(k - 1, cmp);
+                    idx.truncate(k);
+                }
+                idx.sort_by(cmp);
+                for (rank, &t) in idx.iter().enumerate() {
+                    let text = match token_text.get(&t) {
+                        Some(x) => x.clone(),
+                        None => {
+                            let x = lm.decode(&[t], false)?;
+                            token_text.insert(t, x.clone());
+                            x
+                        }
+                    };
+                    tk.ids.push(p.id.clone());
+                    tk.roles.push(p.role.as_str());
+                    tk.layers.push(l as i32);
+                    tk.rank.push(rank as i32 + 1);
+                    tk.token_id.push(t as i32);
+                    tk.token.push(text);
+                    tk.prob.push(pr[t as usize]);
+                }
+            }
+        }
+        let tp = topk_parts.path(bi);
+        topk_parts.write(
+            bi,
+            &table_batch(
+                &LOGIT_LENS_TOPK,
+                &tp,
+                vec![
+                    utf8_column(tk.ids.iter().map(|x| x.as_str())),
+                    utf8_column(tk.roles),
+                    i32_column(tk.layers),
+                    i32_column(tk.rank),
+                    i32_column(tk.token_id),
+                    utf8_column(tk.token.iter().map(|x| x.as_str())),
+                    f32_column(tk.prob),
+                ],
+            )?,
+        )?;
+        let op = tone_parts.path(bi);
+        tone_parts.write(
+            bi,
+            &table_batch(
+                &LOGIT_LENS_TONE,
+                &op,
+                vec![
+                    utf8_column(tone.ids.iter().map(|x| x.as_str())),
+                    utf8_column(tone.roles),
+                    i32_column(tone.layers),
+                    f64_column(tone.refusal),
+                    f64_column(tone.compliance),
+                    f64_column(tone.entropy),
+                ],
+            )?,
+        )?;
+        done += chunk.len();
+        if last_log.elapsed().as_secs_f64() > 10.0 || bi + 1 == n_batches {
+            info!(
+                batch = bi + 1,
+                of = n_batches,
+                prompts = done,
+                prompts_per_s = done as f64 / compute_started.elapsed().as_secs_f64().max(1e-9),
+                "logit-lens progress"
+            );
+            last_log = Instant::now();
+        }
+    }
+    if skipped > 0 {
+        info!(
+            batches = skipped,
+            "resumed: batches already on disk were skipped"
+        );
+    }
+    let topk_path = out_dir.join("logit_lens_topk.parquet");
+    let tone_path = out_dir.join("logit_lens_tone.parquet");
+    let n_topk = topk_parts.merge(n_batches, &topk_path)?;
+    let n_tone = tone_parts.merge(n_batches, &tone_path)?;
+    let _ = std::fs::remove_file(&tag);
+
+    let summary = summarise(&tone_path, &topk_path)?;
+    let summary_path = out_dir.join("logit_lens_summary.parquet");
+    write_table(
+        &summary_path,
+        &LOGIT_LENS_SUMMARY,
+        vec![
+            utf8_column(summary.iter().map(|x| x.role.as_str())),
+            i32_column(summary.iter().map(|x| x.layer as i32)),
+            i64_column(summary.iter().map(|x| x.n as i64)),
+            f64_column(summary.iter().map(|x| x.refusal_mass)),
+            f64_column(summary.iter().map(|x| x.compliance_mass)),
+            f64_column(summary.iter().map(|x| x.entropy)),
+            utf8_column(summary.iter().map(|x| x.top_token.as_str())),
+            f64_column(summary.iter().map(|x| x.top_token_share)),
+        ],
+    )?;
+    plot(&summary, &out_dir.join("tone_mass.svg"))?;
+
+    let mut manifest = StageManifest::new("logit_lens", manifest_config);
+    manifest.seed = Some(cfg.seed);
+    manifest
+        .inputs
+        .insert("prompts.parquet".into(), sha256_file(&cfg.prompts)?);
+    manifest.inputs.insert("model".into(), model_sha);
+    for (name, p) in [
+        ("logit_lens_topk.parquet", &topk_path),
+        ("logit_lens_tone.parquet", &tone_path),
+        ("logit_lens_summary.parquet", &summary_path),
+    ] {
+        manifest.outputs.insert(name.into(), sha256_file(p)?);
+    }
+    manifest.outputs.insert(
+        "tone_mass.svg".into(),
+        sha256_file(&out_dir.join("tone_mass.svg"))?,
+    );
+    let mut counts: BTreeMap<String, u64> = prompts::group_counts(&chosen)
+        .into_iter()
+        .map(|(k, v)| (format!("prompts/{k}"), v))
+        .collect();
+    counts.insert("prompts".into(), chosen.len() as u64);
+    counts.insert("layers".into(), layers.len() as u64);
+    counts.insert("logit_lens_topk".into(), n_topk);
+    counts.insert("logit_lens_tone".into(), n_tone);
+    counts.insert("truncated_prompts".into(), truncated as u64);
+    counts.insert("resumed_batches".into(), skipped as u64);
+    manifest.row_counts = counts;
+    manifest.wall_time_s = started.elapsed().as_secs_f64();
+    let mp = out_dir.join("manifest.json");
+    manifest.write(&mp)?;
+    info!(prompts = chosen.len(), secs = manifest.wall_time_s, out = %out_dir.display(), "logit-lens done");
+    Ok(LogitLensOutputs {
+        manifest: mp,
+        summary,
+    })
+}
+
+#[derive(Default)]
+struct TopkCols {
+    ids: Vec<String>,
+    roles: Vec<&'static str>,
+    layers: Vec<i32>,
+    rank: Vec<i32>,
+    token_id: Vec<i32>,
+    token: Vec<String>,
+    prob: Vec<f32>,
+}
+
+#[derive(Default)]
+struct ToneCols {
+    ids: Vec<String>,
+    roles: Vec<&'static str>,
+    layers: Vec<i32>,
+    refusal: Vec<f64>,
+    compliance: Vec<f64>,
+    entropy: Vec<f64>,
+}
+
+/// Means per role and layer from the tone table; the most frequent top-1 token from top-k.
+fn summarise(tone: &Path, topk: &Path) -> Result<Vec<RoleLayer>> {
+    #[derive(Default)]
+    struct Acc {
+        n: usize,
+        r: f64,
+        c: f64,
+        e: f64,
+        top: BTreeMap<String, usize>,
+    }
+    let mut acc: BTreeMap<(String, i32), Acc> = BTreeMap::new();
+    for_each_batch(tone, &LOGIT_LENS_TONE, |b| {
+        let v = BatchView { batch: b };
+        let (ro, la, r, c, e) = (
+            v.str("role"),
+            v.i32("layer"),
+            v.f64("refusal_mass"),
+            v.f64("compliance_mass"),
+            v.f64("entropy"),
+        );
+        for i in 0..v.len() {
+            let a = acc
+                .entry((ro.value(i).to_string(), la.value(i)))
+                .or_default();
+            a.n += 1;
+            a.r += r.value(i);
+            a.c += c.value(i);
+            a.e += e.value(i);
+        }
+        Ok(())
+    })?;
+    for_each_batch(topk, &LOGIT_LENS_TOPK, |b| {
+        let v = BatchView { batch: b };
+        let (ro, la, rank, tok) = (v.str("role"), v.i32("layer"), v.i32("rank"), v.str("token"));
+        for i in 0..v.len() {
+            if rank.value(i) == 1
+                && let Some(a) = acc.get_mut(&(ro.value(i).to_string(), la.value(i)))
+            {
+                *a.top.entry(tok.value(i).to_string()).or_default() += 1;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(acc
+        .into_iter()
+        .map(|((role, layer), a)| {
+            let (top_token, cnt) = a
+                .top
+                .iter()
+                .max_by(|x, y| x.1.cmp(y.1).then(y.0.cmp(x.0)))
+                .map(|(t, c)| (t.clone(), *c))
+                .unwrap_or_default();
+            let n = a.n.max(1) as f64;
+            RoleLayer {
+                role,
+                layer: layer as usize,
+                n: a.n,
+                refusal_mass: a.r / n,
+                compliance_mass: a.c / n,
+                entropy: a.e / n,
+                top_token,
+                top_token_share: cnt as f64 / n,
+            }
+        })
+        .collect())
+}
+
+fn plot(summary: &[RoleLayer], path: &Path) -> Result<()> {
+    let mut p = LinePlot::new(
+        "LogitLens tone mass per layer (solid: refusal, dashed: compliance)",
+        "layer",
+        "mean probability mass",
+    );
+    let roles: BTreeSet<&str> = summary.iter().map(|x| x.role.as_str()).collect();
+    for role in &roles {
+        let rows: Vec<&RoleLayer> = summary.iter().filter(|x| x.role == *role).collect();
+        p.series.push(Series::new(
+            format!("{role} refusal"),
+            rows.iter()
+                .map(|x| (x.layer as f64, x.refusal_mass))
+                .collect(),
+        ));
+    }
+    for role in &roles {
+        let rows: Vec<&RoleLayer> = summary.iter().filter(|x| x.role == *role).collect();
+        let mut se = Series::new(
+            format!("{role} compliance"),
+            rows.iter()
+                .map(|x| (x.layer as f64, x.compliance_mass))
+                .collect(),
+        );
+        se.dashed = true;
+        p.series.push(se);
+    }
+    if roles.len() > 5 {
+        warn!("many roles: the tone plot's palette repeats");
+    }
+    p.write(path)?;
+    Ok(())
+}
+
+/// Runs the stage into `runs/<pipeline>/logit_lens/` unless up to date; returns the folder.
+pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
+    let section: LogitLensSection = file.section("logit_lens")?;
+    run_pipeline_stage_with(file, repo_root, force, section)
+}
+
+/// [`run_pipeline_stage`] with a section already read (the binary applies its flags to it).
+pub fn run_pipeline_stage_with(
+    file: &PipelineFile,
+    repo_root: &Path,
+    force: bool,
+    section: LogitLensSection,
+) -> Result<PathBuf> {
+    let run_dir = file.run_dir(repo_root);
+    let data = run_dir.manifest("data")?;
+    let (_, model_sha) = prompts::model_identity(&file.run.model)?;
+    let cfg = LogitLensConfig {
+        section,
+        prompts: run_dir.stage_dir("data").join("prompts.parquet"),
+        model: file.run.model.clone(),
+        device: file.run.device.clone(),
+        seed: file.run.seed,
+    };
+    let inputs = BTreeMap::from([
+        ("data".to_string(), data.key.clone()),
+        ("model".to_string(), model_sha),
+    ]);
+    let key_config = serde_json::json!({
+        "section": cfg.section, "model": cfg.model, "seed": cfg.seed, "device": cfg.device
+    });
+    let key = mosr_artifacts::stage_key(&key_config, &inputs);
+    if !force && run_dir.is_up_to_date("logit_lens", &key) {
+        info!(stage = "logit_lens", "up to date");
+        return Ok(run_dir.stage_dir("logit_lens"));
+    }
+    let work = run_dir.begin("logit_lens", &key)?;
+    let out = run(&cfg, work.dir())?;
+    let manifest = StageManifest::read(&out.manifest)?;
+    Ok(work.commit(manifest)?)
+}
