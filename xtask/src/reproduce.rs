@@ -21,6 +21,34 @@ fn stages() -> Vec<Stage> {
             run: |f, r, force| mosr_data::stage::run_pipeline_stage(f, r, force),
         },
         Stage {
+            name: "extract",
+            run: |f, r, force| mosr_extract::run_pipeline_stage(f, r, force),
+        },
+        Stage {
+            name: "probe",
+            run: |f, r, force| mosr_probe::run_pipeline_stage(f, r, force),
+        },
+        Stage {
+            name: "logit_lens",
+            run: |f, r, force| mosr_logit_lens::run_pipeline_stage(f, r, force),
+        },
+        Stage {
+            name: "augment",
+            run: |f, r, force| mosr_augment::run_pipeline_stage(f, r, force),
+        },
+        Stage {
+            name: "weights",
+            run: |f, r, force| mosr_weights::run_pipeline_stage(f, r, force),
+        },
+        Stage {
+            name: "finetune",
+            run: |f, r, force| mosr_finetune::run_pipeline_stage(f, r, force),
+        },
+        Stage {
+            name: "eval",
+            run: |f, r, force| mosr_eval::stage::run_pipeline_stage(f, r, force),
+        },
+        Stage {
             name: "report",
             run: |f, r, force| mosr_report::run_pipeline_stage(f, r, force),
         },

@@ -207,6 +207,11 @@ impl LinePlot {
                 r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
                 path.join(" ")
             );
+            // Markers: a series of one point (a variant in a scatter) is still visible.
+            for p in &path {
+                let (cx, cy) = p.split_once(',').expect("formatted pair");
+                let _ = writeln!(s, r#"<circle cx="{cx}" cy="{cy}" r="3" fill="{color}"/>"#);
+            }
             let ly = top + 10.0 + 18.0 * i as f64;
             let lx = left + pw + 12.0;
             let _ = writeln!(

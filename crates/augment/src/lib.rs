@@ -23,7 +23,6 @@ use mosr_artifacts::training::{TrainingExample, write_training_examples};
 use mosr_artifacts::{PipelineFile, PromptRow, Role, Split, StageManifest, read_prompts};
 use mosr_lm::generate::{GenerateConfig, generate};
 use mosr_lm::{LanguageModel, Message};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -227,27 +226,34 @@ pub fn sample_prefix_len(
     k.min(available)
 }
 
-/// Seeded sample of `n` prompts (all when n = 0 or fewer exist), in id order first so the
-/// sample does not depend on the table's row order.
+/// Seeded sample of `n` train prompts of `role` (all when n = 0 or fewer exist): prompts ranked
+/// by sha256(`"{seed}:{id}"`), the same ranking the extract stage samples with, so the harmful
+/// examples are the first ones extract keeps and the weights stage finds their representations
+/// whenever extract keeps at least `harmful_count` harmful train prompts. Independent of row
+/// order, and growing `n` only appends prompts. `_tag` is kept for callers; roles never share
+/// prompts, so one ranking serves them all.
 pub fn sample_prompts(
     prompts: &[PromptRow],
     role: Role,
     n: usize,
     seed: u64,
-    tag: u64,
+    _tag: u64,
 ) -> Vec<PromptRow> {
-    let mut v: Vec<PromptRow> = prompts
+    let mut v: Vec<(String, PromptRow)> = prompts
         .iter()
         .filter(|p| p.role == role && p.split == Split::Train)
-        .cloned()
+        .map(|p| {
+            (
+                mosr_artifacts::sha256_bytes(format!("{seed}:{}", p.id).as_bytes()),
+                p.clone(),
+            )
+        })
         .collect();
-    v.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    v.shuffle(&mut rng);
+    v.sort_by(|a, b| a.0.cmp(&b.0));
     if n > 0 {
         v.truncate(n);
     }
-    v
+    v.into_iter().map(|(_, p)| p).collect()
 }
 
 /// Counts written to the manifest.

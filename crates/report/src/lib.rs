@@ -8,7 +8,6 @@
 
 pub mod markdown;
 pub mod sections;
-pub mod svg;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

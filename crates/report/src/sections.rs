@@ -9,8 +9,25 @@ use mosr_artifacts::RunDir;
 use polars::df;
 use polars::prelude::{AnyValue, BooleanChunked, Column, DataFrame, DataType};
 
-use crate::svg::{self, Chart, Series};
 use crate::{ReportSection, Writer, read_df};
+use mosr_artifacts::svg::{LinePlot, Series};
+
+/// Title, axes and y range of a plot; rendered with the shared [`LinePlot`].
+struct Chart {
+    title: String,
+    x_label: String,
+    y_label: String,
+    y_range: Option<(f64, f64)>,
+}
+
+impl Chart {
+    fn render(self, series: Vec<Series>) -> String {
+        let mut plot = LinePlot::new(&self.title, &self.x_label, &self.y_label);
+        plot.y_range = self.y_range;
+        plot.series = series;
+        plot.render()
+    }
+}
 
 pub struct Section {
     pub title: &'static str,
@@ -229,10 +246,7 @@ fn main_table(cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<O
             (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
         };
         if let (Some(asr), Some(or)) = (mean_of(0), mean_of(2)) {
-            series.push(Series {
-                name: v.clone(),
-                points: vec![(or, asr)],
-            });
+            series.push(Series::new(v.clone(), vec![(or, asr)]));
         }
     }
     let mut out = format!(
@@ -247,10 +261,7 @@ fn main_table(cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<O
             y_label: "mean attack success rate".into(),
             y_range: None,
         };
-        w.text(
-            "plots/safety_vs_overrefusal.svg",
-            &svg::scatter_chart(&chart, &series),
-        )?;
+        w.text("plots/safety_vs_overrefusal.svg", &chart.render(series))?;
         out.push_str("![safety vs over-refusal](plots/safety_vs_overrefusal.svg)\n");
     }
     Ok(Some(out))
@@ -355,7 +366,7 @@ fn series_by(df: &DataFrame, by: &str, x: &str, y: &str) -> Result<Vec<Series>> 
         .into_iter()
         .map(|(name, mut points)| {
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Series { name, points }
+            Series::new(name, points)
         })
         .collect())
 }
@@ -428,7 +439,7 @@ fn probes(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Opti
     };
     w.text(
         "plots/probe_accuracy.svg",
-        &svg::line_chart(&chart, &series_by(&acc_plot, "set", "layer", "accuracy")?),
+        &chart.render(series_by(&acc_plot, "set", "layer", "accuracy")?),
     )?;
     let or_share: Vec<String> = (0..df.height())
         .filter(|&i| layer[i] == best_layer && set[i].starts_with("overrefusal"))
@@ -463,9 +474,8 @@ fn boundary(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Op
     };
     w.text(
         "plots/boundary.svg",
-        &svg::line_chart(
-            &chart,
-            &series_by(&df, "role", "layer", "median")
+        &chart.render(
+            series_by(&df, "role", "layer", "median")
                 .with_context(|| path.display().to_string())?,
         ),
     )?;
@@ -538,10 +548,7 @@ fn logit_lens(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
         };
         w.text(
             &format!("plots/{file}"),
-            &svg::line_chart(
-                &chart,
-                &series_by(&df, "role", "layer", col).with_context(ctx)?,
-            ),
+            &chart.render(series_by(&df, "role", "layer", col).with_context(ctx)?),
         )?;
     }
     // Last layer per role: what the model is about to say.
@@ -590,10 +597,7 @@ fn training(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Op
         let mut series = Vec::new();
         for (v, df) in &variants {
             let (x, y) = (f64s(df, "step")?, f64s(df, col)?);
-            series.push(Series {
-                name: v.clone(),
-                points: x.into_iter().zip(y).collect(),
-            });
+            series.push(Series::new(v.clone(), x.into_iter().zip(y).collect()));
         }
         let chart = Chart {
             title: format!("Training: {col}"),
@@ -601,10 +605,7 @@ fn training(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Op
             y_label: col.into(),
             y_range: None,
         };
-        w.text(
-            &format!("plots/train_{col}.svg"),
-            &svg::line_chart(&chart, &series),
-        )?;
+        w.text(&format!("plots/train_{col}.svg"), &chart.render(series))?;
     }
     for (v, df) in &variants {
         let (l, e, r, t) = (
