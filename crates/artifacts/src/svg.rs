@@ -229,6 +229,8 @@ impl LinePlot {
 }
 
 fn fmt_tick(v: f64, step: f64) -> String {
+    // Accumulated steps land on -1e-17 instead of 0: print "0", not "-0.0".
+    let v = if v.abs() < step * 1e-6 { 0.0 } else { v };
     if step >= 1.0 {
         format!("{v:.0}")
     } else {
