@@ -311,7 +311,7 @@ pub const TABLES: [&TableSchema; 8] = [
 
 /// A `FixedSizeList<Float32>` column of `width` from row-major values.
 pub fn vector_column(path: &Path, width: usize, values: Vec<f32>) -> Result<ArrayRef> {
-    if width == 0 || values.len() % width != 0 {
+    if width == 0 || !values.len().is_multiple_of(width) {
         return Err(Error::Stage {
             path: path.to_path_buf(),
             reason: format!(

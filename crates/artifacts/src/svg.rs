@@ -48,7 +48,7 @@ fn esc(s: &str) -> String {
 
 /// "Nice" tick step for a range (1, 2 or 5 times a power of ten, about 5 ticks).
 fn tick_step(span: f64) -> f64 {
-    if !(span > 0.0) || !span.is_finite() {
+    if span.is_nan() || span <= 0.0 || !span.is_finite() {
         return 1.0;
     }
     let raw = span / 5.0;
@@ -234,6 +234,8 @@ impl LinePlot {
 }
 
 fn fmt_tick(v: f64, step: f64) -> String {
+    // Accumulated steps land on -1e-17 instead of 0: print "0", not "-0.0".
+    let v = if v.abs() < step * 1e-6 { 0.0 } else { v };
     if step >= 1.0 {
         format!("{v:.0}")
     } else {

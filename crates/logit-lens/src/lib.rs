@@ -56,7 +56,8 @@ pub struct LogitLensSection {
     #[serde(default)]
     pub on_overflow: OnOverflow,
     /// Refusal-tone words [R: the paper's tone words are not recovered]. Each word, as is and
-    /// with a leading space, contributes the first token of its tokenisation.
+    /// with a leading space, contributes the first token of its tokenisation when that token
+    /// is the whole (first) word.
     #[serde(default = "default_refusal_words")]
     pub refusal_words: Vec<String>,
     /// Compliance-tone words, tokenised the same way.
@@ -148,8 +149,9 @@ pub struct ToneSet {
     pub tokens: Vec<String>,
 }
 
-/// The first token of each word, as written and with a leading space (mid-sentence form).
-/// Variants whose first token is whitespace or punctuation only are skipped.
+/// The first token of each word (or phrase), as written and with a leading space
+/// (mid-sentence form), kept only when that token is the whole first word; variants the
+/// tokenizer splits inside the first word are skipped (their fragments are ambiguous).
 pub fn tone_set(lm: &LanguageModel, words: &[String]) -> Result<ToneSet> {
     let mut ids = BTreeSet::new();
     for w in words {
@@ -160,8 +162,10 @@ pub fn tone_set(lm: &LanguageModel, words: &[String]) -> Result<ToneSet> {
         for variant in [w.to_string(), format!(" {w}")] {
             let enc = lm.encode(&variant, false)?;
             let Some(&first) = enc.first() else { continue };
+            // Keep the token only when it is the whole first word: a fragment ("in" of
+            // "inappropriate", "un" of "unable") would count unrelated continuations.
             let text = lm.decode(&[first], false)?;
-            if text.trim().chars().any(|c| c.is_alphanumeric()) {
+            if Some(text.trim()) == w.split_whitespace().next() {
                 ids.insert(first);
             }
         }

@@ -329,7 +329,8 @@ fn resolve(s: &ProbeSection) -> Result<Resolved> {
             r.neg
         );
     }
-    if !(s.l2 >= 0.0) || !(s.tol > 0.0) || !(0.0..=1.0).contains(&s.threshold) {
+    let bad = |x: f64, ok: bool| x.is_nan() || !ok;
+    if bad(s.l2, s.l2 >= 0.0) || bad(s.tol, s.tol > 0.0) || !(0.0..=1.0).contains(&s.threshold) {
         bail!("[probe] needs l2 >= 0, tol > 0 and 0 <= threshold <= 1");
     }
     Ok(r)
@@ -450,10 +451,10 @@ fn probe_layer(
     let select = |f: &dyn Fn(&PromptMeta) -> bool| -> (Vec<f64>, Vec<u8>) {
         let mut sc = Vec::new();
         let mut lb = Vec::new();
-        for k in 0..ld.rows.len() {
+        for (k, &score) in scores.iter().enumerate() {
             let m = meta(k);
             if f(m) {
-                sc.push(scores[k]);
+                sc.push(score);
                 lb.push(expected_label(m.role));
             }
         }

@@ -302,7 +302,7 @@ fn extract_last_layer_vector_equals_runtime_hidden_state() {
     ];
     for (id, text) in texts {
         let ids = lm.chat_ids(&[Message::user(text)], None).unwrap();
-        let batch = TokenBatch::left_padded(&[ids.clone()], lm.pad_id);
+        let batch = TokenBatch::left_padded(std::slice::from_ref(&ids), lm.pad_id);
         let o = lm.net.forward(
             &batch,
             None,
