@@ -126,6 +126,9 @@ fn main() -> Result<()> {
                 .env("MOSR_QWEN05_GGUF", &qwen)
                 .args(["test", "--workspace"])
                 .args(&args)
+                // One test at a time: LoRA dropout draws from burn-flex's process-wide RNG,
+                // so a concurrent test's draws would break the bit-identical resume test.
+                .args(["--", "--test-threads=1"])
                 .status()?;
             if !status.success() {
                 bail!("cargo test failed ({status})");
