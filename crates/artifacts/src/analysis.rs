@@ -21,18 +21,7 @@ use parquet::file::properties::WriterProperties;
 use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
 use crate::parquet_io::write_parquet;
-use crate::schema::{ColType, ColumnSpec, TableSchema};
-
-macro_rules! col {
-    ($name:literal, $ty:ident, $nullable:literal, $doc:literal) => {
-        ColumnSpec {
-            name: $name,
-            ty: ColType::$ty,
-            nullable: $nullable,
-            doc: $doc,
-        }
-    };
-}
+use crate::schema::TableSchema;
 
 /// `representations.parquet`: the residual stream of every extracted layer for every prompt.
 /// Layer 0 is the embedding output; layer `l` (1..=L) is the output of block `l`.

@@ -16,18 +16,7 @@ use arrow::datatypes::{Float32Type, Float64Type, Int32Type, Int64Type};
 
 use crate::error::{Error, Result};
 use crate::parquet_io::{read_table, write_parquet};
-use crate::schema::{ColType, ColumnSpec, TableSchema};
-
-macro_rules! col {
-    ($name:literal, $ty:ident, $nullable:literal, $doc:literal) => {
-        ColumnSpec {
-            name: $name,
-            ty: ColType::$ty,
-            nullable: $nullable,
-            doc: $doc,
-        }
-    };
-}
+use crate::schema::TableSchema;
 
 /// `generations.parquet`: one row per (variant, set, attack, prompt): what was sent, what came
 /// back, and the judges' verdicts.

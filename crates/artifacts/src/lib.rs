@@ -17,6 +17,18 @@
 //! * [`analysis`]: tables of the analysis stages and streaming/resumable table writing.
 //! * [`svg`]: small SVG line plots for reports.
 
+/// One column spec of a table; shared by every schema module (declared before them).
+macro_rules! col {
+    ($name:literal, $ty:ident, $nullable:literal, $doc:literal) => {
+        $crate::schema::ColumnSpec {
+            name: $name,
+            ty: $crate::schema::ColType::$ty,
+            nullable: $nullable,
+            doc: $doc,
+        }
+    };
+}
+
 pub mod analysis;
 pub mod atomic;
 pub mod error;

@@ -16,18 +16,7 @@ use arrow::datatypes::{Int32Type, Int64Type};
 
 use crate::error::{Error, Result};
 use crate::parquet_io::{read_table, write_parquet};
-use crate::schema::{ColType, ColumnSpec, TableSchema};
-
-macro_rules! col {
-    ($name:literal, $ty:ident, $nullable:literal, $doc:literal) => {
-        ColumnSpec {
-            name: $name,
-            ty: ColType::$ty,
-            nullable: $nullable,
-            doc: $doc,
-        }
-    };
-}
+use crate::schema::TableSchema;
 
 /// `prompts.parquet`: every prompt of the study, one row each, from every source.
 pub const PROMPTS: TableSchema = TableSchema {

@@ -19,18 +19,7 @@ use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 
 use crate::error::{Error, Result};
 use crate::parquet_io::{read_table, write_parquet};
-use crate::schema::{ColType, ColumnSpec, TableSchema};
-
-macro_rules! col {
-    ($name:literal, $ty:ident, $nullable:literal, $doc:literal) => {
-        ColumnSpec {
-            name: $name,
-            ty: ColType::$ty,
-            nullable: $nullable,
-            doc: $doc,
-        }
-    };
-}
+use crate::schema::TableSchema;
 
 /// `training_examples.parquet` (augment stage).
 pub const TRAINING_EXAMPLES: TableSchema = TableSchema {
