@@ -12,6 +12,13 @@ use mosr_artifacts::PipelineFile;
 struct Stage {
     name: &'static str,
     run: fn(&PipelineFile, &Path, bool) -> Result<std::path::PathBuf>,
+    /// Parses the stage's section, so a typo in `[eval]` fails before hours of extraction.
+    check: fn(&PipelineFile) -> Result<()>,
+}
+
+fn parses<T: serde::de::DeserializeOwned + Default>(f: &PipelineFile, section: &str) -> Result<()> {
+    f.section::<T>(section)?;
+    Ok(())
 }
 
 fn stages() -> Vec<Stage> {
@@ -19,38 +26,47 @@ fn stages() -> Vec<Stage> {
         Stage {
             name: "data",
             run: |f, r, force| mosr_data::stage::run_pipeline_stage(f, r, force),
+            check: |f| parses::<mosr_data::stage::DataSection>(f, "data"),
         },
         Stage {
             name: "extract",
             run: |f, r, force| mosr_extract::run_pipeline_stage(f, r, force),
+            check: |f| parses::<mosr_extract::ExtractSection>(f, "extract"),
         },
         Stage {
             name: "probe",
             run: |f, r, force| mosr_probe::run_pipeline_stage(f, r, force),
+            check: |f| parses::<mosr_probe::ProbeSection>(f, "probe"),
         },
         Stage {
             name: "logit_lens",
             run: |f, r, force| mosr_logit_lens::run_pipeline_stage(f, r, force),
+            check: |f| parses::<mosr_logit_lens::LogitLensSection>(f, "logit_lens"),
         },
         Stage {
             name: "augment",
             run: |f, r, force| mosr_augment::run_pipeline_stage(f, r, force),
+            check: |f| parses::<mosr_augment::AugmentConfig>(f, "augment"),
         },
         Stage {
             name: "weights",
             run: |f, r, force| mosr_weights::run_pipeline_stage(f, r, force),
+            check: |f| parses::<mosr_weights::WeightsConfig>(f, "weights"),
         },
         Stage {
             name: "finetune",
             run: |f, r, force| mosr_finetune::run_pipeline_stage(f, r, force),
+            check: |f| parses::<mosr_finetune::FinetuneConfig>(f, "finetune"),
         },
         Stage {
             name: "eval",
             run: |f, r, force| mosr_eval::stage::run_pipeline_stage(f, r, force),
+            check: |f| parses::<mosr_eval::EvalSection>(f, "eval"),
         },
         Stage {
             name: "report",
             run: |f, r, force| mosr_report::run_pipeline_stage(f, r, force),
+            check: |f| parses::<mosr_report::ReportSection>(f, "report"),
         },
     ]
 }
@@ -93,6 +109,9 @@ pub fn run(repo: &Path, opts: &Options) -> Result<()> {
     let all = stages();
     let names: Vec<&str> = all.iter().map(|s| s.name).collect();
     file.check_sections(&names)?;
+    for s in &all {
+        (s.check)(&file)?;
+    }
     for s in [from, only].into_iter().flatten() {
         if !names.contains(&s) {
             bail!("unknown stage `{s}`; stages: {}", names.join(", "));
