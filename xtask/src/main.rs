@@ -34,6 +34,9 @@ enum Cmd {
         /// Report root instead of the pipeline's `[run] results_dir`.
         #[arg(long)]
         results_dir: Option<std::path::PathBuf>,
+        /// Only parse and validate the pipeline file (every section), then exit.
+        #[arg(long)]
+        check: bool,
     },
     /// mosr vs PyTorch + transformers, A/B interleaved on SmolLM2 (f32, 2 threads).
     Bench {
@@ -95,6 +98,7 @@ fn main() -> Result<()> {
             force,
             runs_dir,
             results_dir,
+            check,
         } => {
             reproduce::run(
                 &mosr_data::paths::repo_root(),
@@ -105,6 +109,7 @@ fn main() -> Result<()> {
                     force,
                     runs_dir,
                     results_dir,
+                    check,
                 },
             )?;
         }

@@ -88,6 +88,7 @@ pub struct Options<'a> {
     pub force: bool,
     pub runs_dir: Option<PathBuf>,
     pub results_dir: Option<PathBuf>,
+    pub check: bool,
 }
 
 pub fn run(repo: &Path, opts: &Options) -> Result<()> {
@@ -111,6 +112,15 @@ pub fn run(repo: &Path, opts: &Options) -> Result<()> {
     file.check_sections(&names)?;
     for s in &all {
         (s.check)(&file)?;
+    }
+    if opts.check {
+        println!(
+            "{}: valid ({} stages: {})",
+            path.display(),
+            names.len(),
+            names.join(", ")
+        );
+        return Ok(());
     }
     for s in [from, only].into_iter().flatten() {
         if !names.contains(&s) {
