@@ -583,16 +583,6 @@ fn training(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Op
     if variants.is_empty() {
         return Ok(None);
     }
-    let mut rows: (
-        Vec<String>,
-        Vec<f64>,
-        Vec<f64>,
-        Vec<f64>,
-        Vec<f64>,
-        Vec<f64>,
-        Vec<f64>,
-        Vec<f64>,
-    ) = Default::default();
     for col in ["loss", "erasure_loss", "retain_loss"] {
         let mut series = Vec::new();
         for (v, df) in &variants {
@@ -607,7 +597,9 @@ fn training(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Op
         };
         w.text(&format!("plots/train_{col}.svg"), &chart.render(series))?;
     }
-    for (v, df) in &variants {
+    // One summary row per variant: steps, loss start/end, erasure start/end, retain end, tokens/s.
+    let mut stats: Vec<[f64; 7]> = Vec::new();
+    for (_, df) in &variants {
         let (l, e, r, t) = (
             f64s(df, "loss")?,
             f64s(df, "erasure_loss")?,
@@ -615,19 +607,22 @@ fn training(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Op
             f64s(df, "tokens_per_s")?,
         );
         let n = l.len();
-        rows.0.push(v.clone());
-        rows.1.push(n as f64);
-        rows.2.push(l[0]);
-        rows.3.push(l[n - 1]);
-        rows.4.push(e[0]);
-        rows.5.push(e[n - 1]);
-        rows.6.push(r[n - 1]);
-        rows.7.push(t.iter().sum::<f64>() / n as f64);
+        stats.push([
+            n as f64,
+            l[0],
+            l[n - 1],
+            e[0],
+            e[n - 1],
+            r[n - 1],
+            t.iter().sum::<f64>() / n as f64,
+        ]);
     }
+    let c = |i: usize| stats.iter().map(|s| s[i]).collect::<Vec<f64>>();
+    let names: Vec<String> = variants.iter().map(|(v, _)| v.clone()).collect();
     let mut df = df!(
-        "variant" => rows.0, "steps" => rows.1, "loss start" => rows.2, "loss end" => rows.3,
-        "erasure start" => rows.4, "erasure end" => rows.5, "retain end" => rows.6,
-        "tokens/s (mean)" => rows.7
+        "variant" => names, "steps" => c(0), "loss start" => c(1), "loss end" => c(2),
+        "erasure start" => c(3), "erasure end" => c(4), "retain end" => c(5),
+        "tokens/s (mean)" => c(6)
     )?;
     let md = w.table("training_summary", &mut df)?;
     Ok(Some(format!(
