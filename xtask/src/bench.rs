@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: mosr against PyTorch + transformers on the same machine, weights,
 //! token ids, dtype (f32) and thread count, A/B interleaved, medians and ratios.
 //!
-//! Each workload runs in its own process (`mosr-lm bench`, `tools/bench/torch_bench.py`) so
-//! peak memory (VmHWM / ru_maxrss) is per workload.
+//! Each workload runs in its own process (`mosr-lm bench` for matmul, prefill and generate,
+//! `mosr-finetune bench` for the LoRA training step, `tools/bench/torch_bench.py` for all of
+//! them on the PyTorch side) so peak memory (VmHWM / ru_maxrss) is per workload.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,7 +24,7 @@ fn run_json(cmd: &mut Command) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(line)?)
 }
 
-/// A venv with torch + transformers + gguf under the cache, created on first use.
+/// A venv with torch + transformers + peft + gguf under the cache, created on first use.
 fn torch_python(repo: &Path, given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p);
@@ -48,6 +49,7 @@ fn torch_python(repo: &Path, given: Option<PathBuf>) -> Result<PathBuf> {
                     "--quiet",
                     "torch",
                     "transformers",
+                    "peft",
                     "gguf",
                     "numpy",
                 ])
@@ -71,28 +73,33 @@ pub fn run(
     let py = torch_python(repo, python)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ok = Command::new(&cargo)
-        .args(["build", "-q", "-p", "mosr-lm"])
+        .args(["build", "-q", "-p", "mosr-lm", "-p", "mosr-finetune"])
         .current_dir(repo)
         .status()?
         .success();
     if !ok {
-        bail!("building mosr-lm failed");
+        bail!("building mosr-lm and mosr-finetune failed");
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo.join("target"));
-    let mosr = target.join("debug/mosr-lm");
+    let mosr_lm = target.join("debug/mosr-lm");
+    let mosr_finetune = target.join("debug/mosr-finetune");
     let mut rows = Vec::new();
     for w in workloads {
         let mut results: Vec<(serde_json::Value, serde_json::Value)> = Vec::new();
         for round in 0..rounds {
             eprintln!("{w}: round {}/{rounds}", round + 1);
-            let m = run_json(
-                Command::new(&mosr)
-                    .args(["bench", "--workload", w, "--model"])
-                    .arg(&gguf)
-                    .env("RAYON_NUM_THREADS", "2"),
-            )?;
+            let mut mosr = if w == "train" {
+                let mut c = Command::new(&mosr_finetune);
+                c.args(["bench", "--model"]);
+                c
+            } else {
+                let mut c = Command::new(&mosr_lm);
+                c.args(["bench", "--workload", w, "--model"]);
+                c
+            };
+            let m = run_json(mosr.arg(&gguf).env("RAYON_NUM_THREADS", "2"))?;
             let t = run_json(
                 Command::new(&py)
                     .arg(repo.join("tools/bench/torch_bench.py"))

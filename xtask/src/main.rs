@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod e2e;
 mod reproduce;
 
 #[derive(Parser)]
@@ -38,19 +39,27 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
-    /// mosr vs PyTorch + transformers, A/B interleaved on SmolLM2 (f32, 2 threads).
+    /// mosr vs PyTorch + transformers (+ PEFT), A/B interleaved on SmolLM2 (f32, 2 threads):
+    /// matmul, prefill 8x128, generate 8x64, train (one LoRA step, 4+4 x 128 tokens).
     Bench {
-        /// Python with torch + transformers + gguf (default: a venv created under the cache).
+        /// Python with torch + transformers + peft + gguf (default: a venv created under the cache).
         #[arg(long)]
         python: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        #[arg(long, value_delimiter = ',', default_value = "matmul,prefill,generate")]
+        #[arg(long, value_delimiter = ',', default_value = "matmul,prefill,generate,train")]
         workloads: Vec<String>,
     },
-    /// The test suite as CI runs it: fetch the models and datasets the tests use, then
-    /// `cargo test --workspace`.
+    /// The test suite as CI runs it: fetch the models and datasets the tests use, run
+    /// `cargo test --workspace`, then the smoke pipeline end to end (tables checked, a no-change
+    /// rerun, a run killed mid-finetune and resumed to the same artifacts).
     Test {
+        /// Skip the smoke pipeline end to end (only `cargo test`).
+        #[arg(long)]
+        no_smoke: bool,
+        /// Only the smoke pipeline end to end (skip `cargo test`).
+        #[arg(long, conflicts_with = "no_smoke")]
+        smoke_only: bool,
         /// Extra arguments passed to `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -120,23 +129,34 @@ fn main() -> Result<()> {
         } => {
             bench::run(&mosr_data::paths::repo_root(), python, rounds, &workloads)?;
         }
-        Cmd::Test { args } => {
+        Cmd::Test {
+            no_smoke,
+            smoke_only,
+            args,
+        } => {
             let smol = mosr_lm::fetch::fetch("smollm2-135m-instruct")?;
             let qwen = mosr_lm::fetch::fetch("qwen2.5-coder-0.5b-instruct")?;
             let repo = mosr_data::paths::repo_root();
             mosr_data::fetch_default(&repo, false, false)?;
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .env("MOSR_SMOLLM2_GGUF", &smol)
-                .env("MOSR_QWEN05_GGUF", &qwen)
-                .args(["test", "--workspace"])
-                .args(&args)
-                // One test at a time: LoRA dropout draws from burn-flex's process-wide RNG,
-                // so a concurrent test's draws would break the bit-identical resume test.
-                .args(["--", "--test-threads=1"])
-                .status()?;
+            let status = if smoke_only {
+                std::process::ExitStatus::default()
+            } else {
+                std::process::Command::new(cargo)
+                    .env("MOSR_SMOLLM2_GGUF", &smol)
+                    .env("MOSR_QWEN05_GGUF", &qwen)
+                    .args(["test", "--workspace"])
+                    .args(&args)
+                    // One test at a time: LoRA dropout draws from burn-flex's process-wide RNG,
+                    // so a concurrent test's draws would break the bit-identical resume test.
+                    .args(["--", "--test-threads=1"])
+                    .status()?
+            };
             if !status.success() {
                 bail!("cargo test failed ({status})");
+            }
+            if !no_smoke {
+                e2e::smoke(&repo)?;
             }
         }
         Cmd::Fetch { what } => match what {

@@ -71,6 +71,25 @@ fn stages() -> Vec<Stage> {
     ]
 }
 
+/// `[run] model` is a registry id or an existing GGUF file / HF folder.
+fn check_model(file: &PipelineFile) -> Result<()> {
+    let m = &file.run.model;
+    let ids: Vec<String> = mosr_lm::fetch::registry().into_iter().map(|s| s.id).collect();
+    if Path::new(m).exists() || ids.contains(m) {
+        return Ok(());
+    }
+    Err(file
+        .key_error(
+            "run",
+            "model",
+            format!(
+                "`{m}` is neither a registry id ({}) nor an existing .gguf file or HF folder",
+                ids.join(", ")
+            ),
+        )
+        .into())
+}
+
 pub fn pipeline_path(repo: &Path, name: &str) -> std::path::PathBuf {
     let p = Path::new(name);
     if p.extension().is_some_and(|e| e == "toml") {
@@ -113,6 +132,7 @@ pub fn run(repo: &Path, opts: &Options) -> Result<()> {
     for s in &all {
         (s.check)(&file)?;
     }
+    check_model(&file)?;
     if opts.check {
         println!(
             "{}: valid ({} stages: {})",

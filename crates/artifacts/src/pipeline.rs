@@ -98,26 +98,31 @@ impl PipelineFile {
         v.try_into::<T>().map_err(|e| {
             let msg = e.message().to_string();
             // serde names the offending key in backticks: point at its line in this section.
-            let key = msg.split('`').nth(1).unwrap_or("");
-            let header = line_of(&self.text, &format!("[{section}]"));
-            let line = header.and_then(|h| {
-                self.text.lines().enumerate().skip(h).find(|(_, l)| {
-                    let t = l.trim_start();
-                    !key.is_empty()
-                        && (t.starts_with(&format!("{key} ")) || t.starts_with(&format!("{key}=")))
-                })
-            });
-            let at = match (line, header) {
-                (Some((i, _)), _) => format!("[{section}] line {}", i + 1),
-                (None, Some(h)) => format!("[{section}] (line {h})"),
-                _ => format!("[{section}]"),
-            };
-            Error::Pipeline {
-                path: self.path.clone(),
-                at,
-                reason: msg,
-            }
+            let key = msg.split('`').nth(1).unwrap_or("").to_string();
+            self.key_error(section, &key, msg)
         })
+    }
+
+    /// An error about `key` of `[section]`, located at the key's line (or the section's).
+    pub fn key_error(&self, section: &str, key: &str, reason: String) -> Error {
+        let header = line_of(&self.text, &format!("[{section}]"));
+        let line = header.and_then(|h| {
+            self.text.lines().enumerate().skip(h).find(|(_, l)| {
+                let t = l.trim_start();
+                !key.is_empty()
+                    && (t.starts_with(&format!("{key} ")) || t.starts_with(&format!("{key}=")))
+            })
+        });
+        let at = match (line, header) {
+            (Some((i, _)), _) => format!("[{section}] line {}", i + 1),
+            (None, Some(h)) => format!("[{section}] (line {h})"),
+            _ => format!("[{section}]"),
+        };
+        Error::Pipeline {
+            path: self.path.clone(),
+            at,
+            reason,
+        }
     }
 
     /// A stage's section, or its defaults when the file has none.

@@ -604,6 +604,19 @@ fn cross_entropy(net: &CausalLm, seqs: &[&Seq], pad: u32) -> Tensor<1> {
     (picked * mask).sum().neg() / total as f64
 }
 
+/// The padding mask of a left-padded `[rows, len]` batch without the first `skip` real tokens
+/// of each row (the attention sink; see `FinetuneConfig::skip_sink_tokens`). A row keeps at
+/// least its last token.
+pub fn loss_mask(mask: &[bool], len: usize, skip: usize) -> Vec<bool> {
+    let mut out = mask.to_vec();
+    for row in out.chunks_mut(len) {
+        let first = row.iter().position(|&x| x).unwrap_or(len);
+        let end = (first + skip).min(len.saturating_sub(1)).max(first);
+        row[first..end].iter_mut().for_each(|x| *x = false);
+    }
+    out
+}
+
 /// Trains one variant into `dir` (resuming its checkpoint when there is one). Returns None
 /// when [`RunOptions::stop_after_step`] stopped it early.
 #[allow(clippy::too_many_arguments)]
@@ -742,8 +755,9 @@ pub fn train_variant(
             let tb = TokenBatch::left_padded(&seqs, lm.pad_id);
             let (n, tl) = (tb.batch, tb.seq);
             tokens += tb.mask.iter().filter(|&&x| x).count() as i64;
+            let in_loss = loss_mask(&tb.mask, tl, cfg.skip_sink_tokens);
             let count = |rows: std::ops::Range<usize>| -> f64 {
-                rows.map(|r| tb.mask[r * tl..(r + 1) * tl].iter().filter(|&&x| x).count())
+                rows.map(|r| in_loss[r * tl..(r + 1) * tl].iter().filter(|&&x| x).count())
                     .sum::<usize>() as f64
             };
             let ne = count(0..b) * res.target_layers.len() as f64;
@@ -751,12 +765,12 @@ pub fn train_variant(
             let mut mask_e = vec![0f32; b * tl];
             for (r, s) in hs.iter().enumerate() {
                 for c in 0..tl {
-                    if tb.mask[r * tl + c] {
+                    if in_loss[r * tl + c] {
                         mask_e[r * tl + c] = (s.weight / ne) as f32;
                     }
                 }
             }
-            let mask_r: Vec<f32> = tb.mask[b * tl..]
+            let mask_r: Vec<f32> = in_loss[b * tl..]
                 .iter()
                 .map(|&x| if x { (1.0 / nr) as f32 } else { 0.0 })
                 .collect();

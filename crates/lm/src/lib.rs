@@ -18,6 +18,11 @@ pub mod model;
 pub mod tokenizer;
 pub mod weights;
 
+// Linked only to switch on their AVX-512 kernels (feature `x86-v4`, crates/lm/Cargo.toml).
+#[cfg(feature = "x86-v4")]
+use gemm_common as _;
+#[cfg(feature = "x86-v4")]
+use gemm_f32 as _;
 use std::path::{Path, PathBuf};
 
 pub use burn::tensor::Device;

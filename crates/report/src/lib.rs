@@ -63,21 +63,29 @@ impl Writer {
         if let Some(p) = path.parent() {
             std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
         }
-        write_bytes_atomic(&path, text.as_bytes())?;
+        self.put(&path, text.as_bytes())?;
         self.files.push(name.to_string());
+        Ok(())
+    }
+
+    /// Atomic write, skipped when the file already holds these bytes: a rerun with nothing
+    /// new leaves the results folder untouched (mtimes included).
+    fn put(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        if std::fs::read(path).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
+        write_bytes_atomic(path, bytes)?;
         Ok(())
     }
 
     /// `<name>.parquet` (for polars users) and the same table as Markdown in the README.
     pub fn table(&mut self, name: &str, df: &mut DataFrame) -> Result<String> {
         let path = self.dir.join(format!("{name}.parquet"));
-        let tmp = self.dir.join(format!(".{name}.parquet.tmp"));
-        let file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        ParquetWriter::new(file)
+        let mut bytes = Vec::new();
+        ParquetWriter::new(&mut bytes)
             .finish(df)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+            .with_context(|| format!("encoding {}", path.display()))?;
+        self.put(&path, &bytes)?;
         self.files.push(format!("{name}.parquet"));
         Ok(markdown::table(df, self.digits))
     }

@@ -5,4 +5,5 @@ mod eval;
 mod lm_errors;
 mod lm_lora;
 mod lm_reference;
+mod pipelines;
 mod training;

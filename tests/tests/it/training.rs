@@ -46,6 +46,34 @@ fn training_schedule_matches_formula() {
 }
 
 #[test]
+fn training_loss_mask_skips_the_sink_of_each_left_padded_row() {
+    use mosr_finetune::train::loss_mask;
+    let (f, t) = (false, true);
+    // Rows of length 5: two pads then three tokens; five tokens; one token; all padding.
+    let mask = [
+        f, f, t, t, t, //
+        t, t, t, t, t, //
+        f, f, f, f, t, //
+        f, f, f, f, f,
+    ];
+    assert_eq!(loss_mask(&mask, 5, 0), mask.to_vec());
+    let one = [
+        f, f, f, t, t, //
+        f, t, t, t, t, //
+        f, f, f, f, t, // a one-token row keeps its token
+        f, f, f, f, f,
+    ];
+    assert_eq!(loss_mask(&mask, 5, 1), one.to_vec());
+    let two = [
+        f, f, f, f, t, //
+        f, f, t, t, t, //
+        f, f, f, f, t, //
+        f, f, f, f, f,
+    ];
+    assert_eq!(loss_mask(&mask, 5, 2), two.to_vec());
+}
+
+#[test]
 fn training_overlap_aggregates_are_hand_computed() {
     let s = [0.1, 0.7, 0.4, 0.9];
     assert!((mosr_weights::aggregate(&s, Aggregate::Mean, 1) - 0.525).abs() < 1e-12);

@@ -1,0 +1,88 @@
+//! Pipeline files: every shipped pipeline and every documented example parses, section by
+//! section, with the stage's own type (unknown keys are errors), and a malformed file names
+//! the key and its line.
+
+use std::path::{Path, PathBuf};
+
+use mosr_artifacts::PipelineFile;
+
+const STAGES: [&str; 9] = [
+    "data",
+    "extract",
+    "probe",
+    "logit_lens",
+    "augment",
+    "weights",
+    "finetune",
+    "eval",
+    "report",
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn parse_all(f: &PipelineFile) -> Result<(), String> {
+    let e = |r: Result<(), mosr_artifacts::Error>| r.map_err(|e| e.to_string());
+    e(f.check_sections(&STAGES))?;
+    e(f.section::<mosr_data::stage::DataSection>("data").map(drop))?;
+    e(f.section::<mosr_extract::ExtractSection>("extract").map(drop))?;
+    e(f.section::<mosr_probe::ProbeSection>("probe").map(drop))?;
+    e(f.section::<mosr_logit_lens::LogitLensSection>("logit_lens").map(drop))?;
+    e(f.section::<mosr_augment::AugmentConfig>("augment").map(drop))?;
+    e(f.section::<mosr_weights::WeightsConfig>("weights").map(drop))?;
+    e(f.section::<mosr_finetune::FinetuneConfig>("finetune").map(drop))?;
+    e(f.section::<mosr_eval::EvalSection>("eval").map(drop))?;
+    e(f.section::<mosr_report::ReportSection>("report").map(drop))?;
+    Ok(())
+}
+
+#[test]
+fn every_pipeline_and_example_parses() {
+    let mut seen = 0;
+    for dir in ["pipelines", "pipelines/examples"] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let f = PipelineFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            parse_all(&f).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    // smoke, default, paper-cpu, paper-gpu and one example per configurable stage.
+    assert!(seen >= 11, "only {seen} pipeline files found");
+}
+
+#[test]
+fn malformed_pipeline_names_section_key_and_line() {
+    let text = std::fs::read_to_string(repo().join("pipelines/smoke.toml")).unwrap();
+    let dir = std::env::temp_dir().join(format!("mosr-pipelines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let line_of = |t: &str, needle: &str| t.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    let cases = [
+        ("steps = 3", "steps = \"three\"", "[finetune] line", "invalid type"),
+        ("harmful_n = 4", "harmfull_n = 4", "[eval] line", "unknown field `harmfull_n`"),
+    ];
+    for (i, (from, to, at, reason)) in cases.iter().enumerate() {
+        assert!(text.contains(from), "smoke.toml changed: no `{from}`");
+        let bad = text.replacen(from, to, 1);
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, &bad).unwrap();
+        let f = PipelineFile::load(&path).unwrap();
+        let err = parse_all(&f).expect_err("a malformed file parsed");
+        let line = line_of(&bad, to);
+        assert!(
+            err.contains(&format!("{at} {line}")) && err.contains(reason),
+            "error `{err}` does not point at line {line} ({reason})"
+        );
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+    // A section nobody reads.
+    let path = dir.join("typo.toml");
+    std::fs::write(&path, text.replacen("[probe]", "[probes]", 1)).unwrap();
+    let err = parse_all(&PipelineFile::load(&path).unwrap()).unwrap_err();
+    assert!(err.contains("[probes]") && err.contains("unknown section"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

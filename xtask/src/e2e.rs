@@ -1,0 +1,402 @@
+//! The end-to-end half of `cargo xtask test`: the `smoke` pipeline run for real, as a user
+//! would, then checked three ways.
+//!
+//! 1. Run A, uninterrupted: every table of the report exists and holds sane numbers (rates in
+//!    [0, 1], every variant present, finite losses, intervals around their values).
+//! 2. Run A again with no change: it finishes in seconds and changes no file.
+//! 3. Run B in a child process, killed once the fine-tune has written its first checkpoint
+//!    (mid-stage), then rerun: every artifact equals run A's, except wall-clock columns.
+//!
+//! It lives here rather than in the integration-test crate because it needs a process to
+//! kill and the pipeline runner, which is xtask's.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail, ensure};
+use mosr_artifacts::StageManifest;
+use mosr_report::sections::{f64s, strs};
+use polars::prelude::DataFrame;
+
+use crate::reproduce;
+
+const PIPELINE: &str = "smoke";
+const VARIANTS: [&str; 5] = ["base", "rr", "rr_weights", "rr_augment", "mosr"];
+/// Columns that measure the machine, not the method: they may differ between two runs.
+const WALL_CLOCK_COLUMNS: [&str; 3] = ["tokens_per_s", "step_time_s", "elapsed_s"];
+/// A rerun with nothing to do must be this quick (it loads no model).
+const NOOP_RERUN_LIMIT: Duration = Duration::from_secs(60);
+
+pub fn smoke(repo: &Path) -> Result<()> {
+    let root = std::env::var_os("MOSR_E2E_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("mosr-e2e"));
+    if root.exists() {
+        std::fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
+    }
+    let (a, b) = (root.join("a"), root.join("b"));
+
+    let t = Instant::now();
+    reproduce::run(repo, &options(&a))?;
+    let first = t.elapsed();
+    println!("e2e: smoke run A finished in {:.1} s", first.as_secs_f64());
+    check_tables(&a.join("results").join(PIPELINE), repo)?;
+    println!("e2e: report tables of run A pass their checks");
+
+    let before = snapshot(&a)?;
+    let t = Instant::now();
+    reproduce::run(repo, &options(&a))?;
+    let again = t.elapsed();
+    ensure!(
+        again < NOOP_RERUN_LIMIT,
+        "a rerun with no change took {:.1} s (limit {} s)",
+        again.as_secs_f64(),
+        NOOP_RERUN_LIMIT.as_secs()
+    );
+    let after = snapshot(&a)?;
+    for (path, was) in &before {
+        match after.get(path) {
+            Some(now) if now == was => {}
+            Some(_) => bail!("a rerun with no change rewrote {path}"),
+            None => bail!("a rerun with no change removed {path}"),
+        }
+    }
+    if let Some(p) = after.keys().find(|p| !before.contains_key(*p)) {
+        bail!("a rerun with no change created {p}");
+    }
+    println!(
+        "e2e: rerun with no change took {:.1} s and changed none of {} files",
+        again.as_secs_f64(),
+        after.len()
+    );
+
+    let killed_at = run_and_kill(&b)?;
+    println!("e2e: run B killed mid-finetune ({killed_at})");
+    let t = Instant::now();
+    let status = child(&b)?.status()?;
+    ensure!(
+        status.success(),
+        "resuming run B failed ({status}); log in {}",
+        log(&b).display()
+    );
+    println!(
+        "e2e: run B resumed and finished in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let compared = same_artifacts(&a.join("runs"), &b.join("runs"))?;
+    println!("e2e: run B (killed, resumed) equals run A in all {compared} artifacts");
+
+    std::fs::remove_dir_all(&root).ok();
+    Ok(())
+}
+
+fn options(dir: &Path) -> reproduce::Options<'static> {
+    reproduce::Options {
+        pipeline: PIPELINE,
+        from: None,
+        only: None,
+        force: false,
+        runs_dir: Some(dir.join("runs")),
+        results_dir: Some(dir.join("results")),
+        check: false,
+    }
+}
+
+fn log(dir: &Path) -> PathBuf {
+    dir.join("reproduce.log")
+}
+
+/// `xtask reproduce` of the smoke pipeline into `dir`, as a child process logging to a file.
+fn child(dir: &Path) -> Result<Command> {
+    std::fs::create_dir_all(dir)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log(dir))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["reproduce", "--pipeline", PIPELINE, "--runs-dir"])
+        .arg(dir.join("runs"))
+        .arg("--results-dir")
+        .arg(dir.join("results"))
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log));
+    Ok(cmd)
+}
+
+/// Starts run B and kills it (SIGKILL: no chance to clean up) as soon as the fine-tune,
+/// still in progress, has written a checkpoint; returns the checkpoint's path.
+fn run_and_kill(dir: &Path) -> Result<String> {
+    let runs = dir.join("runs").join(PIPELINE);
+    let mut proc = child(dir)?.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        if let Some(ckpt) = first_checkpoint(&runs.join(".finetune.partial"))? {
+            proc.kill()?;
+            proc.wait()?;
+            ensure!(
+                !runs.join("finetune/manifest.json").is_file(),
+                "run B finished its fine-tune before it could be killed"
+            );
+            return Ok(ckpt.display().to_string());
+        }
+        if let Some(status) = proc.try_wait()? {
+            bail!(
+                "run B ended ({status}) before any fine-tune checkpoint; log in {}",
+                log(dir).display()
+            );
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "run B wrote no checkpoint within an hour"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `<partial stage folder>/<variant>/checkpoint/state.json`, the first one written.
+fn first_checkpoint(partial: &Path) -> Result<Option<PathBuf>> {
+    let Ok(variants) = std::fs::read_dir(partial) else {
+        return Ok(None);
+    };
+    for variant in variants.flatten() {
+        let state = variant.path().join("checkpoint/state.json");
+        if state.is_file() {
+            return Ok(Some(state));
+        }
+    }
+    Ok(None)
+}
+
+/// Every file under `dir` with its content hash and modification time.
+fn snapshot(dir: &Path) -> Result<BTreeMap<String, (String, SystemTime)>> {
+    let mut out = BTreeMap::new();
+    for path in files(dir)? {
+        let rel = path.strip_prefix(dir)?.display().to_string();
+        if rel.ends_with(".log") {
+            continue;
+        }
+        let mtime = std::fs::metadata(&path)?.modified()?;
+        out.insert(rel, (mosr_artifacts::sha256_file(&path)?, mtime));
+    }
+    Ok(out)
+}
+
+fn files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Run folders `a` and `b` hold the same files with the same content. Parquet tables are
+/// compared as frames and JSON files as values, both without wall-clock fields; manifests
+/// also without the hashes of the files that hold such fields; everything else byte for byte.
+fn same_artifacts(a: &Path, b: &Path) -> Result<usize> {
+    let (fa, fb) = (files(a)?, files(b)?);
+    let rel = |root: &Path, v: &[PathBuf]| -> Vec<String> {
+        v.iter()
+            .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+            .collect()
+    };
+    let (ra, rb) = (rel(a, &fa), rel(b, &fb));
+    for r in &ra {
+        ensure!(rb.contains(r), "{r}: in the uninterrupted run only");
+    }
+    for r in &rb {
+        ensure!(ra.contains(r), "{r}: in the killed-and-resumed run only");
+    }
+    // Files whose bytes may differ because they record time; their manifest hashes too.
+    let mut timed: Vec<String> = Vec::new();
+    for r in ra.iter().filter(|r| !r.ends_with("manifest.json")) {
+        let (pa, pb) = (a.join(r), b.join(r));
+        if std::fs::read(&pa)? == std::fs::read(&pb)? {
+            continue;
+        }
+        if r.ends_with(".parquet") {
+            let da = without_wall_clock(mosr_report::read_df(&pa)?)?;
+            let db = without_wall_clock(mosr_report::read_df(&pb)?)?;
+            ensure!(
+                da.equals_missing(&db),
+                "{r}: tables differ\nA: {da}\nB: {db}"
+            );
+        } else if r.ends_with(".json") {
+            let json = |p: &Path| -> Result<serde_json::Value> {
+                let mut v = serde_json::from_slice(&std::fs::read(p)?)
+                    .with_context(|| format!("{}: not JSON", p.display()))?;
+                strip_wall_clock(&mut v);
+                Ok(v)
+            };
+            ensure!(json(&pa)? == json(&pb)?, "{r}: contents differ");
+        } else {
+            bail!("{r}: contents differ");
+        }
+        timed.push(r.clone());
+    }
+    for r in ra.iter().filter(|r| r.ends_with("manifest.json")) {
+        let (ma, mb) = (
+            StageManifest::read(&a.join(r))?,
+            StageManifest::read(&b.join(r))?,
+        );
+        let dir = Path::new(r).parent().unwrap_or(Path::new(""));
+        let outputs = |m: &StageManifest| -> BTreeMap<String, String> {
+            m.outputs
+                .iter()
+                .filter(|(k, _)| !timed.contains(&dir.join(k).display().to_string()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        ensure!(
+            (&ma.key, &ma.config, &ma.inputs, &ma.row_counts, ma.seed)
+                == (&mb.key, &mb.config, &mb.inputs, &mb.row_counts, mb.seed)
+                && outputs(&ma) == outputs(&mb),
+            "{r}: manifests differ"
+        );
+    }
+    if !timed.is_empty() {
+        println!("e2e: equal except wall-clock fields: {}", timed.join(", "));
+    }
+    Ok(ra.len())
+}
+
+/// JSON keys that record when, how long or how a run got there (a resume), not what it made.
+const WALL_CLOCK_KEYS: [&str; 5] = [
+    "wall_s",
+    "wall_time_s",
+    "created",
+    "resumed_from_step",
+    "tokens_per_s",
+];
+
+fn strip_wall_clock(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for k in WALL_CLOCK_KEYS {
+                m.remove(k);
+            }
+            m.values_mut().for_each(strip_wall_clock);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_wall_clock),
+        _ => {}
+    }
+}
+
+fn without_wall_clock(mut df: DataFrame) -> Result<DataFrame> {
+    for c in WALL_CLOCK_COLUMNS {
+        if df.column(c).is_ok() {
+            df = df.drop(c)?;
+        }
+    }
+    Ok(df)
+}
+
+/// The report of a smoke run: every table present, every number in its range.
+fn check_tables(results: &Path, repo: &Path) -> Result<()> {
+    let table = |name: &str| mosr_report::read_df(&results.join(format!("{name}.parquet")));
+    let readme_path = results.join("README.md");
+    let readme = std::fs::read_to_string(&readme_path)
+        .with_context(|| format!("reading {}", readme_path.display()))?;
+    for section in [
+        "## Main table",
+        "## Ablation",
+        "## Linear probes",
+        "## Training curves",
+    ] {
+        ensure!(readme.contains(section), "report README lacks `{section}`");
+    }
+    ensure!(
+        !readme.contains("## Not in this report"),
+        "the smoke report misses sections"
+    );
+
+    let main = table("main_table")?;
+    let variants = strs(&main, "variant")?;
+    ensure!(
+        variants == VARIANTS,
+        "main table variants {variants:?}, expected {VARIANTS:?}"
+    );
+    let mut rate_columns = 0;
+    for c in main.get_column_names() {
+        if c.as_str() == "variant" {
+            continue;
+        }
+        for (v, x) in variants.iter().zip(f64s(&main, c)?) {
+            ensure!(
+                (0.0..=1.0).contains(&x),
+                "main table {v}/{c} = {x}, not a rate"
+            );
+        }
+        rate_columns += 1;
+    }
+    let file = mosr_artifacts::PipelineFile::load(&reproduce::pipeline_path(repo, PIPELINE))?;
+    let eval: mosr_eval::EvalSection = file.section("eval")?;
+    let capability = eval.capability.benchmarks.len();
+    ensure!(
+        rate_columns >= eval.attacks.len() + eval.sets.len() + capability,
+        "main table has {rate_columns} metric columns for {} attacks, {} sets and {capability} benchmarks",
+        eval.attacks.len(),
+        eval.sets.len()
+    );
+
+    let long = table("main_table_long")?;
+    let (value, lo, hi, n) = (
+        f64s(&long, "value")?,
+        f64s(&long, "ci_low")?,
+        f64s(&long, "ci_high")?,
+        f64s(&long, "n")?,
+    );
+    for i in 0..value.len() {
+        ensure!(n[i] >= 1.0, "main_table_long row {i}: n = {}", n[i]);
+        ensure!(
+            lo[i] <= value[i] + 1e-9 && value[i] <= hi[i] + 1e-9,
+            "main_table_long row {i}: {} outside its interval [{}, {}]",
+            value[i],
+            lo[i],
+            hi[i]
+        );
+    }
+
+    let ablation = table("ablation_table")?;
+    let rows = strs(&ablation, "variant")?;
+    let rr = rows
+        .iter()
+        .position(|v| v == "rr")
+        .context("ablation table has no rr row")?;
+    for c in ["Δ ASR vs rr", "Δ over-refusal vs rr", "Δ capability vs rr"] {
+        let d = f64s(&ablation, c)?[rr];
+        ensure!(d.abs() < 1e-12, "ablation: rr's {c} is {d}, not 0");
+    }
+
+    let probe = table("probe_best_layer")?;
+    for a in f64s(&probe, "accuracy")? {
+        ensure!((0.0..=1.0).contains(&a), "probe accuracy {a}");
+    }
+    let train = table("training_summary")?;
+    let trained = strs(&train, "variant")?;
+    ensure!(trained.len() == 4, "training summary has {trained:?}");
+    let finetune: mosr_finetune::FinetuneConfig = file.section("finetune")?;
+    for s in f64s(&train, "steps")? {
+        ensure!(
+            s == finetune.steps as f64,
+            "a variant trained {s} steps, not {}",
+            finetune.steps
+        );
+    }
+    for c in ["loss start", "loss end", "erasure start", "erasure end"] {
+        for x in f64s(&train, c)? {
+            ensure!(x.is_finite(), "training summary {c} = {x}");
+        }
+    }
+    Ok(())
+}
