@@ -47,7 +47,11 @@ enum Cmd {
         python: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        #[arg(long, value_delimiter = ',', default_value = "matmul,prefill,generate,train")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "matmul,prefill,generate,train"
+        )]
         workloads: Vec<String>,
     },
     /// The test suite as CI runs it: fetch the models and datasets the tests use, run

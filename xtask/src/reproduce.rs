@@ -74,7 +74,10 @@ fn stages() -> Vec<Stage> {
 /// `[run] model` is a registry id or an existing GGUF file / HF folder.
 fn check_model(file: &PipelineFile) -> Result<()> {
     let m = &file.run.model;
-    let ids: Vec<String> = mosr_lm::fetch::registry().into_iter().map(|s| s.id).collect();
+    let ids: Vec<String> = mosr_lm::fetch::registry()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     if Path::new(m).exists() || ids.contains(m) {
         return Ok(());
     }

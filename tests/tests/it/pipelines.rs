@@ -26,12 +26,17 @@ fn parse_all(f: &PipelineFile) -> Result<(), String> {
     let e = |r: Result<(), mosr_artifacts::Error>| r.map_err(|e| e.to_string());
     e(f.check_sections(&STAGES))?;
     e(f.section::<mosr_data::stage::DataSection>("data").map(drop))?;
-    e(f.section::<mosr_extract::ExtractSection>("extract").map(drop))?;
+    e(f.section::<mosr_extract::ExtractSection>("extract")
+        .map(drop))?;
     e(f.section::<mosr_probe::ProbeSection>("probe").map(drop))?;
-    e(f.section::<mosr_logit_lens::LogitLensSection>("logit_lens").map(drop))?;
-    e(f.section::<mosr_augment::AugmentConfig>("augment").map(drop))?;
-    e(f.section::<mosr_weights::WeightsConfig>("weights").map(drop))?;
-    e(f.section::<mosr_finetune::FinetuneConfig>("finetune").map(drop))?;
+    e(f.section::<mosr_logit_lens::LogitLensSection>("logit_lens")
+        .map(drop))?;
+    e(f.section::<mosr_augment::AugmentConfig>("augment")
+        .map(drop))?;
+    e(f.section::<mosr_weights::WeightsConfig>("weights")
+        .map(drop))?;
+    e(f.section::<mosr_finetune::FinetuneConfig>("finetune")
+        .map(drop))?;
     e(f.section::<mosr_eval::EvalSection>("eval").map(drop))?;
     e(f.section::<mosr_report::ReportSection>("report").map(drop))?;
     Ok(())
@@ -60,10 +65,21 @@ fn malformed_pipeline_names_section_key_and_line() {
     let text = std::fs::read_to_string(repo().join("pipelines/smoke.toml")).unwrap();
     let dir = std::env::temp_dir().join(format!("mosr-pipelines-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let line_of = |t: &str, needle: &str| t.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    let line_of =
+        |t: &str, needle: &str| t.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
     let cases = [
-        ("steps = 3", "steps = \"three\"", "[finetune] line", "invalid type"),
-        ("harmful_n = 4", "harmfull_n = 4", "[eval] line", "unknown field `harmfull_n`"),
+        (
+            "steps = 3",
+            "steps = \"three\"",
+            "[finetune] line",
+            "invalid type",
+        ),
+        (
+            "harmful_n = 4",
+            "harmfull_n = 4",
+            "[eval] line",
+            "unknown field `harmfull_n`",
+        ),
     ];
     for (i, (from, to, at, reason)) in cases.iter().enumerate() {
         assert!(text.contains(from), "smoke.toml changed: no `{from}`");
@@ -83,6 +99,9 @@ fn malformed_pipeline_names_section_key_and_line() {
     let path = dir.join("typo.toml");
     std::fs::write(&path, text.replacen("[probe]", "[probes]", 1)).unwrap();
     let err = parse_all(&PipelineFile::load(&path).unwrap()).unwrap_err();
-    assert!(err.contains("[probes]") && err.contains("unknown section"), "{err}");
+    assert!(
+        err.contains("[probes]") && err.contains("unknown section"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
