@@ -99,8 +99,42 @@ impl PipelineFile {
             let msg = e.message().to_string();
             // serde names the offending key in backticks: point at its line in this section.
             let key = msg.split('`').nth(1).unwrap_or("").to_string();
+            if key.is_empty()
+                && let Some(line) = self.type_error_line::<T>(section)
+            {
+                return Error::Pipeline {
+                    path: self.path.clone(),
+                    at: format!("[{section}] line {line}"),
+                    reason: msg,
+                };
+            }
             self.key_error(section, &key, msg)
         })
+    }
+
+    /// Line of a value error (wrong type) in `[section]`: the section's text alone, with its
+    /// sub-table headers made top-level, is parsed again from text, where toml knows spans.
+    fn type_error_line<T: DeserializeOwned>(&self, section: &str) -> Option<usize> {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let start = lines
+            .iter()
+            .position(|l| l.trim() == format!("[{section}]"))?;
+        let sub = format!("[{section}.");
+        let mut body = String::new();
+        let mut n = 0;
+        for l in &lines[start + 1..] {
+            let t = l.trim_start();
+            if t.starts_with('[') && !t.starts_with(&sub) {
+                break;
+            }
+            body.push_str(&t.replacen(&sub, "[", 1));
+            body.push('\n');
+            n += 1;
+        }
+        let err = toml::from_str::<T>(&body).err()?;
+        let at = err.span()?.start;
+        let line = body[..at].lines().count().max(1);
+        (line <= n).then_some(start + 1 + line)
     }
 
     /// An error about `key` of `[section]`, located at the key's line (or the section's).

@@ -51,6 +51,25 @@ fn every_pipeline_and_example_parses() {
             if path.extension().is_none_or(|e| e != "toml") {
                 continue;
             }
+            // Stage examples show only their section: give them smoke's `[run]`.
+            let text = std::fs::read_to_string(&path).unwrap();
+            let path = if text.contains("[run]") {
+                path
+            } else {
+                let smoke = std::fs::read_to_string(repo().join("pipelines/smoke.toml")).unwrap();
+                let run: String = smoke
+                    .split("\n[")
+                    .find(|s| s.starts_with("run]"))
+                    .map(|s| format!("[{s}\n"))
+                    .unwrap();
+                let tmp = std::env::temp_dir().join(format!(
+                    "mosr-example-{}-{}",
+                    std::process::id(),
+                    path.file_name().unwrap().to_string_lossy()
+                ));
+                std::fs::write(&tmp, run + &text).unwrap();
+                tmp
+            };
             let f = PipelineFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
             parse_all(&f).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             seen += 1;
