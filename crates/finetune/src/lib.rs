@@ -70,6 +70,27 @@ impl Variant {
     }
 }
 
+/// [R] The per-token distance of the retain loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetainDistance {
+    /// `‖h_lora − h_orig‖` (circuit breakers' code, the paper's Eq. 6); the default.
+    #[default]
+    L2,
+    /// `‖h_lora − h_orig‖ / ‖h_orig‖`. The erasure cosine's gradient shrinks with 1/‖h‖ while
+    /// the L2 distance's does not, so on a model with large hidden norms (SmolLM2-135M's
+    /// middle layers: 140–220) the L2 retain term outweighs erasure from the first steps and
+    /// the adapter only learns to stay put. Dividing by the original norm puts both terms on
+    /// the same scale.
+    RelativeL2,
+}
+
+impl RetainDistance {
+    fn is_l2(&self) -> bool {
+        *self == RetainDistance::L2
+    }
+}
+
 /// LoRA settings (circuit breakers' defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -151,6 +172,23 @@ pub struct FinetuneConfig {
     /// there while the content tokens barely move. 0 = circuit breakers' code (every request
     /// and response token, BOS included).
     pub skip_sink_tokens: usize,
+    /// [R] Standard deviation of a Gaussian initialisation of the LoRA B matrices; default 0
+    /// (PEFT's zeros, what circuit breakers ran). With B = 0 the adapted states equal the
+    /// original ones, which is a stationary point of the erasure cosine: its gradient is
+    /// exactly 0 there, and in f32 training never leaves it (bf16 rounding noise is what lets
+    /// the reference escape). A small value starts just off that point; the retain loss then
+    /// starts slightly above 0 instead of at 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lora_b_init_std: f64,
+    /// [R] Distance of the retain loss; default `l2` (see [`RetainDistance`]).
+    #[serde(skip_serializing_if = "RetainDistance::is_l2")]
+    pub retain_distance: RetainDistance,
+}
+
+/// Keeps a default-valued option out of the serialized config, so the stage keys of runs made
+/// before the option existed stay valid.
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for FinetuneConfig {
@@ -176,6 +214,8 @@ impl Default for FinetuneConfig {
             cross_entropy_coeff: 1.0,
             checkpoint_every: 10,
             skip_sink_tokens: 1,
+            lora_b_init_std: 0.0,
+            retain_distance: RetainDistance::L2,
         }
     }
 }
@@ -205,6 +245,12 @@ impl FinetuneConfig {
             bail!(
                 "finetune: learning_rate {} must be positive",
                 self.learning_rate
+            );
+        }
+        if !(self.lora_b_init_std.is_finite() && self.lora_b_init_std >= 0.0) {
+            bail!(
+                "finetune: lora_b_init_std {} must be finite and at least 0",
+                self.lora_b_init_std
             );
         }
         Ok(())

@@ -4,6 +4,8 @@
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
+use crate::RetainDistance;
+
 /// `(c_erase, c_retain) = (α(1 − t/2T), α t/2T)` at step t of T (circuit breakers: T = 150,
 /// `progress = step / 300`).
 pub fn coefficients(alpha: f64, t: usize, total: usize) -> (f64, f64) {
@@ -46,12 +48,34 @@ pub fn l2_tokens(a: Tensor<3>, b: Tensor<3>) -> Tensor<2> {
     ((d.powi_scalar(2).sum_dim(2) + NORM_EPS).sqrt() - NORM_EPS_SQRT).squeeze_dim::<2>(2)
 }
 
-/// Retain loss (Eq. 6): mean per-token L2 distance over the retain layers and retain tokens.
+/// Per-token `‖a − b‖ / ‖b‖` (b detached): the L2 distance in units of the original state's
+/// norm, so it is as scale-free as the erasure cosine.
+pub fn relative_l2_tokens(a: Tensor<3>, b: Tensor<3>) -> Tensor<2> {
+    let nb = b
+        .clone()
+        .powi_scalar(2)
+        .sum_dim(2)
+        .sqrt()
+        .clamp_min(1e-6)
+        .squeeze_dim::<2>(2);
+    l2_tokens(a, b) / nb
+}
+
+/// Retain loss (Eq. 6): mean per-token distance over the retain layers and retain tokens.
 /// `mask` holds `m_it / (|L| Σ m)`.
-pub fn retain_loss(lora: &[Tensor<3>], orig: &[Tensor<3>], mask: &Tensor<2>) -> Tensor<1> {
+pub fn retain_loss(
+    lora: &[Tensor<3>],
+    orig: &[Tensor<3>],
+    mask: &Tensor<2>,
+    distance: RetainDistance,
+) -> Tensor<1> {
     let mut total: Option<Tensor<1>> = None;
     for (a, b) in lora.iter().zip(orig) {
-        let term = (l2_tokens(a.clone(), b.clone()) * mask.clone()).sum();
+        let d = match distance {
+            RetainDistance::L2 => l2_tokens(a.clone(), b.clone()),
+            RetainDistance::RelativeL2 => relative_l2_tokens(a.clone(), b.clone()),
+        };
+        let term = (d * mask.clone()).sum();
         total = Some(match total {
             Some(t) => t + term,
             None => term,

@@ -336,6 +336,24 @@ fn read_params(net: &CausalLm, slots: &[Slot], from: &Path) -> Result<Vec<Vec<f3
         .collect()
 }
 
+/// Fills the B matrices with N(0, std²) draws (Box-Muller over a seeded stream), so the
+/// erasure loss starts off its zero-gradient point; A keeps its initialisation.
+fn perturb_b(params: &mut [Vec<f32>], slots: &[Slot], std: f64, seed: u64) {
+    use rand::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for (s, v) in slots.iter().zip(params.iter_mut()) {
+        if !s.is_b {
+            continue;
+        }
+        for x in v.iter_mut() {
+            let u1: f64 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random::<f64>();
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            *x = (z * std) as f32;
+        }
+    }
+}
+
 fn set_params(net: &mut CausalLm, slots: &[Slot], params: &[Vec<f32>]) {
     let device = net.device();
     for (s, v) in slots.iter().zip(params) {
@@ -650,6 +668,14 @@ pub fn train_variant(
     let mut net = lm.net.clone().attach_lora(&res.lora)?;
     let slots = slots_of(&net);
     let mut params = read_params(&net, &slots, dir)?;
+    if cfg.lora_b_init_std > 0.0 {
+        perturb_b(
+            &mut params,
+            &slots,
+            cfg.lora_b_init_std,
+            mix(seed, TAG_INIT, 1, 0),
+        );
+    }
     let mut adam = Adam::new(&params);
     let mut log: Vec<TrainLogRow> = Vec::new();
     let mut start = 0usize;
@@ -811,6 +837,7 @@ pub fn train_variant(
                 &sel(&lora, &res.retain_layers, b, n - b),
                 &sel(&orig, &res.retain_layers, b, n - b),
                 &mask_r,
+                cfg.retain_distance,
             );
             let mut total = le.clone() * c_erase + lr.clone() * c_retain;
             let mut ce_val = 0f64;

@@ -11,7 +11,9 @@ use mosr_artifacts::training::{
 };
 use mosr_artifacts::{PromptRow, Role, Split};
 use mosr_finetune::loss::{coefficients, cosine_tokens, erasure_loss, retain_loss};
-use mosr_finetune::{FinetuneConfig, FinetuneInputs, LoraSection, RunOptions, Variant};
+use mosr_finetune::{
+    FinetuneConfig, FinetuneInputs, LoraSection, RetainDistance, RunOptions, Variant,
+};
 use mosr_lm::{ForwardOptions, LanguageModel, Logits, LoraConfig, Message, TokenBatch};
 use mosr_tests::model_path;
 use mosr_weights::{Aggregate, Weighting, WeightsConfig};
@@ -43,6 +45,32 @@ fn training_schedule_matches_formula() {
     assert!((cr - 10.0 / 300.0).abs() < 1e-12);
     let (ce, cr) = coefficients(5.0, 150, 150);
     assert!((ce - 2.5).abs() < 1e-12 && (cr - 2.5).abs() < 1e-12);
+}
+
+#[test]
+fn training_retain_distances_are_hand_computed() {
+    // One row, two tokens, hidden 2. Token 1: orig (3, 4), lora (3, 4) + (0, 1); token 2:
+    // orig (0, 10), lora (6, 2). L2: 1 and 10; relative: 1/5 and 10/10.
+    let dev = mosr_lm::Device::flex();
+    let t3 = |v: Vec<f32>| Tensor::<3>::from_data(TensorData::new(v, [1, 2, 2]), &dev);
+    let orig = t3(vec![3.0, 4.0, 0.0, 10.0]);
+    let lora = t3(vec![3.0, 5.0, 6.0, 2.0]);
+    // Mask m / (|L| Σ m) over the two tokens, one layer.
+    let mask = Tensor::<2>::from_data(TensorData::new(vec![0.5f32, 0.5], [1, 2]), &dev);
+    let go = |d| {
+        retain_loss(&[lora.clone()], &[orig.clone()], &mask, d).into_scalar::<f32>() as f64
+    };
+    assert!((go(RetainDistance::L2) - 5.5).abs() < 1e-5);
+    assert!((go(RetainDistance::RelativeL2) - 0.6).abs() < 1e-5);
+    // Scale-free: multiplying both states by 100 leaves the relative distance unchanged.
+    let r = retain_loss(
+        &[lora.clone() * 100.0],
+        &[orig.clone() * 100.0],
+        &mask,
+        RetainDistance::RelativeL2,
+    )
+    .into_scalar::<f32>() as f64;
+    assert!((r - 0.6).abs() < 1e-5, "{r}");
 }
 
 #[test]
@@ -373,7 +401,12 @@ fn training_losses_of_zero_initialised_adapter() {
     // Retain loss: exactly 0 at step 0, and its gradient is finite.
     let all: Vec<usize> = (1..=4).collect();
     let sel = |h: &[Tensor<3>]| all.iter().map(|&l| h[l].clone()).collect::<Vec<_>>();
-    let r = retain_loss(&sel(&lora), &sel(&orig), &mask(&[1.0, 1.0]));
+    let r = retain_loss(
+        &sel(&lora),
+        &sel(&orig),
+        &mask(&[1.0, 1.0]),
+        RetainDistance::L2,
+    );
     assert_eq!(r.clone().into_scalar::<f32>(), 0.0);
     let grads = r.backward();
     let g = lm.net.layers[0]
@@ -586,6 +619,55 @@ fn training_kill_and_resume_is_bit_identical() {
     .unwrap();
     assert_eq!(conf["mosr_base_model_sha256"], "base-sha");
     assert_eq!(conf["layers_to_transform"], serde_json::json!([0, 1, 2, 3]));
+}
+
+#[test]
+fn training_random_b_init_starts_off_the_zero_gradient_point() {
+    let lm = smol_autodiff();
+    let dir = tmp("b-init");
+    let (examples, weights) = write_examples(&dir);
+    let inputs = FinetuneInputs {
+        examples,
+        weights: Some(weights),
+    };
+    let run = |cfg: &FinetuneConfig, out: &str| {
+        let out = dir.join(out);
+        mosr_finetune::run(
+            cfg,
+            &lm,
+            SMOL,
+            "base-sha",
+            2511,
+            &inputs,
+            &out,
+            &RunOptions::default(),
+        )
+        .unwrap();
+        read_train_log(&out.join("mosr/train_log.parquet")).unwrap()
+    };
+    let zero = run(&tiny_config(1), "zero");
+    let cfg = FinetuneConfig {
+        lora_b_init_std: 1e-2,
+        ..tiny_config(1)
+    };
+    let a = run(&cfg, "a");
+    let b = run(&cfg, "b");
+    assert_eq!(without_timing(&a), without_timing(&b), "seeded: identical");
+    // Zero B: the states are the original ones (retain exactly 0, cosine 1). Random B: both
+    // losses move off that point before any update, and the erasure gradient is no longer 0.
+    assert_eq!(zero[0].retain_loss, 0.0);
+    assert!(a[0].retain_loss > 0.0, "{a:?}");
+    assert!(a[0].erasure_loss < zero[0].erasure_loss, "{a:?} vs {zero:?}");
+    assert!(a[0].grad_norm > 100.0 * zero[0].grad_norm, "{a:?} vs {zero:?}");
+    // The default stays out of the serialized config: stage keys of older runs stay valid.
+    let json = serde_json::to_string(&tiny_config(1)).unwrap();
+    assert!(!json.contains("lora_b_init_std"), "{json}");
+    assert!(serde_json::to_string(&cfg).unwrap().contains("lora_b_init_std"));
+    let bad = FinetuneConfig {
+        lora_b_init_std: -1.0,
+        ..tiny_config(1)
+    };
+    assert!(bad.validate().unwrap_err().to_string().contains("lora_b_init_std"));
 }
 
 #[test]
