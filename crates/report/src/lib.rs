@@ -159,11 +159,22 @@ pub fn manifests(run_dir: &RunDir) -> BTreeMap<String, StageManifest> {
 fn readme(run_dir: &RunDir, command: &str, body: &str, missing: &[String]) -> Result<String> {
     let ms = manifests(run_dir);
     let total: f64 = ms.values().map(|m| m.wall_time_s).sum();
-    let code = ms
-        .values()
-        .map(|m| m.code_version.clone())
-        .next()
-        .unwrap_or_else(mosr_artifacts::code_version);
+    // Skipped stages keep the manifest of the run that made them, so a run folder can hold
+    // several code versions; name them all rather than one at random.
+    let versions: std::collections::BTreeSet<&str> =
+        ms.values().map(|m| m.code_version.as_str()).collect();
+    let code = match versions.len() {
+        0 => format!("`{}`", mosr_artifacts::code_version()),
+        1 => format!("`{}`", versions.iter().next().expect("one")),
+        _ => format!(
+            "{} (per stage below; unchanged stages were reused)",
+            versions
+                .iter()
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     let model_hash = ms
         .values()
         .find_map(|m| {
@@ -175,7 +186,7 @@ fn readme(run_dir: &RunDir, command: &str, body: &str, missing: &[String]) -> Re
         .unwrap_or_else(|| "(no model-reading stage has run)".into());
     let seed = ms.values().find_map(|m| m.seed);
     let mut s = format!(
-        "# Results: `{}`\n\nMade by `{command}` from code `{code}`.\n\n\
+        "# Results: `{}`\n\nMade by `{command}` from code {code}.\n\n\
          * model: {model_hash}\n* seed: {}\n* stage wall time (sum of manifests): {:.1} min\n\n",
         run_dir
             .root()
@@ -185,11 +196,11 @@ fn readme(run_dir: &RunDir, command: &str, body: &str, missing: &[String]) -> Re
         seed.map(|s| s.to_string()).unwrap_or_else(|| "–".into()),
         total / 60.0
     );
-    s.push_str("| stage | key | wall time (s) | created |\n|---|---|---:|---|\n");
+    s.push_str("| stage | key | wall time (s) | created | code |\n|---|---|---:|---|---|\n");
     for (name, m) in &ms {
         s.push_str(&format!(
-            "| {name} | `{}` | {:.1} | {} |\n",
-            m.key, m.wall_time_s, m.created
+            "| {name} | `{}` | {:.1} | {} | `{}` |\n",
+            m.key, m.wall_time_s, m.created, m.code_version
         ));
     }
     s.push_str(
