@@ -56,7 +56,7 @@ fn peak_rss() -> u64 {
 }
 
 fn bench(model: &str, batch: usize, seq: usize, repeats: usize) -> Result<()> {
-    let dev = mosr_lm::Device::flex();
+    let dev = mosr_lm::Device::flex().autodiff();
     let lm = mosr_lm::LanguageModel::open(&mosr_lm::fetch::resolve(model)?, &dev)?;
     let b = mosr_finetune::bench::step_bench(&lm, batch, seq, 1, repeats)?;
     let mut times = b.step_s.clone();

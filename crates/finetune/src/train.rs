@@ -661,6 +661,11 @@ pub fn train_variant(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let device = lm.device();
+    if !device.is_autodiff() {
+        bail!(
+            "finetune: the model was opened on a device without autodiff; open it on `device.autodiff()` to train"
+        );
+    }
     let cfg_sha = config_hash(cfg, variant, seed)?;
 
     // Same seeded initialisation in every variant.
