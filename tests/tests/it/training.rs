@@ -57,9 +57,8 @@ fn training_retain_distances_are_hand_computed() {
     let lora = t3(vec![3.0, 5.0, 6.0, 2.0]);
     // Mask m / (|L| Σ m) over the two tokens, one layer.
     let mask = Tensor::<2>::from_data(TensorData::new(vec![0.5f32, 0.5], [1, 2]), &dev);
-    let go = |d| {
-        retain_loss(&[lora.clone()], &[orig.clone()], &mask, d).into_scalar::<f32>() as f64
-    };
+    let go =
+        |d| retain_loss(&[lora.clone()], &[orig.clone()], &mask, d).into_scalar::<f32>() as f64;
     assert!((go(RetainDistance::L2) - 5.5).abs() < 1e-5);
     assert!((go(RetainDistance::RelativeL2) - 0.6).abs() < 1e-5);
     // Scale-free: multiplying both states by 100 leaves the relative distance unchanged.
@@ -657,17 +656,32 @@ fn training_random_b_init_starts_off_the_zero_gradient_point() {
     // losses move off that point before any update, and the erasure gradient is no longer 0.
     assert_eq!(zero[0].retain_loss, 0.0);
     assert!(a[0].retain_loss > 0.0, "{a:?}");
-    assert!(a[0].erasure_loss < zero[0].erasure_loss, "{a:?} vs {zero:?}");
-    assert!(a[0].grad_norm > 100.0 * zero[0].grad_norm, "{a:?} vs {zero:?}");
+    assert!(
+        a[0].erasure_loss < zero[0].erasure_loss,
+        "{a:?} vs {zero:?}"
+    );
+    assert!(
+        a[0].grad_norm > 100.0 * zero[0].grad_norm,
+        "{a:?} vs {zero:?}"
+    );
     // The default stays out of the serialized config: stage keys of older runs stay valid.
     let json = serde_json::to_string(&tiny_config(1)).unwrap();
     assert!(!json.contains("lora_b_init_std"), "{json}");
-    assert!(serde_json::to_string(&cfg).unwrap().contains("lora_b_init_std"));
+    assert!(
+        serde_json::to_string(&cfg)
+            .unwrap()
+            .contains("lora_b_init_std")
+    );
     let bad = FinetuneConfig {
         lora_b_init_std: -1.0,
         ..tiny_config(1)
     };
-    assert!(bad.validate().unwrap_err().to_string().contains("lora_b_init_std"));
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("lora_b_init_std")
+    );
 }
 
 #[test]
