@@ -57,8 +57,15 @@ fn training_retain_distances_are_hand_computed() {
     let lora = t3(vec![3.0, 5.0, 6.0, 2.0]);
     // Mask m / (|L| Σ m) over the two tokens, one layer.
     let mask = Tensor::<2>::from_data(TensorData::new(vec![0.5f32, 0.5], [1, 2]), &dev);
-    let go =
-        |d| retain_loss(&[lora.clone()], &[orig.clone()], &mask, d).into_scalar::<f32>() as f64;
+    let go = |d| {
+        retain_loss(
+            std::slice::from_ref(&lora),
+            std::slice::from_ref(&orig),
+            &mask,
+            d,
+        )
+        .into_scalar::<f32>() as f64
+    };
     assert!((go(RetainDistance::L2) - 5.5).abs() < 1e-5);
     assert!((go(RetainDistance::RelativeL2) - 0.6).abs() < 1e-5);
     // Scale-free: multiplying both states by 100 leaves the relative distance unchanged.
