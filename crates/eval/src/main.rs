@@ -46,6 +46,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn main() -> Result<()> {
+    mosr_lm::memory::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -40,6 +40,7 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    mosr_lm::memory::keep_freed_memory();
     init_tracing();
     let cli = Cli::parse();
     let repo = cli.repo.clone().unwrap_or(std::env::current_dir()?);

@@ -88,6 +88,7 @@ fn bench(model: &str, batch: usize, seq: usize, repeats: usize) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    mosr_lm::memory::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

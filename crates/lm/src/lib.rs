@@ -14,6 +14,7 @@ pub mod convert;
 pub mod fetch;
 pub mod generate;
 pub mod lora;
+pub mod memory;
 pub mod model;
 pub mod tokenizer;
 pub mod weights;

@@ -37,6 +37,7 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    mosr_lm::memory::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

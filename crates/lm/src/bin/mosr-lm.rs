@@ -208,6 +208,7 @@ fn bench(
 }
 
 fn main() -> anyhow::Result<()> {
+    mosr_lm::memory::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
