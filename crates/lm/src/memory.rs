@@ -5,7 +5,7 @@
 /// fresh mappings and trims the heap top above 128 KiB, so every forward and backward pass
 /// re-faults and zero-fills the pages of its activations: 16% of a LoRA training step was
 /// `clear_page` in the kernel (perf, 2026-12-02). With the threshold at its 32 MiB maximum and
-/// trimming off, the step bench went from 7.9 s to 5.9 s with peak RSS +1%
+/// trimming off, the step bench went from 7.9 s to 6.1 s with peak RSS +1%
 /// (docs/performance.md). Call first thing in `main`; a no-op outside glibc.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
