@@ -837,6 +837,20 @@ fn training_bad_inputs_give_clear_errors() {
         msg.contains("base model sha256") && msg.contains("sha-of-model-A"),
         "{msg}"
     );
+    // A model opened without autodiff cannot train: an error, not a panic in backward.
+    let frozen = LanguageModel::open(&model_path(SMOL), &mosr_lm::Device::flex()).unwrap();
+    let err = mosr_finetune::run(
+        &rr,
+        &frozen,
+        SMOL,
+        "x",
+        2511,
+        &plain,
+        &dir.join("e"),
+        &RunOptions::default(),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("without autodiff"), "{err:#}");
 }
 
 // ---------------------------------------------------------------- weights stage on real states
