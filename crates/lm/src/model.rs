@@ -510,7 +510,15 @@ impl Block {
         *cache = Some((k.clone(), v.clone()));
         let n_rep = a.num_heads / a.num_kv_heads;
         let total = k.dims()[2];
-        let (k, v) = if n_rep > 1 {
+        // burn-flex's attention maps query head h to key/value head h / n_rep itself (the
+        // layout of transformers' repeat_kv), so on the plain CPU device the repeated K/V are
+        // never materialized: in decoding that copy was most of the step's memmove. Other
+        // devices (autodiff's composed attention, cubecl) get the repeated tensors.
+        let native_gqa = {
+            let d = k.device();
+            !d.is_autodiff() && d == Device::flex()
+        };
+        let (k, v) = if n_rep > 1 && !native_gqa {
             let rep = |z: Tensor<4>| {
                 z.unsqueeze_dim::<5>(2)
                     .expand([b, a.num_kv_heads, n_rep, total, a.head_dim])
