@@ -16,6 +16,7 @@ pub mod generate;
 pub mod lora;
 pub mod memory;
 pub mod model;
+pub mod skinny;
 pub mod tokenizer;
 pub mod weights;
 

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::tensor::module::linear;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +59,7 @@ impl LoraLinear {
 
     /// `adapter`: add the low-rank update; `train`: apply LoRA dropout on its input.
     pub fn forward(&self, x: Tensor<3>, adapter: bool, train: bool) -> Tensor<3> {
-        let y = linear(
+        let y = crate::skinny::project(
             x.clone(),
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
@@ -74,7 +73,8 @@ impl LoraLinear {
                 } else {
                     x
                 };
-                let d = linear(linear(x, a.val(), None), b.val(), None);
+                let d =
+                    crate::skinny::project(crate::skinny::project(x, a.val(), None), b.val(), None);
                 y + d * self.scale
             }
             _ => y,

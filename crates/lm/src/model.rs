@@ -426,7 +426,11 @@ impl CausalLm {
                 Logits::None => None,
                 Logits::Last => {
                     let last = x.narrow(1, t - 1, 1);
-                    Some(linear(self.norm.forward(last), self.lm_head.val(), None))
+                    Some(crate::skinny::project(
+                        self.norm.forward(last),
+                        self.lm_head.val(),
+                        None,
+                    ))
                 }
                 Logits::All => Some(linear(self.norm.forward(x), self.lm_head.val(), None)),
             }
@@ -436,7 +440,7 @@ impl CausalLm {
 
     /// Final norm + unembedding of any residual-stream state (the LogitLens).
     pub fn unembed(&self, h: Tensor<3>) -> Tensor<3> {
-        linear(self.norm.forward(h), self.lm_head.val(), None)
+        crate::skinny::project(self.norm.forward(h), self.lm_head.val(), None)
     }
 }
 

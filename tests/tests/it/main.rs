@@ -2,6 +2,7 @@
 
 mod analysis;
 mod eval;
+mod kernels;
 mod lm_errors;
 mod lm_lora;
 mod lm_reference;

@@ -1,0 +1,110 @@
+//! The few-row product (`mosr_kernels::few_rows`, used by every decode-step projection on the
+//! CPU device) against hand-computed values and an f64 reference, on every code path: full
+//! and partial panels, row blocks of 1..8, the row-split and column-split parallel plans.
+
+use burn::tensor::module::linear;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use mosr_kernels::{MAX_ROWS, few_rows};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn reference(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * n];
+    for r in 0..rows {
+        for c in 0..n {
+            let s: f64 = (0..k)
+                .map(|i| x[r * k + i] as f64 * w[i * n + c] as f64)
+                .sum();
+            out[r * n + c] = s as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn kernels_few_rows_hand_computed() {
+    // [[1, 2, 3], [4, 5, 6]] · [[1, 0], [0, 1], [1, -1]] = [[4, -1], [10, -1]]
+    let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let w = [1.0, 0.0, 0.0, 1.0, 1.0, -1.0];
+    let mut out = [f32::NAN; 4];
+    few_rows(&x, 2, 3, &w, 2, &mut out);
+    assert_eq!(out, [4.0, -1.0, 10.0, -1.0]);
+    // k = 0 is the empty sum.
+    let mut out = [f32::NAN; 3];
+    few_rows(&[], 1, 0, &[], 3, &mut out);
+    assert_eq!(out, [0.0; 3]);
+}
+
+#[test]
+fn kernels_few_rows_match_f64_reference_on_every_path() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    // n covers: below one vector, partial panels (17, 33, 100), exact panels, and the
+    // column-split plan (>= 4096 columns, with a partial last panel).
+    for &(k, n) in &[
+        (1, 1),
+        (3, 7),
+        (5, 16),
+        (31, 17),
+        (32, 32),
+        (33, 33),
+        (64, 100),
+        (576, 192),
+        (1536, 96),
+        (70, 4136),
+    ] {
+        for rows in [1, 2, 3, 4, 5, 7, 8, 9, 13, MAX_ROWS] {
+            let x: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let w: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let want = reference(&x, rows, k, &w, n);
+            let mut got = vec![f32::NAN; rows * n];
+            few_rows(&x, rows, k, &w, n, &mut got);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                // f32 accumulation of k products of magnitude <= 1.
+                let tol = 1e-5 * (k as f32).sqrt().max(1.0) * 4.0;
+                assert!(
+                    (g - e).abs() <= tol,
+                    "rows {rows} k {k} n {n}: element {i} is {g}, f64 reference {e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "w is not [3, 2]")]
+fn kernels_few_rows_reject_wrong_shapes() {
+    let mut out = [0f32; 2];
+    few_rows(&[1.0, 2.0, 3.0], 1, 3, &[1.0; 5], 2, &mut out);
+}
+
+#[test]
+fn kernels_linear_through_burn_matches_burn_linear() {
+    let dev = mosr_lm::Device::flex();
+    let w = Tensor::<2>::random([96, 200], Distribution::Default, &dev);
+    let b = Tensor::<1>::random([200], Distribution::Default, &dev);
+    // Contiguous rows, and a strided view (every other position of a longer sequence).
+    let x = Tensor::<3>::random([3, 2, 96], Distribution::Default, &dev);
+    let strided = Tensor::<3>::random([3, 4, 96], Distribution::Default, &dev)
+        .narrow(1, 1, 2)
+        .swap_dims(0, 1);
+    for x in [x, strided] {
+        let got = mosr_lm::skinny::linear(&x, &w, Some(&b)).expect("few-row path applies");
+        let want = linear(x.clone(), w.clone(), Some(b.clone()));
+        assert_eq!(got.dims(), want.dims());
+        let (g, e): (Vec<f32>, Vec<f32>) = (
+            got.into_data().try_to_vec().unwrap(),
+            want.into_data().try_to_vec().unwrap(),
+        );
+        for (g, e) in g.iter().zip(&e) {
+            assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "{g} vs {e}");
+        }
+    }
+    // Too many rows: left to burn's GEMM.
+    let tall = Tensor::<3>::random([1, MAX_ROWS + 1, 96], Distribution::Default, &dev);
+    assert!(mosr_lm::skinny::linear(&tall, &w, None).is_none());
+    // Autodiff tensors keep burn's op (their gradient is recorded there).
+    let ad = dev.clone().autodiff();
+    let xa = Tensor::<3>::from_data(TensorData::new(vec![0.5f32; 96], [1, 1, 96]), &ad);
+    let wa = Tensor::<2>::from_data(TensorData::new(vec![0.5f32; 96 * 4], [96, 4]), &ad);
+    assert!(mosr_lm::skinny::linear(&xa, &wa, None).is_none());
+}
