@@ -248,4 +248,87 @@ mod avx512 {
             kb += K_BLOCK;
         }
     }
+
+    /// `e^x` for 16 lanes: 2^(x·log2 e) split into an integer power (applied exactly with
+    /// `scalef`) and a fraction in [-0.5, 0.5] (degree-7 Taylor polynomial of 2^f, relative
+    /// error ~2e-9 before rounding). Inputs beyond ±88 saturate to 0 / +inf like `expf`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) fn exp(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(
+            _mm512_min_ps(x, _mm512_set1_ps(88.7)),
+            _mm512_set1_ps(-103.0),
+        );
+        let y = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y);
+        let f = _mm512_mul_ps(_mm512_sub_ps(y, n), _mm512_set1_ps(std::f32::consts::LN_2));
+        // e^f for f in [-ln2/2, ln2/2], Horner form of the Taylor series.
+        let mut p = _mm512_set1_ps(1.0 / 5040.0);
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// # Safety
+    /// AVX-512F present; the three slices have one length.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn swiglu(g: &[f32], u: &[f32], o: &mut [f32]) {
+        let len = o.len();
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        while i < len {
+            let m: __mmask16 = if len - i >= 16 {
+                0xffff
+            } else {
+                (1u32 << (len - i)) as u16 - 1
+            };
+            // SAFETY: masked lanes past the end are neither read nor written.
+            unsafe {
+                let gv = _mm512_maskz_loadu_ps(m, g.as_ptr().add(i));
+                let uv = _mm512_maskz_loadu_ps(m, u.as_ptr().add(i));
+                let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+                let s = _mm512_div_ps(gv, _mm512_add_ps(one, e));
+                _mm512_mask_storeu_ps(o.as_mut_ptr().add(i), m, _mm512_mul_ps(s, uv));
+            }
+            i += 16;
+        }
+    }
+}
+
+/// Elements per parallel task of the element-wise kernels.
+const ELEMENTWISE_CHUNK: usize = 1 << 15;
+
+/// `out = silu(gate) · up` (SwiGLU), element-wise: the MLP's activation. burn computes it as
+/// three passes over memory with a scalar `expf` per element (about 10% of a prefill); this is
+/// one pass with a vectorized exponential (relative error below 1e-6 against f64).
+///
+/// # Panics
+/// If the three lengths differ.
+pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert_eq!(gate.len(), up.len(), "swiglu: gate and up lengths differ");
+    assert_eq!(gate.len(), out.len(), "swiglu: gate and out lengths differ");
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let s = i * ELEMENTWISE_CHUNK;
+            let (g, u) = (&gate[s..s + o.len()], &up[s..s + o.len()]);
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: CPU support checked; the three slices have one length.
+                unsafe { avx512::swiglu(g, u, o) };
+                return;
+            }
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        });
 }

@@ -11,12 +11,12 @@ pub mod adapter;
 pub mod chat;
 pub mod config;
 pub mod convert;
+pub mod cpu;
 pub mod fetch;
 pub mod generate;
 pub mod lora;
 pub mod memory;
 pub mod model;
-pub mod skinny;
 pub mod tokenizer;
 pub mod weights;
 

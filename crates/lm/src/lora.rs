@@ -59,7 +59,7 @@ impl LoraLinear {
 
     /// `adapter`: add the low-rank update; `train`: apply LoRA dropout on its input.
     pub fn forward(&self, x: Tensor<3>, adapter: bool, train: bool) -> Tensor<3> {
-        let y = crate::skinny::project(
+        let y = crate::cpu::project(
             x.clone(),
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
@@ -73,8 +73,7 @@ impl LoraLinear {
                 } else {
                     x
                 };
-                let d =
-                    crate::skinny::project(crate::skinny::project(x, a.val(), None), b.val(), None);
+                let d = crate::cpu::project(crate::cpu::project(x, a.val(), None), b.val(), None);
                 y + d * self.scale
             }
             _ => y,

@@ -1,7 +1,6 @@
 //! The decoder: Llama / Mistral / Qwen2 in burn, returning every layer's residual stream.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, embedding, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -426,7 +425,7 @@ impl CausalLm {
                 Logits::None => None,
                 Logits::Last => {
                     let last = x.narrow(1, t - 1, 1);
-                    Some(crate::skinny::project(
+                    Some(crate::cpu::project(
                         self.norm.forward(last),
                         self.lm_head.val(),
                         None,
@@ -440,7 +439,7 @@ impl CausalLm {
 
     /// Final norm + unembedding of any residual-stream state (the LogitLens).
     pub fn unembed(&self, h: Tensor<3>) -> Tensor<3> {
-        crate::skinny::project(self.norm.forward(h), self.lm_head.val(), None)
+        crate::cpu::project(self.norm.forward(h), self.lm_head.val(), None)
     }
 }
 
@@ -543,7 +542,10 @@ impl Block {
         let x = x + a.o_proj.forward(o, ad, tr);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
-        let g = silu(m.gate_proj.forward(h.clone(), ad, tr)) * m.up_proj.forward(h, ad, tr);
+        let g = crate::cpu::swiglu(
+            m.gate_proj.forward(h.clone(), ad, tr),
+            m.up_proj.forward(h, ad, tr),
+        );
         x + m.down_proj.forward(g, ad, tr)
     }
 }

@@ -88,7 +88,7 @@ fn kernels_linear_through_burn_matches_burn_linear() {
         .narrow(1, 1, 2)
         .swap_dims(0, 1);
     for x in [x, strided] {
-        let got = mosr_lm::skinny::linear(&x, &w, Some(&b)).expect("few-row path applies");
+        let got = mosr_lm::cpu::linear(&x, &w, Some(&b)).expect("few-row path applies");
         let want = linear(x.clone(), w.clone(), Some(b.clone()));
         assert_eq!(got.dims(), want.dims());
         let (g, e): (Vec<f32>, Vec<f32>) = (
@@ -101,10 +101,49 @@ fn kernels_linear_through_burn_matches_burn_linear() {
     }
     // Too many rows: left to burn's GEMM.
     let tall = Tensor::<3>::random([1, MAX_ROWS + 1, 96], Distribution::Default, &dev);
-    assert!(mosr_lm::skinny::linear(&tall, &w, None).is_none());
+    assert!(mosr_lm::cpu::linear(&tall, &w, None).is_none());
     // Autodiff tensors keep burn's op (their gradient is recorded there).
     let ad = dev.clone().autodiff();
     let xa = Tensor::<3>::from_data(TensorData::new(vec![0.5f32; 96], [1, 1, 96]), &ad);
     let wa = Tensor::<2>::from_data(TensorData::new(vec![0.5f32; 96 * 4], [96, 4]), &ad);
-    assert!(mosr_lm::skinny::linear(&xa, &wa, None).is_none());
+    assert!(mosr_lm::cpu::linear(&xa, &wa, None).is_none());
+}
+
+#[test]
+fn kernels_swiglu_matches_f64_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // Ordinary activations, the saturating tails, and a length that ends in a partial vector.
+    let mut gate: Vec<f32> = (0..70_001).map(|_| rng.random_range(-12.0..12.0)).collect();
+    gate.extend([-200.0, -88.0, -30.0, -1e-6, 0.0, 1e-6, 30.0, 88.0, 200.0]);
+    let up: Vec<f32> = (0..gate.len())
+        .map(|_| rng.random_range(-3.0..3.0))
+        .collect();
+    let mut got = vec![f32::NAN; gate.len()];
+    mosr_kernels::swiglu(&gate, &up, &mut got);
+    for ((&g, &u), &o) in gate.iter().zip(&up).zip(&got) {
+        let want = (g as f64 / (1.0 + (-(g as f64)).exp()) * u as f64) as f32;
+        assert!(
+            (o - want).abs() <= 2e-6 * want.abs() + 1e-30,
+            "swiglu({g}, {u}) = {o}, f64 reference {want}"
+        );
+    }
+    // NaN propagates.
+    let mut out = [0f32; 1];
+    mosr_kernels::swiglu(&[f32::NAN], &[1.0], &mut out);
+    assert!(out[0].is_nan());
+    // Through burn on the CPU device: equal to burn's silu · up within f32 rounding.
+    let dev = mosr_lm::Device::flex();
+    let g = Tensor::<3>::random([2, 3, 50], Distribution::Normal(0.0, 4.0), &dev);
+    let u = Tensor::<3>::random([2, 3, 50], Distribution::Default, &dev);
+    let got: Vec<f32> = mosr_lm::cpu::swiglu(g.clone(), u.clone())
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    let want: Vec<f32> = (burn::tensor::activation::silu(g) * u)
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    for (o, e) in got.iter().zip(&want) {
+        assert!((o - e).abs() <= 1e-5 * (1.0 + e.abs()), "{o} vs {e}");
+    }
 }
