@@ -65,6 +65,7 @@ fn batch_logprobs(lm: &LanguageModel, items: &[&Item], adapter: bool) -> Vec<Vec
             logits: Logits::None,
             adapter,
             train: false,
+            training_arithmetic: false,
         },
     );
     let last = o
@@ -159,6 +160,7 @@ fn shared_batch(lm: &LanguageModel, items: &[&Choices], adapter: bool) -> Vec<Ve
         logits,
         adapter,
         train: false,
+        training_arithmetic: false,
     };
     // 1. Contexts once; the last position scores every option's first token.
     let ctx: Vec<Vec<u32>> = items.iter().map(|c| c.context.clone()).collect();

@@ -260,6 +260,7 @@ pub fn run(cfg: &ExtractConfig, out_dir: &Path) -> Result<ExtractOutputs> {
         logits: Logits::None,
         adapter: false,
         train: false,
+        training_arithmetic: false,
     };
     let (mut done_prompts, mut skipped) = (0usize, 0usize);
     let mut last_log = Instant::now();

@@ -339,3 +339,44 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
             }
         });
 }
+
+/// Fills `out` with an inverted-dropout mask: each element independently `1 / keep` with
+/// probability `keep`, else 0. Element `i` depends only on `(key, i)` (a splitmix64 hash of the
+/// pair, 32 bits per element), so the mask is the same for any thread count and chunking.
+/// burn draws a float through its distribution sampler per element, about 10% of a LoRA
+/// training step; this is a hash and an integer compare.
+///
+/// # Panics
+/// If `keep` is not in (0, 1].
+pub fn dropout_mask(out: &mut [f32], keep: f64, key: u64) {
+    assert!(
+        keep > 0.0 && keep <= 1.0,
+        "dropout_mask: keep probability {keep} is not in (0, 1]"
+    );
+    // P(u32 < threshold) = threshold / 2^32; keep = 1 keeps everything.
+    let threshold = (keep * 4_294_967_296.0).round() as u64;
+    let scale = (1.0 / keep) as f32;
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .enumerate()
+        .for_each(|(c, o)| {
+            let base = (c * ELEMENTWISE_CHUNK) as u64;
+            for (j, v) in o.iter_mut().enumerate() {
+                let i = base + j as u64;
+                let h = splitmix64(key ^ splitmix64(i >> 1));
+                let u = if i & 1 == 0 {
+                    h as u32
+                } else {
+                    (h >> 32) as u32
+                };
+                *v = if (u as u64) < threshold { scale } else { 0.0 };
+            }
+        });
+}
+
+/// The splitmix64 finalizer of `z + golden ratio`: a well-mixed 64-bit hash of a counter.
+fn splitmix64(z: u64) -> u64 {
+    let mut z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

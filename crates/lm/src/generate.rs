@@ -126,6 +126,7 @@ pub fn generate(
         logits: Logits::Last,
         adapter: cfg.adapter,
         train: false,
+        training_arithmetic: false,
     };
     let mut batch = TokenBatch::left_padded(prompts, model.pad_id);
     let vocab = model.config.vocab_size;

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, Param};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use burn::tensor::{Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +40,27 @@ pub struct LoraLinear {
     pub dropout: f64,
 }
 
+/// Key of the dropout stream (see [`seed_dropout`]) and the number of masks drawn from it.
+static DROPOUT_KEY: AtomicU64 = AtomicU64::new(0);
+static DROPOUT_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Restarts the LoRA dropout stream: the n-th mask drawn after this call is a pure function of
+/// (`seed`, n), so a training step's masks depend only on its seed and the (fixed) order of the
+/// forward, whatever ran before. The stream is process-wide: trainings serialize on it (the
+/// finetune stage holds a lock from seeding to the step's last forward).
+pub fn seed_dropout(seed: u64) {
+    DROPOUT_KEY.store(seed, Ordering::SeqCst);
+    DROPOUT_CALLS.store(0, Ordering::SeqCst);
+}
+
+fn next_dropout_key() -> u64 {
+    let n = DROPOUT_CALLS.fetch_add(1, Ordering::SeqCst);
+    let key = DROPOUT_KEY.load(Ordering::SeqCst);
+    // Distinct masks per call: the call index goes through a different odd multiplier than
+    // the element counter inside the mask.
+    key ^ n.wrapping_add(1).wrapping_mul(0xd6e8_feb8_6659_fd93)
+}
+
 impl LoraLinear {
     pub fn frozen(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
         Self {
@@ -57,9 +80,15 @@ impl LoraLinear {
         self.weight.val().dims()[1]
     }
 
-    /// `adapter`: add the low-rank update; `train`: apply LoRA dropout on its input.
-    pub fn forward(&self, x: Tensor<3>, adapter: bool, train: bool) -> Tensor<3> {
-        let y = crate::cpu::project(
+    /// `adapter`: add the low-rank update; `train`: apply LoRA dropout on its input;
+    /// `fast`: allow the CPU few-row kernel (off for `ForwardOptions::training_arithmetic`).
+    pub fn forward(&self, x: Tensor<3>, adapter: bool, train: bool, fast: bool) -> Tensor<3> {
+        let project = if fast {
+            crate::cpu::project::<3>
+        } else {
+            crate::cpu::project_gemm::<3>
+        };
+        let y = project(
             x.clone(),
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
@@ -67,13 +96,13 @@ impl LoraLinear {
         match (&self.lora_a, &self.lora_b) {
             (Some(a), Some(b)) if adapter => {
                 let x = if train && self.dropout > 0.0 {
-                    let keep = 1.0 - self.dropout;
-                    let m = x.random_like(Distribution::Bernoulli(keep));
-                    x * m / keep
+                    let mut m = vec![0f32; x.shape().num_elements()];
+                    mosr_kernels::dropout_mask(&mut m, 1.0 - self.dropout, next_dropout_key());
+                    x.clone() * Tensor::from_data(TensorData::new(m, x.dims()), &x.device())
                 } else {
                     x
                 };
-                let d = crate::cpu::project(crate::cpu::project(x, a.val(), None), b.val(), None);
+                let d = project(project(x, a.val(), None), b.val(), None);
                 y + d * self.scale
             }
             _ => y,

@@ -1,6 +1,7 @@
 //! The decoder: Llama / Mistral / Qwen2 in burn, returning every layer's residual stream.
 
 use burn::module::{Module, Param};
+use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, embedding, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -82,6 +83,11 @@ pub struct ForwardOptions {
     pub adapter: bool,
     /// LoRA dropout on.
     pub train: bool,
+    /// Use the training (autodiff) device's op sequence even on the plain device: no CPU fast
+    /// paths, repeated K/V, composed attention. A plain pass then reproduces a training pass
+    /// bit for bit, which the representation losses need for the original model's states (a
+    /// zero adapter must give exactly the original states).
+    pub training_arithmetic: bool,
 }
 
 impl Default for ForwardOptions {
@@ -92,6 +98,7 @@ impl Default for ForwardOptions {
             logits: Logits::Last,
             adapter: true,
             train: false,
+            training_arithmetic: false,
         }
     }
 }
@@ -423,6 +430,14 @@ impl CausalLm {
         } else {
             match opts.logits {
                 Logits::None => None,
+                Logits::Last if opts.training_arithmetic => {
+                    let last = x.narrow(1, t - 1, 1);
+                    Some(crate::cpu::project_gemm(
+                        self.norm.forward(last),
+                        self.lm_head.val(),
+                        None,
+                    ))
+                }
                 Logits::Last => {
                     let last = x.narrow(1, t - 1, 1);
                     Some(crate::cpu::project(
@@ -486,22 +501,22 @@ impl Block {
         opts: ForwardOptions,
     ) -> Tensor<3> {
         let a = &self.self_attn;
-        let (ad, tr) = (opts.adapter, opts.train);
+        let (ad, tr, fast) = (opts.adapter, opts.train, !opts.training_arithmetic);
         let [b, t, _] = x.dims();
         let h = self.input_layernorm.forward(x.clone());
         let q = a
             .q_proj
-            .forward(h.clone(), ad, tr)
+            .forward(h.clone(), ad, tr, fast)
             .reshape([b, t, a.num_heads, a.head_dim])
             .swap_dims(1, 2);
         let k = a
             .k_proj
-            .forward(h.clone(), ad, tr)
+            .forward(h.clone(), ad, tr, fast)
             .reshape([b, t, a.num_kv_heads, a.head_dim])
             .swap_dims(1, 2);
         let v = a
             .v_proj
-            .forward(h, ad, tr)
+            .forward(h, ad, tr, fast)
             .reshape([b, t, a.num_kv_heads, a.head_dim])
             .swap_dims(1, 2);
         let q = rotate(q, cos, sin);
@@ -517,10 +532,12 @@ impl Block {
         // layout of transformers' repeat_kv), so on the plain CPU device the repeated K/V are
         // never materialized: in decoding that copy was most of the step's memmove. Other
         // devices (autodiff's composed attention, cubecl) get the repeated tensors.
-        let native_gqa = {
-            let d = k.device();
-            !d.is_autodiff() && d == Device::flex()
-        };
+        let d = k.device();
+        // The autodiff device composes attention from separate ops (burn's
+        // `attention_fallback`); `composed_attention` is that sequence, written once here so
+        // that plain passes with `training_arithmetic` match training passes exactly.
+        let composed = d.is_autodiff() || opts.training_arithmetic;
+        let native_gqa = !composed && d == Device::flex();
         let (k, v) = if n_rep > 1 && !native_gqa {
             let rep = |z: Tensor<4>| {
                 z.unsqueeze_dim::<5>(2)
@@ -537,15 +554,41 @@ impl Block {
             softcap: None,
             is_causal: false,
         };
-        let o = attention(q, k, v, Some(mask), None, opts_attn);
+        let o = if composed {
+            composed_attention(q, k, v, mask)
+        } else {
+            attention(q, k, v, Some(mask), None, opts_attn)
+        };
         let o = o.swap_dims(1, 2).reshape([b, t, a.num_heads * a.head_dim]);
-        let x = x + a.o_proj.forward(o, ad, tr);
+        let x = x + a.o_proj.forward(o, ad, tr, fast);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
-        let g = crate::cpu::swiglu(
-            m.gate_proj.forward(h.clone(), ad, tr),
-            m.up_proj.forward(h, ad, tr),
+        let (gate, up) = (
+            m.gate_proj.forward(h.clone(), ad, tr, fast),
+            m.up_proj.forward(h, ad, tr, fast),
         );
-        x + m.down_proj.forward(g, ad, tr)
+        let g = if opts.training_arithmetic {
+            silu(gate) * up
+        } else {
+            crate::cpu::swiglu(gate, up)
+        };
+        x + m.down_proj.forward(g, ad, tr, fast)
     }
+}
+
+/// softmax(Q Kᵗ / √d, masked) · V as burn 0.22's `attention_fallback` computes it, op for op
+/// (the autodiff device's attention), including its guards for fully masked rows.
+fn composed_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<4, Bool>,
+) -> Tensor<4> {
+    let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+    let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+    let max = scores.clone().max_dim(3).clamp_min(f32::MIN);
+    let numerator = (scores - max).exp();
+    let sum = numerator.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE);
+    (numerator / sum).matmul(v)
 }

@@ -198,6 +198,7 @@ pub fn lens_probs(
             logits: Logits::None,
             adapter: false,
             train: false,
+            training_arithmetic: false,
         },
     );
     let t = batch.seq;

@@ -147,3 +147,35 @@ fn kernels_swiglu_matches_f64_reference() {
         assert!((o - e).abs() <= 1e-5 * (1.0 + e.abs()), "{o} vs {e}");
     }
 }
+
+#[test]
+fn kernels_dropout_mask_is_seeded_scaled_and_at_the_right_rate() {
+    let keep = 0.95;
+    let mut a = vec![f32::NAN; 200_003];
+    mosr_kernels::dropout_mask(&mut a, keep, 42);
+    let scale = (1.0 / keep) as f32;
+    assert!(a.iter().all(|&v| v == 0.0 || v == scale));
+    let kept = a.iter().filter(|&&v| v != 0.0).count() as f64 / a.len() as f64;
+    // Binomial standard deviation at n = 200k: 0.0005; allow 6 sigma.
+    assert!((kept - keep).abs() < 0.003, "kept fraction {kept}");
+    // Same key: same mask; the mask of a prefix is the prefix of the mask (element i depends
+    // only on (key, i), not on the length or the chunking).
+    let mut b = vec![0f32; 200_003];
+    mosr_kernels::dropout_mask(&mut b, keep, 42);
+    assert_eq!(a, b);
+    let mut prefix = vec![0f32; 1000];
+    mosr_kernels::dropout_mask(&mut prefix, keep, 42);
+    assert_eq!(prefix[..], a[..1000]);
+    // Another key: another mask (two independent masks at 5% drop agree on ~90.5%).
+    let mut c = vec![0f32; 200_003];
+    mosr_kernels::dropout_mask(&mut c, keep, 43);
+    let same = a.iter().zip(&c).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
+    assert!(
+        (same - (keep * keep + (1.0 - keep) * (1.0 - keep))).abs() < 0.005,
+        "{same}"
+    );
+    // keep = 1 keeps everything at scale 1.
+    let mut d = vec![0f32; 100];
+    mosr_kernels::dropout_mask(&mut d, 1.0, 1);
+    assert!(d.iter().all(|&v| v == 1.0));
+}

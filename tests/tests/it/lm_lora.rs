@@ -141,3 +141,58 @@ fn lora_trains_adapter_only_and_round_trips_through_peft() {
     let merged = logits_of(&fresh, &batch, true);
     assert!(max_abs_diff(&merged, &trained) < 1e-3, "merged weights");
 }
+
+/// The finetune stage computes the original model's states on the plain device (beside the
+/// adapter forward, on another thread) and compares them with states of the autodiff device:
+/// with `training_arithmetic` the two must agree bit for bit, or a zero adapter would not
+/// reproduce the original states exactly. A 2 × 8 batch is 16 rows: small enough for the
+/// few-row kernel, which that option must keep out.
+#[test]
+fn lora_plain_training_arithmetic_equals_the_autodiff_device_bit_for_bit() {
+    use burn::module::Module;
+    let path = model_path(SMOL);
+    let dev = mosr_lm::Device::flex().autodiff();
+    let lm = LanguageModel::open(&path, &dev).unwrap();
+    let a = lm.encode("How do I kill a Python process?", false).unwrap();
+    let b = lm.encode("Hi", false).unwrap();
+    let batch = TokenBatch::left_padded(&[a[..8].to_vec(), b], lm.pad_id);
+    assert_eq!(batch.batch * batch.seq, 16);
+    let opts = ForwardOptions {
+        hidden: true,
+        num_layers: Some(20),
+        logits: Logits::None,
+        adapter: false,
+        train: false,
+        training_arithmetic: true,
+    };
+    let states = |out: mosr_lm::ForwardOutput| -> Vec<Vec<f32>> {
+        out.hidden
+            .into_iter()
+            .map(|h| h.into_data().try_into_vec_as::<f32>().unwrap())
+            .collect()
+    };
+    let on_autodiff = states(lm.net.forward(&batch, None, opts));
+    let plain = lm.net.valid();
+    assert!(!plain.device().is_autodiff());
+    let on_plain = states(plain.forward(&batch, None, opts));
+    assert_eq!(on_autodiff.len(), 21);
+    for (l, (x, y)) in on_autodiff.iter().zip(&on_plain).enumerate() {
+        assert!(x == y, "layer {l}: max diff {}", max_abs_diff(x, y));
+    }
+    // Without the option the plain device takes its fast paths: close, not identical.
+    let fast = states(plain.forward(
+        &batch,
+        None,
+        ForwardOptions {
+            training_arithmetic: false,
+            ..opts
+        },
+    ));
+    // Relative to the residual stream's scale (its largest entries are in the hundreds).
+    let d = max_abs_diff(&fast[20], &on_autodiff[20]);
+    let scale = on_autodiff[20].iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(
+        d > 0.0 && d < 1e-4 * scale,
+        "fast-path difference {d} at scale {scale}"
+    );
+}

@@ -341,6 +341,7 @@ fn training_losses_of_zero_initialised_adapter() {
         logits: Logits::None,
         adapter: false,
         train: false,
+        training_arithmetic: false,
     };
     let orig: Vec<_> = lm
         .net
