@@ -102,8 +102,9 @@ impl LoraLinear {
                 } else {
                     x
                 };
-                let d = project(project(x, a.val(), None), b.val(), None);
-                y + d * self.scale
+                // The scale goes into B ([r, out], small) rather than onto the update
+                // ([rows, out]): one pass over the activations fewer, forward and backward.
+                y + project(project(x, a.val(), None), b.val() * self.scale, None)
             }
             _ => y,
         }
