@@ -34,75 +34,154 @@ const SERIAL_BELOW: usize = 200_000;
 /// # Panics
 /// If a slice length disagrees with the shape or `rows` exceeds [`MAX_ROWS`].
 pub fn few_rows(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    few_rows_many(x, rows, k, &mut [Product { w, n, out }]);
+}
+
+/// One product of [`few_rows_many`]: `out [rows, n] = x · w [k, n]`.
+pub struct Product<'a> {
+    pub w: &'a [f32],
+    pub n: usize,
+    pub out: &'a mut [f32],
+}
+
+/// Several few-row products of the same `x` (a block's q/k/v, or gate/up) in one parallel
+/// region: one wake-up of the thread pool instead of one per product, and small products run
+/// beside the halves of large ones. Each output is bit-identical to [`few_rows`] on its own
+/// (same split of every product, same order of the partial sums).
+///
+/// # Panics
+/// As [`few_rows`], for any product.
+pub fn few_rows_many(x: &[f32], rows: usize, k: usize, products: &mut [Product<'_>]) {
     assert!(rows <= MAX_ROWS, "few_rows: {rows} rows > {MAX_ROWS}");
     assert_eq!(x.len(), rows * k, "few_rows: x is not [{rows}, {k}]");
-    assert_eq!(w.len(), k * n, "few_rows: w is not [{k}, {n}]");
-    assert_eq!(out.len(), rows * n, "few_rows: out is not [{rows}, {n}]");
-    if rows == 0 || n == 0 {
-        return;
+    let pool = rayon::current_num_threads().max(1);
+    // Each product's plan: column slabs (large n), or a split of k whose partial products are
+    // summed in task order (a single task writes its output directly).
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut splits = vec![0usize; products.len()];
+    for (pi, p) in products.iter_mut().enumerate() {
+        let n = p.n;
+        assert_eq!(p.w.len(), k * n, "few_rows: w is not [{k}, {n}]");
+        assert_eq!(p.out.len(), rows * n, "few_rows: out is not [{rows}, {n}]");
+        if rows == 0 || n == 0 {
+            continue;
+        }
+        if k == 0 {
+            p.out.fill(0.0);
+            continue;
+        }
+        let threads = if k * n < SERIAL_BELOW { 1 } else { pool };
+        if n >= SPLIT_COLUMNS_FROM && threads > 1 {
+            // A few slabs per thread so an uneven last slab does not idle a core.
+            let slab = n.div_ceil(threads * 4).div_ceil(PANEL) * PANEL;
+            for s in 0..n.div_ceil(slab) {
+                tasks.push(Task::Slab {
+                    product: pi,
+                    c0: s * slab,
+                    c1: ((s + 1) * slab).min(n),
+                });
+            }
+        } else {
+            let parts = threads.min(k.div_ceil(K_BLOCK));
+            let kc = k.div_ceil(parts);
+            splits[pi] = parts;
+            for t in 0..parts {
+                tasks.push(Task::Rows {
+                    product: pi,
+                    part: t,
+                    k0: (t * kc).min(k),
+                    k1: ((t + 1) * kc).min(k),
+                });
+            }
+        }
     }
-    if k == 0 {
-        out.fill(0.0);
-        return;
-    }
-    let threads = if k * n < SERIAL_BELOW {
-        1
-    } else {
-        rayon::current_num_threads().max(1)
-    };
-    if n >= SPLIT_COLUMNS_FROM && threads > 1 {
-        // Column slabs, a few per thread so an uneven last slab does not idle a core.
-        let slab = n.div_ceil(threads * 4).div_ceil(PANEL) * PANEL;
-        let out_ptr = SharedOut(out.as_mut_ptr());
-        (0..n.div_ceil(slab)).into_par_iter().for_each(|s| {
-            let c0 = s * slab;
-            let c1 = (c0 + slab).min(n);
-            let o = &out_ptr;
-            // SAFETY: each task writes only columns c0..c1 of each output row, disjoint from
-            // every other task's; the buffer outlives the parallel loop.
-            unsafe { accumulate(x, k, rows, k, w, n, o.0, n, c0, c1, true) };
-        });
-    } else {
-        let tasks = threads.min(k.div_ceil(K_BLOCK));
-        let kc = k.div_ceil(tasks);
-        let mut parts: Vec<Vec<f32>> = (0..tasks)
-            .into_par_iter()
-            .map(|t| {
-                let k0 = (t * kc).min(k);
-                let k1 = ((t + 1) * kc).min(k);
-                let mut part = vec![0f32; rows * n];
-                // SAFETY: x columns k0..k1 with stride k, w rows k0..k1, part is [rows, n].
-                unsafe {
-                    accumulate(
-                        &x[k0..],
-                        k,
-                        rows,
-                        k1 - k0,
-                        &w[k0 * n..],
-                        n,
-                        part.as_mut_ptr(),
-                        n,
-                        0,
-                        n,
-                        true,
-                    )
-                };
-                part
-            })
-            .collect();
-        let first = parts.swap_remove(0);
-        out.copy_from_slice(&first);
-        for p in &parts {
-            for (o, v) in out.iter_mut().zip(p) {
-                *o += v;
+    let shapes: Vec<(&[f32], usize, SharedOut)> = products
+        .iter_mut()
+        .map(|p| (p.w, p.n, SharedOut(p.out.as_mut_ptr())))
+        .collect();
+    let mut partials: Vec<(usize, usize, Vec<f32>)> = tasks
+        .into_par_iter()
+        .filter_map(|task| {
+            let shapes = &shapes;
+            match task {
+                Task::Slab { product, c0, c1 } => {
+                    let (w, n, ref o) = shapes[product];
+                    // SAFETY: each slab writes only columns c0..c1 of its own product's
+                    // output rows, disjoint from every other task; outputs outlive the loop.
+                    unsafe { accumulate(x, k, rows, k, w, n, o.0, n, c0, c1, true) };
+                    None
+                }
+                Task::Rows {
+                    product,
+                    part,
+                    k0,
+                    k1,
+                } => {
+                    let (w, n, ref o) = shapes[product];
+                    let whole = splits[product] == 1;
+                    let mut buf = if whole {
+                        Vec::new()
+                    } else {
+                        vec![0f32; rows * n]
+                    };
+                    let dst = if whole { o.0 } else { buf.as_mut_ptr() };
+                    // SAFETY: x columns k0..k1 (row stride k), w rows k0..k1; dst is this
+                    // product's output (its only task) or a private [rows, n] buffer.
+                    unsafe {
+                        accumulate(
+                            &x[k0..],
+                            k,
+                            rows,
+                            k1 - k0,
+                            &w[k0 * n..],
+                            n,
+                            dst,
+                            n,
+                            0,
+                            n,
+                            true,
+                        )
+                    };
+                    (!whole).then_some((product, part, buf))
+                }
+            }
+        })
+        .collect();
+    partials.sort_by_key(|&(p, t, _)| (p, t));
+    for (pi, p) in products.iter_mut().enumerate() {
+        let mut mine = partials.iter().filter(|(q, _, _)| *q == pi);
+        if let Some((_, _, first)) = mine.next() {
+            p.out.copy_from_slice(first);
+            for (_, _, rest) in mine {
+                for (o, v) in p.out.iter_mut().zip(rest) {
+                    *o += v;
+                }
             }
         }
     }
 }
 
+#[derive(Clone, Copy)]
+enum Task {
+    /// Columns c0..c1 of a product, over all of k.
+    Slab {
+        product: usize,
+        c0: usize,
+        c1: usize,
+    },
+    /// Rows k0..k1 of a product's weight: partial product number `part`.
+    Rows {
+        product: usize,
+        part: usize,
+        k0: usize,
+        k1: usize,
+    },
+}
+
 struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint column ranges (see `few_rows`).
+// SAFETY: tasks write disjoint ranges (see `few_rows_many`).
 unsafe impl Sync for SharedOut {}
+unsafe impl Send for SharedOut {}
 
 /// `out[r, c0..c1] (=|+=) x[r, ..k] · w[..k, c0..c1]` for every row `r < rows`; `x` has row
 /// stride `ldx`, `out` row stride `ldo`. `zero` overwrites instead of adding.

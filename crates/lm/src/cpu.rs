@@ -27,21 +27,31 @@ pub fn linear<const D: usize>(
     w: &Tensor<2>,
     bias: Option<&Tensor<1>>,
 ) -> Option<Tensor<D>> {
+    linear_many(x, &[(w, bias)]).map(|mut v| v.pop().expect("one product"))
+}
+
+/// `x · w_i (+ bias_i)` for every pair, through one call of the few-row kernel (a block's
+/// q/k/v or gate/up share their input); each result equals [`linear`] on its own bit for bit.
+/// `None` where the few-row path does not apply to all of them.
+pub fn linear_many<const D: usize>(
+    x: &Tensor<D>,
+    weights: &[(&Tensor<2>, Option<&Tensor<1>>)],
+) -> Option<Vec<Tensor<D>>> {
     let dims = x.dims();
     let k = dims[D - 1];
     let rows: usize = dims[..D - 1].iter().product();
     if rows == 0 || rows > MAX_ROWS || !applies(&x.device()) {
         return None;
     }
-    let [wk, n] = w.dims();
-    if wk != k {
-        return None;
+    let mut prims = Vec::with_capacity(weights.len());
+    for &(w, _) in weights {
+        let [wk, n] = w.dims();
+        let wt: FlexTensor = w.clone().try_into_primitive::<Flex>().ok()?;
+        if wk != k || !wt.is_contiguous() || wt.dtype() != DType::F32 {
+            return None;
+        }
+        prims.push((wt, n));
     }
-    let wt: FlexTensor = w.clone().try_into_primitive::<Flex>().ok()?;
-    if !wt.is_contiguous() || wt.dtype() != DType::F32 {
-        return None;
-    }
-    let wdata = &wt.storage::<f32>()[wt.layout().start_offset()..][..k * n];
     let xt: FlexTensor = x.clone().try_into_primitive::<Flex>().ok()?;
     if xt.dtype() != DType::F32 {
         return None;
@@ -53,22 +63,38 @@ pub fn linear<const D: usize>(
         copied = x.clone().into_data().try_into_vec::<f32>().ok()?;
         &copied
     };
-    let mut out = vec![0f32; rows * n];
-    mosr_kernels::few_rows(xs, rows, k, wdata, n, &mut out);
-    if let Some(b) = bias {
-        let b = b.clone().into_data().try_into_vec::<f32>().ok()?;
-        for row in out.chunks_exact_mut(n) {
-            for (o, bv) in row.iter_mut().zip(&b) {
-                *o += bv;
+    let mut outs: Vec<Vec<f32>> = prims.iter().map(|(_, n)| vec![0f32; rows * n]).collect();
+    {
+        let mut products: Vec<mosr_kernels::Product<'_>> = prims
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|((wt, n), out)| mosr_kernels::Product {
+                w: &wt.storage::<f32>()[wt.layout().start_offset()..][..k * n],
+                n: *n,
+                out,
+            })
+            .collect();
+        mosr_kernels::few_rows_many(xs, rows, k, &mut products);
+    }
+    let mut result = Vec::with_capacity(weights.len());
+    for ((out, (_, n)), &(_, bias)) in outs.into_iter().zip(&prims).zip(weights) {
+        let mut out = out;
+        if let Some(b) = bias {
+            let b = b.clone().into_data().try_into_vec::<f32>().ok()?;
+            for row in out.chunks_exact_mut(*n) {
+                for (o, bv) in row.iter_mut().zip(&b) {
+                    *o += bv;
+                }
             }
         }
+        let mut out_dims = dims;
+        out_dims[D - 1] = *n;
+        result.push(Tensor::from_data(
+            TensorData::new(out, out_dims),
+            &x.device(),
+        ));
     }
-    let mut out_dims = dims;
-    out_dims[D - 1] = n;
-    Some(Tensor::from_data(
-        TensorData::new(out, out_dims),
-        &x.device(),
-    ))
+    Some(result)
 }
 
 /// `x · w (+ bias)`: the few-row kernel where it applies, else one 2-D GEMM over all rows.

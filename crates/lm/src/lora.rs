@@ -93,21 +93,39 @@ impl LoraLinear {
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
         );
-        match (&self.lora_a, &self.lora_b) {
-            (Some(a), Some(b)) if adapter => {
-                let x = if train && self.dropout > 0.0 {
-                    let mut m = vec![0f32; x.shape().num_elements()];
-                    mosr_kernels::dropout_mask(&mut m, 1.0 - self.dropout, next_dropout_key());
-                    x.clone() * Tensor::from_data(TensorData::new(m, x.dims()), &x.device())
-                } else {
-                    x
-                };
-                // The scale goes into B ([r, out], small) rather than onto the update
-                // ([rows, out]): one pass over the activations fewer, forward and backward.
-                y + project(project(x, a.val(), None), b.val() * self.scale, None)
-            }
-            _ => y,
+        match self.delta(x, adapter, train, fast) {
+            Some(d) => y + d,
+            None => y,
         }
+    }
+
+    /// The low-rank update `scale · dropout(x) A B`, when an adapter is attached and on.
+    pub fn delta(&self, x: Tensor<3>, adapter: bool, train: bool, fast: bool) -> Option<Tensor<3>> {
+        let (Some(a), Some(b)) = (&self.lora_a, &self.lora_b) else {
+            return None;
+        };
+        if !adapter {
+            return None;
+        }
+        let project = if fast {
+            crate::cpu::project::<3>
+        } else {
+            crate::cpu::project_gemm::<3>
+        };
+        let x = if train && self.dropout > 0.0 {
+            let mut m = vec![0f32; x.shape().num_elements()];
+            mosr_kernels::dropout_mask(&mut m, 1.0 - self.dropout, next_dropout_key());
+            x.clone() * Tensor::from_data(TensorData::new(m, x.dims()), &x.device())
+        } else {
+            x
+        };
+        // The scale goes into B ([r, out], small) rather than onto the update ([rows, out]):
+        // one pass over the activations fewer, forward and backward.
+        Some(project(
+            project(x, a.val(), None),
+            b.val() * self.scale,
+            None,
+        ))
     }
 
     /// W + scale * A B, folded into the frozen weight; the adapter is removed.

@@ -504,19 +504,12 @@ impl Block {
         let (ad, tr, fast) = (opts.adapter, opts.train, !opts.training_arithmetic);
         let [b, t, _] = x.dims();
         let h = self.input_layernorm.forward(x.clone());
-        let q = a
-            .q_proj
-            .forward(h.clone(), ad, tr, fast)
-            .reshape([b, t, a.num_heads, a.head_dim])
-            .swap_dims(1, 2);
-        let k = a
-            .k_proj
-            .forward(h.clone(), ad, tr, fast)
+        let [q, k, v] = project_shared(&h, [&a.q_proj, &a.k_proj, &a.v_proj], ad, tr, fast);
+        let q = q.reshape([b, t, a.num_heads, a.head_dim]).swap_dims(1, 2);
+        let k = k
             .reshape([b, t, a.num_kv_heads, a.head_dim])
             .swap_dims(1, 2);
-        let v = a
-            .v_proj
-            .forward(h, ad, tr, fast)
+        let v = v
             .reshape([b, t, a.num_kv_heads, a.head_dim])
             .swap_dims(1, 2);
         let q = rotate(q, cos, sin);
@@ -563,10 +556,7 @@ impl Block {
         let x = x + a.o_proj.forward(o, ad, tr, fast);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
-        let (gate, up) = (
-            m.gate_proj.forward(h.clone(), ad, tr, fast),
-            m.up_proj.forward(h, ad, tr, fast),
-        );
+        let [gate, up] = project_shared(&h, [&m.gate_proj, &m.up_proj], ad, tr, fast);
         let g = if opts.training_arithmetic {
             silu(gate) * up
         } else {
@@ -591,4 +581,35 @@ fn composed_attention(
     let numerator = (scores - max).exp();
     let sum = numerator.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE);
     (numerator / sum).matmul(v)
+}
+
+/// Projections of one input (a block's q/k/v, or gate/up): one call of the few-row kernel
+/// where it applies (decoding on the CPU device), each projection on its own elsewhere. Both
+/// give the same values bit for bit.
+fn project_shared<const N: usize>(
+    x: &Tensor<3>,
+    lins: [&LoraLinear; N],
+    adapter: bool,
+    train: bool,
+    fast: bool,
+) -> [Tensor<3>; N] {
+    if fast {
+        let ws: Vec<(Tensor<2>, Option<Tensor<1>>)> = lins
+            .iter()
+            .map(|l| (l.weight.val(), l.bias.as_ref().map(|b| b.val())))
+            .collect();
+        let refs: Vec<(&Tensor<2>, Option<&Tensor<1>>)> =
+            ws.iter().map(|(w, b)| (w, b.as_ref())).collect();
+        if let Some(ys) = crate::cpu::linear_many(x, &refs) {
+            let mut ys = ys.into_iter();
+            return lins.map(|l| {
+                let y = ys.next().expect("one result per projection");
+                match l.delta(x.clone(), adapter, train, fast) {
+                    Some(d) => y + d,
+                    None => y,
+                }
+            });
+        }
+    }
+    lins.map(|l| l.forward(x.clone(), adapter, train, fast))
 }

@@ -179,3 +179,34 @@ fn kernels_dropout_mask_is_seeded_scaled_and_at_the_right_rate() {
     mosr_kernels::dropout_mask(&mut d, 1.0, 1);
     assert!(d.iter().all(|&v| v == 1.0));
 }
+
+#[test]
+fn kernels_few_rows_many_equals_separate_products_bit_for_bit() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    // q/k/v- and gate/up-like widths, one serial (small), one split by k, one by columns.
+    let (rows, k) = (8, 576);
+    let x: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let widths = [576usize, 192, 192, 1536, 4160];
+    let ws: Vec<Vec<f32>> = widths
+        .iter()
+        .map(|&n| (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    let mut together: Vec<Vec<f32>> = widths.iter().map(|&n| vec![f32::NAN; rows * n]).collect();
+    let mut products: Vec<mosr_kernels::Product<'_>> = ws
+        .iter()
+        .zip(&widths)
+        .zip(together.iter_mut())
+        .map(|((w, &n), out)| mosr_kernels::Product { w, n, out })
+        .collect();
+    mosr_kernels::few_rows_many(&x, rows, k, &mut products);
+    for ((w, &n), got) in ws.iter().zip(&widths).zip(&together) {
+        let mut alone = vec![f32::NAN; rows * n];
+        few_rows(&x, rows, k, w, n, &mut alone);
+        assert!(
+            alone == *got,
+            "width {n}: fused and separate products differ"
+        );
+        let want = reference(&x, rows, k, w, n);
+        assert!(got.iter().zip(&want).all(|(g, e)| (g - e).abs() < 1e-3));
+    }
+}
