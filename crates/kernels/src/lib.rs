@@ -108,7 +108,7 @@ pub fn few_rows_many(x: &[f32], rows: usize, k: usize, products: &mut [Product<'
                     let (w, n, ref o) = shapes[product];
                     // SAFETY: each slab writes only columns c0..c1 of its own product's
                     // output rows, disjoint from every other task; outputs outlive the loop.
-                    unsafe { accumulate(x, k, rows, k, w, n, o.0, n, c0, c1, true) };
+                    unsafe { accumulate(x, k, rows, k, w, n, o.0, n, c0, c1) };
                     None
                 }
                 Task::Rows {
@@ -128,19 +128,7 @@ pub fn few_rows_many(x: &[f32], rows: usize, k: usize, products: &mut [Product<'
                     // SAFETY: x columns k0..k1 (row stride k), w rows k0..k1; dst is this
                     // product's output (its only task) or a private [rows, n] buffer.
                     unsafe {
-                        accumulate(
-                            &x[k0..],
-                            k,
-                            rows,
-                            k1 - k0,
-                            &w[k0 * n..],
-                            n,
-                            dst,
-                            n,
-                            0,
-                            n,
-                            true,
-                        )
+                        accumulate(&x[k0..], k, rows, k1 - k0, &w[k0 * n..], n, dst, n, 0, n)
                     };
                     (!whole).then_some((product, part, buf))
                 }
@@ -183,8 +171,8 @@ struct SharedOut(*mut f32);
 unsafe impl Sync for SharedOut {}
 unsafe impl Send for SharedOut {}
 
-/// `out[r, c0..c1] (=|+=) x[r, ..k] · w[..k, c0..c1]` for every row `r < rows`; `x` has row
-/// stride `ldx`, `out` row stride `ldo`. `zero` overwrites instead of adding.
+/// `out[r, c0..c1] = x[r, ..k] · w[..k, c0..c1]` for every row `r < rows`; `x` has row
+/// stride `ldx`, `out` row stride `ldo`.
 ///
 /// # Safety
 /// All addressed elements must be in bounds; `out` must not alias `x` or `w`.
@@ -200,13 +188,11 @@ unsafe fn accumulate(
     ldo: usize,
     c0: usize,
     c1: usize,
-    zero: bool,
 ) {
-    if zero {
-        for r in 0..rows {
-            // SAFETY: row r, columns c0..c1 of out are in bounds (caller).
-            unsafe { std::slice::from_raw_parts_mut(out.add(r * ldo + c0), c1 - c0) }.fill(0.0);
-        }
+    // The kernels add into `out`, one block of k at a time.
+    for r in 0..rows {
+        // SAFETY: row r, columns c0..c1 of out are in bounds (caller).
+        unsafe { std::slice::from_raw_parts_mut(out.add(r * ldo + c0), c1 - c0) }.fill(0.0);
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {

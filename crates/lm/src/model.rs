@@ -430,21 +430,14 @@ impl CausalLm {
         } else {
             match opts.logits {
                 Logits::None => None,
-                Logits::Last if opts.training_arithmetic => {
-                    let last = x.narrow(1, t - 1, 1);
-                    Some(crate::cpu::project_gemm(
-                        self.norm.forward(last),
-                        self.lm_head.val(),
-                        None,
-                    ))
-                }
                 Logits::Last => {
                     let last = x.narrow(1, t - 1, 1);
-                    Some(crate::cpu::project(
-                        self.norm.forward(last),
-                        self.lm_head.val(),
-                        None,
-                    ))
+                    let unembed = if opts.training_arithmetic {
+                        crate::cpu::project_gemm::<3>
+                    } else {
+                        crate::cpu::project::<3>
+                    };
+                    Some(unembed(self.norm.forward(last), self.lm_head.val(), None))
                 }
                 Logits::All => Some(linear(self.norm.forward(x), self.lm_head.val(), None)),
             }
@@ -521,14 +514,14 @@ impl Block {
         *cache = Some((k.clone(), v.clone()));
         let n_rep = a.num_heads / a.num_kv_heads;
         let total = k.dims()[2];
-        // burn-flex's attention maps query head h to key/value head h / n_rep itself (the
-        // layout of transformers' repeat_kv), so on the plain CPU device the repeated K/V are
-        // never materialized: in decoding that copy was most of the step's memmove. Other
-        // devices (autodiff's composed attention, cubecl) get the repeated tensors.
-        let d = k.device();
         // The autodiff device composes attention from separate ops (burn's
         // `attention_fallback`); `composed_attention` is that sequence, written once here so
-        // that plain passes with `training_arithmetic` match training passes exactly.
+        // that plain passes with `training_arithmetic` match training passes exactly. On the
+        // plain CPU device burn-flex's fused attention maps query head h to key/value head
+        // h / n_rep itself (transformers' repeat_kv layout), so the repeated K/V are never
+        // materialized (in decoding that copy was most of the step's memmove); the composed
+        // path and cubecl devices get the repeated tensors.
+        let d = k.device();
         let composed = d.is_autodiff() || opts.training_arithmetic;
         let native_gqa = !composed && d == Device::flex();
         let (k, v) = if n_rep > 1 && !native_gqa {
