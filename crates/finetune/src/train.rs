@@ -749,6 +749,55 @@ pub fn train_variant(
         // device's arithmetic (see below).
         training_arithmetic: true,
     };
+    // The examples of micro-batch `micro`: harmful rows, then retain rows (augmented examples
+    // join the retain rows when they train with the retain loss), and the augmented ones.
+    let select = |micro: usize| -> (Vec<&Seq>, Vec<&Seq>, Vec<&Seq>) {
+        let pick = |n: usize, k: usize, tag: u64| -> Vec<usize> {
+            (0..k)
+                .map(|j| stream_pick(n, micro * k + j, seed, tag))
+                .collect()
+        };
+        let hs: Vec<&Seq> = pick(data.harmful.len(), b, TAG_HARMFUL)
+            .into_iter()
+            .map(|i| &data.harmful[i])
+            .collect();
+        let mut rs: Vec<&Seq> = pick(data.retain.len(), b, TAG_RETAIN)
+            .into_iter()
+            .map(|i| &data.retain[i])
+            .collect();
+        let aug: Vec<&Seq> = if ba > 0 {
+            pick(data.augmented.len(), ba, TAG_AUGMENT)
+                .into_iter()
+                .map(|i| &data.augmented[i])
+                .collect()
+        } else {
+            vec![]
+        };
+        if aug_in_retain {
+            rs.extend(aug.iter().copied());
+        }
+        (hs, rs, aug)
+    };
+    let tokens_of = |hs: &[&Seq], rs: &[&Seq]| -> TokenBatch {
+        let seqs: Vec<Vec<u32>> = hs.iter().chain(rs.iter()).map(|s| s.ids.clone()).collect();
+        TokenBatch::left_padded(&seqs, lm.pad_id)
+    };
+    // Original model: same weights, adapter off, no gradient. It runs on the plain device
+    // (`valid()` shares the weights; no graph is recorded), on threads of its own: beside the
+    // adapter forward of the first micro-batch, and for every later one beside the backward
+    // pass before it (burn's element-wise ops are single-threaded, so the two fill both cores;
+    // measured: LoRA step 4.7 -> 4.2 s beside the forward, then 4.0 -> 3.7 s ahead during the
+    // backward). The states depend only on the batch, never on the adapter, so computing them
+    // early changes nothing. `training_arithmetic` keeps their ops those of the training
+    // device, so a zero adapter reproduces them exactly; the training device's graph sees only
+    // the adapter forward, which alone draws dropout masks.
+    let plain = net.valid();
+    let spawn_orig = |tb: TokenBatch| {
+        let plain = plain.clone();
+        std::thread::spawn(move || plain.forward(&tb, None, fwd).hidden)
+    };
+    let last_micro = cfg.steps * cfg.grad_accum;
+    let mut ahead: Option<std::thread::JoinHandle<Vec<Tensor<3>>>> = None;
     for t in start + 1..=cfg.steps {
         let t0 = Instant::now();
         let (c_erase, c_retain) = coefficients(cfg.alpha, t, cfg.steps);
@@ -757,38 +806,14 @@ pub fn train_variant(
         let mut total_sum = 0f64;
         for m in 0..cfg.grad_accum {
             let micro = (t - 1) * cfg.grad_accum + m;
-            let pick = |n: usize, k: usize, tag: u64| -> Vec<usize> {
-                (0..k)
-                    .map(|j| stream_pick(n, micro * k + j, seed, tag))
-                    .collect()
-            };
-            let hs: Vec<&Seq> = pick(data.harmful.len(), b, TAG_HARMFUL)
-                .into_iter()
-                .map(|i| &data.harmful[i])
-                .collect();
-            let mut rs: Vec<&Seq> = pick(data.retain.len(), b, TAG_RETAIN)
-                .into_iter()
-                .map(|i| &data.retain[i])
-                .collect();
-            let aug: Vec<&Seq> = if ba > 0 {
-                pick(data.augmented.len(), ba, TAG_AUGMENT)
-                    .into_iter()
-                    .map(|i| &data.augmented[i])
-                    .collect()
-            } else {
-                vec![]
-            };
-            if aug_in_retain {
-                rs.extend(aug.iter().copied());
-            }
+            let (hs, rs, aug) = select(micro);
             let names = |v: &[&Seq]| {
                 v.iter()
                     .map(|s| s.id.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let seqs: Vec<Vec<u32>> = hs.iter().chain(rs.iter()).map(|s| s.ids.clone()).collect();
-            let tb = TokenBatch::left_padded(&seqs, lm.pad_id);
+            let tb = tokens_of(&hs, &rs);
             let (n, tl) = (tb.batch, tb.seq);
             tokens += tb.mask.iter().filter(|&&x| x).count() as i64;
             let in_loss = loss_mask(&tb.mask, tl, cfg.skip_sink_tokens);
@@ -813,25 +838,20 @@ pub fn train_variant(
             let mask_e = Tensor::<2>::from_data(TensorData::new(mask_e, [b, tl]), &device);
             let mask_r = Tensor::<2>::from_data(TensorData::new(mask_r, [n - b, tl]), &device);
 
-            // Original model: same weights, adapter off, once per batch, no gradient. It runs on
-            // the plain device (`valid()` shares the weights; no graph is recorded) and on its
-            // own thread beside the adapter forward: burn's element-wise ops are
-            // single-threaded, so two forwards fill both cores (measured: LoRA step 4.7 ->
-            // 4.2 s). `training_arithmetic` keeps its ops those of the training device, so a
-            // zero adapter reproduces the original states exactly; the training device's own
-            // graph sees only the adapter forward, which alone draws dropout masks.
-            let plain = net.valid();
-            let lora_opts = ForwardOptions {
-                adapter: true,
-                train: true,
-                ..fwd
-            };
-            let (orig, lora) = std::thread::scope(|scope| {
-                let orig = scope.spawn(|| plain.forward(&tb, None, fwd).hidden);
-                mosr_lm::lora::seed_dropout(mix(seed, TAG_DROPOUT, t as u64, m as u64));
-                let lora = net.forward(&tb, None, lora_opts).hidden;
-                (orig.join().expect("original-model forward panicked"), lora)
-            });
+            let orig = ahead.take().unwrap_or_else(|| spawn_orig(tb.clone()));
+            mosr_lm::lora::seed_dropout(mix(seed, TAG_DROPOUT, t as u64, m as u64));
+            let lora = net
+                .forward(
+                    &tb,
+                    None,
+                    ForwardOptions {
+                        adapter: true,
+                        train: true,
+                        ..fwd
+                    },
+                )
+                .hidden;
+            let orig = orig.join().expect("original-model forward panicked");
             let orig: Vec<Tensor<3>> = orig.into_iter().map(Tensor::from_inner).collect();
             let sel = |h: &[Tensor<3>], layers: &[usize], from: usize, len: usize| {
                 layers
@@ -879,6 +899,10 @@ pub fn train_variant(
             r_sum += vr / cfg.grad_accum as f64;
             ce_sum += ce_val / cfg.grad_accum as f64;
             total_sum += vt;
+            if micro + 1 < last_micro {
+                let (h2, r2, _) = select(micro + 1);
+                ahead = Some(spawn_orig(tokens_of(&h2, &r2)));
+            }
             let grads = total.backward();
             for (k, s) in slots.iter().enumerate() {
                 if let Some(g) = param_of(&net, s).and_then(|p| p.val().grad(&grads)) {
