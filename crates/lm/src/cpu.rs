@@ -128,6 +128,16 @@ pub fn project_gemm<const D: usize>(
     y.reshape(out_dims)
 }
 
+/// [`project`] when the fast paths are allowed, [`project_gemm`] when a pass must keep the
+/// training device's arithmetic (`ForwardOptions::training_arithmetic`).
+pub fn projector(fast: bool) -> fn(Tensor<3>, Tensor<2>, Option<Tensor<1>>) -> Tensor<3> {
+    if fast {
+        project::<3>
+    } else {
+        project_gemm::<3>
+    }
+}
+
 /// `silu(gate) · up`: one vectorized pass on the flex device, burn's ops elsewhere.
 pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
     if applies(&gate.device()) && gate.dims() == up.dims() {

@@ -7,10 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-
-use burn::module::{Module, Param};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use burn::module::{Module, Param};
 use burn::tensor::{Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -83,11 +82,7 @@ impl LoraLinear {
     /// `adapter`: add the low-rank update; `train`: apply LoRA dropout on its input;
     /// `fast`: allow the CPU few-row kernel (off for `ForwardOptions::training_arithmetic`).
     pub fn forward(&self, x: Tensor<3>, adapter: bool, train: bool, fast: bool) -> Tensor<3> {
-        let project = if fast {
-            crate::cpu::project::<3>
-        } else {
-            crate::cpu::project_gemm::<3>
-        };
+        let project = crate::cpu::projector(fast);
         let y = project(
             x.clone(),
             self.weight.val(),
@@ -107,11 +102,7 @@ impl LoraLinear {
         if !adapter {
             return None;
         }
-        let project = if fast {
-            crate::cpu::project::<3>
-        } else {
-            crate::cpu::project_gemm::<3>
-        };
+        let project = crate::cpu::projector(fast);
         let x = if train && self.dropout > 0.0 {
             let mut m = vec![0f32; x.shape().num_elements()];
             mosr_kernels::dropout_mask(&mut m, 1.0 - self.dropout, next_dropout_key());

@@ -432,11 +432,7 @@ impl CausalLm {
                 Logits::None => None,
                 Logits::Last => {
                     let last = x.narrow(1, t - 1, 1);
-                    let unembed = if opts.training_arithmetic {
-                        crate::cpu::project_gemm::<3>
-                    } else {
-                        crate::cpu::project::<3>
-                    };
+                    let unembed = crate::cpu::projector(!opts.training_arithmetic);
                     Some(unembed(self.norm.forward(last), self.lm_head.val(), None))
                 }
                 Logits::All => Some(linear(self.norm.forward(x), self.lm_head.val(), None)),
