@@ -185,18 +185,8 @@ fn shared_batch(lm: &LanguageModel, items: &[&Choices], adapter: bool) -> Vec<Ve
             rows.push((i, j));
         }
     }
-    let idx: Vec<i64> = rows.iter().map(|&(i, _)| i as i64).collect();
-    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &dev);
-    for layer in cache.layers.iter_mut() {
-        if let Some((k, val)) = layer.take() {
-            *layer = Some((k.select(0, idx.clone()), val.select(0, idx.clone())));
-        }
-    }
-    cache.key_mask = rows
-        .iter()
-        .map(|&(i, _)| cache.key_mask[i].clone())
-        .collect();
-    cache.next_pos = rows.iter().map(|&(i, _)| cache.next_pos[i]).collect();
+    let keep: Vec<usize> = rows.iter().map(|&(i, _)| i).collect();
+    cache.select_rows(&keep);
     // 3. The continuations after the cached contexts; column c predicts column c+1.
     let conts: Vec<Vec<u32>> = rows
         .iter()

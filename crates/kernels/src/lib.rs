@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+pub mod decode;
+
 /// Products with more rows than this are better served by a packed GEMM (the weight is
 /// reused across enough rows to pay for the packing).
 pub const MAX_ROWS: usize = 16;
@@ -348,6 +350,127 @@ mod avx512 {
             p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
         }
         _mm512_scalef_ps(p, n)
+    }
+
+    /// Attention of the query heads `q` (`[heads, d]`, sharing one key/value head) over `len`
+    /// keys and values (`[len, d]` each), into `out` (`[heads, d]`); keys with `!keep(j)` are
+    /// left out. `false` (nothing written) where `d` has no vector path (only 64 and 128 do).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention_group(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        len: usize,
+        d: usize,
+        scale: f32,
+        keep: &dyn Fn(usize) -> bool,
+        out: &mut [f32],
+    ) -> bool {
+        // Query heads per pass: their output accumulators (heads × d/16 vectors) fill half
+        // the register file.
+        let per_pass = match d {
+            64 => 4,
+            128 => 2,
+            _ => return false,
+        };
+        for (qs, os) in q.chunks(per_pass * d).zip(out.chunks_mut(per_pass * d)) {
+            let g = qs.len() / d;
+            // SAFETY: AVX-512F is enabled here; the shapes were checked by the caller.
+            unsafe {
+                match (d, g) {
+                    (64, 1) => heads::<4, 1>(qs, k, v, len, scale, keep, os),
+                    (64, 2) => heads::<4, 2>(qs, k, v, len, scale, keep, os),
+                    (64, 3) => heads::<4, 3>(qs, k, v, len, scale, keep, os),
+                    (64, _) => heads::<4, 4>(qs, k, v, len, scale, keep, os),
+                    (_, 1) => heads::<8, 1>(qs, k, v, len, scale, keep, os),
+                    _ => heads::<8, 2>(qs, k, v, len, scale, keep, os),
+                }
+            }
+        }
+        true
+    }
+
+    /// `G` query heads of `NV` vectors each: scores, a masked softmax with the vector `exp`,
+    /// and the weighted sum of values with every accumulator in a register.
+    ///
+    /// # Safety
+    /// AVX-512F present; `q`, `out` hold `G · 16NV` values, `k`, `v` hold `len · 16NV`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn heads<const NV: usize, const G: usize>(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        len: usize,
+        scale: f32,
+        keep: &dyn Fn(usize) -> bool,
+        out: &mut [f32],
+    ) {
+        let d = NV * 16;
+        debug_assert!(q.len() == G * d && out.len() == G * d);
+        debug_assert!(k.len() >= len * d && v.len() >= len * d);
+        let mut scores = vec![f32::NEG_INFINITY; G * len];
+        let kept: Vec<bool> = (0..len).map(keep).collect();
+        // SAFETY (whole body): every offset is within the lengths above; masked lanes are
+        // neither read nor written.
+        unsafe {
+            let (qp, kp, vp) = (q.as_ptr(), k.as_ptr(), v.as_ptr());
+            for (j, _) in kept.iter().enumerate().filter(|(_, k)| **k) {
+                let kj = kp.add(j * d);
+                let mut acc = [_mm512_setzero_ps(); G];
+                for c in 0..NV {
+                    let kv = _mm512_loadu_ps(kj.add(c * 16));
+                    for (g, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(g * d + c * 16)), kv, *a);
+                    }
+                }
+                for (g, a) in acc.iter().enumerate() {
+                    scores[g * len + j] = _mm512_reduce_add_ps(*a) * scale;
+                }
+            }
+            let mut inv = [0f32; G];
+            for (g, s) in scores.chunks_exact_mut(len).enumerate() {
+                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mx = _mm512_set1_ps(max);
+                let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+                let mut sum = _mm512_setzero_ps();
+                let mut i = 0;
+                while i < len {
+                    let m: __mmask16 = if len - i >= 16 {
+                        0xffff
+                    } else {
+                        (1u32 << (len - i)) as u16 - 1
+                    };
+                    let x = _mm512_maskz_loadu_ps(m, s.as_ptr().add(i));
+                    // Left-out keys weigh exactly 0 (the clamped exp would give a denormal).
+                    let live = m & _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(x, ninf);
+                    let e = _mm512_maskz_mov_ps(live, exp(_mm512_sub_ps(x, mx)));
+                    sum = _mm512_add_ps(sum, e);
+                    _mm512_mask_storeu_ps(s.as_mut_ptr().add(i), m, e);
+                    i += 16;
+                }
+                inv[g] = 1.0 / _mm512_reduce_add_ps(sum);
+            }
+            let mut acc = [[_mm512_setzero_ps(); NV]; G];
+            for (j, _) in kept.iter().enumerate().filter(|(_, k)| **k) {
+                let vj = vp.add(j * d);
+                let p: [__m512; G] = std::array::from_fn(|g| _mm512_set1_ps(scores[g * len + j]));
+                for c in 0..NV {
+                    let vv = _mm512_loadu_ps(vj.add(c * 16));
+                    for (a, pg) in acc.iter_mut().zip(&p) {
+                        a[c] = _mm512_fmadd_ps(*pg, vv, a[c]);
+                    }
+                }
+            }
+            let op = out.as_mut_ptr();
+            for (g, a) in acc.iter().enumerate() {
+                let s = _mm512_set1_ps(inv[g]);
+                for (c, v) in a.iter().enumerate() {
+                    _mm512_storeu_ps(op.add(g * d + c * 16), _mm512_mul_ps(*v, s));
+                }
+            }
+        }
     }
 
     /// # Safety

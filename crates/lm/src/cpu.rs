@@ -154,12 +154,12 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
 }
 
 /// The flex primitive of a contiguous f32 tensor (shares its storage), else `None`.
-fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+pub(crate) fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     let p: FlexTensor = t.clone().try_into_primitive::<Flex>().ok()?;
     (p.is_contiguous() && p.dtype() == DType::F32).then_some(p)
 }
 
 /// The `len` elements of a contiguous flex tensor, in place.
-fn contiguous(t: &FlexTensor, len: usize) -> &[f32] {
+pub(crate) fn contiguous(t: &FlexTensor, len: usize) -> &[f32] {
     &t.storage::<f32>()[t.layout().start_offset()..][..len]
 }

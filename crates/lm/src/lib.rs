@@ -12,6 +12,7 @@ pub mod chat;
 pub mod config;
 pub mod convert;
 pub mod cpu;
+mod decode;
 pub mod fetch;
 pub mod generate;
 pub mod lora;

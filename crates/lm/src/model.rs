@@ -157,6 +157,10 @@ impl TokenBatch {
 }
 
 /// Keys and values of earlier positions, per layer, `[batch, kv_heads, t, head_dim]`.
+///
+/// Decode steps on the CPU device keep them on the host instead (`crate::decode`), where a
+/// step appends in place; `layers` then holds `None` until a forward of the burn path moves
+/// them back. Use [`KvCache::select_rows`] rather than editing `layers` directly.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
@@ -164,6 +168,8 @@ pub struct KvCache {
     pub key_mask: Vec<Vec<bool>>,
     /// Real tokens seen so far per row (next position id).
     pub next_pos: Vec<usize>,
+    /// The keys and values while decode steps hold them on the host.
+    pub(crate) host: Option<crate::decode::HostKv>,
 }
 
 impl KvCache {
@@ -172,6 +178,54 @@ impl KvCache {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Keeps the given rows, in that order (repeats allowed): one cached context per
+    /// continuation that follows it.
+    pub fn select_rows(&mut self, rows: &[usize]) {
+        if let Some(host) = &mut self.host {
+            host.select_rows(rows);
+        } else if let Some(dev) = self.layers.iter().flatten().map(|(k, _)| k.device()).next() {
+            let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &dev);
+            for layer in self.layers.iter_mut() {
+                if let Some((k, v)) = layer.take() {
+                    *layer = Some((k.select(0, idx.clone()), v.select(0, idx.clone())));
+                }
+            }
+        }
+        self.key_mask = rows.iter().map(|&r| self.key_mask[r].clone()).collect();
+        self.next_pos = rows.iter().map(|&r| self.next_pos[r]).collect();
+    }
+
+    /// Moves host-held keys and values back into `layers` for the burn path.
+    fn move_to_device(&mut self, device: &Device) {
+        if let Some(host) = self.host.take() {
+            self.layers = host.to_tensors(device);
+        }
+    }
+
+    /// Records a batch's key validity and returns its position ids (padding gets 0).
+    pub(crate) fn advance(&mut self, batch: &TokenBatch) -> Vec<usize> {
+        let (b, t) = (batch.batch, batch.seq);
+        if self.key_mask.is_empty() {
+            self.key_mask = vec![Vec::new(); b];
+            self.next_pos = vec![0; b];
+        }
+        let mut positions = Vec::with_capacity(b * t);
+        for row in 0..b {
+            let mut n = self.next_pos[row];
+            for col in 0..t {
+                let real = batch.mask[row * t + col];
+                positions.push(if real { n } else { 0 });
+                if real {
+                    n += 1;
+                }
+                self.key_mask[row].push(real);
+            }
+            self.next_pos[row] = n;
+        }
+        positions
     }
 }
 
@@ -375,28 +429,20 @@ impl CausalLm {
         // Positions and key validity, continuing from the cache when there is one.
         let mut local_cache = KvCache::default();
         let cache = match cache {
-            Some(c) => c,
+            Some(c) => {
+                if let Some(out) = crate::decode::step(self, batch, c, opts) {
+                    return out;
+                }
+                c.move_to_device(&dev);
+                c
+            }
             None => &mut local_cache,
         };
         if cache.layers.is_empty() {
             cache.layers = vec![None; self.layers.len()];
-            cache.key_mask = vec![Vec::new(); b];
-            cache.next_pos = vec![0; b];
         }
         let past = cache.len();
-        let mut positions = Vec::with_capacity(b * t);
-        for row in 0..b {
-            let mut n = cache.next_pos[row];
-            for col in 0..t {
-                let real = batch.mask[row * t + col];
-                positions.push(if real { n } else { 0 });
-                if real {
-                    n += 1;
-                }
-                cache.key_mask[row].push(real);
-            }
-            cache.next_pos[row] = n;
-        }
+        let positions = cache.advance(batch);
         let total = past + t;
         // masked = future key, or a padding key (except the diagonal, so no row is all -inf).
         let mut m = Vec::with_capacity(b * t * total);

@@ -210,3 +210,104 @@ fn kernels_few_rows_many_equals_separate_products_bit_for_bit() {
         assert!(got.iter().zip(&want).all(|(g, e)| (g - e).abs() < 1e-3));
     }
 }
+
+#[test]
+fn kernels_decode_rms_norm_and_rope_hand_computed() {
+    use mosr_kernels::decode::{rms_norm, rope};
+    // Row [3, 4]: mean square 12.5, eps 0.5 -> 1/sqrt(13) · x · w.
+    let mut out = [0f32; 4];
+    rms_norm(&[3.0, 4.0, 0.0, 2.0], &[1.0, 2.0], 0.5, &mut out);
+    let a = 1.0 / 13f32.sqrt();
+    let b = 1.0 / 2.5f32.sqrt();
+    for (got, want) in out.iter().zip([3.0 * a, 8.0 * a, 0.0, 4.0 * b]) {
+        assert!((got - want).abs() < 1e-6, "{out:?}");
+    }
+    // Two heads of 4: pairs (x0, x2) and (x1, x3) rotate by the angles of cos/sin.
+    let mut x = [1.0, 2.0, 3.0, 4.0, 1.0, 0.0, 0.0, 1.0];
+    rope(&mut x, &[0.0, 1.0], &[1.0, 0.0]);
+    // Pair 0 by 90°: (1, 3) -> (-3, 1); pair 1 by 0°: unchanged.
+    assert_eq!(x, [-3.0, 2.0, 1.0, 4.0, 0.0, 0.0, 1.0, 1.0]);
+}
+
+#[test]
+fn kernels_decode_attention_matches_f64_reference() {
+    // Head sizes without a vector path (20) and with one (64, 128), query heads per key/value
+    // head from 1 to 7 (several passes of the vector path's head groups).
+    for (heads, kv_heads, d) in [
+        (6, 2, 20),
+        (9, 3, 64),
+        (14, 2, 64),
+        (4, 4, 64),
+        (8, 2, 128),
+        (6, 2, 128),
+    ] {
+        check_attention(heads, kv_heads, d);
+    }
+}
+
+fn check_attention(heads: usize, kv_heads: usize, d: usize) {
+    use mosr_kernels::decode::{AttentionShape, attention};
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (rows, cap, len) = (3, 21, 19);
+    let q: Vec<f32> = (0..rows * heads * d)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let k: Vec<f32> = (0..rows * kv_heads * cap * d)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let v: Vec<f32> = (0..rows * kv_heads * cap * d)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    // Row 1 has two padding keys; row 2 masks everything but its own (last) key.
+    let attend = |r: usize, j: usize| match r {
+        1 => j >= 2,
+        2 => false,
+        _ => true,
+    };
+    let shape = AttentionShape {
+        rows,
+        heads,
+        kv_heads,
+        head_dim: d,
+        capacity: cap,
+        len,
+    };
+    let mut out = vec![f32::NAN; q.len()];
+    attention(&q, &k, &v, shape, &attend, &mut out);
+    for r in 0..rows {
+        for h in 0..heads {
+            let g = h / (heads / kv_heads);
+            let qh = &q[(r * heads + h) * d..][..d];
+            let key = |j: usize| &k[((r * kv_heads + g) * cap + j) * d..][..d];
+            let val = |j: usize| &v[((r * kv_heads + g) * cap + j) * d..][..d];
+            let keys: Vec<usize> = (0..len).filter(|&j| j + 1 == len || attend(r, j)).collect();
+            let s: Vec<f64> = keys
+                .iter()
+                .map(|&j| {
+                    qh.iter()
+                        .zip(key(j))
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            for c in 0..d {
+                let want: f64 = keys
+                    .iter()
+                    .zip(&s)
+                    .map(|(&j, x)| (x - m).exp() / z * val(j)[c] as f64)
+                    .sum();
+                let got = out[(r * heads + h) * d + c];
+                assert!(
+                    (got as f64 - want).abs() < 1e-5,
+                    "{heads}/{kv_heads} heads of {d}: row {r} head {h} col {c}: {got} vs {want}"
+                );
+            }
+        }
+    }
+    // Row 2 sees only its own key: the output is that value exactly.
+    let own = &v[((2 * kv_heads) * cap + len - 1) * d..][..d];
+    assert_eq!(&out[(2 * heads) * d..][..d], own);
+}

@@ -130,6 +130,9 @@ fn lora_trains_adapter_only_and_round_trips_through_peft() {
     assert_eq!(loaded_cfg.rank, 4);
     assert_eq!(loaded_cfg.layers, vec![0, 1, 2, 3]);
     fresh.net = net;
+    // The host decode step adds the trained update (and leaves it out with the adapter off).
+    mosr_tests::check_decode_matches_full_forward(&fresh, true);
+    mosr_tests::check_decode_matches_full_forward(&fresh, false);
     let reloaded = logits_of(&fresh, &batch, true);
     let d = max_abs_diff(&reloaded, &trained);
     let base_d = max_abs_diff(&reloaded, &base_logits);

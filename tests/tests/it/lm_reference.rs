@@ -196,6 +196,7 @@ fn check_all(lm: &LanguageModel, model: &str) {
     check_forward(lm, model);
     check_batch(lm, model);
     check_generate(lm, model);
+    mosr_tests::check_decode_matches_full_forward(lm, false);
 }
 
 fn gguf_and_hf(model: &str) {

@@ -1,0 +1,394 @@
+//! One decode step (one new token per sequence) on the plain CPU device, outside burn.
+//!
+//! A decode step is a few hundred tiny tensor ops around 211 products that stream the
+//! weights. As burn ops, the tiny ones cost more than their arithmetic (dispatch and an
+//! allocation each, ~30 per block), and appending to the cache with `Tensor::cat` copies every
+//! earlier key and value once per step. Here the step runs on slices: the products through
+//! [`mosr_kernels::few_rows_many`], norms, rotary embedding and attention through
+//! [`mosr_kernels::decode`], keys and values appended in place to a cache with spare room
+//! ([`HostKv`]). The arithmetic is the model's, op for op; the values agree with the burn path
+//! to rounding (the greedy-generation fixtures check both).
+//!
+//! [`step`] declines (returns `None`, having changed nothing) wherever the burn path must run:
+//! other devices, autodiff, more than [`MAX_ROWS`] sequences, more than one new position,
+//! hidden states requested, a truncated forward, training (LoRA dropout), or a weight that is
+//! not a plain contiguous f32 tensor.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_flex::FlexTensor;
+use mosr_kernels::MAX_ROWS;
+use mosr_kernels::decode::{AttentionShape, attention, rms_norm, rope};
+
+use crate::cpu::{applies, contiguous, flex_f32};
+use crate::lora::LoraLinear;
+use crate::model::{Block, CausalLm, ForwardOptions, ForwardOutput, KvCache, Logits, TokenBatch};
+
+/// Keys and values held on the host, `[rows, kv_heads, capacity, head_dim]` per layer, with
+/// room for `capacity - len` more positions: a step writes its key and value in place.
+#[derive(Debug, Clone)]
+pub(crate) struct HostKv {
+    rows: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    len: usize,
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Positions of room added when the cache moves to the host or fills up (at least doubling).
+const GROWTH: usize = 64;
+
+impl HostKv {
+    fn empty(rows: usize, kv_heads: usize, head_dim: usize, n_layers: usize) -> Self {
+        Self {
+            rows,
+            kv_heads,
+            head_dim,
+            capacity: 0,
+            len: 0,
+            layers: vec![(Vec::new(), Vec::new()); n_layers],
+        }
+    }
+
+    /// Room for `extra` more positions, moving each row's keys to the wider stride.
+    fn reserve(&mut self, extra: usize) {
+        if self.len + extra <= self.capacity {
+            return;
+        }
+        let cap = (self.len + extra)
+            .max(2 * self.capacity)
+            .max(self.len + GROWTH);
+        let (old, d, len) = (self.capacity, self.head_dim, self.len);
+        let heads = self.rows * self.kv_heads;
+        for (k, v) in &mut self.layers {
+            for buf in [k, v] {
+                let mut wide = vec![0f32; heads * cap * d];
+                for hd in 0..heads {
+                    wide[hd * cap * d..][..len * d]
+                        .copy_from_slice(&buf[hd * old * d..][..len * d]);
+                }
+                *buf = wide;
+            }
+        }
+        self.capacity = cap;
+    }
+
+    /// The burn cache's tensors (`[rows, kv_heads, t, head_dim]` per layer), copied in.
+    fn from_tensors(cache: &KvCache, kv_heads: usize, head_dim: usize) -> Option<Self> {
+        let rows = cache.key_mask.len();
+        let len = cache.len();
+        let mut host = Self::empty(rows, kv_heads, head_dim, cache.layers.len());
+        host.capacity = len;
+        host.len = len;
+        for (slot, layer) in host.layers.iter_mut().zip(&cache.layers) {
+            let (k, v) = layer.as_ref()?;
+            if k.dims() != [rows, kv_heads, len, head_dim] || v.dims() != k.dims() {
+                return None;
+            }
+            let k = k.clone().into_data().try_into_vec::<f32>().ok()?;
+            let v = v.clone().into_data().try_into_vec::<f32>().ok()?;
+            *slot = (k, v);
+        }
+        Some(host)
+    }
+
+    /// Back to burn tensors, for a forward the host path does not take.
+    pub(crate) fn to_tensors(&self, device: &Device) -> Vec<Option<(Tensor<4>, Tensor<4>)>> {
+        let (heads, d, len, cap) = (
+            self.rows * self.kv_heads,
+            self.head_dim,
+            self.len,
+            self.capacity,
+        );
+        let dims = [self.rows, self.kv_heads, len, d];
+        let pack = |buf: &[f32]| {
+            let mut out = Vec::with_capacity(heads * len * d);
+            for h in 0..heads {
+                out.extend_from_slice(&buf[h * cap * d..][..len * d]);
+            }
+            Tensor::<4>::from_data(TensorData::new(out, dims), device)
+        };
+        self.layers
+            .iter()
+            .map(|(k, v)| Some((pack(k), pack(v))))
+            .collect()
+    }
+
+    /// Keeps the given rows (in that order, repeats allowed).
+    pub(crate) fn select_rows(&mut self, rows: &[usize]) {
+        let per_row = self.kv_heads * self.capacity * self.head_dim;
+        for (k, v) in &mut self.layers {
+            for buf in [k, v] {
+                let mut out = Vec::with_capacity(rows.len() * per_row);
+                for &r in rows {
+                    out.extend_from_slice(&buf[r * per_row..][..per_row]);
+                }
+                *buf = out;
+            }
+        }
+        self.rows = rows.len();
+    }
+}
+
+/// A projection's parts as host slices: the frozen weight `[k, n]`, its bias, and the LoRA
+/// pair with its scale when the adapter is on.
+struct HostLinear {
+    weight: FlexTensor,
+    n: usize,
+    bias: Option<Vec<f32>>,
+    lora: Option<(FlexTensor, FlexTensor, usize, f32)>,
+}
+
+impl HostLinear {
+    fn new(l: &LoraLinear, adapter: bool) -> Option<Self> {
+        let w = l.weight.val();
+        let [_, n] = w.dims();
+        let bias = match &l.bias {
+            Some(b) => Some(b.val().into_data().try_into_vec::<f32>().ok()?),
+            None => None,
+        };
+        let lora = match (&l.lora_a, &l.lora_b) {
+            (Some(a), Some(b)) if adapter => {
+                let (a, b) = (a.val(), b.val());
+                let r = a.dims()[1];
+                Some((flex_f32(&a)?, flex_f32(&b)?, r, l.scale as f32))
+            }
+            _ => None,
+        };
+        Some(Self {
+            weight: flex_f32(&w)?,
+            n,
+            bias,
+            lora,
+        })
+    }
+
+    fn w(&self, k: usize) -> &[f32] {
+        contiguous(&self.weight, k * self.n)
+    }
+
+    /// Adds the bias and the low-rank update `scale · (x A) B` to `out` (`x · W`).
+    fn finish(&self, x: &[f32], rows: usize, k: usize, out: &mut [f32]) {
+        if let Some(b) = &self.bias {
+            for row in out.chunks_exact_mut(self.n) {
+                for (o, bv) in row.iter_mut().zip(b) {
+                    *o += bv;
+                }
+            }
+        }
+        if let Some((a, b, r, scale)) = &self.lora {
+            let mut xa = vec![0f32; rows * r];
+            mosr_kernels::few_rows(x, rows, k, contiguous(a, k * r), *r, &mut xa);
+            let mut d = vec![0f32; rows * self.n];
+            mosr_kernels::few_rows(&xa, rows, *r, contiguous(b, r * self.n), self.n, &mut d);
+            for (o, dv) in out.iter_mut().zip(&d) {
+                *o += scale * dv;
+            }
+        }
+    }
+}
+
+/// `x · W_i` (+ bias, + update) for projections sharing their input `x [rows, k]`.
+fn project<const N: usize>(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    lins: [&HostLinear; N],
+) -> [Vec<f32>; N] {
+    let mut outs = lins.map(|l| vec![0f32; rows * l.n]);
+    {
+        let mut products: Vec<mosr_kernels::Product<'_>> = lins
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(l, out)| mosr_kernels::Product {
+                w: l.w(k),
+                n: l.n,
+                out,
+            })
+            .collect();
+        mosr_kernels::few_rows_many(x, rows, k, &mut products);
+    }
+    for (l, out) in lins.iter().zip(outs.iter_mut()) {
+        l.finish(x, rows, k, out);
+    }
+    outs
+}
+
+struct HostBlock {
+    input_norm: FlexTensor,
+    post_norm: FlexTensor,
+    eps: (f32, f32),
+    /// q, k, v, o, gate, up, down.
+    lins: [HostLinear; 7],
+}
+
+impl HostBlock {
+    fn new(b: &Block, adapter: bool) -> Option<Self> {
+        let a = &b.self_attn;
+        let m = &b.mlp;
+        let lin = |l: &LoraLinear| HostLinear::new(l, adapter);
+        Some(Self {
+            input_norm: flex_f32(&b.input_layernorm.weight.val())?,
+            post_norm: flex_f32(&b.post_attention_layernorm.weight.val())?,
+            eps: (
+                b.input_layernorm.eps as f32,
+                b.post_attention_layernorm.eps as f32,
+            ),
+            lins: [
+                lin(&a.q_proj)?,
+                lin(&a.k_proj)?,
+                lin(&a.v_proj)?,
+                lin(&a.o_proj)?,
+                lin(&m.gate_proj)?,
+                lin(&m.up_proj)?,
+                lin(&m.down_proj)?,
+            ],
+        })
+    }
+}
+
+/// The step on the host, or `None` (nothing changed) where the burn path must run.
+pub(crate) fn step(
+    lm: &CausalLm,
+    batch: &TokenBatch,
+    cache: &mut KvCache,
+    opts: ForwardOptions,
+) -> Option<ForwardOutput> {
+    let (rows, cfg) = (batch.batch, &lm.config);
+    let device = lm.device();
+    let full = opts.num_layers.is_none_or(|n| n >= lm.layers.len());
+    if batch.seq != 1
+        || rows == 0
+        || rows > MAX_ROWS
+        || opts.hidden
+        || opts.train
+        || opts.training_arithmetic
+        || !full
+        || !applies(&device)
+        || (!cache.is_empty() && cache.key_mask.len() != rows)
+    {
+        return None;
+    }
+    let (hidden, heads, kv_heads, d) = (
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+    );
+    let vocab = cfg.vocab_size;
+    if batch.ids.iter().any(|&id| id as usize >= vocab) {
+        return None;
+    }
+    let embed = flex_f32(&lm.embed_tokens.val())?;
+    let final_norm = flex_f32(&lm.norm.weight.val())?;
+    let head = flex_f32(&lm.lm_head.val())?;
+    let blocks: Vec<HostBlock> = lm
+        .layers
+        .iter()
+        .map(|b| HostBlock::new(b, opts.adapter))
+        .collect::<Option<_>>()?;
+    if cache.host.is_none() {
+        let host = if cache.is_empty() {
+            HostKv::empty(rows, kv_heads, d, lm.layers.len())
+        } else {
+            HostKv::from_tensors(cache, kv_heads, d)?
+        };
+        cache.host = Some(host);
+        cache.layers = vec![None; lm.layers.len()];
+    }
+    let positions = cache.advance(batch);
+    let host = cache.host.as_mut().expect("moved to the host above");
+    host.reserve(1);
+    let (cap, slot) = (host.capacity, host.len);
+
+    // Rotary tables of each row's position, as the burn path computes them.
+    let half = d / 2;
+    let mut cos = Vec::with_capacity(rows * half);
+    let mut sin = Vec::with_capacity(rows * half);
+    for &p in &positions {
+        for f in &lm.inv_freq[..half] {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+
+    let table = contiguous(&embed, vocab * hidden);
+    let mut x: Vec<f32> = batch
+        .ids
+        .iter()
+        .flat_map(|&id| table[id as usize * hidden..][..hidden].iter().copied())
+        .collect();
+    let mut h = vec![0f32; rows * hidden];
+    let mut attn = vec![0f32; rows * heads * d];
+    let key_mask = &cache.key_mask;
+    let attend = |r: usize, j: usize| key_mask[r][j];
+    let shape = AttentionShape {
+        rows,
+        heads,
+        kv_heads,
+        head_dim: d,
+        capacity: cap,
+        len: slot + 1,
+    };
+    for (blk, (kc, vc)) in blocks.iter().zip(host.layers.iter_mut()) {
+        let [wq, wk, wv, wo, wg, wu, wd] = &blk.lins;
+        rms_norm(&x, contiguous(&blk.input_norm, hidden), blk.eps.0, &mut h);
+        let [mut q, mut k, v] = project(&h, rows, hidden, [wq, wk, wv]);
+        for r in 0..rows {
+            let (c, s) = (&cos[r * half..][..half], &sin[r * half..][..half]);
+            rope(&mut q[r * heads * d..][..heads * d], c, s);
+            rope(&mut k[r * kv_heads * d..][..kv_heads * d], c, s);
+            for g in 0..kv_heads {
+                let at = ((r * kv_heads + g) * cap + slot) * d;
+                let from = (r * kv_heads + g) * d;
+                kc[at..at + d].copy_from_slice(&k[from..from + d]);
+                vc[at..at + d].copy_from_slice(&v[from..from + d]);
+            }
+        }
+        attention(&q, kc, vc, shape, &attend, &mut attn);
+        let [o] = project(&attn, rows, heads * d, [wo]);
+        for (xv, ov) in x.iter_mut().zip(&o) {
+            *xv += ov;
+        }
+        rms_norm(&x, contiguous(&blk.post_norm, hidden), blk.eps.1, &mut h);
+        let [gate, up] = project(&h, rows, hidden, [wg, wu]);
+        let inter = wg.n;
+        let mut act = vec![0f32; rows * inter];
+        mosr_kernels::swiglu(&gate, &up, &mut act);
+        let [down] = project(&act, rows, inter, [wd]);
+        for (xv, dv) in x.iter_mut().zip(&down) {
+            *xv += dv;
+        }
+    }
+    host.len += 1;
+
+    let logits = match opts.logits {
+        Logits::None => None,
+        Logits::Last | Logits::All => {
+            rms_norm(
+                &x,
+                contiguous(&final_norm, hidden),
+                lm.norm.eps as f32,
+                &mut h,
+            );
+            let mut out = vec![0f32; rows * vocab];
+            mosr_kernels::few_rows(
+                &h,
+                rows,
+                hidden,
+                contiguous(&head, hidden * vocab),
+                vocab,
+                &mut out,
+            );
+            Some(Tensor::<3>::from_data(
+                TensorData::new(out, [rows, 1, vocab]),
+                &device,
+            ))
+        }
+    };
+    Some(ForwardOutput {
+        logits,
+        hidden: Vec::new(),
+    })
+}
