@@ -903,7 +903,10 @@ pub fn train_variant(
                 let (h2, r2, _) = select(micro + 1);
                 ahead = Some(spawn_orig(tokens_of(&h2, &r2)));
             }
-            let grads = total.backward();
+            // On a pool thread, like every forward (see `CausalLm::forward`).
+            let mut grads = None;
+            rayon::scope(|_| grads = Some(total.backward()));
+            let grads = grads.expect("the scope ran the backward");
             for (k, s) in slots.iter().enumerate() {
                 if let Some(g) = param_of(&net, s).and_then(|p| p.val().grad(&grads)) {
                     for (acc, x) in gsum[k].iter_mut().zip(host(g)) {

@@ -254,6 +254,19 @@ pub(crate) fn step(
     cache: &mut KvCache,
     opts: ForwardOptions,
 ) -> Option<ForwardOutput> {
+    // The step's ~150 parallel regions start from a pool thread: called from outside the
+    // pool, each one would hand its work to the pool and put the caller to sleep.
+    let mut out = None;
+    rayon::scope(|_| out = step_in_pool(lm, batch, cache, opts));
+    out
+}
+
+fn step_in_pool(
+    lm: &CausalLm,
+    batch: &TokenBatch,
+    cache: &mut KvCache,
+    opts: ForwardOptions,
+) -> Option<ForwardOutput> {
     let (rows, cfg) = (batch.batch, &lm.config);
     let device = lm.device();
     let full = opts.num_layers.is_none_or(|n| n >= lm.layers.len());

@@ -419,6 +419,17 @@ impl CausalLm {
         cache: Option<&mut KvCache>,
         opts: ForwardOptions,
     ) -> ForwardOutput {
+        let mut out = None;
+        rayon::scope(|_| out = Some(self.forward_in_pool(batch, cache, opts)));
+        out.expect("the scope ran the forward")
+    }
+
+    fn forward_in_pool(
+        &self,
+        batch: &TokenBatch,
+        cache: Option<&mut KvCache>,
+        opts: ForwardOptions,
+    ) -> ForwardOutput {
         let (b, t) = (batch.batch, batch.seq);
         let dev = self.device();
         let n_layers = opts
