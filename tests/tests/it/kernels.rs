@@ -174,6 +174,21 @@ fn kernels_dropout_mask_is_seeded_scaled_and_at_the_right_rate() {
         (same - (keep * keep + (1.0 - keep) * (1.0 - keep))).abs() < 0.005,
         "{same}"
     );
+    // Element i is the documented hash: splitmix64(key ^ splitmix64(i >> 1)), low 32 bits
+    // for even i, high for odd, kept below keep · 2^32 (checked at chunk edges too).
+    let splitmix = |z: u64| {
+        let mut z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let threshold = (keep * 4_294_967_296.0f64).round() as u64;
+    for i in (0..40).chain(32_760..32_780).chain(199_990..200_003) {
+        let h = splitmix(42 ^ splitmix(i as u64 >> 1));
+        let u = if i % 2 == 0 { h & 0xffff_ffff } else { h >> 32 };
+        let want = if u < threshold { scale } else { 0.0 };
+        assert_eq!(a[i], want, "element {i}");
+    }
     // keep = 1 keeps everything at scale 1.
     let mut d = vec![0f32; 100];
     mosr_kernels::dropout_mask(&mut d, 1.0, 1);
