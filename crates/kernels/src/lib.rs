@@ -474,6 +474,43 @@ mod avx512 {
     }
 
     /// # Safety
+    /// AVX-512F present; the five slices have one length.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn swiglu_backward(
+        g: &[f32],
+        u: &[f32],
+        dy: &[f32],
+        dg: &mut [f32],
+        du: &mut [f32],
+    ) {
+        let len = g.len();
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        while i < len {
+            let m: __mmask16 = if len - i >= 16 {
+                0xffff
+            } else {
+                (1u32 << (len - i)) as u16 - 1
+            };
+            // SAFETY: masked lanes past the end are neither read nor written.
+            unsafe {
+                let gv = _mm512_maskz_loadu_ps(m, g.as_ptr().add(i));
+                let uv = _mm512_maskz_loadu_ps(m, u.as_ptr().add(i));
+                let yv = _mm512_maskz_loadu_ps(m, dy.as_ptr().add(i));
+                let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+                let s = _mm512_div_ps(one, _mm512_add_ps(one, e));
+                let silu = _mm512_mul_ps(gv, s);
+                // silu'(g) = s · (1 + g · (1 − s))
+                let ds = _mm512_mul_ps(s, _mm512_fmadd_ps(gv, _mm512_sub_ps(one, s), one));
+                let dgv = _mm512_mul_ps(_mm512_mul_ps(yv, uv), ds);
+                _mm512_mask_storeu_ps(dg.as_mut_ptr().add(i), m, dgv);
+                _mm512_mask_storeu_ps(du.as_mut_ptr().add(i), m, _mm512_mul_ps(yv, silu));
+            }
+            i += 16;
+        }
+    }
+
+    /// # Safety
     /// AVX-512F present; the three slices have one length.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn swiglu(g: &[f32], u: &[f32], o: &mut [f32]) {
@@ -524,6 +561,44 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
             }
             for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
                 *o = g / (1.0 + (-g).exp()) * u;
+            }
+        });
+}
+
+/// The gradients of [`swiglu`]: `d_gate = dy · up · silu'(gate)` and `d_up = dy · silu(gate)`,
+/// with `silu'(g) = σ(g) · (1 + g · (1 − σ(g)))`. One pass over the five arrays (burn's
+/// autodiff of `silu(gate) · up` makes about six, each with a scalar `expf`).
+///
+/// # Panics
+/// If the five lengths differ.
+pub fn swiglu_backward(gate: &[f32], up: &[f32], dy: &[f32], d_gate: &mut [f32], d_up: &mut [f32]) {
+    let n = gate.len();
+    for (what, len) in [
+        ("up", up.len()),
+        ("dy", dy.len()),
+        ("d_gate", d_gate.len()),
+        ("d_up", d_up.len()),
+    ] {
+        assert_eq!(len, n, "swiglu_backward: gate and {what} lengths differ");
+    }
+    d_gate
+        .par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(d_up.par_chunks_mut(ELEMENTWISE_CHUNK))
+        .enumerate()
+        .for_each(|(i, (dg, du))| {
+            let s = i * ELEMENTWISE_CHUNK;
+            let e = s + dg.len();
+            let (g, u, y) = (&gate[s..e], &up[s..e], &dy[s..e]);
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: CPU support checked; the five slices have one length.
+                unsafe { avx512::swiglu_backward(g, u, y, dg, du) };
+                return;
+            }
+            for j in 0..dg.len() {
+                let sig = 1.0 / (1.0 + (-g[j]).exp());
+                du[j] = y[j] * g[j] * sig;
+                dg[j] = y[j] * u[j] * sig * (1.0 + g[j] * (1.0 - sig));
             }
         });
 }

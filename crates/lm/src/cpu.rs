@@ -6,7 +6,6 @@
 //!   about twice as fast (measured on SmolLM2's shapes: one step's 210 block projections
 //!   60 → 35 ms, the 49,152-wide LM head 11 → 6 ms).
 //!   A block's q/k/v and gate/up go through one call each ([`linear_many`]).
-//! - SwiGLU `silu(gate) · up` in one pass with a vectorized exponential.
 //! - Projections with more rows fold the batch into the rows before `gemm` ([`project_gemm`]).
 //!
 //! Only plain f32 tensors on the flex device take these paths, reading weights in place;
@@ -136,21 +135,6 @@ pub fn projector(fast: bool) -> fn(Tensor<3>, Tensor<2>, Option<Tensor<1>>) -> T
     } else {
         project_gemm::<3>
     }
-}
-
-/// `silu(gate) · up`: one vectorized pass on the flex device, burn's ops elsewhere.
-pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
-    if applies(&gate.device()) && gate.dims() == up.dims() {
-        let dims = gate.dims();
-        let (g, u) = (flex_f32(&gate), flex_f32(&up));
-        if let (Some(g), Some(u)) = (g, u) {
-            let len = dims.iter().product();
-            let mut out = vec![0f32; len];
-            mosr_kernels::swiglu(contiguous(&g, len), contiguous(&u, len), &mut out);
-            return Tensor::from_data(TensorData::new(out, dims), &gate.device());
-        }
-    }
-    burn::tensor::activation::silu(gate) * up
 }
 
 /// The flex primitive of a contiguous f32 tensor (shares its storage), else `None`.

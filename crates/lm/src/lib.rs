@@ -14,6 +14,7 @@ pub mod convert;
 pub mod cpu;
 mod decode;
 pub mod fetch;
+pub mod fused;
 pub mod generate;
 pub mod lora;
 pub mod memory;

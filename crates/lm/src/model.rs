@@ -1,7 +1,6 @@
 //! The decoder: Llama / Mistral / Qwen2 in burn, returning every layer's residual stream.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, embedding, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -603,11 +602,8 @@ impl Block {
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
         let [gate, up] = project_shared(&h, [&m.gate_proj, &m.up_proj], ad, tr, fast);
-        let g = if opts.training_arithmetic {
-            silu(gate) * up
-        } else {
-            crate::cpu::swiglu(gate, up)
-        };
+        // Fused on the CPU device, plain and training alike (`crate::fused`).
+        let g = crate::fused::swiglu(gate, up);
         x + m.down_proj.forward(g, ad, tr, fast)
     }
 }

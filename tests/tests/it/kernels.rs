@@ -135,7 +135,7 @@ fn kernels_swiglu_matches_f64_reference() {
     let dev = mosr_lm::Device::flex();
     let g = Tensor::<3>::random([2, 3, 50], Distribution::Normal(0.0, 4.0), &dev);
     let u = Tensor::<3>::random([2, 3, 50], Distribution::Default, &dev);
-    let got: Vec<f32> = mosr_lm::cpu::swiglu(g.clone(), u.clone())
+    let got: Vec<f32> = mosr_lm::fused::swiglu(g.clone(), u.clone())
         .into_data()
         .try_to_vec()
         .unwrap();
@@ -325,4 +325,54 @@ fn check_attention(heads: usize, kv_heads: usize, d: usize) {
     // Row 2 sees only its own key: the output is that value exactly.
     let own = &v[((2 * kv_heads) * cap + len - 1) * d..][..d];
     assert_eq!(&out[(2 * heads) * d..][..d], own);
+}
+
+/// The fused SwiGLU of the training device (`mosr_lm::fused`) against burn's autodiff of
+/// `silu(gate) · up`: values and both gradients, contiguous and strided inputs; and the plain
+/// device's forward equal to the training device's bit for bit.
+#[test]
+fn kernels_fused_swiglu_matches_burn_autodiff() {
+    use burn::tensor::activation::silu;
+    let dev = mosr_lm::Device::flex().autodiff();
+    let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1.0),
+                "{what}[{i}]: fused {x}, burn {y}"
+            );
+        }
+    };
+    let data = |t: Tensor<3>| t.into_data().try_into_vec_as::<f32>().unwrap();
+    for strided in [false, true] {
+        let gate = Tensor::<3>::random([2, 5, 70], Distribution::Normal(0.0, 3.0), &dev);
+        let up = Tensor::<3>::random([2, 5, 70], Distribution::Normal(0.0, 1.0), &dev);
+        let (gate, up) = if strided {
+            (gate.swap_dims(1, 2), up.swap_dims(1, 2))
+        } else {
+            (gate, up)
+        };
+        let (gate, up) = (gate.require_grad(), up.require_grad());
+        let w = Tensor::<3>::random(gate.dims(), Distribution::Normal(0.0, 1.0), &dev);
+        let fused = mosr_lm::fused::swiglu(gate.clone(), up.clone());
+        let composed = silu(gate.clone()) * up.clone();
+        close(data(fused.clone()), data(composed.clone()), "value");
+        let plain = mosr_lm::fused::swiglu(gate.clone().inner(), up.clone().inner());
+        assert_eq!(
+            plain.into_data().try_into_vec_as::<f32>().unwrap(),
+            data(fused.clone()),
+            "plain and training forwards differ"
+        );
+        let gf = (fused * w.clone()).sum().backward();
+        let gc = (composed * w).sum().backward();
+        let grad = |t: &Tensor<3>, g| {
+            t.grad(g)
+                .unwrap()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap()
+        };
+        close(grad(&gate, &gf), grad(&gate, &gc), "d gate");
+        close(grad(&up, &gf), grad(&up, &gc), "d up");
+    }
 }

@@ -1,0 +1,155 @@
+//! Fused operations with a backward pass of their own, for the training device on the CPU
+//! backend (burn's backend-extension mechanism).
+//!
+//! burn's autodiff differentiates `silu(gate) · up` op by op: three forward passes and about
+//! six backward passes over the MLP's widest activations, each allocating its result, with a
+//! scalar `expf` per element in the sigmoid. [`swiglu`] is one forward pass and one backward
+//! pass ([`mosr_kernels::swiglu`], [`mosr_kernels::swiglu_backward`]). The forward kernel is
+//! the one every plain CPU pass uses too, so a plain pass with
+//! `ForwardOptions::training_arithmetic` still equals a training pass bit for bit.
+//!
+//! Other devices (cubecl runtimes) keep burn's composed ops: the extension is implemented for
+//! flex and for autodiff over flex only.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension, tensor::FloatTensor};
+use burn::tensor::{DType, Device, Tensor};
+use burn_flex::FlexTensor;
+
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedOps: Backend {
+    /// `silu(gate) · up`, element-wise.
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The gradients of [`FusedOps::swiglu`] with respect to `gate` and `up`, given the
+    /// output's gradient `grad`.
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// A flex tensor's f32 values in row-major order (its storage when contiguous).
+fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    let n = t.layout().shape().num_elements();
+    if t.is_contiguous() {
+        std::borrow::Cow::Borrowed(&t.storage::<f32>()[t.layout().start_offset()..][..n])
+    } else {
+        std::borrow::Cow::Owned(t.to_contiguous().storage::<f32>()[..n].to_vec())
+    }
+}
+
+fn flex_from(values: Vec<f32>, like: &FlexTensor) -> FlexTensor {
+    let shape = like.layout().shape().clone();
+    FlexTensor::from_data(burn::tensor::TensorData::new(values, shape))
+}
+
+impl FusedOps for Flex {
+    fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        assert_eq!(gate.dtype(), DType::F32, "swiglu: f32 only");
+        let (g, u) = (values(&gate), values(&up));
+        let mut out = vec![0f32; g.len()];
+        mosr_kernels::swiglu(&g, &u, &mut out);
+        flex_from(out, &gate)
+    }
+
+    fn swiglu_backward(
+        gate: FlexTensor,
+        up: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let (g, u, dy) = (values(&gate), values(&up), values(&grad));
+        let mut dg = vec![0f32; g.len()];
+        let mut du = vec![0f32; g.len()];
+        mosr_kernels::swiglu_backward(&g, &u, &dy, &mut dg, &mut du);
+        (flex_from(dg, &gate), flex_from(du, &up))
+    }
+}
+
+impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SwigluBackward;
+
+        impl<B: Backend + FusedOps> Backward<B, 2> for SwigluBackward {
+            /// The forward's inputs: the gradient needs both.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let [node_gate, node_up] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (gate, up) = ops.state;
+                let (d_gate, d_up) = B::swiglu_backward(gate, up, grad);
+                if let Some(node) = node_gate {
+                    grads.register::<B>(node.id, d_gate);
+                }
+                if let Some(node) = node_up {
+                    grads.register::<B>(node.id, d_up);
+                }
+            }
+        }
+
+        match SwigluBackward
+            .prepare::<C>([gate.node(), up.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (g, u) = (gate.primitive().clone(), up.primitive().clone());
+                let out = B::swiglu(g.clone(), u.clone());
+                prep.finish((g, u), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::swiglu(gate.into_primitive(), up.into_primitive()))
+            }
+        }
+    }
+
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        /// An output without parents: the gradients come back as constants (nothing here
+        /// differentiates a gradient).
+        #[derive(Debug)]
+        struct Constant;
+        impl<B: Backend> Backward<B, 0> for Constant {
+            type State = ();
+            fn backward(self, _: Ops<(), 0>, _: &mut Gradients, _: &mut Checkpointer) {}
+        }
+        let (d_gate, d_up) = B::swiglu_backward(
+            gate.into_primitive(),
+            up.into_primitive(),
+            grad.into_primitive(),
+        );
+        (
+            Constant.prepare::<C>([]).compute_bound().stateless(d_gate),
+            Constant.prepare::<C>([]).compute_bound().stateless(d_up),
+        )
+    }
+}
+
+/// Whether `device` runs the fused ops: flex, plain or under autodiff.
+pub fn applies(device: &Device) -> bool {
+    *device == Device::flex() || *device == Device::flex().autodiff()
+}
+
+/// `silu(gate) · up`: fused on flex devices (see the module docs), burn's ops elsewhere.
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    if applies(&gate.device()) && gate.dims() == up.dims() && gate.dtype() == DType::F32 {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::swiglu(
+            gate.into_dispatch(),
+            up.into_dispatch(),
+        ));
+    }
+    burn::tensor::activation::silu(gate) * up
+}
