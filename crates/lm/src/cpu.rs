@@ -121,7 +121,14 @@ pub fn project_gemm<const D: usize>(
     }
     let k = dims[D - 1];
     let rows: usize = dims[..D - 1].iter().product();
-    let y = burn::tensor::module::linear(x.reshape([rows, k]), w, bias);
+    let x2 = x.reshape([rows, k]);
+    let y = match crate::fused::matmul_2d(&x2, &w) {
+        Some(y) => match bias {
+            Some(b) => y + b.unsqueeze::<2>(),
+            None => y,
+        },
+        None => burn::tensor::module::linear(x2, w, bias),
+    };
     let mut out_dims = dims;
     out_dims[D - 1] = y.dims()[1];
     y.reshape(out_dims)
@@ -146,4 +153,66 @@ pub(crate) fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
 /// The `len` elements of a contiguous flex tensor, in place.
 pub(crate) fn contiguous(t: &FlexTensor, len: usize) -> &[f32] {
     &t.storage::<f32>()[t.layout().start_offset()..][..len]
+}
+
+/// Products smaller than this many multiply-adds run on one thread (burn-flex's threshold).
+const GEMM_PARALLEL_FROM: usize = 192 * 192 * 192;
+
+/// `a [m, k] · b [k, n]` into a new row-major buffer. Each operand is `(data from its first
+/// element, row stride, column stride)`. gemm writes the output without reading it, so the
+/// buffer is not zero-filled first.
+pub(crate) fn gemm_new(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: (&[f32], isize, isize),
+    b: (&[f32], isize, isize),
+) -> Vec<f32> {
+    let reach = |(d, rs, cs): (&[f32], isize, isize), rows: usize, cols: usize| {
+        rows == 0
+            || cols == 0
+            || (rs >= 0
+                && cs >= 0
+                && (rows - 1) * (rs as usize) + (cols - 1) * (cs as usize) < d.len())
+    };
+    assert!(
+        reach(a, m, k) && reach(b, k, n),
+        "gemm_new: an operand's strides leave its data"
+    );
+    if k == 0 {
+        return vec![0f32; m * n];
+    }
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= GEMM_PARALLEL_FROM {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    // SAFETY: the operands' strides stay inside their slices (checked above); the output is
+    // m × n row-major in `out`'s capacity, written in full (read_dst = false) before set_len.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.0.as_ptr(),
+            a.2,
+            a.1,
+            b.0.as_ptr(),
+            b.2,
+            b.1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(m * n);
+    }
+    out
 }

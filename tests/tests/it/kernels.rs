@@ -376,3 +376,67 @@ fn kernels_fused_swiglu_matches_burn_autodiff() {
         close(grad(&up, &gf), grad(&up, &gc), "d up");
     }
 }
+
+/// The training device's matmul (`mosr_lm::fused::matmul_2d`, gemm called directly) against
+/// burn's: values and both gradients, with contiguous and transposed operands, a frozen
+/// operand (no gradient asked), and the plain device equal to the training device bit for bit.
+#[test]
+fn kernels_fused_matmul_matches_burn_autodiff() {
+    let dev = mosr_lm::Device::flex().autodiff();
+    let data = |t: Tensor<2>| t.into_data().try_into_vec_as::<f32>().unwrap();
+    let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1.0),
+                "{what}[{i}]: fused {x}, burn {y}"
+            );
+        }
+    };
+    // Shapes on both sides of the parallel threshold (192³ multiply-adds).
+    for (m, k, n) in [(3, 5, 7), (300, 200, 250)] {
+        for transposed in [false, true] {
+            let a = if transposed {
+                Tensor::<2>::random([k, m], Distribution::Default, &dev).transpose()
+            } else {
+                Tensor::<2>::random([m, k], Distribution::Default, &dev)
+            };
+            let b = if transposed {
+                Tensor::<2>::random([n, k], Distribution::Default, &dev).transpose()
+            } else {
+                Tensor::<2>::random([k, n], Distribution::Default, &dev)
+            };
+            let w = Tensor::<2>::random([m, n], Distribution::Default, &dev);
+            for frozen_b in [false, true] {
+                let a = a.clone().require_grad();
+                let b = if frozen_b {
+                    b.clone()
+                } else {
+                    b.clone().require_grad()
+                };
+                let fused = mosr_lm::fused::matmul_2d(&a, &b).expect("flex device");
+                let burn = a.clone().matmul(b.clone());
+                close(data(fused.clone()), data(burn.clone()), "value");
+                let plain = mosr_lm::fused::matmul_2d(&a.clone().inner(), &b.clone().inner());
+                assert_eq!(
+                    data_plain(plain.unwrap()),
+                    data(fused.clone()),
+                    "plain vs training"
+                );
+                let gf = (fused * w.clone()).sum().backward();
+                let gb = (burn * w.clone()).sum().backward();
+                let grad = |t: &Tensor<2>, g| data_plain(t.grad(g).unwrap());
+                close(grad(&a, &gf), grad(&a, &gb), "d lhs");
+                if frozen_b {
+                    assert!(b.grad(&gf).is_none(), "a frozen operand gets no gradient");
+                } else {
+                    close(grad(&b, &gf), grad(&b, &gb), "d rhs");
+                }
+            }
+        }
+    }
+}
+
+fn data_plain(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
