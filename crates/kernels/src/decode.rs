@@ -1,5 +1,4 @@
-//! The non-product parts of a decode step, on plain slices: RMSNorm, rotary embedding and
-//! attention of one new query per sequence over a preallocated key/value cache.
+//! The non-product parts of a decode step, on plain slices: rotary embedding and attention of one new query per sequence over a preallocated key/value cache.
 //!
 //! A decode step's tensors are tiny (one row per sequence), so as burn ops each of these is
 //! dominated by dispatch, allocation and, for the cache, by copying every earlier key and value
@@ -7,33 +6,7 @@
 
 use rayon::prelude::*;
 
-/// `out[r] = x[r] / sqrt(mean(x[r]²) + eps) · w` for every row of `x` (row length `w.len()`).
-///
-/// # Panics
-/// If `x` and `out` differ in length or are not whole rows.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let d = w.len();
-    assert_eq!(x.len(), out.len(), "rms_norm: x and out lengths differ");
-    assert!(
-        d > 0 && x.len().is_multiple_of(d),
-        "rms_norm: x is not whole rows of {d}"
-    );
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let mut acc = [0f32; 16];
-        let mut chunks = xr.chunks_exact(16);
-        for c in &mut chunks {
-            for (a, v) in acc.iter_mut().zip(c) {
-                *a += v * v;
-            }
-        }
-        let mut ss: f32 = acc.iter().sum();
-        ss += chunks.remainder().iter().map(|v| v * v).sum::<f32>();
-        let inv = 1.0 / (ss / d as f32 + eps).sqrt();
-        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
-            *o = v * inv * g;
-        }
-    }
-}
+pub use crate::norm::rms_norm;
 
 /// Rotary embedding in place, rotate-half convention (Llama / transformers): for every head of
 /// `hd` values, `x[i] ← x[i]·cos[i] − x[i+hd/2]·sin[i]` and

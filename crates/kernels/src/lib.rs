@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 
 pub mod decode;
+pub mod norm;
 
 /// Products with more rows than this are better served by a packed GEMM (the weight is
 /// reused across enough rows to pay for the packing).

@@ -32,6 +32,15 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// `lhs [m, k] · rhs [k, n]`, either operand strided (a transposed view is not copied).
     fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// RMSNorm over the last dimension, scaled by `weight` (a constant: no gradient).
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
+    /// The gradient of [`FusedOps::rms_norm`] with respect to `x`.
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
 }
 
 /// A flex tensor's f32 values in row-major order (its storage when contiguous).
@@ -89,6 +98,25 @@ impl FusedOps for Flex {
         }
         let out = crate::cpu::gemm_new(m, k, n, view(&lhs), view(&rhs));
         FlexTensor::from_data(burn::tensor::TensorData::new(out, [m, n]))
+    }
+
+    fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f32) -> FlexTensor {
+        let (xs, w) = (values(&x), values(&weight));
+        let mut out = vec![0f32; xs.len()];
+        mosr_kernels::norm::rms_norm(&xs, &w, eps, &mut out);
+        flex_from(out, &x)
+    }
+
+    fn rms_norm_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        eps: f32,
+    ) -> FlexTensor {
+        let (xs, w, dy) = (values(&x), values(&weight), values(&grad));
+        let mut dx = vec![0f32; xs.len()];
+        mosr_kernels::norm::rms_norm_backward(&xs, &w, &dy, eps, &mut dx);
+        flex_from(dx, &x)
     }
 }
 
@@ -182,6 +210,66 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct RmsNormBackward;
+
+        impl<B: Backend + FusedOps> Backward<B, 1> for RmsNormBackward {
+            /// The input, the (constant) weight and eps: the backward recomputes each row's
+            /// scale from the input rather than keeping it.
+            type State = (FloatTensor<B>, FloatTensor<B>, f32);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let [node_x] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, weight, eps) = ops.state;
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, B::rms_norm_backward(x, weight, grad, eps));
+                }
+            }
+        }
+
+        let w = weight.into_primitive();
+        match RmsNormBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let xp = x.primitive().clone();
+                let out = B::rms_norm(xp.clone(), w.clone(), eps);
+                prep.finish((xp, w, eps), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::rms_norm(x.into_primitive(), w, eps)),
+        }
+    }
+
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Constant;
+        impl<B: Backend> Backward<B, 0> for Constant {
+            type State = ();
+            fn backward(self, _: Ops<(), 0>, _: &mut Gradients, _: &mut Checkpointer) {}
+        }
+        let dx = B::rms_norm_backward(
+            x.into_primitive(),
+            weight.into_primitive(),
+            grad.into_primitive(),
+            eps,
+        );
+        Constant.prepare::<C>([]).compute_bound().stateless(dx)
+    }
+
     fn swiglu_backward(
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,
@@ -222,6 +310,23 @@ pub fn matmul_2d(lhs: &Tensor<2>, rhs: &Tensor<2>) -> Option<Tensor<2>> {
     Some(Tensor::from_dispatch(<Dispatch as FusedOps>::matmul_2d(
         lhs.clone().into_dispatch(),
         rhs.clone().into_dispatch(),
+    )))
+}
+
+/// RMSNorm of `x` over its last dimension on flex devices, `None` elsewhere or when the
+/// weight trains (the fused op treats it as a constant).
+pub fn rms_norm<const D: usize>(x: &Tensor<D>, weight: &Tensor<1>, eps: f64) -> Option<Tensor<D>> {
+    if !applies(&x.device())
+        || weight.is_require_grad()
+        || x.dtype() != DType::F32
+        || x.dims()[D - 1] != weight.dims()[0]
+    {
+        return None;
+    }
+    Some(Tensor::from_dispatch(<Dispatch as FusedOps>::rms_norm(
+        x.clone().into_dispatch(),
+        weight.clone().into_dispatch(),
+        eps as f32,
     )))
 }
 

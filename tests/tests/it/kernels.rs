@@ -440,3 +440,56 @@ fn kernels_fused_matmul_matches_burn_autodiff() {
 fn data_plain(t: Tensor<2>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().unwrap()
 }
+
+/// The fused RMSNorm (`mosr_lm::fused::rms_norm`) against burn's composition of the same
+/// formula: values and the input's gradient, contiguous and strided, plain equal to training
+/// bit for bit; a trainable weight is left to burn.
+#[test]
+fn kernels_fused_rms_norm_matches_burn_autodiff() {
+    let dev = mosr_lm::Device::flex().autodiff();
+    let data = |t: Tensor<3>| t.into_data().try_into_vec_as::<f32>().unwrap();
+    let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 2e-5 * x.abs().max(y.abs()).max(1.0),
+                "{what}[{i}]: fused {x}, burn {y}"
+            );
+        }
+    };
+    let eps = 1e-5;
+    // 70 rows of 40 (several parallel tasks of 64 rows), and 3 rows (one task).
+    for (rows, strided) in [(70, false), (70, true), (3, false)] {
+        let x = if strided {
+            Tensor::<3>::random([2, 40, rows], Distribution::Normal(0.0, 2.0), &dev).swap_dims(1, 2)
+        } else {
+            Tensor::<3>::random([2, rows, 40], Distribution::Normal(0.0, 2.0), &dev)
+        };
+        let x = x.require_grad();
+        let w = Tensor::<1>::random([40], Distribution::Normal(1.0, 0.3), &dev);
+        let up = Tensor::<3>::random(x.dims(), Distribution::Default, &dev);
+        let fused = mosr_lm::fused::rms_norm(&x, &w, eps).expect("flex device");
+        let var = x.clone().powi_scalar(2).mean_dim(2);
+        let burn = x.clone() * (var + eps).sqrt().recip() * w.clone().unsqueeze::<3>();
+        close(data(fused.clone()), data(burn.clone()), "value");
+        let plain = mosr_lm::fused::rms_norm(&x.clone().inner(), &w.clone().inner(), eps).unwrap();
+        assert_eq!(
+            plain.into_data().try_into_vec_as::<f32>().unwrap(),
+            data(fused.clone()),
+            "plain vs training"
+        );
+        let gf = (fused * up.clone()).sum().backward();
+        let gb = (burn * up).sum().backward();
+        let grad = |g| {
+            x.grad(g)
+                .unwrap()
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap()
+        };
+        close(grad(&gf), grad(&gb), "d x");
+    }
+    let trainable = Tensor::<1>::ones([40], &dev).require_grad();
+    let x = Tensor::<3>::ones([1, 2, 40], &dev);
+    assert!(mosr_lm::fused::rms_norm(&x, &trainable, eps).is_none());
+}
