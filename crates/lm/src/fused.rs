@@ -1,15 +1,17 @@
-//! Fused operations with a backward pass of their own, for the training device on the CPU
-//! backend (burn's backend-extension mechanism).
+//! Fused operations with a backward pass of their own, for the CPU backend (burn's
+//! backend-extension mechanism), plain and training device alike.
 //!
-//! burn's autodiff differentiates `silu(gate) · up` op by op: three forward passes and about
-//! six backward passes over the MLP's widest activations, each allocating its result, with a
-//! scalar `expf` per element in the sigmoid. [`swiglu`] is one forward pass and one backward
-//! pass ([`mosr_kernels::swiglu`], [`mosr_kernels::swiglu_backward`]). The forward kernel is
-//! the one every plain CPU pass uses too, so a plain pass with
+//! burn's autodiff differentiates a composite op by op, each step allocating its result:
+//! `silu(gate) · up` is three forward and about six backward passes over the MLP's widest
+//! activations with a scalar `expf` per element, RMSNorm seven forward passes, and each
+//! product burn-flex computes zero-fills its output and then copies it into an aligned buffer.
+//! Here [`swiglu`] and [`rms_norm`] are one vectorized pass each way (`mosr-kernels`), and
+//! [`matmul_2d`] calls `gemm` straight into the output, transposed operands as strided views.
+//! The plain device runs the same forward kernels, so a plain pass with
 //! `ForwardOptions::training_arithmetic` still equals a training pass bit for bit.
 //!
 //! Other devices (cubecl runtimes) keep burn's composed ops: the extension is implemented for
-//! flex and for autodiff over flex only.
+//! flex and for autodiff over flex only, and the wrappers check the device first.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -255,19 +257,13 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         grad: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Constant;
-        impl<B: Backend> Backward<B, 0> for Constant {
-            type State = ();
-            fn backward(self, _: Ops<(), 0>, _: &mut Gradients, _: &mut Checkpointer) {}
-        }
         let dx = B::rms_norm_backward(
             x.into_primitive(),
             weight.into_primitive(),
             grad.into_primitive(),
             eps,
         );
-        Constant.prepare::<C>([]).compute_bound().stateless(dx)
+        constant::<B, C>(dx)
     }
 
     fn swiglu_backward(
@@ -275,24 +271,27 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         up: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        /// An output without parents: the gradients come back as constants (nothing here
-        /// differentiates a gradient).
-        #[derive(Debug)]
-        struct Constant;
-        impl<B: Backend> Backward<B, 0> for Constant {
-            type State = ();
-            fn backward(self, _: Ops<(), 0>, _: &mut Gradients, _: &mut Checkpointer) {}
-        }
         let (d_gate, d_up) = B::swiglu_backward(
             gate.into_primitive(),
             up.into_primitive(),
             grad.into_primitive(),
         );
-        (
-            Constant.prepare::<C>([]).compute_bound().stateless(d_gate),
-            Constant.prepare::<C>([]).compute_bound().stateless(d_up),
-        )
+        (constant::<B, C>(d_gate), constant::<B, C>(d_up))
     }
+}
+
+/// A parentless node: the backward ops of the training device return their gradients as
+/// constants (nothing here differentiates a gradient).
+#[derive(Debug)]
+struct Constant;
+
+impl<B: Backend> Backward<B, 0> for Constant {
+    type State = ();
+    fn backward(self, _: Ops<(), 0>, _: &mut Gradients, _: &mut Checkpointer) {}
+}
+
+fn constant<B: Backend, C: CheckpointStrategy>(t: FloatTensor<B>) -> FloatTensor<Autodiff<B, C>> {
+    Constant.prepare::<C>([]).compute_bound().stateless(t)
 }
 
 /// Whether `device` runs the fused ops: flex, plain or under autodiff.
