@@ -324,6 +324,16 @@ mod avx512 {
         }
     }
 
+    /// The mask of the first `min(n, 16)` lanes: the vectors of a loop's last, partial step.
+    #[inline]
+    fn lanes(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u32 << n) as u16 - 1
+        }
+    }
+
     /// `e^x` for 16 lanes: 2^(x·log2 e) split into an integer power (applied exactly with
     /// `scalef`) and a fraction in [-0.5, 0.5] (degree-7 Taylor polynomial of 2^f, relative
     /// error ~2e-9 before rounding). Inputs beyond ±88 saturate to 0 / +inf like `expf`.
@@ -438,11 +448,7 @@ mod avx512 {
                 let mut sum = _mm512_setzero_ps();
                 let mut i = 0;
                 while i < len {
-                    let m: __mmask16 = if len - i >= 16 {
-                        0xffff
-                    } else {
-                        (1u32 << (len - i)) as u16 - 1
-                    };
+                    let m = lanes(len - i);
                     let x = _mm512_maskz_loadu_ps(m, s.as_ptr().add(i));
                     // Left-out keys weigh exactly 0 (the clamped exp would give a denormal).
                     let live = m & _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(x, ninf);
@@ -488,11 +494,7 @@ mod avx512 {
         let one = _mm512_set1_ps(1.0);
         let mut i = 0;
         while i < len {
-            let m: __mmask16 = if len - i >= 16 {
-                0xffff
-            } else {
-                (1u32 << (len - i)) as u16 - 1
-            };
+            let m = lanes(len - i);
             // SAFETY: masked lanes past the end are neither read nor written.
             unsafe {
                 let gv = _mm512_maskz_loadu_ps(m, g.as_ptr().add(i));
@@ -519,11 +521,7 @@ mod avx512 {
         let one = _mm512_set1_ps(1.0);
         let mut i = 0;
         while i < len {
-            let m: __mmask16 = if len - i >= 16 {
-                0xffff
-            } else {
-                (1u32 << (len - i)) as u16 - 1
-            };
+            let m = lanes(len - i);
             // SAFETY: masked lanes past the end are neither read nor written.
             unsafe {
                 let gv = _mm512_maskz_loadu_ps(m, g.as_ptr().add(i));
