@@ -316,15 +316,7 @@ fn step_in_pool(
 
     // Rotary tables of each row's position, as the burn path computes them.
     let half = d / 2;
-    let mut cos = Vec::with_capacity(rows * half);
-    let mut sin = Vec::with_capacity(rows * half);
-    for &p in &positions {
-        for f in &lm.inv_freq[..half] {
-            let a = p as f64 * f;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
+    let (cos, sin) = lm.rope_angles(&positions);
 
     let table = contiguous(&embed, vocab * hidden);
     let mut x: Vec<f32> = batch

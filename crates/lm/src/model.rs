@@ -394,24 +394,34 @@ impl CausalLm {
         self
     }
 
-    fn rope_tables(&self, positions: &[usize], batch: usize, seq: usize) -> (Tensor<4>, Tensor<4>) {
-        let hd = self.config.head_dim;
-        let half = hd / 2;
-        let mut cos = Vec::with_capacity(batch * seq * hd);
-        let mut sin = Vec::with_capacity(batch * seq * hd);
+    /// cos and sin of each position's rotary angles, `[positions, head_dim / 2]` (the two
+    /// halves of a head share them).
+    pub(crate) fn rope_angles(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        let half = self.config.head_dim / 2;
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {
-            for rep in 0..2 {
-                let _ = rep;
-                for f in &self.inv_freq[..half] {
-                    let a = p as f64 * f;
-                    cos.push(a.cos() as f32);
-                    sin.push(a.sin() as f32);
-                }
+            for f in &self.inv_freq[..half] {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
             }
         }
+        (cos, sin)
+    }
+
+    fn rope_tables(&self, positions: &[usize], batch: usize, seq: usize) -> (Tensor<4>, Tensor<4>) {
+        let hd = self.config.head_dim;
+        let (cos, sin) = self.rope_angles(positions);
+        // Each row's angles twice: `rotate` multiplies whole heads.
+        let twice = |v: Vec<f32>| -> Vec<f32> {
+            v.chunks_exact(hd / 2)
+                .flat_map(|r| r.iter().chain(r).copied())
+                .collect()
+        };
         let dev = self.device();
-        let c = Tensor::<4>::from_data(TensorData::new(cos, [batch, 1, seq, hd]), &dev);
-        let s = Tensor::<4>::from_data(TensorData::new(sin, [batch, 1, seq, hd]), &dev);
+        let c = Tensor::<4>::from_data(TensorData::new(twice(cos), [batch, 1, seq, hd]), &dev);
+        let s = Tensor::<4>::from_data(TensorData::new(twice(sin), [batch, 1, seq, hd]), &dev);
         (c, s)
     }
 
