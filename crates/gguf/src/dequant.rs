@@ -98,6 +98,35 @@ pub(crate) fn dequantize_ctx(
     Ok(())
 }
 
+/// A block-affine tensor split as `scaled + offsets[block]`: Q4_1 and Q5_1 store `d * q + m`
+/// per block of 32, where `d * q` is exact in f32 and `m` is one value per block. A product
+/// can then apply each offset once per block (`(Σ x) · m`) instead of once per element.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockAffine {
+    /// `d * q`, one per element.
+    pub scaled: Vec<f32>,
+    /// `m`, one per block of 32 consecutive elements.
+    pub offsets: Vec<f32>,
+}
+
+/// [`BlockAffine`] of `n` elements of type `ty`, `None` for types without a block offset.
+/// `bytes` must be exactly the encoded size of `n` elements (as for [`dequantize`]).
+pub(crate) fn block_affine(ty: GgmlType, bytes: &[u8], n: usize) -> Option<BlockAffine> {
+    let split: fn(&[u8], &mut [f32]) -> f32 = match ty {
+        GgmlType::Q4_1 => q4_1_scaled,
+        GgmlType::Q5_1 => q5_1_scaled,
+        _ => return None,
+    };
+    debug_assert_eq!(ty.bytes_for(n), Some(bytes.len()));
+    let mut scaled = vec![0f32; n];
+    let offsets = bytes
+        .chunks_exact(ty.type_size())
+        .zip(scaled.chunks_exact_mut(ty.block_size()))
+        .map(|(b, y)| split(b, y))
+        .collect();
+    Some(BlockAffine { scaled, offsets })
+}
+
 #[inline(always)]
 fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
     b[..N].try_into().expect("slice length checked by caller")
@@ -154,14 +183,21 @@ fn q4_0(b: &[u8], y: &mut [f32]) {
 /// `block_q4_1 { half d; half m; u8 qs[16]; }`: value `d * q + m`.
 #[inline(always)]
 fn q4_1(b: &[u8], y: &mut [f32]) {
+    let m = q4_1_scaled(b, y);
+    y.iter_mut().for_each(|v| *v += m);
+}
+
+/// The block's `d * q` into `y` (exact: an f16 times a 4-bit integer); returns `m`.
+#[inline(always)]
+fn q4_1_scaled(b: &[u8], y: &mut [f32]) -> f32 {
     let d = f16_at(b, 0);
-    let m = f16_at(b, 2);
     let qs = &b[4..20];
     let (lo, hi) = y.split_at_mut(16);
     for i in 0..16 {
-        lo[i] = d * (qs[i] & 0x0F) as f32 + m;
-        hi[i] = d * (qs[i] >> 4) as f32 + m;
+        lo[i] = d * (qs[i] & 0x0F) as f32;
+        hi[i] = d * (qs[i] >> 4) as f32;
     }
+    f16_at(b, 2)
 }
 
 /// `block_q5_0 { half d; u8 qh[4]; u8 qs[16]; }`: the fifth bit of element `i` is bit `i` of the
@@ -191,15 +227,22 @@ fn high_bits(qh: u32) -> [u8; 32] {
 /// `block_q5_1 { half d; half m; u8 qh[4]; u8 qs[16]; }`: value `d * q + m`.
 #[inline(always)]
 fn q5_1(b: &[u8], y: &mut [f32]) {
+    let m = q5_1_scaled(b, y);
+    y.iter_mut().for_each(|v| *v += m);
+}
+
+/// The block's `d * q` into `y` (exact: an f16 times a 5-bit integer); returns `m`.
+#[inline(always)]
+fn q5_1_scaled(b: &[u8], y: &mut [f32]) -> f32 {
     let d = f16_at(b, 0);
-    let m = f16_at(b, 2);
     let hb = high_bits(u32::from_le_bytes(arr(&b[4..8])));
     let qs = &b[8..24];
     let (lo, hi) = y.split_at_mut(16);
     for i in 0..16 {
-        lo[i] = d * ((qs[i] & 0x0F) | hb[i]) as f32 + m;
-        hi[i] = d * ((qs[i] >> 4) | hb[i + 16]) as f32 + m;
+        lo[i] = d * ((qs[i] & 0x0F) | hb[i]) as f32;
+        hi[i] = d * ((qs[i] >> 4) | hb[i + 16]) as f32;
     }
+    f16_at(b, 2)
 }
 
 /// `block_q8_0 { half d; i8 qs[32]; }`: value `q * d`.

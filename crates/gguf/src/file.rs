@@ -224,6 +224,24 @@ impl GgufFile {
         Ok(out)
     }
 
+    /// The tensor as `d * q` per element plus one offset `m` per block of 32, for the
+    /// block-affine types (Q4_1, Q5_1); `None` for every other type. `scaled[i] +
+    /// offsets[i / 32]` equals [`Self::dequantize`] bit for bit.
+    pub fn block_affine(&self, name: &str) -> Result<Option<crate::BlockAffine>, GgufError> {
+        let info = self.tensor_info(name)?;
+        let bytes = self.bytes_of(info);
+        if info.ggml_type.bytes_for(info.n_elements()) != Some(bytes.len()) {
+            // The full dequantizer names the problem.
+            self.dequantize(name)?;
+            return Ok(None);
+        }
+        Ok(crate::dequant::block_affine(
+            info.ggml_type,
+            bytes,
+            info.n_elements(),
+        ))
+    }
+
     /// Dequantise a whole tensor into `out`, which must hold exactly `n_elements` values.
     pub fn dequantize_into(&self, name: &str, out: &mut [f32]) -> Result<(), GgufError> {
         let info = self.tensor_info(name)?;

@@ -27,7 +27,7 @@ mod meta;
 mod types;
 mod writer;
 
-pub use dequant::dequantize;
+pub use dequant::{BlockAffine, dequantize};
 pub use error::{GgufError, IN_MEMORY};
 pub use file::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufFile, MAX_DIMS, TensorInfo};
 pub use meta::MetaValue;

@@ -170,6 +170,36 @@ fn fixture_tensors_match_gguf_py_bit_exact() {
 }
 
 #[test]
+fn block_affine_splits_q4_1_and_q5_1_exactly() {
+    let f = GgufFile::open(&fixtures().join("quants.gguf")).unwrap();
+    let mut split = BTreeSet::new();
+    for info in f.tensors() {
+        let full = f.dequantize(&info.name).unwrap();
+        match f.block_affine(&info.name).unwrap() {
+            Some(a) => {
+                assert!(matches!(info.ggml_type, GgmlType::Q4_1 | GgmlType::Q5_1));
+                assert_eq!(a.scaled.len(), full.len(), "{}", info.name);
+                assert_eq!(a.offsets.len(), full.len() / 32, "{}", info.name);
+                let joined: Vec<f32> = (0..full.len())
+                    .map(|i| a.scaled[i] + a.offsets[i / 32])
+                    .collect();
+                assert_bits_eq(&info.name, &joined, &full);
+                // The offsets are not all zero, so the split is not the identity.
+                assert!(a.offsets.iter().any(|m| *m != 0.0), "{}", info.name);
+                split.insert(info.ggml_type);
+            }
+            None => assert!(
+                !matches!(info.ggml_type, GgmlType::Q4_1 | GgmlType::Q5_1),
+                "{}: {} has block offsets",
+                info.name,
+                info.ggml_type
+            ),
+        }
+    }
+    assert_eq!(split.len(), 2, "the fixture has Q4_1 and Q5_1 tensors");
+}
+
+#[test]
 fn dequantize_rows_matches_full_tensor() {
     let f = GgufFile::open(&fixtures().join("quants.gguf")).unwrap();
     for info in f.tensors() {
