@@ -9,8 +9,10 @@
 
 use rayon::prelude::*;
 
+pub mod amx;
 pub mod decode;
 pub mod norm;
+pub mod prefill;
 
 /// Products with more rows than this are better served by a packed GEMM (the weight is
 /// reused across enough rows to pay for the packing).
@@ -326,7 +328,7 @@ mod avx512 {
 
     /// The mask of the first `min(n, 16)` lanes: the vectors of a loop's last, partial step.
     #[inline]
-    fn lanes(n: usize) -> __mmask16 {
+    pub(crate) fn lanes(n: usize) -> __mmask16 {
         if n >= 16 {
             0xffff
         } else {
@@ -339,7 +341,7 @@ mod avx512 {
     /// error ~2e-9 before rounding). Inputs beyond ±88 saturate to 0 / +inf like `expf`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    pub(super) fn exp(x: __m512) -> __m512 {
+    pub(crate) fn exp(x: __m512) -> __m512 {
         let x = _mm512_max_ps(
             _mm512_min_ps(x, _mm512_set1_ps(88.7)),
             _mm512_set1_ps(-103.0),

@@ -493,3 +493,224 @@ fn kernels_fused_rms_norm_matches_burn_autodiff() {
     let x = Tensor::<3>::ones([1, 2, 40], &dev);
     assert!(mosr_lm::fused::rms_norm(&x, &trainable, eps).is_none());
 }
+
+/// The value of a bf16 bit pattern.
+fn bf16(bits: u16) -> f64 {
+    f32::from_bits(u32::from(bits) << 16) as f64
+}
+
+#[test]
+fn kernels_amx_split3_is_exact() {
+    use mosr_kernels::amx::{parts_needed, split3};
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut values: Vec<f32> = (0..10_000)
+        .map(|_| rng.random_range(-1.0f32..1.0) * 10f32.powi(rng.random_range(-20..20)))
+        .collect();
+    values.extend([
+        0.0,
+        -0.0,
+        1.0,
+        -1.5,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1.0 + f32::EPSILON,
+    ]);
+    for &x in &values {
+        let p = split3(x);
+        let sum = bf16(p[0]) + bf16(p[1]) + bf16(p[2]);
+        assert_eq!(sum, x as f64, "{x:e} = {p:?}");
+        // Parts shrink by at least 2^8 each: the split is the leading bits first.
+        assert!(
+            bf16(p[1]).abs() <= bf16(p[0]).abs() * 2f64.powi(-7),
+            "{x:e}"
+        );
+        assert!(
+            bf16(p[2]).abs() <= bf16(p[1]).abs() * 2f64.powi(-7),
+            "{x:e}"
+        );
+    }
+    assert_eq!(parts_needed(1.5), 1);
+    assert_eq!(parts_needed(1.0 + 2f32.powi(-10)), 2);
+    assert_eq!(parts_needed(1.0 + f32::EPSILON), 2);
+    assert_eq!(parts_needed(1.0 + 2f32.powi(-8) + f32::EPSILON), 3);
+    // An f16 scale times a 5-bit integer has at most 16 significant bits: two parts.
+    let d = half_precision(0.000_123_4);
+    assert!((0..32).all(|q| parts_needed(d * q as f32) <= 2));
+}
+
+/// `x` rounded to f16 precision (11 significant bits), as GGUF block scales are.
+fn half_precision(x: f32) -> f32 {
+    f32::from_bits((x.to_bits() + 0x1000) & 0xFFFF_E000)
+}
+
+#[test]
+fn kernels_amx_matmul_matches_f64_reference() {
+    use mosr_kernels::amx::{self, PackedWeight};
+    if !amx::available() {
+        eprintln!("kernels_amx_matmul_matches_f64_reference: no AMX on this machine, skipped");
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    // Rows and columns that fill whole tiles and ones that do not; K with a partial chunk;
+    // weights exact in 1, 2 (Q4_1-like with block offsets) and 3 parts.
+    for &(m, k, n) in &[
+        (1, 32, 16),
+        (17, 64, 40),
+        (64, 96, 32),
+        (33, 50, 70),
+        (100, 576, 96),
+    ] {
+        let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-4.0f32..4.0)).collect();
+        for kind in ["bf16", "q4_1", "f32"] {
+            if kind == "q4_1" && k % 32 != 0 {
+                continue;
+            }
+            let blocks = k / 32;
+            let (rows, offsets): (Vec<f32>, Option<Vec<f32>>) = match kind {
+                "bf16" => (
+                    (0..n * k)
+                        .map(|_| rng.random_range(-8i32..8) as f32 * 0.25)
+                        .collect(),
+                    None,
+                ),
+                "q4_1" => {
+                    let d: Vec<f32> = (0..n * blocks)
+                        .map(|_| half_precision(rng.random_range(1e-4f32..2e-2)))
+                        .collect();
+                    let o = (0..n * blocks)
+                        .map(|_| half_precision(rng.random_range(-0.1f32..0.1)))
+                        .collect();
+                    let r = (0..n * k)
+                        .map(|i| {
+                            d[(i / k) * blocks + (i % k) / 32] * rng.random_range(0..16) as f32
+                        })
+                        .collect();
+                    (r, Some(o))
+                }
+                _ => (
+                    (0..n * k).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+                    None,
+                ),
+            };
+            let w = PackedWeight::pack(&rows, n, k, offsets.as_deref());
+            let want_parts = match kind {
+                "bf16" => 1,
+                "q4_1" => 2,
+                _ => 3,
+            };
+            assert_eq!(w.parts(), want_parts, "{kind}: parts");
+            let got = amx::matmul(&x, m, &w);
+            assert_eq!(got.len(), m * n);
+            for r in 0..m {
+                for c in 0..n {
+                    let (mut exact, mut scale) = (0f64, 0f64);
+                    for i in 0..k {
+                        let wv = rows[c * k + i] as f64
+                            + offsets
+                                .as_ref()
+                                .map_or(0.0, |o| o[c * blocks + i / 32] as f64);
+                        exact += x[r * k + i] as f64 * wv;
+                        scale += (x[r * k + i] as f64 * wv).abs();
+                    }
+                    let err = (got[r * n + c] as f64 - exact).abs();
+                    assert!(
+                        err <= 1e-6 * scale + 1e-30,
+                        "{kind} {m}x{k}x{n} [{r},{c}]: {} vs {exact} (scale {scale})",
+                        got[r * n + c]
+                    );
+                }
+            }
+            // Several weights over one split of the rows give the same bits.
+            let many = amx::matmul_many(&x, m, &[&w, &w]);
+            assert!(
+                many.iter()
+                    .all(|o| o.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()))
+            );
+        }
+    }
+}
+
+#[test]
+fn kernels_prefill_attention_matches_f64_reference() {
+    use mosr_kernels::prefill::{CausalShape, causal_attention, supported};
+    if !supported(64) {
+        eprintln!("kernels_prefill_attention_matches_f64_reference: no AVX-512, skipped");
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    // Sequences shorter and longer than a block, grouped and plain heads, both head sizes.
+    for &(batch, seq, heads, kv_heads, d) in &[
+        (2, 5, 3, 1, 64),
+        (3, 37, 9, 3, 64),
+        (1, 20, 2, 2, 128),
+        (2, 16, 4, 2, 128),
+    ] {
+        let rows = batch * seq;
+        let mut fill =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+        let (q, k, v) = (
+            fill(rows * heads * d),
+            fill(rows * kv_heads * d),
+            fill(rows * kv_heads * d),
+        );
+        let half = d / 2;
+        let angles: Vec<f32> = (0..rows * half).map(|i| (i % 97) as f32 * 0.37).collect();
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        // Left padding: row b starts 2b positions in (all-padding rows allowed).
+        let valid: Vec<bool> = (0..rows).map(|r| r % seq >= 2 * (r / seq)).collect();
+        let shape = CausalShape {
+            batch,
+            seq,
+            heads,
+            kv_heads,
+            head_dim: d,
+        };
+        let mut out = vec![f32::NAN; q.len()];
+        causal_attention(&q, &k, &v, &cos, &sin, &valid, shape, &mut out);
+        let rot = |x: &[f32], r: usize| -> Vec<f64> {
+            let mut o = vec![0f64; d];
+            for i in 0..half {
+                let (c, s) = (cos[r * half + i] as f64, sin[r * half + i] as f64);
+                o[i] = x[i] as f64 * c - x[i + half] as f64 * s;
+                o[i + half] = x[i + half] as f64 * c + x[i] as f64 * s;
+            }
+            o
+        };
+        for b in 0..batch {
+            for i in 0..seq {
+                for h in 0..heads {
+                    let g = h / (heads / kv_heads);
+                    let qi = rot(&q[((b * seq + i) * heads + h) * d..][..d], b * seq + i);
+                    let keys: Vec<usize> =
+                        (0..=i).filter(|&j| valid[b * seq + j] || j == i).collect();
+                    let scores: Vec<f64> = keys
+                        .iter()
+                        .map(|&j| {
+                            let kj =
+                                rot(&k[((b * seq + j) * kv_heads + g) * d..][..d], b * seq + j);
+                            qi.iter().zip(&kj).map(|(a, c)| a * c).sum::<f64>() / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for c in 0..d {
+                        let want: f64 = keys
+                            .iter()
+                            .zip(&e)
+                            .map(|(&j, p)| {
+                                p / sum * v[((b * seq + j) * kv_heads + g) * d + c] as f64
+                            })
+                            .sum();
+                        let got = out[((b * seq + i) * heads + h) * d + c];
+                        assert!(
+                            (got as f64 - want).abs() < 2e-6,
+                            "{batch}x{seq} h{h}/{heads} kv{kv_heads} d{d} [{b},{i},{c}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
