@@ -97,6 +97,58 @@ pub fn linear_many<const D: usize>(
     Some(result)
 }
 
+/// `x · W_i (+ bias_i)` for each frozen projection on the AMX tile unit
+/// ([`mosr_kernels::amx`], f32-exact parts, two to three times `gemm`'s rate on the prefill
+/// shapes), the rows split once for all of them. `None` unless every projection has its
+/// packed weight, the device is the plain CPU one and there are more than [`MAX_ROWS`] rows
+/// (fewer rows stream the weights: [`linear_many`]).
+pub fn project_packed<const D: usize>(
+    x: &Tensor<D>,
+    lins: &[&crate::lora::LoraLinear],
+) -> Option<Vec<Tensor<D>>> {
+    let dims = x.dims();
+    let k = dims[D - 1];
+    let rows: usize = dims[..D - 1].iter().product();
+    if rows <= MAX_ROWS || !applies(&x.device()) {
+        return None;
+    }
+    let packed: Vec<&mosr_kernels::amx::PackedWeight> = lins
+        .iter()
+        .map(|l| l.packed.as_deref().filter(|p| p.k() == k))
+        .collect::<Option<_>>()?;
+    let xt: FlexTensor = x.clone().try_into_primitive::<Flex>().ok()?;
+    if xt.dtype() != DType::F32 {
+        return None;
+    }
+    let copied: Vec<f32>;
+    let xs: &[f32] = if xt.is_contiguous() {
+        &xt.storage::<f32>()[xt.layout().start_offset()..][..rows * k]
+    } else {
+        copied = x.clone().into_data().try_into_vec::<f32>().ok()?;
+        &copied
+    };
+    let outs = mosr_kernels::amx::matmul_many(xs, rows, &packed);
+    let mut result = Vec::with_capacity(lins.len());
+    for (mut out, lin) in outs.into_iter().zip(lins) {
+        let n = lin.d_out();
+        if let Some(b) = &lin.bias {
+            let b = b.val().into_data().try_into_vec::<f32>().ok()?;
+            for row in out.chunks_exact_mut(n) {
+                for (o, bv) in row.iter_mut().zip(&b) {
+                    *o += bv;
+                }
+            }
+        }
+        let mut out_dims = dims;
+        out_dims[D - 1] = n;
+        result.push(Tensor::from_data(
+            TensorData::new(out, out_dims),
+            &x.device(),
+        ));
+    }
+    Some(result)
+}
+
 /// `x · w (+ bias)`: the few-row kernel where it applies, else one 2-D GEMM over all rows.
 ///
 /// burn's `linear` keeps `[batch, seq, K]` inputs batched when `seq` fills its row tiles, and

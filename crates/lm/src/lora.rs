@@ -7,10 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::module::{Module, Param};
 use burn::tensor::{Distribution, Tensor, TensorData};
+use mosr_kernels::amx::PackedWeight;
 use serde::{Deserialize, Serialize};
 
 use crate::{LmError, Result};
@@ -37,6 +39,10 @@ pub struct LoraLinear {
     pub lora_b: Option<Param<Tensor<2>>>,
     pub scale: f64,
     pub dropout: f64,
+    /// `weight` in AMX tile layout, for plain CPU passes over many rows (`crate::cpu`). Built
+    /// at load where the machine has AMX; dropped whenever `weight` changes.
+    #[module(skip)]
+    pub packed: Option<Arc<PackedWeight>>,
 }
 
 /// Key of the dropout stream (see [`seed_dropout`]) and the number of masks drawn from it.
@@ -69,6 +75,7 @@ impl LoraLinear {
             lora_b: None,
             scale: 0.0,
             dropout: 0.0,
+            packed: None,
         }
     }
 
@@ -82,12 +89,17 @@ impl LoraLinear {
     /// `adapter`: add the low-rank update; `train`: apply LoRA dropout on its input;
     /// `fast`: allow the CPU few-row kernel (off for `ForwardOptions::training_arithmetic`).
     pub fn forward(&self, x: Tensor<3>, adapter: bool, train: bool, fast: bool) -> Tensor<3> {
-        let project = crate::cpu::projector(fast);
-        let y = project(
-            x.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-        );
+        let packed = fast
+            .then(|| crate::cpu::project_packed(&x, &[self]))
+            .flatten();
+        let y = match packed {
+            Some(mut ys) => ys.pop().expect("one product"),
+            None => crate::cpu::projector(fast)(
+                x.clone(),
+                self.weight.val(),
+                self.bias.as_ref().map(|b| b.val()),
+            ),
+        };
         match self.delta(x, adapter, train, fast) {
             Some(d) => y + d,
             None => y,
@@ -131,6 +143,7 @@ impl LoraLinear {
                     lora_b: None,
                     scale: 0.0,
                     dropout: 0.0,
+                    packed: None,
                 }
             }
             _ => self,

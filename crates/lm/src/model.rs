@@ -9,6 +9,7 @@ use crate::config::ModelConfig;
 use crate::lora::{LoraConfig, LoraLinear, attach};
 use crate::weights::{HostTensor, WeightSource};
 use crate::{LmError, Result};
+use mosr_kernels::amx::PackedWeight;
 
 #[derive(Module, Debug)]
 pub struct RmsNorm {
@@ -264,14 +265,29 @@ impl CausalLm {
         let d = cfg.hidden_size;
         let q_out = cfg.num_heads * cfg.head_dim;
         let kv_out = cfg.num_kv_heads * cfg.head_dim;
+        // The AMX tile layout of each projection, for plain CPU passes over many rows.
+        let pack = crate::cpu::applies(device) && mosr_kernels::amx::available();
         let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<LoraLinear> {
-            let w = to_tensor2_transposed(fetch(&format!("{name}.weight"), &[out, inp])?, device);
+            let host = fetch(&format!("{name}.weight"), &[out, inp])?;
+            let packed = if pack {
+                let p = match src.block_affine(&format!("{name}.weight"))? {
+                    Some(a) => PackedWeight::pack(&a.scaled, out, inp, Some(&a.offsets)),
+                    None => PackedWeight::pack(&host.data, out, inp, None),
+                };
+                Some(std::sync::Arc::new(p))
+            } else {
+                None
+            };
+            let w = to_tensor2_transposed(host, device);
             let b = if bias {
                 Some(to_tensor1(fetch(&format!("{name}.bias"), &[out])?, device))
             } else {
                 None
             };
-            Ok(LoraLinear::frozen(w, b))
+            Ok(LoraLinear {
+                packed,
+                ..LoraLinear::frozen(w, b)
+            })
         };
         let norm = |name: &str| -> Result<RmsNorm> {
             Ok(RmsNorm {
@@ -451,6 +467,7 @@ impl CausalLm {
             .min(self.layers.len());
 
         // Positions and key validity, continuing from the cache when there is one.
+        let keep_cache = cache.is_some();
         let mut local_cache = KvCache::default();
         let cache = match cache {
             Some(c) => {
@@ -480,6 +497,20 @@ impl CausalLm {
         }
         let mask = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, t, total]), &dev);
         let (cos, sin) = self.rope_tables(&positions, b, t);
+        // Without a cache to fill, the plain CPU device runs attention on host slices.
+        let host = (!keep_cache
+            && !opts.training_arithmetic
+            && crate::cpu::applies(&dev)
+            && mosr_kernels::prefill::supported(self.config.head_dim))
+        .then(|| {
+            let (cos, sin) = self.rope_angles(&positions);
+            let valid = cache
+                .key_mask
+                .iter()
+                .flat_map(|r| r[..t].iter().copied())
+                .collect();
+            HostAttention { cos, sin, valid }
+        });
 
         let ids: Vec<i64> = batch.ids.iter().map(|&x| x as i64).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
@@ -490,7 +521,13 @@ impl CausalLm {
         }
         for (i, layer) in self.layers.iter().take(n_layers).enumerate() {
             let entry = &mut cache.layers[i];
-            x = layer.forward(x, &cos, &sin, &mask, entry, opts);
+            let pos = Positions {
+                cos: &cos,
+                sin: &sin,
+                mask: &mask,
+                host: host.as_ref(),
+            };
+            x = layer.forward(x, &pos, entry, opts);
             if opts.hidden {
                 hidden.push(x.clone());
             }
@@ -553,17 +590,40 @@ impl Block {
     fn forward(
         &self,
         x: Tensor<3>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
-        mask: &Tensor<4, Bool>,
+        pos: &Positions<'_>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
         opts: ForwardOptions,
     ) -> Tensor<3> {
         let a = &self.self_attn;
         let (ad, tr, fast) = (opts.adapter, opts.train, !opts.training_arithmetic);
-        let [b, t, _] = x.dims();
         let h = self.input_layernorm.forward(x.clone());
         let [q, k, v] = project_shared(&h, [&a.q_proj, &a.k_proj, &a.v_proj], ad, tr, fast);
+        let o = match pos.host {
+            Some(host) => host.attend(q, k, v, a),
+            None => self.burn_attention(q, k, v, pos, cache, opts),
+        };
+        let x = x + a.o_proj.forward(o, ad, tr, fast);
+        let h = self.post_attention_layernorm.forward(x.clone());
+        let m = &self.mlp;
+        let [gate, up] = project_shared(&h, [&m.gate_proj, &m.up_proj], ad, tr, fast);
+        // Fused on the CPU device, plain and training alike (`crate::fused`).
+        let g = crate::fused::swiglu(gate, up);
+        x + m.down_proj.forward(g, ad, tr, fast)
+    }
+
+    /// Attention as burn ops, `[b, t, heads · d]` out: every device, and the plain CPU device
+    /// when a KV cache is kept.
+    fn burn_attention(
+        &self,
+        q: Tensor<3>,
+        k: Tensor<3>,
+        v: Tensor<3>,
+        pos: &Positions<'_>,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+        opts: ForwardOptions,
+    ) -> Tensor<3> {
+        let (a, cos, sin) = (&self.self_attn, pos.cos, pos.sin);
+        let [b, t, _] = q.dims();
         let q = q.reshape([b, t, a.num_heads, a.head_dim]).swap_dims(1, 2);
         let k = k
             .reshape([b, t, a.num_kv_heads, a.head_dim])
@@ -600,7 +660,7 @@ impl Block {
         } else {
             (k, v)
         };
-        let mask = mask.clone().expand([b, a.num_heads, t, total]);
+        let mask = pos.mask.clone().expand([b, a.num_heads, t, total]);
         let opts_attn = AttentionModuleOptions {
             scale: None,
             softcap: None,
@@ -611,14 +671,57 @@ impl Block {
         } else {
             attention(q, k, v, Some(mask), None, opts_attn)
         };
-        let o = o.swap_dims(1, 2).reshape([b, t, a.num_heads * a.head_dim]);
-        let x = x + a.o_proj.forward(o, ad, tr, fast);
-        let h = self.post_attention_layernorm.forward(x.clone());
-        let m = &self.mlp;
-        let [gate, up] = project_shared(&h, [&m.gate_proj, &m.up_proj], ad, tr, fast);
-        // Fused on the CPU device, plain and training alike (`crate::fused`).
-        let g = crate::fused::swiglu(gate, up);
-        x + m.down_proj.forward(g, ad, tr, fast)
+        o.swap_dims(1, 2).reshape([b, t, a.num_heads * a.head_dim])
+    }
+}
+
+/// What every layer of one forward shares about positions: the rotary tables and the mask
+/// as tensors (burn's attention), and the host attention's inputs where it runs.
+struct Positions<'a> {
+    cos: &'a Tensor<4>,
+    sin: &'a Tensor<4>,
+    mask: &'a Tensor<4, Bool>,
+    host: Option<&'a HostAttention>,
+}
+
+/// A cache-less forward's attention inputs on the host (`mosr_kernels::prefill`): rotary
+/// tables `[batch, seq, d / 2]` and which keys are tokens rather than padding.
+struct HostAttention {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    valid: Vec<bool>,
+}
+
+impl HostAttention {
+    /// Causal attention of the projections `[b, t, heads · d]` (before RoPE), same layout out.
+    fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, a: &Attention) -> Tensor<3> {
+        let [b, t, width] = q.dims();
+        let dev = q.device();
+        let host = |x: Tensor<3>| -> Vec<f32> {
+            x.into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 projections on the CPU device")
+        };
+        let (q, k, v) = (host(q), host(k), host(v));
+        let mut o = vec![0f32; q.len()];
+        let shape = mosr_kernels::prefill::CausalShape {
+            batch: b,
+            seq: t,
+            heads: a.num_heads,
+            kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim,
+        };
+        mosr_kernels::prefill::causal_attention(
+            &q,
+            &k,
+            &v,
+            &self.cos,
+            &self.sin,
+            &self.valid,
+            shape,
+            &mut o,
+        );
+        Tensor::from_data(TensorData::new(o, [b, t, width]), &dev)
     }
 }
 
@@ -649,6 +752,16 @@ fn project_shared<const N: usize>(
     train: bool,
     fast: bool,
 ) -> [Tensor<3>; N] {
+    if fast && let Some(ys) = crate::cpu::project_packed(x, &lins) {
+        let mut ys = ys.into_iter();
+        return lins.map(|l| {
+            let y = ys.next().expect("one result per projection");
+            match l.delta(x.clone(), adapter, train, fast) {
+                Some(d) => y + d,
+                None => y,
+            }
+        });
+    }
     if fast {
         let ws: Vec<(Tensor<2>, Option<Tensor<1>>)> = lins
             .iter()

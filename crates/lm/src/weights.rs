@@ -22,6 +22,12 @@ pub trait WeightSource {
     fn get(&self, hf_name: &str) -> Result<Option<HostTensor>>;
     /// File that errors should name.
     fn origin(&self) -> &Path;
+    /// The tensor as `d·q` plus one offset per block of 32 along its rows, where the file
+    /// stores it that way (Q4_1, Q5_1 in GGUF); `None` elsewhere. Lets the AMX products keep
+    /// two bf16 parts per weight instead of three (`mosr_kernels::amx`).
+    fn block_affine(&self, _hf_name: &str) -> Result<Option<mosr_gguf::BlockAffine>> {
+        Ok(None)
+    }
 }
 
 /// Maps an HF parameter name to the llama.cpp GGUF name.
@@ -62,6 +68,23 @@ pub struct GgufWeights<'a> {
     pub num_kv_heads: usize,
 }
 
+impl GgufWeights<'_> {
+    /// llama.cpp's converter interleaves the two RoPE halves of each Q/K head for Llama-arch
+    /// models (it uses GPT-J style rotation); HF rotates halves, so undo it here. `shape` is
+    /// `[rows, ..]` of `data`.
+    fn unpermute(&self, name: &str, data: Vec<f32>, shape: &[usize]) -> Vec<f32> {
+        if self.arch == Arch::Qwen2 {
+            data
+        } else if name.ends_with("attn_q.weight") {
+            unpermute_rows(&data, shape, self.num_heads)
+        } else if name.ends_with("attn_k.weight") {
+            unpermute_rows(&data, shape, self.num_kv_heads)
+        } else {
+            data
+        }
+    }
+}
+
 impl WeightSource for GgufWeights<'_> {
     fn get(&self, hf_name: &str) -> Result<Option<HostTensor>> {
         let Some(name) = hf_to_gguf_name(hf_name) else {
@@ -71,17 +94,25 @@ impl WeightSource for GgufWeights<'_> {
             return Ok(None);
         };
         let shape = info.shape();
-        let mut data = self.file.dequantize(&name)?;
-        // llama.cpp's converter interleaves the two RoPE halves of each Q/K head for Llama-arch
-        // models (it uses GPT-J style rotation); HF rotates halves, so undo it here.
-        if self.arch != Arch::Qwen2 {
-            if name.ends_with("attn_q.weight") {
-                data = unpermute_rows(&data, &shape, self.num_heads);
-            } else if name.ends_with("attn_k.weight") {
-                data = unpermute_rows(&data, &shape, self.num_kv_heads);
-            }
-        }
+        let data = self.unpermute(&name, self.file.dequantize(&name)?, &shape);
         Ok(Some(HostTensor { shape, data }))
+    }
+    fn block_affine(&self, hf_name: &str) -> Result<Option<mosr_gguf::BlockAffine>> {
+        let Some(name) = hf_to_gguf_name(hf_name) else {
+            return Ok(None);
+        };
+        let Ok(info) = self.file.tensor_info(&name) else {
+            return Ok(None);
+        };
+        let shape = info.shape();
+        let Some(a) = self.file.block_affine(&name)? else {
+            return Ok(None);
+        };
+        let blocks = [shape[0], a.offsets.len() / shape[0].max(1)];
+        Ok(Some(mosr_gguf::BlockAffine {
+            scaled: self.unpermute(&name, a.scaled, &shape),
+            offsets: self.unpermute(&name, a.offsets, &blocks),
+        }))
     }
     fn origin(&self) -> &Path {
         self.file.path()

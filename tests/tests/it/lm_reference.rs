@@ -190,6 +190,79 @@ fn check_generate(lm: &LanguageModel, model: &str) {
     }
 }
 
+/// The AMX products (`mosr_kernels::amx`, where this machine has them) against the portable
+/// GEMM path on the same weights: every hidden state and logit agrees to f32 rounding noise,
+/// far inside the 1e-3 kept against transformers.
+fn check_amx_matches_portable(lm: &LanguageModel, model: &str) {
+    let packed = lm
+        .net
+        .layers
+        .iter()
+        .flat_map(|l| l.linears())
+        .filter(|(_, l)| l.packed.is_some())
+        .count();
+    if !mosr_kernels::amx::available() {
+        assert_eq!(packed, 0, "{model}: packed weights without AMX");
+        eprintln!("{model}: no AMX on this machine, AMX-vs-portable check skipped");
+        return;
+    }
+    assert_eq!(
+        packed,
+        7 * lm.net.layers.len(),
+        "{model}: every projection packed"
+    );
+    let mut portable = lm.net.clone();
+    for layer in portable.layers.iter_mut() {
+        for (_, lin) in layer.linears_mut() {
+            lin.packed = None;
+        }
+    }
+    // Left-padded rows of different lengths, more than MAX_ROWS rows in all.
+    let texts = [
+        "How do I kill a Python process that hangs?",
+        "Write a haiku about the sea.",
+        "Explain, step by step, how vaccines train the immune system to recognise a virus.",
+    ];
+    let rows: Vec<Vec<u32>> = texts.iter().map(|t| lm.encode(t, false).unwrap()).collect();
+    let batch = TokenBatch::left_padded(&rows, lm.pad_id);
+    assert!(batch.mask.len() > mosr_kernels::MAX_ROWS);
+    let opts = ForwardOptions {
+        hidden: true,
+        logits: Logits::All,
+        ..Default::default()
+    };
+    let a = lm.net.forward(&batch, None, opts);
+    let b = portable.forward(&batch, None, opts);
+    let mut tensors: Vec<(String, burn::tensor::Tensor<3>, burn::tensor::Tensor<3>)> = a
+        .hidden
+        .into_iter()
+        .zip(b.hidden)
+        .enumerate()
+        .map(|(l, (x, y))| (format!("hidden {l}"), x, y))
+        .collect();
+    tensors.push(("logits".into(), a.logits.unwrap(), b.logits.unwrap()));
+    let mut worst = 0f32;
+    for (name, x, y) in tensors {
+        let (x, _) = to_vec3(x);
+        let (y, _) = to_vec3(y);
+        let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = x
+            .iter()
+            .zip(&y)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            x.iter().all(|v| v.is_finite()),
+            "{model}: {name} not finite"
+        );
+        assert!(
+            diff <= 1e-4 * scale,
+            "{model}: {name} AMX vs portable {diff} (max |x| {scale})"
+        );
+        worst = worst.max(diff / scale);
+    }
+    eprintln!("{model}: AMX vs portable forward, worst max-abs difference {worst:.1e} of max |x|");
+}
+
 fn check_all(lm: &LanguageModel, model: &str) {
     check_tokenizer(lm, model);
     check_chat(lm, model);
@@ -197,6 +270,7 @@ fn check_all(lm: &LanguageModel, model: &str) {
     check_batch(lm, model);
     check_generate(lm, model);
     mosr_tests::check_decode_matches_full_forward(lm, false);
+    check_amx_matches_portable(lm, model);
 }
 
 fn gguf_and_hf(model: &str) {
