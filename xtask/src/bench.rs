@@ -129,19 +129,40 @@ pub fn run(
         });
         rows.push(row);
     }
+    // The practical f32 limit: the better of the two sides' f32 matmul (AVX-512 FMA).
+    let limit = rows.iter().find(|r| r["workload"] == "matmul").map(|r| {
+        r["mosr_gflops_per_s"]
+            .as_f64()
+            .unwrap()
+            .max(r["pytorch_gflops_per_s"].as_f64().unwrap())
+    });
+    for r in rows.iter_mut() {
+        if let Some(l) = limit {
+            r["f32_limit_gflops_per_s"] = l.into();
+            r["mosr_fraction_of_f32_limit"] = (r["mosr_gflops_per_s"].as_f64().unwrap() / l).into();
+            r["pytorch_fraction_of_f32_limit"] =
+                (r["pytorch_gflops_per_s"].as_f64().unwrap() / l).into();
+        }
+    }
     println!(
-        "| workload | mosr tok/s | PyTorch tok/s | mosr / PyTorch speed | mosr GFLOP/s | PyTorch GFLOP/s | mosr peak MB | PyTorch peak MB |"
+        "| workload | mosr tok/s | PyTorch tok/s | mosr / PyTorch speed | mosr GFLOP/s | PyTorch GFLOP/s | mosr / f32 limit | PyTorch / f32 limit | mosr peak MB | PyTorch peak MB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let pct = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or("-".into(), |f| format!("{:.0}%", 100.0 * f))
+    };
     for r in &rows {
         println!(
-            "| {} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.1} | {:.0} | {:.0} |",
+            "| {} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} |",
             r["workload"].as_str().unwrap(),
             r["mosr_tokens_per_s"].as_f64().unwrap(),
             r["pytorch_tokens_per_s"].as_f64().unwrap(),
             r["speedup_mosr_over_pytorch"].as_f64().unwrap(),
             r["mosr_gflops_per_s"].as_f64().unwrap(),
             r["pytorch_gflops_per_s"].as_f64().unwrap(),
+            pct(&r["mosr_fraction_of_f32_limit"]),
+            pct(&r["pytorch_fraction_of_f32_limit"]),
             r["mosr_peak_rss_mb"].as_f64().unwrap(),
             r["pytorch_peak_rss_mb"].as_f64().unwrap(),
         );

@@ -50,7 +50,7 @@ enum Cmd {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "matmul,prefill,generate,train"
+            default_value = "matmul,matmul-amx,prefill,generate,train"
         )]
         workloads: Vec<String>,
     },

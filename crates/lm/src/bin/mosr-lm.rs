@@ -65,7 +65,7 @@ enum Cmd {
     Bench {
         #[arg(long, default_value = "smollm2-135m-instruct")]
         model: String,
-        /// prefill | generate | matmul
+        /// prefill | generate | matmul | matmul-amx
         #[arg(long)]
         workload: String,
         #[arg(long, default_value_t = 8)]
@@ -137,6 +137,34 @@ fn bench(
         }
         tokens = 0;
         flops = 2.0 * (n as f64).powi(3);
+    } else if workload == "matmul-amx" {
+        // The projections' product on the AMX tile unit (`mosr_kernels::amx`), exact to f32
+        // inputs: random f32 weights need all three bf16 parts (six part products), the most
+        // expensive case (the GGUF models' Q4_1 weights need two, five products).
+        use mosr_kernels::amx;
+        anyhow::ensure!(
+            amx::available(),
+            "matmul-amx: this machine (or MOSR_NO_AMX) has no AMX tile unit"
+        );
+        let n = 1024;
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let a: Vec<f32> = (0..n * n).map(|_| next()).collect();
+        let w: Vec<f32> = (0..n * n).map(|_| next()).collect();
+        let packed = amx::PackedWeight::pack(&w, n, n, None);
+        let _ = amx::matmul(&a, n, &packed);
+        for _ in 0..repeats.max(5) {
+            let t0 = std::time::Instant::now();
+            let _ = amx::matmul(&a, n, &packed);
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        tokens = 0;
+        flops = 2.0 * (n as f64).powi(3);
     } else {
         let lm = LanguageModel::open(&fetch::resolve(model)?, &dev)?;
         let ids = bench_ids(batch, seq, lm.config.vocab_size);
@@ -196,7 +224,9 @@ fn bench(
                 flops =
                     tokens as f64 * (2.0 * params + 2.0 * (c.hidden_size * c.vocab_size) as f64);
             }
-            other => anyhow::bail!("unknown workload `{other}` (prefill, generate, matmul)"),
+            other => {
+                anyhow::bail!("unknown workload `{other}` (prefill, generate, matmul, matmul-amx)")
+            }
         }
     }
     times.sort_by(f64::total_cmp);
