@@ -52,19 +52,8 @@ pub fn linear_many<const D: usize>(
         }
         prims.push((flex_f32(w)?, n));
     }
-    let xt: FlexTensor = x.clone().try_into_primitive::<Flex>().ok()?;
-    if xt.dtype() != DType::F32 {
-        return None;
-    }
-    let copied: Vec<f32>;
-    let xs: &[f32] = if xt.is_contiguous() {
-        &xt.storage::<f32>()[xt.layout().start_offset()..][..rows * k]
-    } else {
-        copied = x.clone().into_data().try_into_vec::<f32>().ok()?;
-        &copied
-    };
-    let mut outs: Vec<Vec<f32>> = prims.iter().map(|(_, n)| vec![0f32; rows * n]).collect();
-    {
+    let outs = with_rows(x, rows * k, |xs| {
+        let mut outs: Vec<Vec<f32>> = prims.iter().map(|(_, n)| vec![0f32; rows * n]).collect();
         let mut products: Vec<mosr_kernels::Product<'_>> = prims
             .iter()
             .zip(outs.iter_mut())
@@ -75,26 +64,51 @@ pub fn linear_many<const D: usize>(
             })
             .collect();
         mosr_kernels::few_rows_many(xs, rows, k, &mut products);
+        outs
+    })?;
+    outs.into_iter()
+        .zip(prims.iter().zip(weights))
+        .map(|(out, ((_, n), &(_, bias)))| output(out, *n, bias, dims, &x.device()))
+        .collect()
+}
+
+/// `f(rows)` on a plain f32 flex tensor's `len` values: in place when contiguous, else on a
+/// copy. `None` for other tensors.
+fn with_rows<const D: usize, R>(
+    x: &Tensor<D>,
+    len: usize,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Option<R> {
+    let xt: FlexTensor = x.clone().try_into_primitive::<Flex>().ok()?;
+    if xt.dtype() != DType::F32 {
+        return None;
     }
-    let mut result = Vec::with_capacity(weights.len());
-    for ((out, (_, n)), &(_, bias)) in outs.into_iter().zip(&prims).zip(weights) {
-        let mut out = out;
-        if let Some(b) = bias {
-            let b = b.clone().into_data().try_into_vec::<f32>().ok()?;
-            for row in out.chunks_exact_mut(*n) {
-                for (o, bv) in row.iter_mut().zip(&b) {
-                    *o += bv;
-                }
+    Some(if xt.is_contiguous() {
+        f(&xt.storage::<f32>()[xt.layout().start_offset()..][..len])
+    } else {
+        f(&x.clone().into_data().try_into_vec::<f32>().ok()?)
+    })
+}
+
+/// A product's row-major `[rows, n]` values (+ bias) as a tensor shaped like its input with
+/// `n` last.
+fn output<const D: usize>(
+    mut out: Vec<f32>,
+    n: usize,
+    bias: Option<&Tensor<1>>,
+    mut dims: [usize; D],
+    device: &Device,
+) -> Option<Tensor<D>> {
+    if let Some(b) = bias.filter(|_| n > 0) {
+        let b = b.clone().into_data().try_into_vec::<f32>().ok()?;
+        for row in out.chunks_exact_mut(n) {
+            for (o, bv) in row.iter_mut().zip(&b) {
+                *o += bv;
             }
         }
-        let mut out_dims = dims;
-        out_dims[D - 1] = *n;
-        result.push(Tensor::from_data(
-            TensorData::new(out, out_dims),
-            &x.device(),
-        ));
     }
-    Some(result)
+    dims[D - 1] = n;
+    Some(Tensor::from_data(TensorData::new(out, dims), device))
 }
 
 /// `x · W_i (+ bias_i)` for each frozen projection on the AMX tile unit
@@ -116,37 +130,16 @@ pub fn project_packed<const D: usize>(
         .iter()
         .map(|l| l.packed.as_deref().filter(|p| p.k() == k))
         .collect::<Option<_>>()?;
-    let xt: FlexTensor = x.clone().try_into_primitive::<Flex>().ok()?;
-    if xt.dtype() != DType::F32 {
-        return None;
-    }
-    let copied: Vec<f32>;
-    let xs: &[f32] = if xt.is_contiguous() {
-        &xt.storage::<f32>()[xt.layout().start_offset()..][..rows * k]
-    } else {
-        copied = x.clone().into_data().try_into_vec::<f32>().ok()?;
-        &copied
-    };
-    let outs = mosr_kernels::amx::matmul_many(xs, rows, &packed);
-    let mut result = Vec::with_capacity(lins.len());
-    for (mut out, lin) in outs.into_iter().zip(lins) {
-        let n = lin.d_out();
-        if let Some(b) = &lin.bias {
-            let b = b.val().into_data().try_into_vec::<f32>().ok()?;
-            for row in out.chunks_exact_mut(n) {
-                for (o, bv) in row.iter_mut().zip(&b) {
-                    *o += bv;
-                }
-            }
-        }
-        let mut out_dims = dims;
-        out_dims[D - 1] = n;
-        result.push(Tensor::from_data(
-            TensorData::new(out, out_dims),
-            &x.device(),
-        ));
-    }
-    Some(result)
+    let outs = with_rows(x, rows * k, |xs| {
+        mosr_kernels::amx::matmul_many(xs, rows, &packed)
+    })?;
+    outs.into_iter()
+        .zip(lins)
+        .map(|(out, lin)| {
+            let bias = lin.bias.as_ref().map(|b| b.val());
+            output(out, lin.d_out(), bias.as_ref(), dims, &x.device())
+        })
+        .collect()
 }
 
 /// `x · w (+ bias)`: the few-row kernel where it applies, else one 2-D GEMM over all rows.
