@@ -1,12 +1,13 @@
 //! `x · W` in f32 on the AMX tile unit, exact to the f32 inputs.
 //!
-//! AMX multiplies bf16 tiles (8 significant bits) into f32 accumulators at about ten times
-//! this machine's AVX-512 f32 rate. An f32 value splits exactly into three bf16 parts (its 24
-//! significant bits, 8 at a time: `x = h + m + l`), and a bf16 product is exact in f32, so
-//! `x · w = Σ parts(x) · parts(w)` reproduces the f32 product. Dropping the part products
-//! below 2^-24 of the leading one (those with level `i + j > 2`, the "bf16x6" scheme of
-//! Henry, Tang and Heinecke, ARITH 2019) leaves an error of the order of f32 rounding, the
-//! same order as reordering an f32 sum; the accumulation is f32 throughout.
+//! AMX multiplies bf16 tiles (8 significant bits) into f32 accumulators: 3.3 TFLOP/s per
+//! core measured on this Sapphire Rapids machine, against about 165 GFLOP/s for f32 FMA. An
+//! f32 value splits exactly into three bf16 parts (its 24 significant bits, 8 at a time:
+//! `x = h + m + l`), and a bf16 product is exact in f32, so `x · w = Σ parts(x) · parts(w)`
+//! reproduces the f32 product. Dropping the part products below 2^-24 of the leading one
+//! (those with level `i + j > 2`, the "bf16x6" scheme of Henry, Tang and Heinecke, ARITH
+//! 2019) leaves an error of the order of f32 rounding, the same order as reordering an f32
+//! sum; the accumulation is f32 throughout.
 //!
 //! Weights from block-quantized files need fewer parts: `w = d·q + m` per block of 32 along
 //! `K`, where `d·q` (an f16 scale times a small integer) is exact in two bf16 parts, and the
@@ -14,8 +15,9 @@
 //! tiles (block sums of `x` times the offsets). Two weight parts keep five part products.
 //!
 //! The weight is packed once ([`PackedWeight`], tile layout, 2 bytes per part and weight);
-//! the rows are split per call ([`matmul`]). Only x86-64 Linux with AMX-BF16 takes this path
-//! ([`available`]); `MOSR_NO_AMX=1` turns it off.
+//! the rows are split per call ([`matmul`]). Measured on the prefill shapes with 2 threads:
+//! 420-530 GFLOP/s of f32 work, against 285-355 for gemm's AVX-512 f32 kernels. Only x86-64
+//! Linux with AMX-BF16 takes this path ([`available`]); `MOSR_NO_AMX=1` turns it off.
 
 /// bf16 values per tile row, and the `K` of one tile product.
 const CHUNK: usize = 32;
