@@ -32,6 +32,10 @@ pub struct StageManifest {
     pub wall_time_s: f64,
     /// RFC 3339, UTC.
     pub created: String,
+    /// The CPU kernels this machine's model passes take (`mosr_kernels::arithmetic`): runs
+    /// agree bit for bit only between machines with the same value.
+    #[serde(default)]
+    pub cpu_arithmetic: String,
 }
 
 impl StageManifest {
@@ -48,6 +52,7 @@ impl StageManifest {
             row_counts: BTreeMap::new(),
             wall_time_s: 0.0,
             created: now_rfc3339(),
+            cpu_arithmetic: mosr_kernels::arithmetic().to_string(),
         }
     }
 

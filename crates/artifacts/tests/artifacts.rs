@@ -379,6 +379,17 @@ fn manifest_round_trip_and_time_format() {
     let path = dir.join("manifest.json");
     m.write(&path).unwrap();
     assert_eq!(StageManifest::read(&path).unwrap(), m);
+    assert!(
+        ["amx-f32-exact", "avx512", "portable"].contains(&m.cpu_arithmetic.as_str()),
+        "{}",
+        m.cpu_arithmetic
+    );
+    // Manifests written before the field existed still read (the field is empty).
+    let mut old: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("cpu_arithmetic");
+    std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+    assert_eq!(StageManifest::read(&path).unwrap().cpu_arithmetic, "");
     assert_eq!(m.created.len(), 20);
     assert!(m.created.ends_with('Z'));
     assert_eq!(

@@ -14,6 +14,21 @@ pub mod decode;
 pub mod norm;
 pub mod prefill;
 
+/// Which kernels the model's plain CPU passes take on this machine: `amx-f32-exact`
+/// (projections on AMX tiles, [`amx`]), `avx512` (gemm's AVX-512 kernels and the vector
+/// attention) or `portable`. Runs on machines with different answers agree to f32 rounding,
+/// not bit for bit, so stage manifests record it.
+pub fn arithmetic() -> &'static str {
+    if amx::available() {
+        return "amx-f32-exact";
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return "avx512";
+    }
+    "portable"
+}
+
 /// Products with more rows than this are better served by a packed GEMM (the weight is
 /// reused across enough rows to pay for the packing).
 pub const MAX_ROWS: usize = 16;

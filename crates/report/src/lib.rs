@@ -185,9 +185,21 @@ fn readme(run_dir: &RunDir, command: &str, body: &str, missing: &[String]) -> Re
         })
         .unwrap_or_else(|| "(no model-reading stage has run)".into());
     let seed = ms.values().find_map(|m| m.seed);
+    let arithmetic: std::collections::BTreeSet<&str> = ms
+        .values()
+        .map(|m| m.cpu_arithmetic.as_str())
+        .filter(|a| !a.is_empty())
+        .collect();
+    let arithmetic = if arithmetic.is_empty() {
+        "(not recorded)".to_string()
+    } else {
+        arithmetic.into_iter().collect::<Vec<_>>().join(", ")
+    };
     let mut s = format!(
         "# Results: `{}`\n\nMade by `{command}` from code {code}.\n\n\
-         * model: {model_hash}\n* seed: {}\n* stage wall time (sum of manifests): {:.1} min\n\n",
+         * model: {model_hash}\n* seed: {}\n* CPU arithmetic: {arithmetic} (runs agree bit for \
+         bit only on machines with the same)\n\
+         * stage wall time (sum of manifests): {:.1} min\n\n",
         run_dir
             .root()
             .file_name()
