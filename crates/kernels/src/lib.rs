@@ -380,6 +380,27 @@ mod avx512 {
         _mm512_scalef_ps(p, n)
     }
 
+    /// A row of attention scores into softmax numerators in place: `s[j] ← e^(s[j] − max)`,
+    /// left-out keys (`-inf`) to exactly 0 (the clamped exp would give a denormal). Returns
+    /// their sum, the softmax's denominator.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn exp_row(s: &mut [f32], max: f32) -> f32 {
+        let (mx, ninf) = (_mm512_set1_ps(max), _mm512_set1_ps(f32::NEG_INFINITY));
+        let mut sum = _mm512_setzero_ps();
+        for i in (0..s.len()).step_by(16) {
+            let m = lanes(s.len() - i);
+            // SAFETY: the masked lanes stay inside `s`.
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(m, s.as_ptr().add(i));
+                let live = m & _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(x, ninf);
+                let e = _mm512_maskz_mov_ps(live, exp(_mm512_sub_ps(x, mx)));
+                sum = _mm512_add_ps(sum, e);
+                _mm512_mask_storeu_ps(s.as_mut_ptr().add(i), m, e);
+            }
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+
     /// Attention of the query heads `q` (`[heads, d]`, sharing one key/value head) over `len`
     /// keys and values (`[len, d]` each), into `out` (`[heads, d]`); keys with `!keep(j)` are
     /// left out. `false` (nothing written) where `d` has no vector path (only 64 and 128 do).
@@ -460,21 +481,7 @@ mod avx512 {
             let mut inv = [0f32; G];
             for (g, s) in scores.chunks_exact_mut(len).enumerate() {
                 let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mx = _mm512_set1_ps(max);
-                let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-                let mut sum = _mm512_setzero_ps();
-                let mut i = 0;
-                while i < len {
-                    let m = lanes(len - i);
-                    let x = _mm512_maskz_loadu_ps(m, s.as_ptr().add(i));
-                    // Left-out keys weigh exactly 0 (the clamped exp would give a denormal).
-                    let live = m & _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(x, ninf);
-                    let e = _mm512_maskz_mov_ps(live, exp(_mm512_sub_ps(x, mx)));
-                    sum = _mm512_add_ps(sum, e);
-                    _mm512_mask_storeu_ps(s.as_mut_ptr().add(i), m, e);
-                    i += 16;
-                }
-                inv[g] = 1.0 / _mm512_reduce_add_ps(sum);
+                inv[g] = 1.0 / exp_row(s, max);
             }
             let mut acc = [[_mm512_setzero_ps(); NV]; G];
             for (j, _) in kept.iter().enumerate().filter(|(_, k)| **k) {

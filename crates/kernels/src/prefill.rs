@@ -164,7 +164,7 @@ unsafe impl Send for OutPtr {}
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::QUERY_BLOCK;
-    use crate::avx512::{exp, lanes};
+    use crate::avx512::exp_row;
     use std::arch::x86_64::*;
 
     /// One query head over its key/value head: `q` `[seq (padded to 8), d]` rotated, `kt`
@@ -220,18 +220,7 @@ mod avx512 {
                             max = max.max(*x);
                         }
                     }
-                    let (mx, ninf) = (_mm512_set1_ps(max), _mm512_set1_ps(f32::NEG_INFINITY));
-                    let mut sum = _mm512_setzero_ps();
-                    for j in (0..hi).step_by(16) {
-                        let m = lanes(hi - j);
-                        let x = _mm512_maskz_loadu_ps(m, s.as_ptr().add(j));
-                        // Left-out keys weigh exactly 0 (the clamped exp would give a denormal).
-                        let live = m & _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(x, ninf);
-                        let e = _mm512_maskz_mov_ps(live, exp(_mm512_sub_ps(x, mx)));
-                        sum = _mm512_add_ps(sum, e);
-                        _mm512_mask_storeu_ps(s.as_mut_ptr().add(j), m, e);
-                    }
-                    inv[r] = 1.0 / _mm512_reduce_add_ps(sum);
+                    inv[r] = 1.0 / exp_row(s, max);
                 }
                 for r0 in (0..block).step_by(R) {
                     let rows = (block - r0).min(R);
