@@ -742,9 +742,9 @@ fn composed_attention(
     (numerator / sum).matmul(v)
 }
 
-/// Projections of one input (a block's q/k/v, or gate/up): one call of the few-row kernel
-/// where it applies (decoding on the CPU device), each projection on its own elsewhere. Both
-/// give the same values bit for bit.
+/// Projections of one input (a block's q/k/v, or gate/up): one call of the AMX product (many
+/// rows, packed weights) or of the few-row kernel (decoding) on the CPU device, each
+/// projection on its own elsewhere. Each result equals its projection on its own bit for bit.
 fn project_shared<const N: usize>(
     x: &Tensor<3>,
     lins: [&LoraLinear; N],
@@ -752,7 +752,20 @@ fn project_shared<const N: usize>(
     train: bool,
     fast: bool,
 ) -> [Tensor<3>; N] {
-    if fast && let Some(ys) = crate::cpu::project_packed(x, &lins) {
+    let shared = if fast {
+        crate::cpu::project_packed(x, &lins).or_else(|| {
+            let ws: Vec<(Tensor<2>, Option<Tensor<1>>)> = lins
+                .iter()
+                .map(|l| (l.weight.val(), l.bias.as_ref().map(|b| b.val())))
+                .collect();
+            let refs: Vec<(&Tensor<2>, Option<&Tensor<1>>)> =
+                ws.iter().map(|(w, b)| (w, b.as_ref())).collect();
+            crate::cpu::linear_many(x, &refs)
+        })
+    } else {
+        None
+    };
+    if let Some(ys) = shared {
         let mut ys = ys.into_iter();
         return lins.map(|l| {
             let y = ys.next().expect("one result per projection");
@@ -761,24 +774,6 @@ fn project_shared<const N: usize>(
                 None => y,
             }
         });
-    }
-    if fast {
-        let ws: Vec<(Tensor<2>, Option<Tensor<1>>)> = lins
-            .iter()
-            .map(|l| (l.weight.val(), l.bias.as_ref().map(|b| b.val())))
-            .collect();
-        let refs: Vec<(&Tensor<2>, Option<&Tensor<1>>)> =
-            ws.iter().map(|(w, b)| (w, b.as_ref())).collect();
-        if let Some(ys) = crate::cpu::linear_many(x, &refs) {
-            let mut ys = ys.into_iter();
-            return lins.map(|l| {
-                let y = ys.next().expect("one result per projection");
-                match l.delta(x.clone(), adapter, train, fast) {
-                    Some(d) => y + d,
-                    None => y,
-                }
-            });
-        }
     }
     lins.map(|l| l.forward(x.clone(), adapter, train, fast))
 }
