@@ -485,19 +485,8 @@ impl CausalLm {
         let past = cache.len();
         let positions = cache.advance(batch);
         let total = past + t;
-        // masked = future key, or a padding key (except the diagonal, so no row is all -inf).
-        let mut m = Vec::with_capacity(b * t * total);
-        for row in 0..b {
-            for qi in 0..t {
-                let qa = past + qi;
-                for kj in 0..total {
-                    m.push(kj > qa || (!cache.key_mask[row][kj] && kj != qa));
-                }
-            }
-        }
-        let mask = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, t, total]), &dev);
-        let (cos, sin) = self.rope_tables(&positions, b, t);
-        // Without a cache to fill, the plain CPU device runs attention on host slices.
+        // Without a cache to fill, the plain CPU device runs attention on host slices; every
+        // other pass gets the rotary tables and the mask as tensors for burn's attention.
         let host = (!keep_cache
             && !opts.training_arithmetic
             && crate::cpu::applies(&dev)
@@ -511,6 +500,21 @@ impl CausalLm {
                 .collect();
             HostAttention { cos, sin, valid }
         });
+        let tensors = host.is_none().then(|| {
+            // masked = future key, or a padding key (except the diagonal, so no row is all -inf).
+            let mut m = Vec::with_capacity(b * t * total);
+            for row in 0..b {
+                for qi in 0..t {
+                    let qa = past + qi;
+                    for kj in 0..total {
+                        m.push(kj > qa || (!cache.key_mask[row][kj] && kj != qa));
+                    }
+                }
+            }
+            let mask = Tensor::<4, Bool>::from_data(TensorData::new(m, [b, 1, t, total]), &dev);
+            let (cos, sin) = self.rope_tables(&positions, b, t);
+            BurnPositions { cos, sin, mask }
+        });
 
         let ids: Vec<i64> = batch.ids.iter().map(|&x| x as i64).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
@@ -521,11 +525,10 @@ impl CausalLm {
         }
         for (i, layer) in self.layers.iter().take(n_layers).enumerate() {
             let entry = &mut cache.layers[i];
-            let pos = Positions {
-                cos: &cos,
-                sin: &sin,
-                mask: &mask,
-                host: host.as_ref(),
+            let pos = match (&host, &tensors) {
+                (Some(h), _) => Positions::Host(h),
+                (None, Some(t)) => Positions::Burn(t),
+                (None, None) => unreachable!("one of the two is built"),
             };
             x = layer.forward(x, &pos, entry, opts);
             if opts.hidden {
@@ -598,9 +601,9 @@ impl Block {
         let (ad, tr, fast) = (opts.adapter, opts.train, !opts.training_arithmetic);
         let h = self.input_layernorm.forward(x.clone());
         let [q, k, v] = project_shared(&h, [&a.q_proj, &a.k_proj, &a.v_proj], ad, tr, fast);
-        let o = match pos.host {
-            Some(host) => host.attend(q, k, v, a),
-            None => self.burn_attention(q, k, v, pos, cache, opts),
+        let o = match pos {
+            Positions::Host(host) => host.attend(q, k, v, a),
+            Positions::Burn(tensors) => self.burn_attention(q, k, v, tensors, cache, opts),
         };
         let x = x + a.o_proj.forward(o, ad, tr, fast);
         let h = self.post_attention_layernorm.forward(x.clone());
@@ -618,11 +621,11 @@ impl Block {
         q: Tensor<3>,
         k: Tensor<3>,
         v: Tensor<3>,
-        pos: &Positions<'_>,
+        pos: &BurnPositions,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
         opts: ForwardOptions,
     ) -> Tensor<3> {
-        let (a, cos, sin) = (&self.self_attn, pos.cos, pos.sin);
+        let (a, cos, sin) = (&self.self_attn, &pos.cos, &pos.sin);
         let [b, t, _] = q.dims();
         let q = q.reshape([b, t, a.num_heads, a.head_dim]).swap_dims(1, 2);
         let k = k
@@ -675,13 +678,18 @@ impl Block {
     }
 }
 
-/// What every layer of one forward shares about positions: the rotary tables and the mask
-/// as tensors (burn's attention), and the host attention's inputs where it runs.
-struct Positions<'a> {
-    cos: &'a Tensor<4>,
-    sin: &'a Tensor<4>,
-    mask: &'a Tensor<4, Bool>,
-    host: Option<&'a HostAttention>,
+/// What every layer of one forward shares about positions, for whichever attention runs.
+enum Positions<'a> {
+    Host(&'a HostAttention),
+    Burn(&'a BurnPositions),
+}
+
+/// burn's attention inputs: rotary tables `[batch, 1, seq, d]` and the mask `[batch, 1, seq,
+/// keys]` (true = left out).
+struct BurnPositions {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    mask: Tensor<4, Bool>,
 }
 
 /// A cache-less forward's attention inputs on the host (`mosr_kernels::prefill`): rotary
