@@ -155,15 +155,22 @@ fn run_and_kill(dir: &Path) -> Result<String> {
     }
 }
 
-/// `<partial stage folder>/<variant>/checkpoint/state.json`, the first one written.
+/// `<partial stage folder>/<variant>/seed-<seed>/checkpoint/state.json`, the first one
+/// written.
 fn first_checkpoint(partial: &Path) -> Result<Option<PathBuf>> {
     let Ok(variants) = std::fs::read_dir(partial) else {
         return Ok(None);
     };
     for variant in variants.flatten() {
-        let state = variant.path().join("checkpoint/state.json");
-        if state.is_file() {
-            return Ok(Some(state));
+        for seed in std::fs::read_dir(variant.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let state = seed.path().join("checkpoint/state.json");
+            if state.is_file() {
+                return Ok(Some(state));
+            }
         }
     }
     Ok(None)
@@ -308,6 +315,8 @@ fn check_tables(results: &Path, repo: &Path) -> Result<()> {
     let readme = std::fs::read_to_string(&readme_path)
         .with_context(|| format!("reading {}", readme_path.display()))?;
     for section in [
+        "## Claims",
+        "## Paired comparisons",
         "## Main table",
         "## Ablation",
         "## Linear probes",
@@ -322,13 +331,15 @@ fn check_tables(results: &Path, repo: &Path) -> Result<()> {
 
     let main = table("main_table")?;
     let variants = strs(&main, "variant")?;
+    let mut distinct = variants.clone();
+    distinct.dedup();
     ensure!(
-        variants == VARIANTS,
-        "main table variants {variants:?}, expected {VARIANTS:?}"
+        distinct == VARIANTS,
+        "main table variants {distinct:?}, expected {VARIANTS:?}"
     );
     let mut rate_columns = 0;
     for c in main.get_column_names() {
-        if c.as_str() == "variant" {
+        if c.as_str() == "variant" || c.as_str() == "seed" {
             continue;
         }
         for (v, x) in variants.iter().zip(f64s(&main, c)?) {
@@ -373,7 +384,12 @@ fn check_tables(results: &Path, repo: &Path) -> Result<()> {
         .iter()
         .position(|v| v == "rr")
         .context("ablation table has no rr row")?;
-    for c in ["Δ ASR vs rr", "Δ over-refusal vs rr", "Δ capability vs rr"] {
+    for c in [
+        "Δ ASR vs rr",
+        "Δ refused vs rr",
+        "Δ gibberish vs rr",
+        "Δ capability vs rr",
+    ] {
         let d = f64s(&ablation, c)?[rr];
         ensure!(d.abs() < 1e-12, "ablation: rr's {c} is {d}, not 0");
     }
@@ -384,8 +400,13 @@ fn check_tables(results: &Path, repo: &Path) -> Result<()> {
     }
     let train = table("training_summary")?;
     let trained = strs(&train, "variant")?;
-    ensure!(trained.len() == 4, "training summary has {trained:?}");
     let finetune: mosr_finetune::FinetuneConfig = file.section("finetune")?;
+    let seeds = finetune.seeds_or(file.run.seed);
+    ensure!(
+        trained.len() == 4 * seeds.len(),
+        "training summary has {trained:?} for {} seeds",
+        seeds.len()
+    );
     for s in f64s(&train, "steps")? {
         ensure!(
             s == finetune.steps as f64,
@@ -397,6 +418,75 @@ fn check_tables(results: &Path, repo: &Path) -> Result<()> {
         for x in f64s(&train, c)? {
             ensure!(x.is_finite(), "training summary {c} = {x}");
         }
+    }
+    check_claims(&table, seeds.len())
+}
+
+/// The claims and paired tables: every claim has a rule-given verdict, every paired row is a
+/// difference of two rates with an interval and a p-value, every trained variant is paired
+/// with `base` for every seed.
+fn check_claims(table: &dyn Fn(&str) -> Result<DataFrame>, seeds: usize) -> Result<()> {
+    let claims = table("claims")?;
+    let ids = strs(&claims, "claim")?;
+    ensure!(ids == ["C1", "C2", "C3", "C4a", "C4b"], "claims {ids:?}");
+    for v in strs(&claims, "verdict")? {
+        ensure!(
+            ["supported", "contradicted", "inconclusive"].contains(&v.as_str()),
+            "verdict `{v}`"
+        );
+    }
+    let tests = table("claim_tests")?;
+    let (lo, hi, p) = (
+        f64s(&tests, "ci_low")?,
+        f64s(&tests, "ci_high")?,
+        f64s(&tests, "p_value")?,
+    );
+    for i in 0..lo.len() {
+        ensure!(
+            lo[i] <= hi[i],
+            "claim test {i}: interval [{}, {}]",
+            lo[i],
+            hi[i]
+        );
+        ensure!(
+            p[i].is_nan() || (0.0..=1.0).contains(&p[i]),
+            "claim test {i}: p = {}",
+            p[i]
+        );
+    }
+    let paired = table("paired_tests")?;
+    let (a, b, d) = (
+        f64s(&paired, "rate_variant")?,
+        f64s(&paired, "rate_reference")?,
+        f64s(&paired, "diff")?,
+    );
+    let (pv, n) = (f64s(&paired, "p_value")?, f64s(&paired, "n")?);
+    for i in 0..a.len() {
+        ensure!(
+            (a[i] - b[i] - d[i]).abs() < 1e-12,
+            "paired row {i}: diff != a - b"
+        );
+        ensure!(
+            (0.0..=1.0).contains(&pv[i]) && n[i] >= 1.0,
+            "paired row {i}: p {} n {}",
+            pv[i],
+            n[i]
+        );
+    }
+    let (variant, reference, seed) = (
+        strs(&paired, "variant")?,
+        strs(&paired, "reference")?,
+        strs(&paired, "seed")?,
+    );
+    for v in &VARIANTS[1..] {
+        let s: std::collections::BTreeSet<&String> = (0..variant.len())
+            .filter(|&i| &variant[i] == v && reference[i] == "base")
+            .map(|i| &seed[i])
+            .collect();
+        ensure!(
+            s.len() == seeds,
+            "{v} paired with base for seeds {s:?}, expected {seeds}"
+        );
     }
     Ok(())
 }

@@ -64,6 +64,15 @@ fn stages() -> Vec<Stage> {
             check: |f| parses::<mosr_eval::EvalSection>(f, "eval"),
         },
         Stage {
+            name: "claims",
+            run: |f, r, force| mosr_claims::run_pipeline_stage(f, r, force),
+            check: |f| {
+                let s: mosr_claims::ClaimsSection = f.section("claims")?;
+                s.validate()
+                    .map_err(|e| anyhow::anyhow!("{}: [claims]: {e}", f.path.display()))
+            },
+        },
+        Stage {
             name: "report",
             run: |f, r, force| mosr_report::run_pipeline_stage(f, r, force),
             check: |f| parses::<mosr_report::ReportSection>(f, "report"),

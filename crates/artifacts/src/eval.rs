@@ -22,13 +22,19 @@ use crate::schema::TableSchema;
 /// back, and the judges' verdicts.
 pub const GENERATIONS: TableSchema = TableSchema {
     name: "generations",
-    version: 1,
+    version: 2,
     columns: &[
         col!(
             "variant",
             Utf8,
             false,
             "`base` (no adapter) or the finetune variant whose adapter was loaded"
+        ),
+        col!(
+            "seed",
+            Int64,
+            true,
+            "training seed of the variant's adapter; null for `base` and for adapters given by path"
         ),
         col!(
             "set",
@@ -58,7 +64,7 @@ pub const GENERATIONS: TableSchema = TableSchema {
             "paired_id",
             Utf8,
             true,
-            "tense attacks: the harmful test prompt this rephrasing was paired with (word overlap), if any"
+            "the prompt this one is paired with: for tense attacks the harmful test prompt it rephrases (word overlap), for curated safe and unsafe-contrast prompts their twin"
         ),
         col!("role", Utf8, false, "role of the prompt sent"),
         col!(
@@ -128,13 +134,19 @@ pub const GENERATIONS: TableSchema = TableSchema {
 /// `metrics.parquet`: rates with their counts and Wilson 95% intervals.
 pub const METRICS: TableSchema = TableSchema {
     name: "metrics",
-    version: 1,
+    version: 2,
     columns: &[
         col!(
             "variant",
             Utf8,
             true,
             "model variant; null for model-independent rows (refusal-judge validation)"
+        ),
+        col!(
+            "seed",
+            Int64,
+            true,
+            "training seed of the variant's adapter; null for `base` and for adapters given by path"
         ),
         col!(
             "set",
@@ -180,9 +192,15 @@ pub const METRICS: TableSchema = TableSchema {
 /// `capability_items.parquet`: one scored multiple-choice item per variant.
 pub const CAPABILITY_ITEMS: TableSchema = TableSchema {
     name: "capability_items",
-    version: 1,
+    version: 2,
     columns: &[
         col!("variant", Utf8, false, "model variant"),
+        col!(
+            "seed",
+            Int64,
+            true,
+            "training seed of the variant's adapter; null for `base` and for adapters given by path"
+        ),
         col!("benchmark", Utf8, false, "mmlu, arc_easy, arc_challenge"),
         col!("item_id", Utf8, false, "id from `capability.parquet`"),
         col!(
@@ -211,6 +229,7 @@ pub const CAPABILITY_ITEMS: TableSchema = TableSchema {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationRow {
     pub variant: String,
+    pub seed: Option<i64>,
     pub set: String,
     pub attack: String,
     pub attack_detail: Option<String>,
@@ -234,6 +253,7 @@ pub struct GenerationRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricRow {
     pub variant: Option<String>,
+    pub seed: Option<i64>,
     pub set: String,
     pub attack: Option<String>,
     pub metric: String,
@@ -248,6 +268,7 @@ pub struct MetricRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CapabilityItemRow {
     pub variant: String,
+    pub seed: Option<i64>,
     pub benchmark: String,
     pub item_id: String,
     pub predicted: i32,
@@ -264,6 +285,10 @@ fn opt_strings<'a, T: 'a>(rows: &'a [T], f: impl Fn(&'a T) -> Option<&'a str>) -
     Arc::new(rows.iter().map(f).collect::<StringArray>())
 }
 
+fn seeds<T>(rows: &[T], f: impl Fn(&T) -> Option<i64>) -> ArrayRef {
+    Arc::new(rows.iter().map(f).collect::<Int64Array>())
+}
+
 fn bools<T>(rows: &[T], f: impl Fn(&T) -> bool) -> ArrayRef {
     Arc::new(rows.iter().map(|r| Some(f(r))).collect::<BooleanArray>())
 }
@@ -278,6 +303,7 @@ pub fn write_generations(path: &Path, rows: &[GenerationRow]) -> Result<()> {
         path,
         vec![
             strings(rows, |r| &r.variant),
+            seeds(rows, |r| r.seed),
             strings(rows, |r| &r.set),
             strings(rows, |r| &r.attack),
             opt_strings(rows, |r| r.attack_detail.as_deref()),
@@ -318,6 +344,14 @@ impl<'a> Cols<'a> {
         let a = self.str(name);
         a.is_valid(i).then(|| a.value(i).to_string())
     }
+    fn seed(&self, i: usize) -> Option<i64> {
+        let a = self
+            .0
+            .column_by_name("seed")
+            .expect("conformed")
+            .as_primitive::<Int64Type>();
+        a.is_valid(i).then(|| a.value(i))
+    }
     fn bool(&self, name: &str, i: usize) -> bool {
         self.0
             .column_by_name(name)
@@ -342,6 +376,7 @@ pub fn read_generations(path: &Path) -> Result<Vec<GenerationRow>> {
         for i in 0..b.num_rows() {
             out.push(GenerationRow {
                 variant: c.get("variant", i),
+                seed: c.seed(i),
                 set: c.get("set", i),
                 attack: c.get("attack", i),
                 attack_detail: c.opt("attack_detail", i),
@@ -371,6 +406,7 @@ pub fn write_metrics(path: &Path, rows: &[MetricRow]) -> Result<()> {
         path,
         vec![
             opt_strings(rows, |r| r.variant.as_deref()),
+            seeds(rows, |r| r.seed),
             strings(rows, |r| &r.set),
             opt_strings(rows, |r| r.attack.as_deref()),
             strings(rows, |r| &r.metric),
@@ -405,6 +441,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>> {
         for i in 0..b.num_rows() {
             out.push(MetricRow {
                 variant: c.opt("variant", i),
+                seed: c.seed(i),
                 set: c.get("set", i),
                 attack: c.opt("attack", i),
                 metric: c.get("metric", i),
@@ -425,6 +462,7 @@ pub fn write_capability_items(path: &Path, rows: &[CapabilityItemRow]) -> Result
         path,
         vec![
             strings(rows, |r| &r.variant),
+            seeds(rows, |r| r.seed),
             strings(rows, |r| &r.benchmark),
             strings(rows, |r| &r.item_id),
             Arc::new(
@@ -466,6 +504,7 @@ pub fn read_capability_items(path: &Path) -> Result<Vec<CapabilityItemRow>> {
         for i in 0..b.num_rows() {
             out.push(CapabilityItemRow {
                 variant: c.get("variant", i),
+                seed: c.seed(i),
                 benchmark: c.get("benchmark", i),
                 item_id: c.get("item_id", i),
                 predicted: pred.value(i),

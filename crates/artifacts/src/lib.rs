@@ -11,6 +11,7 @@
 //! * [`schema`]: column specs of every table, validation naming the file and the column.
 //! * [`tables`]: typed rows for the `prompts`, `capability` and `judge_labels` tables.
 //! * [`eval`]: the evaluation stage's `generations`, `metrics` and `capability_items` tables.
+//! * [`claims`]: the claims stage's paired tests, boundary tests, claim tests and verdicts.
 //! * [`manifest`]: the JSON manifest every stage writes next to its outputs.
 //! * [`run_dir`]: `runs/<pipeline>/<stage>/`, the stage key, resumable partial folders.
 //! * [`pipeline`]: pipeline TOML files: the `[run]` section and per-stage sections.
@@ -30,7 +31,9 @@ macro_rules! col {
 }
 
 pub mod analysis;
+pub mod arrow_cols;
 pub mod atomic;
+pub mod claims;
 pub mod error;
 pub mod eval;
 pub mod hash;

@@ -131,7 +131,13 @@ fn main() -> Result<()> {
             print!("{}", counts.markdown(&sources));
         }
         Cmd::Schemas => {
-            for t in mosr_artifacts::tables::ALL_TABLES {
+            let a = mosr_artifacts::tables::ALL_TABLES.into_iter();
+            let all = a
+                .chain(mosr_artifacts::training::TRAINING_TABLES)
+                .chain(mosr_artifacts::eval::EVAL_TABLES)
+                .chain(mosr_artifacts::analysis::TABLES)
+                .chain(mosr_artifacts::claims::CLAIMS_TABLES);
+            for t in all {
                 println!("### `{}.parquet` (schema version {})\n", t.name, t.version);
                 println!("{}", t.markdown());
             }

@@ -185,6 +185,7 @@ pub fn score(
             let (pred, margin) = decide(&s, answer);
             Ok(CapabilityItemRow {
                 variant: variant.to_string(),
+                seed: None,
                 benchmark: r.benchmark.clone(),
                 item_id: r.id.clone(),
                 predicted: pred as i32,

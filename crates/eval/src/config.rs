@@ -31,6 +31,10 @@ pub struct EvalSection {
     pub harmful_n: usize,
     /// Prompts sampled (seeded) per over-refusal set. 0 = all. Default 100.
     pub set_n: usize,
+    /// The unsafe-contrast set is the twins (`pair_id`) of the sampled safe prompts instead of
+    /// a sample of its own, so refusal on a contrast can be compared with refusal on its safe
+    /// twin (the discrimination measure of the claims stage). Default true.
+    pub pair_contrasts: bool,
     /// Split of the harmful prompts attacked. Default `test`.
     pub harmful_split: String,
     /// Greedy decoding budget per response. Default 64.
@@ -61,6 +65,7 @@ impl Default for EvalSection {
             variants: Vec::new(),
             harmful_n: 100,
             set_n: 100,
+            pair_contrasts: true,
             harmful_split: "test".into(),
             max_new_tokens: 64,
             batch_size: 8,

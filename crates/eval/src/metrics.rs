@@ -1,8 +1,4 @@
 //! Rates with Wilson score intervals, and the metric rows of each kind of set.
-//!
-//! Wilson rather than the normal approximation: evaluation sets here are small (tens to a few
-//! hundred prompts) and rates sit near 0 or 1 (ASR of a defended model, over-refusal of a base
-//! model), where the normal interval collapses to zero width or leaves [0, 1].
 
 use std::collections::BTreeMap;
 
@@ -11,21 +7,12 @@ use mosr_artifacts::{JudgeLabelRow, Role};
 
 use crate::judges::RefusalJudgeConfig;
 
-/// Two-sided 95% normal quantile.
-pub const Z95: f64 = 1.959_963_984_540_054;
+pub use mosr_stats::Z95;
 
-/// Wilson score interval for `k` successes out of `n` at quantile `z`; `None` for `n == 0`.
+/// Wilson score interval for `k` successes out of `n` (the formula lives in `mosr_stats`);
+/// `None` for `n == 0`.
 pub fn wilson(k: u64, n: u64, z: f64) -> Option<(f64, f64)> {
-    if n == 0 {
-        return None;
-    }
-    let (k, n) = (k as f64, n as f64);
-    let p = k / n;
-    let z2 = z * z;
-    let denom = 1.0 + z2 / n;
-    let center = (p + z2 / (2.0 * n)) / denom;
-    let half = z / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    Some(((center - half).max(0.0), (center + half).min(1.0)))
+    mosr_stats::wilson(k as f64, n as f64, z)
 }
 
 /// A rate row `k / n` with its Wilson 95% interval; `None` for `n == 0` (no rate to report).
@@ -40,6 +27,7 @@ pub fn rate(
     let (lo, hi) = wilson(k, n, Z95)?;
     Some(MetricRow {
         variant: variant.map(String::from),
+        seed: None,
         set: set.to_string(),
         attack: attack.map(String::from),
         metric: metric.to_string(),
@@ -121,6 +109,21 @@ fn kind_rows(
 /// * attack sets: per template (`template/<name>`) and pooled over attacks (`all`), plus
 ///   `asr_mean`, the unweighted mean of the per-attack ASRs (no interval: not a single rate).
 pub fn generation_metrics(rows: &[GenerationRow]) -> Vec<MetricRow> {
+    let mut by_seed: BTreeMap<Option<i64>, Vec<GenerationRow>> = BTreeMap::new();
+    for r in rows {
+        by_seed.entry(r.seed).or_default().push(r.clone());
+    }
+    let mut out = Vec::new();
+    for (seed, rows) in by_seed {
+        let mut m = seed_metrics(&rows);
+        m.iter_mut().for_each(|r| r.seed = seed);
+        out.extend(m);
+    }
+    out
+}
+
+/// [`generation_metrics`] of the responses of one training seed.
+fn seed_metrics(rows: &[GenerationRow]) -> Vec<MetricRow> {
     // (variant, set, attack) -> (kind, counts)
     let mut groups: BTreeMap<(String, String, String), (SetKind, Counts)> = BTreeMap::new();
     for r in rows {
@@ -167,6 +170,7 @@ pub fn generation_metrics(rows: &[GenerationRow]) -> Vec<MetricRow> {
             .sum::<u64>();
         out.push(MetricRow {
             variant: Some(variant),
+            seed: None,
             set,
             attack: Some("all".into()),
             metric: "asr_mean".into(),
@@ -236,6 +240,7 @@ pub fn judge_validation_rows(c: &Confusion) -> Vec<MetricRow> {
     out.extend(rate(None, set, None, "judge_recall", c.tp, c.tp + c.fn_));
     out.push(MetricRow {
         variant: None,
+        seed: None,
         set: set.into(),
         attack: None,
         metric: "judge_f1".into(),

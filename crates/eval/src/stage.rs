@@ -37,6 +37,9 @@ use crate::sets;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Variant {
     pub name: String,
+    /// Training seed of the adapter (`finetune/<variant>/seed-<seed>/adapter`); none for the
+    /// base model and for adapters given by path.
+    pub seed: Option<u64>,
     /// PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`).
     pub adapter: Option<PathBuf>,
 }
@@ -45,7 +48,16 @@ impl Variant {
     pub fn base() -> Self {
         Self {
             name: "base".into(),
+            seed: None,
             adapter: None,
+        }
+    }
+
+    /// `name`, or `name.seed-<seed>`: unique per evaluated model (file names, logs, keys).
+    pub fn label(&self) -> String {
+        match self.seed {
+            Some(s) => format!("{}.seed-{s}", self.name),
+            None => self.name.clone(),
         }
     }
 }
@@ -244,6 +256,9 @@ fn plan_sets(
             prompts: sets::sample(&rows, s.set_n, cfg.seed, name),
         });
     }
+    if s.pair_contrasts {
+        pair_contrasts(&mut planned, prompts);
+    }
     for path in &s.custom_sets {
         let path = if path.is_absolute() {
             path.clone()
@@ -265,6 +280,35 @@ fn plan_sets(
         }
     }
     Ok((harmful, planned))
+}
+
+/// Makes the unsafe-contrast set the twins of the sampled safe prompts (same order), when
+/// both sets are planned: every safe prompt with a twin then has it answered too.
+fn pair_contrasts(planned: &mut [PlannedSet], prompts: &[PromptRow]) {
+    let name = |r: Role| r.as_str().to_string();
+    let Some(safe) = planned
+        .iter()
+        .find(|p| p.name == name(Role::OverrefusalSafe))
+    else {
+        return;
+    };
+    let by_id: BTreeMap<&str, &PromptRow> = prompts
+        .iter()
+        .filter(|p| p.role == Role::OverrefusalUnsafeContrast)
+        .map(|p| (p.id.as_str(), p))
+        .collect();
+    let twins: Vec<PromptRow> = safe
+        .prompts
+        .iter()
+        .filter_map(|s| by_id.get(s.pair_id.as_deref()?).map(|&p| p.clone()))
+        .collect();
+    if let Some(c) = planned
+        .iter_mut()
+        .find(|p| p.name == name(Role::OverrefusalUnsafeContrast))
+        && !twins.is_empty()
+    {
+        c.prompts = twins;
+    }
 }
 
 fn plan_capability(
@@ -340,9 +384,9 @@ impl<'a> Model<'a> {
             if let Some(dir) = &v.adapter {
                 let mut lm = self.lm.take().expect("loaded");
                 let (net, lora) = mosr_lm::adapter::load(lm.net, dir, Some(&self.cfg.model_sha256))
-                    .with_context(|| format!("loading adapter of variant `{}`", v.name))?;
+                    .with_context(|| format!("loading adapter of variant `{}`", v.label()))?;
                 lm.net = net;
-                info!(variant = %v.name, rank = lora.rank, layers = lora.layers.len(), "adapter loaded");
+                info!(variant = %v.label(), rank = lora.rank, layers = lora.layers.len(), "adapter loaded");
                 self.lm = Some(lm);
             }
             self.current = Some(variant);
@@ -418,6 +462,7 @@ fn generate_wave(
             let ap = &g.prompts[pi];
             rows[gi][pi] = Some(GenerationRow {
                 variant: cfg.variants[g.variant].name.clone(),
+                seed: cfg.variants[g.variant].seed.map(|s| s as i64),
                 set: g.set.clone(),
                 attack: g.attack.clone(),
                 attack_detail: ap.detail.clone(),
@@ -443,7 +488,7 @@ fn generate_wave(
         done += chunk.len();
         let secs = t0.elapsed().as_secs_f64();
         info!(
-            variant = %cfg.variants[groups[0].variant].name,
+            variant = %cfg.variants[groups[0].variant].label(),
             groups = groups.len(),
             first = %format!("{}/{}", groups[0].set, groups[0].attack),
             done,
@@ -576,7 +621,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
                 prompts: p.clone(),
                 file: format!(
                     "gen.{}.{}.{}.{key}.parquet",
-                    sanitize(&v.name),
+                    sanitize(&v.label()),
                     sanitize(set),
                     sanitize(attack)
                 ),
@@ -591,7 +636,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
                 variant: vi,
                 benchmark: b.clone(),
                 items: items.clone(),
-                file: format!("cap.{}.{}.{key}.parquet", sanitize(&v.name), sanitize(b)),
+                file: format!("cap.{}.{}.{key}.parquet", sanitize(&v.label()), sanitize(b)),
             });
         }
     }
@@ -665,18 +710,20 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
                 None => {
                     let t0 = Instant::now();
                     let lm = model.get(vi)?;
-                    let rows = crate::capability::score(
+                    let mut rows = crate::capability::score(
                         lm,
                         &s.capability,
                         &cfg.variants[vi].name,
                         &g.items,
                         adapter,
                     )?;
+                    let seed = cfg.variants[vi].seed.map(|s| s as i64);
+                    rows.iter_mut().for_each(|r| r.seed = seed);
                     write_capability_items(&cfg.out_dir.join("groups").join(&g.file), &rows)?;
                     generated += 1;
                     let acc = rows.iter().filter(|r| r.correct).count() as f64 / rows.len() as f64;
                     info!(
-                        variant = %cfg.variants[vi].name, benchmark = %g.benchmark, n = rows.len(),
+                        variant = %cfg.variants[vi].label(), benchmark = %g.benchmark, n = rows.len(),
                         accuracy = format!("{acc:.3}"), secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
                         "capability scored"
                     );
@@ -689,16 +736,17 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
 
     // Metrics.
     let mut rows = metrics::generation_metrics(&generations);
-    let mut by: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let mut by: BTreeMap<(String, Option<i64>, String), (u64, u64)> = BTreeMap::new();
     for r in &cap_items {
         let e = by
-            .entry((r.variant.clone(), r.benchmark.clone()))
+            .entry((r.variant.clone(), r.seed, r.benchmark.clone()))
             .or_default();
         e.0 += r.correct as u64;
         e.1 += 1;
     }
-    for ((v, b), (k, n)) in by {
-        rows.extend(metrics::rate(Some(&v), &b, None, "accuracy", k, n));
+    for ((v, seed, b), (k, n)) in by {
+        let row = metrics::rate(Some(&v), &b, None, "accuracy", k, n);
+        rows.extend(row.map(|r| MetricRow { seed, ..r }));
     }
     if labels.is_empty() {
         warn!(file = %labels_path.display(), "no human-labelled responses: refusal judge not validated");
@@ -740,7 +788,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
         if let Some(k) = k {
             manifest
                 .inputs
-                .insert(format!("adapter/{}", v.name), k.clone());
+                .insert(format!("adapter/{}", v.label()), k.clone());
         }
     }
     for (name, p) in [
@@ -783,7 +831,7 @@ fn resolved_config(cfg: &EvalConfig) -> serde_json::Value {
         "seed": cfg.seed,
         "device": cfg.device,
         "model_sha256": cfg.model_sha256,
-        "variants": cfg.variants.iter().map(|v| &v.name).collect::<Vec<_>>(),
+        "variants": cfg.variants.iter().map(Variant::label).collect::<Vec<_>>(),
     })
 }
 
@@ -798,21 +846,33 @@ pub struct Overrides {
     pub sets: Vec<PathBuf>,
 }
 
-/// Adapters under `runs/<pipeline>/finetune/<variant>/adapter`, by variant name.
+/// Adapters under `runs/<pipeline>/finetune/<variant>/seed-<seed>/adapter`, by variant name
+/// and seed.
 pub fn discover_variants(finetune_dir: &Path) -> Vec<Variant> {
     let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(finetune_dir) {
-        for e in rd.flatten() {
-            let dir = e.path().join("adapter");
-            if dir.join("adapter_config.json").is_file() {
+    let subdirs = |p: &Path| -> Vec<(String, PathBuf)> {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (name, vdir) in subdirs(finetune_dir) {
+        for (sname, sdir) in subdirs(&vdir) {
+            let seed = sname.strip_prefix("seed-").and_then(|s| s.parse().ok());
+            let dir = sdir.join("adapter");
+            if seed.is_some() && dir.join("adapter_config.json").is_file() {
                 out.push(Variant {
-                    name: e.file_name().to_string_lossy().into_owned(),
+                    name: name.clone(),
+                    seed,
                     adapter: Some(dir),
                 });
             }
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| (&a.name, a.seed).cmp(&(&b.name, b.seed)));
     out
 }
 
@@ -858,15 +918,16 @@ pub fn run_pipeline_stage_with(
         variants.extend(found);
     } else {
         for name in section.variants.iter().filter(|n| n.as_str() != "base") {
-            match found.iter().find(|v| &v.name == name) {
-                Some(v) => variants.push(v.clone()),
-                None => bail!(
+            let of: Vec<&Variant> = found.iter().filter(|v| &v.name == name).collect();
+            match of.is_empty() {
+                false => variants.extend(of.into_iter().cloned()),
+                true => bail!(
                     "{}: [eval] variant `{name}` has no adapter at {} (has the finetune stage run?)",
                     file.path.display(),
                     run_dir
                         .stage_dir("finetune")
                         .join(name)
-                        .join("adapter")
+                        .join("seed-<seed>/adapter")
                         .display()
                 ),
             }
@@ -882,6 +943,7 @@ pub fn run_pipeline_stage_with(
         }
         variants.push(Variant {
             name,
+            seed: None,
             adapter: Some(a.clone()),
         });
     }
@@ -903,7 +965,7 @@ pub fn run_pipeline_stage_with(
     for v in &cfg.variants {
         if let Some(d) = &v.adapter {
             inputs.insert(
-                format!("adapter/{}", v.name),
+                format!("adapter/{}", v.label()),
                 check_adapter(d, &cfg.model_sha256)?,
             );
         }

@@ -183,6 +183,16 @@ pub struct FinetuneConfig {
     /// [R] Distance of the retain loss; default `l2` (see [`RetainDistance`]).
     #[serde(skip_serializing_if = "RetainDistance::is_l2")]
     pub retain_distance: RetainDistance,
+    /// Training seeds (adapter initialisation, data order, dropout): every variant is trained
+    /// once per seed into `<variant>/seed-<seed>/`, so a difference between variants can be
+    /// checked against the spread between seeds. Empty (default): `[run] seed` alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
+}
+
+/// Where one trained (variant, seed) lives inside the finetune stage folder.
+pub fn instance_dir(variant: &str, seed: u64) -> String {
+    format!("{variant}/seed-{seed}")
 }
 
 /// Keeps a default-valued option out of the serialized config, so the stage keys of runs made
@@ -195,6 +205,7 @@ impl Default for FinetuneConfig {
     fn default() -> Self {
         Self {
             variants: Variant::ALL.to_vec(),
+            seeds: Vec::new(),
             steps: 150,
             batch_size: 16,
             augment_batch_size: None,
@@ -253,7 +264,20 @@ impl FinetuneConfig {
                 self.lora_b_init_std
             );
         }
+        let distinct: std::collections::BTreeSet<&u64> = self.seeds.iter().collect();
+        if distinct.len() != self.seeds.len() {
+            bail!("finetune: `seeds` lists a seed twice: {:?}", self.seeds);
+        }
         Ok(())
+    }
+
+    /// The training seeds: `seeds`, or the run's seed when it is empty.
+    pub fn seeds_or(&self, run_seed: u64) -> Vec<u64> {
+        if self.seeds.is_empty() {
+            vec![run_seed]
+        } else {
+            self.seeds.clone()
+        }
     }
 
     /// Resolves defaults against a model with `depth` blocks.
@@ -320,32 +344,45 @@ pub struct FinetuneOutputs {
     pub complete: bool,
 }
 
-/// Trains every configured variant into `<out_dir>/<variant>/`. `lm` must live on an
-/// autodiff device; `model_ref` names the base model in the adapter config and `base_sha` is
-/// its hash (checked when a checkpoint is resumed). Variants already finished are skipped.
+/// Trains every configured variant for every seed into `<out_dir>/<variant>/seed-<seed>/`.
+/// `lm` must live on an autodiff device; `model_ref` names the base model in the adapter
+/// config and `base_sha` is its hash (checked when a checkpoint is resumed). Instances already
+/// finished in `out_dir` are skipped; finished instances of an earlier run in
+/// `opts.reuse_from` whose instance key (config without the seed list, this seed,
+/// `opts.upstream`) matches are copied, so adding a seed trains only that seed.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     cfg: &FinetuneConfig,
     lm: &LanguageModel,
     model_ref: &str,
     base_sha: &str,
-    seed: u64,
+    seeds: &[u64],
     inputs: &FinetuneInputs,
     out_dir: &Path,
     opts: &RunOptions,
 ) -> Result<FinetuneOutputs> {
     cfg.validate()?;
     let mut out = Vec::new();
-    for &v in &cfg.variants {
-        let data = train::TrainData::load(cfg, lm, inputs, v)?;
-        let dir = out_dir.join(v.name());
-        match train_variant(cfg, lm, model_ref, base_sha, seed, &data, v, &dir, opts)? {
-            Some(s) => out.push(s),
-            None => {
-                return Ok(FinetuneOutputs {
-                    variants: out,
-                    complete: false,
-                });
+    for &seed in seeds {
+        for &v in &cfg.variants {
+            let rel = instance_dir(v.name(), seed);
+            let dir = out_dir.join(&rel);
+            let key = train::instance_key(cfg, v, seed, &opts.upstream)?;
+            if let Some(r) = &opts.reuse_from {
+                reuse_instance(&r.join(&rel), &dir, &key)?;
+            }
+            let data = train::TrainData::load(cfg, lm, inputs, v)?;
+            match train_variant(cfg, lm, model_ref, base_sha, seed, &data, v, &dir, opts)? {
+                Some(s) => {
+                    mosr_artifacts::write_bytes_atomic(&dir.join(INSTANCE_KEY), key.as_bytes())?;
+                    out.push(s);
+                }
+                None => {
+                    return Ok(FinetuneOutputs {
+                        variants: out,
+                        complete: false,
+                    });
+                }
             }
         }
     }
@@ -353,6 +390,32 @@ pub fn run(
         variants: out,
         complete: true,
     })
+}
+
+/// File of a finished instance holding its instance key.
+const INSTANCE_KEY: &str = "instance.key";
+
+/// Copies a finished instance (adapter, log, summary; not its checkpoints) from an earlier
+/// run's folder when its instance key is `key` and `dir` has nothing finished yet.
+fn reuse_instance(from: &Path, dir: &Path, key: &str) -> Result<()> {
+    let same = std::fs::read_to_string(from.join(INSTANCE_KEY)).is_ok_and(|k| k.trim() == key);
+    if !same || dir.join("summary.json").is_file() || !from.join("summary.json").is_file() {
+        return Ok(());
+    }
+    let adapter = dir.join("adapter");
+    std::fs::create_dir_all(&adapter).with_context(|| format!("creating {}", adapter.display()))?;
+    for f in [
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "train_log.parquet",
+        INSTANCE_KEY,
+        "summary.json", // last: its presence marks the instance finished
+    ] {
+        std::fs::copy(from.join(f), dir.join(f))
+            .with_context(|| format!("reusing {}", from.join(f).display()))?;
+    }
+    info!(from = %from.display(), "finished instance reused");
+    Ok(())
 }
 
 /// sha256 of a model: the GGUF file, or for an HF folder the hash of its config and weight
@@ -429,15 +492,26 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
         examples: examples.clone(),
         weights: needs_weights.then(|| weights_path.clone()),
     };
+    let seeds = cfg.seeds_or(file.run.seed);
+    let upstream: BTreeMap<String, String> = inputs
+        .iter()
+        .filter(|(k, _)| k.as_str() != "seed")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let committed = run_dir.stage_dir("finetune");
     let out = run(
         &cfg,
         &lm,
         &file.run.model,
         &base_sha,
-        file.run.seed,
+        &seeds,
         &fin,
         work.dir(),
-        &RunOptions::default(),
+        &RunOptions {
+            reuse_from: committed.is_dir().then_some(committed),
+            upstream,
+            ..RunOptions::default()
+        },
     )?;
     let mut manifest = StageManifest::new("finetune", serde_json::to_value(&cfg)?);
     manifest.inputs = inputs;
@@ -452,15 +526,16 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
         );
     }
     for s in &out.variants {
+        let rel = instance_dir(s.variant.name(), s.seed);
         for f in ["adapter/adapter_model.safetensors", "train_log.parquet"] {
-            let p = work.dir().join(s.variant.name()).join(f);
+            let p = work.dir().join(&rel).join(f);
             manifest
                 .outputs
-                .insert(format!("{}/{f}", s.variant.name()), sha256_file(&p)?);
+                .insert(format!("{rel}/{f}"), sha256_file(&p)?);
         }
         manifest
             .row_counts
-            .insert(format!("{}_steps", s.variant.name()), s.steps as u64);
+            .insert(format!("{rel}/steps"), s.steps as u64);
     }
     manifest.seed = Some(file.run.seed);
     manifest.wall_time_s = started.elapsed().as_secs_f64();

@@ -217,6 +217,11 @@ pub struct RunOptions {
     /// Return right after this step, as if the process were killed there (whatever was not
     /// checkpointed is lost). Used by the kill/resume test.
     pub stop_after_step: Option<usize>,
+    /// A finetune folder of an earlier run: its finished (variant, seed) instances with the
+    /// same instance key are copied instead of trained (the stage passes its committed folder).
+    pub reuse_from: Option<std::path::PathBuf>,
+    /// Upstream keys the instance key covers (augment, weights, model).
+    pub upstream: BTreeMap<String, String>,
 }
 
 /// A non-finite loss or gradient: the run stops, naming the step and the batch; the last good
@@ -239,6 +244,9 @@ pub struct TrainError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantSummary {
     pub variant: Variant,
+    /// Training seed of this instance.
+    #[serde(default)]
+    pub seed: u64,
     pub steps: usize,
     pub loss_first: f64,
     pub loss_last: f64,
@@ -434,7 +442,20 @@ fn config_hash(cfg: &FinetuneConfig, variant: Variant, seed: u64) -> Result<Stri
     // what this variant computes.
     c.variants = vec![variant];
     c.checkpoint_every = 1;
+    c.seeds = Vec::new();
     let v = serde_json::json!({ "config": c, "seed": seed });
+    Ok(mosr_artifacts::sha256_bytes(&serde_json::to_vec(&v)?))
+}
+
+/// What one trained (variant, seed) depends on: its config (without the other variants and
+/// seeds) and the upstream stages' keys. Equal keys mean an equal adapter.
+pub fn instance_key(
+    cfg: &FinetuneConfig,
+    variant: Variant,
+    seed: u64,
+    upstream: &BTreeMap<String, String>,
+) -> Result<String> {
+    let v = serde_json::json!({ "config": config_hash(cfg, variant, seed)?, "upstream": upstream });
     Ok(mosr_artifacts::sha256_bytes(&serde_json::to_vec(&v)?))
 }
 
@@ -1007,6 +1028,7 @@ pub fn train_variant(
     );
     let summary = VariantSummary {
         variant,
+        seed,
         steps: cfg.steps,
         loss_first: first.loss,
         loss_last: last.loss,
@@ -1032,13 +1054,22 @@ pub fn train_variant(
     Ok(Some(summary))
 }
 
-/// Reads every variant's train log of a finetune folder (reports, tests).
-pub fn read_logs(dir: &Path) -> Result<BTreeMap<String, Vec<TrainLogRow>>> {
+/// Reads every train log of a finetune folder by (variant, seed) (reports, tests).
+pub fn read_logs(dir: &Path) -> Result<BTreeMap<(String, u64), Vec<TrainLogRow>>> {
     let mut out = BTreeMap::new();
     for v in Variant::ALL {
-        let p = dir.join(v.name()).join("train_log.parquet");
-        if p.is_file() {
-            out.insert(v.name().to_string(), read_train_log(&p)?);
+        let Ok(rd) = std::fs::read_dir(dir.join(v.name())) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(seed) = name.strip_prefix("seed-").and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let p = e.path().join("train_log.parquet");
+            if p.is_file() {
+                out.insert((v.name().to_string(), seed), read_train_log(&p)?);
+            }
         }
     }
     Ok(out)

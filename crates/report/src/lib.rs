@@ -2,10 +2,12 @@
 //! joins them with polars into the paper's tables, draws the plots, and writes
 //! `results/<pipeline>/` (Parquet + Markdown + SVG + README.md).
 //!
-//! The report never recomputes a metric: every number comes from a stage's table, so the
-//! report and the artifacts cannot disagree. Sections whose stage has not run are skipped and
+//! The report never recomputes a metric or a test: every rate, interval, p-value and verdict
+//! comes from a stage's table (eval's metrics, the claims stage's tests), so the report and
+//! the artifacts cannot disagree. It only averages rates across columns (the ablation). Sections whose stage has not run are skipped and
 //! listed as missing in the README.
 
+pub mod claims;
 pub mod markdown;
 pub mod sections;
 

@@ -37,8 +37,16 @@ pub struct Section {
 pub fn all() -> Vec<Section> {
     vec![
         Section {
+            title: "Claims",
+            build: crate::claims::claims,
+        },
+        Section {
             title: "Main table",
             build: main_table,
+        },
+        Section {
+            title: "Paired comparisons",
+            build: crate::claims::paired,
         },
         Section {
             title: "Ablation",
@@ -104,6 +112,8 @@ pub fn f64s(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
 #[derive(Debug, Clone)]
 pub struct Metric {
     pub variant: String,
+    /// Training seed of the variant's adapter; none for `base` (and adapters given by path).
+    pub seed: Option<i64>,
     pub set: String,
     pub attack: String,
     pub metric: String,
@@ -128,6 +138,7 @@ pub fn eval_metrics(run_dir: &RunDir) -> Result<Option<Vec<Metric>>> {
         strs(&df, "metric").with_context(ctx)?,
     );
     let value = f64s(&df, "value").with_context(ctx)?;
+    let seed = f64s(&df, "seed").with_context(ctx)?;
     let n = f64s(&df, "n").with_context(ctx)?;
     let ci_low = f64s(&df, "ci_low").with_context(ctx)?;
     let ci_high = f64s(&df, "ci_high").with_context(ctx)?;
@@ -135,6 +146,7 @@ pub fn eval_metrics(run_dir: &RunDir) -> Result<Option<Vec<Metric>>> {
         (0..df.height())
             .map(|i| Metric {
                 variant: variant[i].clone(),
+                seed: seed[i].is_finite().then_some(seed[i] as i64),
                 set: set[i].clone(),
                 attack: attack[i].clone(),
                 metric: metric[i].clone(),
@@ -147,18 +159,57 @@ pub fn eval_metrics(run_dir: &RunDir) -> Result<Option<Vec<Metric>>> {
     ))
 }
 
-/// Main-table column of a metric, and its group (0 ASR per attack, 1 pooled ASR,
-/// 2 over-refusal, 3 contrast compliance, 4 capability);
-/// None for metrics that are not in the main table (judge validation, perplexities).
+/// Groups of main-table columns; the ablation averages within a group.
+pub mod group {
+    /// ASR of one attack (templates pooled into `template`): each attack weighs equally.
+    pub const ASR: u8 = 0;
+    pub const ASR_POOLED: u8 = 1;
+    /// Refused or gibberish on a safe set.
+    pub const OVER_REFUSAL: u8 = 2;
+    /// Refused on a safe set (the paper's over-refusal).
+    pub const REFUSED: u8 = 3;
+    /// Gibberish on a safe set (a broken answer, not a refusal).
+    pub const GIBBERISH: u8 = 4;
+    pub const CONTRAST: u8 = 5;
+    pub const CAPABILITY: u8 = 6;
+    /// One jailbreak template's ASR: shown, never averaged (the template attack is one attack).
+    pub const TEMPLATE: u8 = 7;
+}
+
+/// Sets whose prompts should be answered (their refusals are over-refusals).
+fn is_safe_set(set: &str) -> bool {
+    let role = set.rsplit(':').next().unwrap_or(set);
+    [
+        "overrefusal_safe",
+        "overrefusal_borderline",
+        "benign",
+        "pseudo_malicious",
+    ]
+    .contains(&role)
+}
+
+/// Main-table column of a metric, and its [`group`]; None for metrics that are not in the
+/// main table (judge validation, perplexities, rates of other sets).
 pub fn main_column(m: &Metric) -> Option<(u8, String)> {
+    let safe = is_safe_set(&m.set);
     match m.metric.as_str() {
         // Pooled ASR (`all`) is a column of its own; the ablation means skip it so that
         // attacks are not counted twice.
-        "asr" if m.attack == "all" => Some((1, "ASR pooled".to_string())),
-        "asr" => Some((0, format!("ASR {}", m.attack))),
-        "over_refusal_rate" => Some((2, format!("over-refusal {}", short_set(&m.set)))),
-        "compliance_rate" => Some((3, format!("compliance {}", short_set(&m.set)))),
-        "accuracy" if !m.variant.is_empty() => Some((4, m.set.clone())),
+        "asr" if m.attack == "all" => Some((group::ASR_POOLED, "ASR pooled".to_string())),
+        "asr" if m.attack.starts_with("template/") => {
+            Some((group::TEMPLATE, format!("ASR {}", m.attack)))
+        }
+        "asr" => Some((group::ASR, format!("ASR {}", m.attack))),
+        "over_refusal_rate" => Some((
+            group::OVER_REFUSAL,
+            format!("over-refusal {}", short_set(&m.set)),
+        )),
+        "refusal_rate" if safe => Some((group::REFUSED, format!("refused {}", short_set(&m.set)))),
+        "gibberish_rate" if safe => {
+            Some((group::GIBBERISH, format!("gibberish {}", short_set(&m.set))))
+        }
+        "compliance_rate" => Some((group::CONTRAST, format!("compliance {}", short_set(&m.set)))),
+        "accuracy" if !m.variant.is_empty() => Some((group::CAPABILITY, m.set.clone())),
         _ => None,
     }
 }
@@ -179,23 +230,62 @@ fn order_variants(cfg: &ReportSection, variants: BTreeSet<String>) -> Vec<String
     out
 }
 
+/// Seed label of a main-table row: the seed, `–` for the base model.
+fn seed_label(seed: Option<i64>) -> String {
+    seed.map(|s| s.to_string()).unwrap_or_else(|| "–".into())
+}
+
+/// Seed label of the row that averages a variant's seeds.
+const MEAN: &str = "mean";
+
+type Cells<'a> = BTreeMap<(String, String, String), &'a Metric>;
+
+/// Rows of the main table: each variant's seeds, then their mean when there are several.
+fn main_rows(variants: &[String], cells: &Cells) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    for v in variants {
+        let seeds: BTreeSet<&String> = cells.keys().filter(|k| &k.0 == v).map(|k| &k.1).collect();
+        rows.extend(seeds.iter().map(|s| (v.clone(), s.to_string())));
+        if seeds.len() > 1 {
+            rows.push((v.clone(), MEAN.to_string()));
+        }
+    }
+    rows
+}
+
+/// A cell's value; for the `mean` row (or a one-seed variant asked for its mean) the mean
+/// over the variant's seeds.
+fn cell_value(cells: &Cells, v: &str, seed: &str, col: &str) -> Option<f64> {
+    if seed != MEAN {
+        return cells
+            .get(&(v.to_string(), seed.to_string(), col.to_string()))
+            .map(|m| m.value);
+    }
+    let vals: Vec<f64> = cells
+        .iter()
+        .filter(|(k, _)| k.0 == v && k.2 == col)
+        .map(|(_, m)| m.value)
+        .collect();
+    (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+}
+
 /// Variants x {ASR per attack, over-refusal per set, contrast compliance, capability}.
 fn main_table(cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Option<String>> {
     let Some(metrics) = eval_metrics(run_dir)? else {
         return Ok(None);
     };
     let mut columns: BTreeSet<(u8, String)> = BTreeSet::new();
-    let mut cells: BTreeMap<(String, String), &Metric> = BTreeMap::new();
+    // (variant, seed label, column) -> metric
+    let mut cells: BTreeMap<(String, String, String), &Metric> = BTreeMap::new();
     let mut variants = BTreeSet::new();
     for m in &metrics {
         if let Some(col) = main_column(m) {
-            if cells
-                .insert((m.variant.clone(), col.1.clone()), m)
-                .is_some()
-            {
+            let key = (m.variant.clone(), seed_label(m.seed), col.1.clone());
+            if cells.insert(key, m).is_some() {
                 bail!(
-                    "eval metrics: two rows for variant `{}`, column `{}`",
+                    "eval metrics: two rows for variant `{}` seed {:?}, column `{}`",
                     m.variant,
+                    m.seed,
                     col.1
                 );
             }
@@ -208,25 +298,36 @@ fn main_table(cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<O
     }
     let variants = order_variants(cfg, variants);
     // Long table (one row per cell, with n and CI) for analysis; wide one for reading.
-    let mut long = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for ((v, c), m) in &cells {
+    let mut long = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((v, seed, c), m) in &cells {
         long.0.push(v.clone());
-        long.1.push(c.clone());
-        long.2.push(m.value);
-        long.3.push(m.n);
-        long.4.push(m.ci_low);
-        long.5.push(m.ci_high);
+        long.1.push(seed.clone());
+        long.2.push(c.clone());
+        long.3.push(m.value);
+        long.4.push(m.n);
+        long.5.push(m.ci_low);
+        long.6.push(m.ci_high);
     }
     let mut long_df = df!(
-        "variant" => long.0, "column" => long.1, "value" => long.2,
-        "n" => long.3, "ci_low" => long.4, "ci_high" => long.5
+        "variant" => long.0, "seed" => long.1, "column" => long.2, "value" => long.3,
+        "n" => long.4, "ci_low" => long.5, "ci_high" => long.6
     )?;
     w.table("main_table_long", &mut long_df)?;
-    let mut wide: Vec<Column> = vec![Column::new("variant".into(), variants.clone())];
+    let rows = main_rows(&variants, &cells);
+    let mut wide: Vec<Column> = vec![
+        Column::new(
+            "variant".into(),
+            rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "seed".into(),
+            rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>(),
+        ),
+    ];
     for (_, c) in &columns {
-        let vals: Vec<Option<f64>> = variants
+        let vals: Vec<Option<f64>> = rows
             .iter()
-            .map(|v| cells.get(&(v.clone(), c.clone())).map(|m| m.value))
+            .map(|(v, s)| cell_value(&cells, v, s, c))
             .collect();
         wide.push(Column::new(c.as_str().into(), vals));
     }
@@ -240,24 +341,26 @@ fn main_table(cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<O
             let vals: Vec<f64> = columns
                 .iter()
                 .filter(|(g, _)| *g == group)
-                .filter_map(|(_, c)| cells.get(&(v.clone(), c.clone())).map(|m| m.value))
+                .filter_map(|(_, c)| cell_value(&cells, v, MEAN, c))
                 .filter(|x| x.is_finite())
                 .collect();
             (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
         };
-        if let (Some(asr), Some(or)) = (mean_of(0), mean_of(2)) {
+        if let (Some(asr), Some(or)) = (mean_of(group::ASR), mean_of(group::REFUSED)) {
             series.push(Series::new(v.clone(), vec![(or, asr)]));
         }
     }
     let mut out = format!(
-        "Rates are shares of prompts (n and 95% Wilson intervals in `main_table_long.parquet`). \
-         ASR: a response that is neither refused nor gibberish; over-refusal: refused or gibberish \
-         on a safe prompt; capability: log-likelihood accuracy.\n\n{md}\n"
+        "Rates are shares of prompts (n and 95% Wilson intervals per variant and seed in \
+         `main_table_long.parquet`); one row per training seed, and their mean. ASR: a response \
+         that is neither refused nor gibberish; over-refusal: refused or gibberish on a safe \
+         prompt, split into `refused` (the paper's notion) and `gibberish` (a broken answer); \
+         capability: log-likelihood accuracy.\n\n{md}\n"
     );
     if !series.is_empty() {
         let chart = Chart {
             title: "Safety vs over-refusal".into(),
-            x_label: "mean over-refusal rate (safe sets)".into(),
+            x_label: "mean refusal rate on safe sets".into(),
             y_label: "mean attack success rate".into(),
             y_range: None,
         };
@@ -300,31 +403,37 @@ fn ablation(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Op
     if !present.iter().any(|(v, ..)| *v == "rr") {
         return Ok(None);
     }
-    let rr = (mean("rr", 0), mean("rr", 2), mean("rr", 4));
+    let groups = [
+        group::ASR,
+        group::REFUSED,
+        group::GIBBERISH,
+        group::CAPABILITY,
+    ];
     let mut cols: (Vec<String>, Vec<&str>, Vec<&str>) = (vec![], vec![], vec![]);
-    let mut vals: [Vec<f64>; 6] = Default::default();
+    let mut vals: [Vec<f64>; 8] = Default::default();
     for (v, weights, aug) in present {
         cols.0.push(v.to_string());
         cols.1.push(if *weights { "yes" } else { "no" });
         cols.2.push(if *aug { "yes" } else { "no" });
-        let (a, o, c) = (mean(v, 0), mean(v, 2), mean(v, 4));
-        for (k, x) in [a, a - rr.0, o, o - rr.1, c, c - rr.2]
-            .into_iter()
-            .enumerate()
-        {
-            vals[k].push(x);
+        for (k, g) in groups.into_iter().enumerate() {
+            vals[2 * k].push(mean(v, g));
+            vals[2 * k + 1].push(mean(v, g) - mean("rr", g));
         }
     }
-    let [a, da, o, dor, c, dc] = vals;
+    let [a, da, r, dr, g, dg, c, dc] = vals;
     let mut df = df!(
         "variant" => cols.0, "overlap weights" => cols.1, "context augmentation" => cols.2,
-        "mean ASR" => a, "Δ ASR vs rr" => da, "mean over-refusal" => o,
-        "Δ over-refusal vs rr" => dor, "mean capability" => c, "Δ capability vs rr" => dc
+        "mean ASR" => a, "Δ ASR vs rr" => da, "mean refused" => r, "Δ refused vs rr" => dr,
+        "mean gibberish" => g, "Δ gibberish vs rr" => dg,
+        "mean capability" => c, "Δ capability vs rr" => dc
     )?;
     let md = w.table("ablation_table", &mut df)?;
     Ok(Some(format!(
-        "Means over the main table's ASR columns, over-refusal columns and capability columns. \
-         Lower ASR and lower over-refusal are better.\n\n{md}"
+        "Unweighted means over columns of the main table: ASR over the attacks (each attack weighs \
+         equally; the jailbreak templates are one attack), refusals and gibberish over the safe \
+         sets, accuracy over the capability benchmarks. Lower ASR and fewer refusals and gibberish \
+         answers on safe prompts are better. Whether a difference is more than noise is in the \
+         paired comparisons and the claims above.\n\n{md}"
     )))
 }
 
@@ -465,9 +574,14 @@ fn boundary(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Op
     if !path.is_file() {
         return Ok(None);
     }
-    let df = read_df(&path)?;
+    // Held-out prompts only: on the train split benign and harmful sit at 0 and 1 by
+    // construction (the centroids are fitted there).
+    let df = filter_in(&read_df(&path)?, "split", &["test"])?;
+    if df.height() == 0 {
+        return Ok(None);
+    }
     let chart = Chart {
-        title: "Position between the benign (0) and malicious (1) centroids".into(),
+        title: "Position between the benign (0) and malicious (1) centroids (test split)".into(),
         x_label: "layer".into(),
         y_label: "median boundary position".into(),
         y_range: None,
@@ -512,9 +626,10 @@ fn boundary(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Op
     let mut table = DataFrame::new_infer_height(cols)?;
     let md = w.table("boundary_medians", &mut table)?;
     Ok(Some(format!(
-        "Each prompt's hidden state projected on the difference of the class means, scaled so that \
-         the benign centroid is 0 and the malicious one 1 (medians; quartiles in the run folder's \
-         `boundary.parquet`).\n\n{md}\n![boundary positions](plots/boundary.svg)\n"
+        "Each held-out (test split) prompt's hidden state projected on the difference of the class \
+         means of the train split, scaled so that the benign centroid is 0 and the malicious one 1 \
+         (medians; n and quartiles in the run folder's `boundary.parquet`; the tests with intervals \
+         are C1's, in the claims section and `boundary_tests` of the claims stage).\n\n{md}\n![boundary positions](plots/boundary.svg)\n"
     )))
 }
 
@@ -567,27 +682,37 @@ fn logit_lens(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
 /// Loss curves of every trained variant, and start/end values.
 fn training(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Option<String>> {
     let dir = run_dir.stage_dir("finetune");
-    let mut variants: Vec<(String, DataFrame)> = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(&dir) {
-        let mut names: Vec<String> = rd
-            .flatten()
-            .filter(|e| e.path().join("train_log.parquet").is_file())
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .collect();
-        names.sort();
-        for n in names {
-            let df = read_df(&dir.join(&n).join("train_log.parquet"))?;
-            variants.push((n, df));
+    // `<variant>/seed-<seed>/train_log.parquet`, labelled `<variant> seed <seed>`.
+    let mut logs: Vec<(String, String, std::path::PathBuf)> = Vec::new();
+    for v in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        for s in std::fs::read_dir(v.path()).into_iter().flatten().flatten() {
+            let seed = s.file_name().to_string_lossy().to_string();
+            let log = s.path().join("train_log.parquet");
+            if let (Some(seed), true) = (seed.strip_prefix("seed-"), log.is_file()) {
+                logs.push((
+                    v.file_name().to_string_lossy().to_string(),
+                    seed.to_string(),
+                    log,
+                ));
+            }
         }
+    }
+    logs.sort();
+    let mut variants: Vec<(String, DataFrame)> = Vec::new();
+    let mut seeds: Vec<String> = Vec::new();
+    for (v, seed, log) in &logs {
+        variants.push((v.clone(), read_df(log)?));
+        seeds.push(seed.clone());
     }
     if variants.is_empty() {
         return Ok(None);
     }
     for col in ["loss", "erasure_loss", "retain_loss"] {
         let mut series = Vec::new();
-        for (v, df) in &variants {
+        for ((v, df), seed) in variants.iter().zip(&seeds) {
             let (x, y) = (f64s(df, "step")?, f64s(df, col)?);
-            series.push(Series::new(v.clone(), x.into_iter().zip(y).collect()));
+            let name = format!("{v} seed {seed}");
+            series.push(Series::new(name, x.into_iter().zip(y).collect()));
         }
         let chart = Chart {
             title: format!("Training: {col}"),
@@ -620,7 +745,7 @@ fn training(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Op
     let c = |i: usize| stats.iter().map(|s| s[i]).collect::<Vec<f64>>();
     let names: Vec<String> = variants.iter().map(|(v, _)| v.clone()).collect();
     let mut df = df!(
-        "variant" => names, "steps" => c(0), "loss start" => c(1), "loss end" => c(2),
+        "variant" => names, "seed" => seeds, "steps" => c(0), "loss start" => c(1), "loss end" => c(2),
         "erasure start" => c(3), "erasure end" => c(4), "retain end" => c(5),
         "tokens/s (mean)" => c(6)
     )?;

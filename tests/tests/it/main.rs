@@ -1,6 +1,7 @@
 //! Workspace integration tests: real models against PyTorch/transformers fixtures.
 
 mod analysis;
+mod claims;
 mod eval;
 mod kernels;
 mod lm_errors;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use mosr_artifacts::PipelineFile;
 
-const STAGES: [&str; 9] = [
+const STAGES: [&str; 10] = [
     "data",
     "extract",
     "probe",
@@ -15,11 +15,19 @@ const STAGES: [&str; 9] = [
     "weights",
     "finetune",
     "eval",
+    "claims",
     "report",
 ];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn e_section<T: serde::de::DeserializeOwned + Default>(
+    f: &PipelineFile,
+    name: &str,
+) -> Result<T, String> {
+    f.section::<T>(name).map_err(|e| e.to_string())
 }
 
 fn parse_all(f: &PipelineFile) -> Result<(), String> {
@@ -38,6 +46,8 @@ fn parse_all(f: &PipelineFile) -> Result<(), String> {
     e(f.section::<mosr_finetune::FinetuneConfig>("finetune")
         .map(drop))?;
     e(f.section::<mosr_eval::EvalSection>("eval").map(drop))?;
+    let claims: mosr_claims::ClaimsSection = e_section(f, "claims")?;
+    claims.validate().map_err(|e| e.to_string())?;
     e(f.section::<mosr_report::ReportSection>("report").map(drop))?;
     Ok(())
 }

@@ -582,11 +582,12 @@ fn training_kill_and_resume_is_bit_identical() {
             &lm,
             SMOL,
             "base-sha",
-            2511,
+            &[2511],
             &inputs,
             out,
             &RunOptions {
                 stop_after_step: stop,
+                ..RunOptions::default()
             },
         )
         .unwrap()
@@ -598,19 +599,25 @@ fn training_kill_and_resume_is_bit_identical() {
     let killed = dir.join("killed");
     let part = run(&killed, Some(3));
     assert!(!part.complete);
-    assert!(killed.join("mosr/checkpoint/state.json").is_file());
-    assert!(!killed.join("mosr/adapter").exists());
+    assert!(
+        killed
+            .join("mosr/seed-2511/checkpoint/state.json")
+            .is_file()
+    );
+    assert!(!killed.join("mosr/seed-2511/adapter").exists());
     let resumed = run(&killed, None);
     assert!(resumed.complete);
     assert_eq!(resumed.variants[0].resumed_from_step, Some(2));
 
-    let bytes = |d: &Path| std::fs::read(d.join("mosr/adapter/adapter_model.safetensors")).unwrap();
+    let bytes = |d: &Path| {
+        std::fs::read(d.join("mosr/seed-2511/adapter/adapter_model.safetensors")).unwrap()
+    };
     assert!(
         bytes(&straight) == bytes(&killed),
         "adapters differ after resume"
     );
-    let log_a = read_train_log(&straight.join("mosr/train_log.parquet")).unwrap();
-    let log_b = read_train_log(&killed.join("mosr/train_log.parquet")).unwrap();
+    let log_a = read_train_log(&straight.join("mosr/seed-2511/train_log.parquet")).unwrap();
+    let log_b = read_train_log(&killed.join("mosr/seed-2511/train_log.parquet")).unwrap();
     assert_eq!(log_a.len(), 4);
     assert_eq!(without_timing(&log_a), without_timing(&log_b));
     // Step 1: zero-initialised adapter, so the retain loss is 0 and the erasure loss is the
@@ -621,7 +628,7 @@ fn training_kill_and_resume_is_bit_identical() {
     assert!(log_a[3].erasure_loss < log_a[0].erasure_loss, "{log_a:?}");
     // Adapter in PEFT format, recorded against the base model hash.
     let conf: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(straight.join("mosr/adapter/adapter_config.json")).unwrap(),
+        &std::fs::read(straight.join("mosr/seed-2511/adapter/adapter_config.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(conf["mosr_base_model_sha256"], "base-sha");
@@ -644,13 +651,13 @@ fn training_random_b_init_starts_off_the_zero_gradient_point() {
             &lm,
             SMOL,
             "base-sha",
-            2511,
+            &[2511],
             &inputs,
             &out,
             &RunOptions::default(),
         )
         .unwrap();
-        read_train_log(&out.join("mosr/train_log.parquet")).unwrap()
+        read_train_log(&out.join("mosr/seed-2511/train_log.parquet")).unwrap()
     };
     let zero = run(&tiny_config(1), "zero");
     let cfg = FinetuneConfig {
@@ -707,7 +714,7 @@ fn training_nan_loss_stops_naming_step_and_batch() {
         &lm,
         SMOL,
         "base-sha",
-        2511,
+        &[2511],
         &FinetuneInputs {
             examples,
             weights: Some(weights),
@@ -723,15 +730,16 @@ fn training_nan_loss_stops_naming_step_and_batch() {
     let msg = err.to_string();
     assert!(msg.contains(&format!("step {}", te.step)), "{msg}");
     assert!(msg.contains("harmful-h"), "names the batch: {msg}");
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("out/mosr/checkpoint/state.json")).unwrap())
-            .unwrap();
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("out/mosr/seed-2511/checkpoint/state.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         state["step"],
         (te.step - 1) as u64,
         "last good checkpoint kept"
     );
-    assert!(!dir.join("out/mosr/adapter").exists());
+    assert!(!dir.join("out/mosr/seed-2511/adapter").exists());
 }
 
 #[test]
@@ -746,11 +754,12 @@ fn training_bad_inputs_give_clear_errors() {
             &lm,
             SMOL,
             sha,
-            2511,
+            &[2511],
             inputs,
             &dir.join(out),
             &RunOptions {
                 stop_after_step: stop,
+                ..RunOptions::default()
             },
         )
     };
@@ -845,7 +854,7 @@ fn training_bad_inputs_give_clear_errors() {
         &frozen,
         SMOL,
         "x",
-        2511,
+        &[2511],
         &plain,
         &dir.join("e"),
         &RunOptions::default(),

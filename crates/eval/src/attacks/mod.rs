@@ -83,7 +83,8 @@ pub fn build(name: &str, cfg: &EvalSection, repo_root: &Path) -> Result<Box<dyn 
 pub fn plain(p: &PromptRow) -> AttackPrompt {
     AttackPrompt {
         prompt_id: p.id.clone(),
-        paired_id: None,
+        // The curated twin (safe <-> unsafe contrast), so the two can be compared per pair.
+        paired_id: p.pair_id.clone(),
         role: p.role.as_str().to_string(),
         user: p.text.clone(),
         prefill: None,

@@ -1,0 +1,319 @@
+//! The `[claims]` section, the stage's run (plan → compute → write) and its pipeline wiring.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use mosr_artifacts::claims::{
+    BOUNDARY_TESTS, CLAIM_TESTS, CLAIMS, Column, DISCRIMINATION, PAIRED_TESTS, write_columns,
+};
+use mosr_artifacts::eval::read_generations;
+use mosr_artifacts::{PipelineFile, StageManifest, sha256_file};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::boundary::{self, BoundaryTest};
+use crate::claims::{ClaimRow, ClaimTest, assemble};
+use crate::paired::{DiscriminationRow, PairedRow, discrimination_rows, paired_rows};
+
+/// `[claims]` section of a pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimsSection {
+    /// Two-sided level of every test. Default 0.05.
+    pub alpha: f64,
+    /// Power the design aims for; `n_needed` of an inconclusive test is computed for it.
+    /// Default 0.8.
+    pub power: f64,
+    /// The paired difference in a rate the design must detect (power, `n_needed`).
+    /// Default 0.15 (15 points).
+    pub target_effect: f64,
+    /// Non-inferiority margin on pooled ASR for "at similar or lower ASR" (C3, C4): the
+    /// variant's ASR may exceed the reference's by less than this. Default 0.05.
+    pub asr_margin: f64,
+    /// Bootstrap resamples per interval. Default 2000.
+    pub resamples: usize,
+    /// Sets pooled into the over-refusal measure of the claims. Default overrefusal_safe,
+    /// overrefusal_borderline.
+    pub overrefusal_sets: Vec<String>,
+    /// Roles whose positions C1 tests. Default overrefusal_safe, overrefusal_borderline.
+    pub c1_roles: Vec<String>,
+}
+
+impl Default for ClaimsSection {
+    fn default() -> Self {
+        let sets = ["overrefusal_safe", "overrefusal_borderline"]
+            .map(String::from)
+            .to_vec();
+        ClaimsSection {
+            alpha: 0.05,
+            power: 0.8,
+            target_effect: 0.15,
+            asr_margin: 0.05,
+            resamples: mosr_stats::BOOTSTRAP_RESAMPLES,
+            overrefusal_sets: sets.clone(),
+            c1_roles: sets,
+        }
+    }
+}
+
+impl ClaimsSection {
+    pub fn validate(&self) -> Result<()> {
+        let open01 = |name: &str, v: f64| -> Result<()> {
+            if !(v > 0.0 && v < 1.0) {
+                bail!("{name} = {v}: must lie strictly between 0 and 1");
+            }
+            Ok(())
+        };
+        open01("alpha", self.alpha)?;
+        open01("power", self.power)?;
+        open01("target_effect", self.target_effect)?;
+        if !(0.0..1.0).contains(&self.asr_margin) {
+            bail!("asr_margin = {}: must lie in [0, 1)", self.asr_margin);
+        }
+        if self.resamples < 100 {
+            bail!("resamples = {}: at least 100", self.resamples);
+        }
+        if self.overrefusal_sets.is_empty() || self.c1_roles.is_empty() {
+            bail!("overrefusal_sets and c1_roles must not be empty");
+        }
+        Ok(())
+    }
+}
+
+/// What the stage computed.
+#[derive(Debug, Clone)]
+pub struct ClaimsOutputs {
+    pub paired: Vec<PairedRow>,
+    pub discrimination: Vec<DiscriminationRow>,
+    pub boundary: Vec<BoundaryTest>,
+    pub layer: Option<i32>,
+    pub tests: Vec<ClaimTest>,
+    pub claims: Vec<ClaimRow>,
+}
+
+/// Reads the inputs, computes every table and writes them into `out_dir`.
+pub fn run(
+    cfg: &ClaimsSection,
+    generations: &Path,
+    probe_scores: &Path,
+    seed: i64,
+    out_dir: &Path,
+) -> Result<ClaimsOutputs> {
+    cfg.validate()?;
+    let rows = read_generations(generations)?;
+    let mut paired = Vec::new();
+    for reference in ["base", "rr"] {
+        paired.extend(
+            paired_rows(&rows, reference, &cfg.overrefusal_sets, cfg.resamples)
+                .with_context(|| format!("{}", generations.display()))?,
+        );
+    }
+    let (boundary, rule) = boundary::from_file(
+        probe_scores,
+        "benign",
+        "harmful",
+        &cfg.c1_roles,
+        cfg.resamples,
+        seed,
+    )?;
+    let layer = boundary::best_layer(&boundary);
+    info!(
+        pairs = paired.len(),
+        layer, rule, "claims: paired and boundary tests"
+    );
+    let (tests, claims) = assemble(cfg, &paired, &boundary, layer);
+    let discrimination = discrimination_rows(&rows, cfg.resamples);
+    let out = ClaimsOutputs {
+        paired,
+        discrimination,
+        boundary,
+        layer,
+        tests,
+        claims,
+    };
+    write_all(&out, out_dir)?;
+    Ok(out)
+}
+
+fn write_all(o: &ClaimsOutputs, dir: &Path) -> Result<()> {
+    write_paired(&dir.join("paired_tests.parquet"), &o.paired)?;
+    write_boundary(&dir.join("boundary_tests.parquet"), &o.boundary)?;
+    write_tests(&dir.join("claim_tests.parquet"), &o.tests)?;
+    write_claims(&dir.join("claims.parquet"), &o.claims)?;
+    write_discrimination(&dir.join("discrimination.parquet"), &o.discrimination)?;
+    Ok(())
+}
+
+fn write_discrimination(path: &Path, r: &[DiscriminationRow]) -> Result<()> {
+    let cols = vec![
+        s(r, |x| x.variant.clone()),
+        Column::OptI64(r.iter().map(|x| x.seed).collect()),
+        i(r, |x| x.diff.n as i64),
+        f(r, |x| x.diff.rate_a),
+        f(r, |x| x.diff.rate_b),
+        f(r, |x| x.diff.diff),
+        f(r, |x| x.diff.ci_low),
+        f(r, |x| x.diff.ci_high),
+        f(r, |x| x.diff.p_value),
+    ];
+    Ok(write_columns(path, &DISCRIMINATION, cols)?)
+}
+
+fn s<T>(rows: &[T], f: impl Fn(&T) -> String) -> Column {
+    Column::Str(rows.iter().map(f).collect())
+}
+fn f<T>(rows: &[T], g: impl Fn(&T) -> f64) -> Column {
+    Column::F64(rows.iter().map(g).collect())
+}
+fn i<T>(rows: &[T], g: impl Fn(&T) -> i64) -> Column {
+    Column::I64(rows.iter().map(g).collect())
+}
+
+fn write_paired(path: &Path, r: &[PairedRow]) -> Result<()> {
+    let cols = vec![
+        i(r, |x| x.seed),
+        s(r, |x| x.variant.clone()),
+        s(r, |x| x.reference.clone()),
+        s(r, |x| x.column.set.clone()),
+        s(r, |x| x.column.attack.clone()),
+        s(r, |x| x.column.metric.to_string()),
+        i(r, |x| x.diff.n as i64),
+        i(r, |x| x.diff.clusters as i64),
+        f(r, |x| x.diff.rate_a),
+        f(r, |x| x.diff.rate_b),
+        f(r, |x| x.diff.diff),
+        f(r, |x| x.diff.ci_low),
+        f(r, |x| x.diff.ci_high),
+        i(r, |x| x.diff.a_only as i64),
+        i(r, |x| x.diff.b_only as i64),
+        f(r, |x| x.diff.p_value),
+    ];
+    Ok(write_columns(path, &PAIRED_TESTS, cols)?)
+}
+
+fn write_boundary(path: &Path, r: &[BoundaryTest]) -> Result<()> {
+    let cols = vec![
+        Column::I32(r.iter().map(|x| x.layer).collect()),
+        s(r, |x| x.role.clone()),
+        s(r, |x| x.measure.to_string()),
+        i(r, |x| x.above_benign.n_x as i64),
+        i(r, |x| x.above_benign.n_y as i64),
+        i(r, |x| x.below_harmful.n_x as i64),
+        f(r, |x| x.above_benign.mean_x),
+        f(r, |x| x.above_benign.mean_y),
+        f(r, |x| x.below_harmful.mean_x),
+        f(r, |x| x.above_benign.diff),
+        f(r, |x| x.above_benign.ci_low),
+        f(r, |x| x.above_benign.ci_high),
+        f(r, |x| x.above_benign.p_value),
+        f(r, |x| x.below_harmful.diff),
+        f(r, |x| x.below_harmful.ci_low),
+        f(r, |x| x.below_harmful.ci_high),
+        f(r, |x| x.below_harmful.p_value),
+        f(r, |x| x.selection_accuracy),
+    ];
+    Ok(write_columns(path, &BOUNDARY_TESTS, cols)?)
+}
+
+fn write_tests(path: &Path, r: &[ClaimTest]) -> Result<()> {
+    let cols = vec![
+        s(r, |x| x.claim.to_string()),
+        s(r, |x| x.part.clone()),
+        Column::OptI64(r.iter().map(|x| x.seed).collect()),
+        s(r, |x| x.comparison.clone()),
+        s(r, |x| x.kind.name().to_string()),
+        Column::I32(r.iter().map(|x| x.direction).collect()),
+        f(r, |x| x.kind.margin()),
+        i(r, |x| x.n as i64),
+        f(r, |x| x.effect),
+        f(r, |x| x.ci_low),
+        f(r, |x| x.ci_high),
+        Column::OptF64(r.iter().map(|x| x.p_value).collect()),
+        s(r, |x| x.verdict.as_str().to_string()),
+        Column::OptI64(
+            r.iter()
+                .map(|x| x.n_needed.map(|n| n.min(i64::MAX as u64) as i64))
+                .collect(),
+        ),
+    ];
+    Ok(write_columns(path, &CLAIM_TESTS, cols)?)
+}
+
+fn write_claims(path: &Path, r: &[ClaimRow]) -> Result<()> {
+    let cols = vec![
+        s(r, |x| x.claim.to_string()),
+        s(r, |x| x.statement.to_string()),
+        s(r, |x| x.verdict.as_str().to_string()),
+        s(r, |x| x.rule.clone()),
+        i(r, |x| x.seeds as i64),
+        i(r, |x| x.tests as i64),
+        f(r, |x| x.effect),
+        f(r, |x| x.ci_low),
+        f(r, |x| x.ci_high),
+        Column::OptF64(r.iter().map(|x| x.p_value).collect()),
+        i(r, |x| x.n as i64),
+        Column::OptI64(
+            r.iter()
+                .map(|x| x.n_needed.map(|n| n.min(i64::MAX as u64) as i64))
+                .collect(),
+        ),
+    ];
+    Ok(write_columns(path, &CLAIMS, cols)?)
+}
+
+/// Runs the claims stage into `runs/<pipeline>/claims/` unless it is up to date. Inputs:
+/// `eval/generations.parquet` and `probe/probe_scores.parquet`; the key covers the
+/// `[claims]` section, both upstream keys and the run's seed (it seeds the bootstrap).
+pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
+    let cfg: ClaimsSection = file.section("claims")?;
+    cfg.validate()
+        .with_context(|| format!("{}: [claims]", file.path.display()))?;
+    let run_dir = file.run_dir(repo_root);
+    let mut inputs = BTreeMap::new();
+    for stage in ["eval", "probe"] {
+        inputs.insert(stage.to_string(), run_dir.manifest(stage)?.key);
+    }
+    inputs.insert("seed".to_string(), file.run.seed.to_string());
+    let key = mosr_artifacts::stage_key(&serde_json::to_value(&cfg)?, &inputs);
+    if !force && run_dir.is_up_to_date("claims", &key) {
+        info!(stage = "claims", "up to date");
+        return Ok(run_dir.stage_dir("claims"));
+    }
+    let started = Instant::now();
+    let generations = run_dir.stage_dir("eval").join("generations.parquet");
+    let scores = run_dir.stage_dir("probe").join("probe_scores.parquet");
+    let work = run_dir.begin("claims", &key)?;
+    let out = run(
+        &cfg,
+        &generations,
+        &scores,
+        file.run.seed as i64,
+        work.dir(),
+    )?;
+    let mut manifest = StageManifest::new("claims", serde_json::to_value(&cfg)?);
+    manifest.inputs = inputs;
+    manifest.inputs.insert(
+        "eval/generations.parquet".into(),
+        sha256_file(&generations)?,
+    );
+    manifest
+        .inputs
+        .insert("probe/probe_scores.parquet".into(), sha256_file(&scores)?);
+    for t in mosr_artifacts::claims::CLAIMS_TABLES {
+        let name = format!("{}.parquet", t.name);
+        manifest
+            .outputs
+            .insert(name.clone(), sha256_file(&work.dir().join(&name))?);
+    }
+    manifest
+        .row_counts
+        .insert("paired_tests".into(), out.paired.len() as u64);
+    manifest
+        .row_counts
+        .insert("claim_tests".into(), out.tests.len() as u64);
+    manifest.seed = Some(file.run.seed);
+    manifest.wall_time_s = started.elapsed().as_secs_f64();
+    Ok(work.commit(manifest)?)
+}

@@ -1,0 +1,386 @@
+//! The statistics of the claims stage against hand-computed cases, the verdict rules on
+//! synthetic inputs, the pairing invariant, and the report's ablation grouping.
+
+use mosr_artifacts::eval::GenerationRow;
+use mosr_claims::paired::{ColumnKey, paired_rows};
+use mosr_claims::{Evidence, Kind, Verdict, combine, test_verdict};
+use mosr_stats::{
+    PairedCluster, clustered_mcnemar_p, clustered_rate, interpolate, mann_whitney_p,
+    matched_differences, mcnemar_exact_p, normal_cdf, normal_quantile, paired_diff,
+    paired_n_for_power, two_sample_n_for_power, wilson,
+};
+
+fn close(a: f64, b: f64, tol: f64) {
+    assert!((a - b).abs() <= tol, "{a} vs {b} (tol {tol})");
+}
+
+fn singles(pairs: &[(bool, bool)]) -> Vec<PairedCluster> {
+    pairs
+        .iter()
+        .map(|&p| PairedCluster::from_pairs([p]))
+        .collect()
+}
+
+#[test]
+fn normal_distribution_matches_tables() {
+    close(normal_quantile(0.975), 1.959_964, 1e-6);
+    close(normal_quantile(0.8), 0.841_621, 1e-6);
+    close(normal_quantile(0.01), -2.326_348, 1e-6);
+    close(normal_cdf(1.959_964), 0.975, 1e-6);
+    close(normal_cdf(0.0), 0.5, 1e-7);
+}
+
+#[test]
+fn exact_mcnemar_matches_binomial_tails() {
+    // No discordant pairs, ties only: no evidence.
+    assert_eq!(mcnemar_exact_p(0, 0), 1.0);
+    assert_eq!(mcnemar_exact_p(4, 4), 1.0);
+    // 3 vs 0: 2 · ½³.
+    close(mcnemar_exact_p(3, 0), 0.25, 1e-12);
+    // 5 vs 1: 2 · (1 + 6) / 64.
+    close(mcnemar_exact_p(5, 1), 14.0 / 64.0, 1e-12);
+    close(mcnemar_exact_p(1, 5), 14.0 / 64.0, 1e-12);
+    // All ten pairs discordant one way: 2 / 1024.
+    close(mcnemar_exact_p(10, 0), 2.0 / 1024.0, 1e-12);
+    // Large n stays finite and symmetric (log-space tail).
+    let p = mcnemar_exact_p(1200, 1000);
+    assert!(p > 0.0 && p < 1e-4, "{p}");
+}
+
+#[test]
+fn clustered_mcnemar_with_one_pair_per_cluster_is_the_chi_square_test() {
+    let mut pairs = vec![(true, false); 5];
+    pairs.push((false, true));
+    pairs.extend(vec![(true, true); 7]);
+    // X² = (5 − 1)² / 6 = 2.667 -> p = 0.10247 (χ²₁ tail).
+    close(clustered_mcnemar_p(&singles(&pairs)), 0.102_470, 1e-5);
+    assert_eq!(
+        clustered_mcnemar_p(&singles(&[(true, true), (false, false)])),
+        1.0
+    );
+}
+
+#[test]
+fn paired_difference_on_ties_and_on_all_discordant_pairs() {
+    // Ties only: difference 0, a zero-width interval, p = 1.
+    let ties = singles(&[(true, true), (false, false), (true, true), (false, false)]);
+    let d = paired_diff(&ties, 500, 1).unwrap();
+    assert_eq!(
+        (d.diff, d.ci_low, d.ci_high, d.p_value),
+        (0.0, 0.0, 0.0, 1.0)
+    );
+    assert_eq!(d.discordance, 0.0);
+    // Every pair discordant the same way: difference 1 whatever is resampled.
+    let all = singles(&[(true, false); 10]);
+    let d = paired_diff(&all, 500, 1).unwrap();
+    assert_eq!((d.diff, d.ci_low, d.ci_high), (1.0, 1.0, 1.0));
+    assert_eq!((d.a_only, d.b_only), (10, 0));
+    close(d.p_value, 2.0 / 1024.0, 1e-12);
+    // Mixed: 6 vs 2 discordant among 20 pairs: diff 0.2, exact p = 2 · 37/256.
+    let mut pairs = vec![(true, false); 6];
+    pairs.extend(vec![(false, true); 2]);
+    pairs.extend(vec![(false, false); 12]);
+    let d = paired_diff(&singles(&pairs), 2000, 7).unwrap();
+    close(d.diff, 0.2, 1e-12);
+    close(d.p_value, 2.0 * 37.0 / 256.0, 1e-12);
+    assert!(d.ci_low < 0.2 && d.ci_high > 0.2, "{d:?}");
+    // Seeded: the same seed gives the same interval, another seed a (slightly) different one.
+    assert_eq!(paired_diff(&singles(&pairs), 2000, 7), Some(d));
+    assert!(paired_diff(&[], 10, 1).is_none());
+}
+
+#[test]
+fn clustering_widens_the_interval_of_correlated_responses() {
+    // 10 prompts × 5 attacks; each prompt either always succeeds or always fails.
+    let clustered: Vec<(u64, u64)> = (0..10)
+        .map(|i| if i < 5 { (5, 5) } else { (0, 5) })
+        .collect();
+    let c = clustered_rate(&clustered, 1.959_964).unwrap();
+    let (lo, hi) = wilson(25.0, 50.0, 1.959_964).unwrap();
+    assert_eq!((c.k, c.n, c.clusters), (25, 50, 10));
+    // deff = (10/9 · 10 · 2.5² / 50²) / (0.25 / 50) = 5.56: the effective n is 9.
+    close(c.design_effect, 50.0 / 9.0, 1e-9);
+    let (elo, ehi) = wilson(4.5, 9.0, 1.959_964).unwrap();
+    close(c.ci_low, elo, 1e-12);
+    close(c.ci_high, ehi, 1e-12);
+    assert!(
+        c.ci_high - c.ci_low > 1.8 * (hi - lo),
+        "{c:?} vs ({lo}, {hi})"
+    );
+    // Independent-looking clusters (one response each) stay close to Wilson.
+    let single: Vec<(u64, u64)> = (0..50).map(|i| ((i < 25) as u64, 1)).collect();
+    let s = clustered_rate(&single, 1.959_964).unwrap();
+    close(s.design_effect, 50.0 / 49.0, 1e-9);
+    // A rate of 0 over clustered responses: each cluster counts once.
+    let zero = clustered_rate(&[(0, 5), (0, 5)], 1.959_964).unwrap();
+    close(zero.design_effect, 5.0, 1e-12);
+}
+
+#[test]
+fn power_and_two_sample_tests_match_hand_computed_values() {
+    // Connor 1987 at δ = 0.15, ψ = 0.3: 102.26 -> 103 pairs.
+    assert_eq!(paired_n_for_power(0.15, 0.3, 0.05, 0.8), 103);
+    // ψ below δ is raised to δ.
+    assert_eq!(
+        paired_n_for_power(0.15, 0.05, 0.05, 0.8),
+        paired_n_for_power(0.15, 0.15, 0.05, 0.8)
+    );
+    // 2 (1.96 + 0.84)² / 0.5² = 62.8 -> 63 per group.
+    assert_eq!(two_sample_n_for_power(0.5, 0.05, 0.8), 63);
+    // Mann–Whitney, no ties: U = 0, z = 4 / √5.25 -> p = 0.08086.
+    close(
+        mann_whitney_p(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]),
+        0.080_856,
+        1e-5,
+    );
+    assert_eq!(mann_whitney_p(&[1.0, 1.0], &[1.0, 1.0]), 1.0);
+}
+
+#[test]
+fn frontier_interpolates_inside_and_refuses_to_extrapolate() {
+    // A hand-made curve, given out of order, with two points at one x (averaged).
+    let curve = [(0.6, 0.1), (0.2, 0.5), (0.4, 0.2), (0.4, 0.4)];
+    close(interpolate(&curve, 0.3).unwrap(), 0.4, 1e-12);
+    close(interpolate(&curve, 0.4).unwrap(), 0.3, 1e-12);
+    close(interpolate(&curve, 0.5).unwrap(), 0.2, 1e-12);
+    assert_eq!(interpolate(&curve, 0.1), None);
+    assert_eq!(interpolate(&curve, 0.7), None);
+    assert_eq!(interpolate(&[], 0.5), None);
+    assert_eq!(interpolate(&[(0.5, 0.3)], 0.5), Some(0.3));
+    let other = [(0.3, 0.6), (0.7, 0.2)];
+    let d = matched_differences(&curve, &other, &[0.2, 0.3, 0.5, 0.7]);
+    // Only x within both ranges: 0.3 and 0.5.
+    assert_eq!(d.len(), 2);
+    close(d[0].1, 0.4 - 0.6, 1e-12);
+    close(d[1].1, 0.2 - 0.4, 1e-12);
+}
+
+fn ev(kind: Kind, direction: i32, lo: f64, hi: f64, p: Option<f64>) -> Evidence {
+    Evidence {
+        kind,
+        direction,
+        ci_low: lo,
+        ci_high: hi,
+        p_value: p,
+    }
+}
+
+#[test]
+fn verdict_rules_give_each_verdict() {
+    let sup = Kind::Superiority;
+    // Claimed positive.
+    assert_eq!(
+        test_verdict(&ev(sup, 1, 0.05, 0.3, Some(0.01)), 0.05),
+        Verdict::Supported
+    );
+    assert_eq!(
+        test_verdict(&ev(sup, 1, -0.3, -0.05, Some(0.01)), 0.05),
+        Verdict::Contradicted
+    );
+    assert_eq!(
+        test_verdict(&ev(sup, 1, -0.1, 0.3, Some(0.2)), 0.05),
+        Verdict::Inconclusive
+    );
+    // Interval off zero but the test not significant: inconclusive.
+    assert_eq!(
+        test_verdict(&ev(sup, 1, 0.01, 0.3, Some(0.07)), 0.05),
+        Verdict::Inconclusive
+    );
+    // Claimed negative (lower over-refusal).
+    assert_eq!(
+        test_verdict(&ev(sup, -1, -0.3, -0.05, Some(0.01)), 0.05),
+        Verdict::Supported
+    );
+    assert_eq!(
+        test_verdict(&ev(sup, -1, 0.05, 0.3, Some(0.01)), 0.05),
+        Verdict::Contradicted
+    );
+    // Non-inferiority: ASR not higher by more than 0.05.
+    let ni = Kind::NonInferiority { margin: 0.05 };
+    assert_eq!(
+        test_verdict(&ev(ni, -1, -0.2, 0.04, None), 0.05),
+        Verdict::Supported
+    );
+    assert_eq!(
+        test_verdict(&ev(ni, -1, 0.06, 0.3, None), 0.05),
+        Verdict::Contradicted
+    );
+    assert_eq!(
+        test_verdict(&ev(ni, -1, -0.1, 0.1, None), 0.05),
+        Verdict::Inconclusive
+    );
+    // Combining parts and seeds.
+    use Verdict::*;
+    assert_eq!(combine(&[Supported, Supported]).0, Supported);
+    assert_eq!(combine(&[Supported, Inconclusive]).0, Inconclusive);
+    assert_eq!(combine(&[Supported, Contradicted]).0, Contradicted);
+    assert_eq!(combine(&[]).0, Inconclusive);
+}
+
+fn row(
+    variant: &str,
+    set: &str,
+    attack: &str,
+    prompt: &str,
+    paired: Option<&str>,
+    outcome: &str,
+) -> GenerationRow {
+    GenerationRow {
+        variant: variant.into(),
+        seed: (variant != "base").then_some(7),
+        set: set.into(),
+        attack: attack.into(),
+        attack_detail: None,
+        prompt_id: prompt.into(),
+        paired_id: paired.map(String::from),
+        role: if set == "harmful" {
+            "harmful".into()
+        } else {
+            set.into()
+        },
+        prompt: "x".into(),
+        prefill: None,
+        response: "y".into(),
+        finish: "end_of_turn".into(),
+        new_tokens: 1,
+        perplexity: None,
+        refusal: outcome == "refused",
+        refusal_phrase: None,
+        gibberish: outcome == "gibberish",
+        gibberish_reason: None,
+        outcome: outcome.into(),
+    }
+}
+
+#[test]
+fn paired_rows_pair_by_prompt_and_cluster_pooled_attacks() {
+    let sets = ["overrefusal_safe".to_string()];
+    let mut rows = Vec::new();
+    for (v, outs) in [
+        ("base", ["complied", "complied", "complied", "complied"]),
+        ("rr", ["refused", "complied", "refused", "gibberish"]),
+    ] {
+        rows.push(row(v, "harmful", "direct", "h1", None, outs[0]));
+        // A tense rephrasing of h1 belongs to h1's cluster.
+        rows.push(row(v, "harmful", "past_tense", "t1", Some("h1"), outs[1]));
+        rows.push(row(v, "overrefusal_safe", "direct", "s1", None, outs[2]));
+        rows.push(row(v, "overrefusal_safe", "direct", "s2", None, outs[3]));
+    }
+    let out = paired_rows(&rows, "base", &sets, 200).unwrap();
+    assert!(out.iter().all(|r| r.seed == 7 && r.variant == "rr"));
+    let get = |set: &str, attack: &str, metric: &str| {
+        let key = ColumnKey {
+            set: set.into(),
+            attack: attack.into(),
+            metric: match metric {
+                "asr" => "asr",
+                "refused" => "refused",
+                "gibberish" => "gibberish",
+                _ => "over_refusal",
+            },
+        };
+        out.iter().find(|r| r.column == key).unwrap().diff
+    };
+    let all = get("harmful", "all", "asr");
+    assert_eq!((all.n, all.clusters), (2, 1));
+    close(all.diff, -0.5, 1e-12);
+    let pooled = get("overrefusal", "direct", "refused");
+    assert_eq!((pooled.n, pooled.a_only, pooled.b_only), (2, 1, 0));
+    close(get("overrefusal", "direct", "gibberish").diff, 0.5, 1e-12);
+    close(
+        get("overrefusal_safe", "direct", "over_refusal").diff,
+        1.0,
+        1e-12,
+    );
+    // A variant that skipped a prompt breaks the pairing: a clear error, no table.
+    rows.pop();
+    let err = paired_rows(&rows, "base", &sets, 200)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("did not answer the same prompts"), "{err}");
+}
+
+#[test]
+fn ablation_counts_the_template_attack_once() {
+    use mosr_report::sections::{Metric, group, main_column};
+    let m = |set: &str, attack: &str, metric: &str| Metric {
+        variant: "rr".into(),
+        seed: Some(1),
+        set: set.into(),
+        attack: attack.into(),
+        metric: metric.into(),
+        value: 0.5,
+        n: 16.0,
+        ci_low: 0.3,
+        ci_high: 0.7,
+    };
+    assert_eq!(
+        main_column(&m("harmful", "template", "asr")).unwrap().0,
+        group::ASR
+    );
+    assert_eq!(
+        main_column(&m("harmful", "template/persona_unfiltered", "asr"))
+            .unwrap()
+            .0,
+        group::TEMPLATE
+    );
+    assert_eq!(
+        main_column(&m("harmful", "all", "asr")).unwrap().0,
+        group::ASR_POOLED
+    );
+    assert_eq!(
+        main_column(&m("overrefusal_safe", "direct", "refusal_rate"))
+            .unwrap()
+            .0,
+        group::REFUSED
+    );
+    assert_eq!(
+        main_column(&m("overrefusal_borderline", "direct", "gibberish_rate"))
+            .unwrap()
+            .0,
+        group::GIBBERISH
+    );
+    // Refusals of the unsafe contrast set are not over-refusals.
+    assert!(main_column(&m("overrefusal_unsafe_contrast", "direct", "refusal_rate")).is_none());
+}
+
+#[test]
+fn discrimination_compares_each_contrast_with_its_safe_twin() {
+    use mosr_claims::paired::discrimination_rows;
+    let mut rows = Vec::new();
+    // Three twin pairs for rr: refuses (unsafe c1, safe s1), (c2 only), (neither of c3, s3).
+    for (safe, contrast, s_out, c_out) in [
+        ("s1", "c1", "refused", "refused"),
+        ("s2", "c2", "complied", "refused"),
+        ("s3", "c3", "complied", "complied"),
+    ] {
+        let mut s = row(
+            "rr",
+            "overrefusal_safe",
+            "direct",
+            safe,
+            Some(contrast),
+            s_out,
+        );
+        s.role = "overrefusal_safe".into();
+        let mut c = row(
+            "rr",
+            "overrefusal_unsafe_contrast",
+            "direct",
+            contrast,
+            Some(safe),
+            c_out,
+        );
+        c.role = "overrefusal_unsafe_contrast".into();
+        rows.extend([s, c]);
+    }
+    let d = discrimination_rows(&rows, 200);
+    assert_eq!(d.len(), 1);
+    let x = &d[0];
+    assert_eq!((x.variant.as_str(), x.seed, x.diff.n), ("rr", Some(7), 3));
+    // Contrast refused 2/3, safe refused 1/3: discrimination 1/3; one discordant pair.
+    close(x.diff.rate_a, 2.0 / 3.0, 1e-12);
+    close(x.diff.rate_b, 1.0 / 3.0, 1e-12);
+    close(x.diff.diff, 1.0 / 3.0, 1e-12);
+    close(x.diff.p_value, 1.0, 1e-12);
+}
