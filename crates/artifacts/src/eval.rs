@@ -164,7 +164,7 @@ pub const METRICS: TableSchema = TableSchema {
             "metric",
             Utf8,
             false,
-            "asr, asr_mean, refusal_rate, gibberish_rate, over_refusal_rate, compliance_rate, accuracy, judge_accuracy, judge_precision, judge_recall, judge_f1"
+            "asr, asr_mean, refusal_rate, gibberish_rate, over_refusal_rate, compliance_rate, perplexity_median (safe sets; no interval), accuracy, judge_accuracy, judge_precision, judge_recall, judge_f1 (refusal judge on PyRIT labels), judge_<outcome>_precision / judge_<outcome>_recall (both judges on `mosr_judge_labels`)"
         ),
         col!("value", Float64, false, "the rate (k / n) or score"),
         col!(

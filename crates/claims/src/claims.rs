@@ -1,6 +1,6 @@
 //! The claims of the paper as tests on the stage's tables, and their verdicts.
 
-use mosr_stats::{paired_n_for_power, two_sample_n_for_power};
+use mosr_stats::{max_discordance_for_power, paired_n_for_power, two_sample_n_for_power};
 
 use crate::boundary::BoundaryTest;
 use crate::paired::{ALL_ATTACKS, HARMFUL_SET, POOLED_OVERREFUSAL, PairedRow};
@@ -23,6 +23,10 @@ pub struct ClaimTest {
     pub p_value: Option<f64>,
     pub verdict: Verdict,
     pub n_needed: Option<u64>,
+    /// Paired tests: the share of pairs that disagree, and the largest share at which this
+    /// test's n has the design's power for the target effect.
+    pub discordance: Option<f64>,
+    pub max_discordance: Option<f64>,
 }
 
 /// One claim with its combined verdict (a row of `claims`).
@@ -116,6 +120,8 @@ fn paired_test(
         p_value,
         verdict,
         n_needed,
+        discordance: Some(d.discordance),
+        max_discordance: max_discordance_for_power(d.n, cfg.target_effect, cfg.alpha, cfg.power),
     }
 }
 
@@ -218,6 +224,8 @@ fn boundary_claim_tests(cfg: &ClaimsSection, tests: &[BoundaryTest], layer: i32)
                 verdict,
                 n_needed: (verdict == Verdict::Inconclusive)
                     .then(|| two_sample_n_for_power(d.standardised, cfg.alpha, cfg.power)),
+                discordance: None,
+                max_discordance: None,
             });
         }
     }

@@ -35,6 +35,11 @@ pub struct EvalSection {
     /// a sample of its own, so refusal on a contrast can be compared with refusal on its safe
     /// twin (the discrimination measure of the claims stage). Default true.
     pub pair_contrasts: bool,
+    /// Hand-labelled responses of this project's own models (CSV: `response`, `perplexity`,
+    /// `label`), relative to the repository root; the judges' precision and recall per outcome
+    /// on them go into `metrics.parquet` (set `mosr_judge_labels`). Default
+    /// `datasets/mosr_judge_labels/labels.csv`; empty = skip.
+    pub outcome_labels: PathBuf,
     /// Split of the harmful prompts attacked. Default `test`.
     pub harmful_split: String,
     /// Greedy decoding budget per response. Default 64.
@@ -66,6 +71,7 @@ impl Default for EvalSection {
             harmful_n: 100,
             set_n: 100,
             pair_contrasts: true,
+            outcome_labels: PathBuf::from("datasets/mosr_judge_labels/labels.csv"),
             harmful_split: "test".into(),
             max_new_tokens: 64,
             batch_size: 8,

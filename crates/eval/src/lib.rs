@@ -6,7 +6,8 @@
 //! * [`attacks`]: direct request, prefilling, past/future-tense rephrasings, template
 //!   jailbreaks; one file each.
 //! * [`judges`]: refusal string match and gibberish heuristics; [`metrics`]: rates with
-//!   Wilson intervals and the refusal judge's validation on human labels.
+//!   Wilson intervals and the refusal judge's validation on human labels;
+//!   [`outcome_labels`]: both judges against hand-labelled responses of this project's models.
 //! * [`likelihood`], [`capability`]: continuation log-likelihoods, option scoring.
 //! * [`sets`]: seeded sampling and custom JSONL/Parquet sets.
 //! * [`stage`]: [`run`] and [`run_pipeline_stage`] (the `[eval]` section, resumable groups).
@@ -17,6 +18,7 @@ pub mod config;
 pub mod judges;
 pub mod likelihood;
 pub mod metrics;
+pub mod outcome_labels;
 pub mod sets;
 pub mod stage;
 

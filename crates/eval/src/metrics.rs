@@ -146,7 +146,7 @@ fn seed_metrics(rows: &[GenerationRow]) -> Vec<MetricRow> {
                 .add(&r.outcome);
         }
     }
-    let mut out = Vec::new();
+    let mut out = perplexity_rows(rows);
     let mut asr_by: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     for ((variant, set, attack), (kind, c)) in &groups {
         kind_rows(&mut out, *kind, variant, set, attack, *c);
@@ -182,6 +182,47 @@ fn seed_metrics(rows: &[GenerationRow]) -> Vec<MetricRow> {
         });
     }
     out
+}
+
+/// `perplexity_median` per (variant, safe set, attack): the median of the base model's
+/// perplexity of the responses (adapter off), so an answer that reads as text to the base
+/// model can be told from one that does not even when no judge fires. No interval (not a
+/// rate); `n` counts the responses with a perplexity.
+fn perplexity_rows(rows: &[GenerationRow]) -> Vec<MetricRow> {
+    let mut by: BTreeMap<(&str, &str, &str), Vec<f64>> = BTreeMap::new();
+    for r in rows {
+        let role: Role = r.role.parse().unwrap_or(Role::Harmful);
+        if let (SetKind::Safe, Some(p)) = (SetKind::of(role), r.perplexity)
+            && p.is_finite()
+        {
+            by.entry((&r.variant, &r.set, &r.attack))
+                .or_default()
+                .push(p as f64);
+        }
+    }
+    by.into_iter()
+        .map(|((variant, set, attack), mut v)| {
+            v.sort_by(f64::total_cmp);
+            let m = v.len();
+            let median = if m % 2 == 1 {
+                v[m / 2]
+            } else {
+                (v[m / 2 - 1] + v[m / 2]) / 2.0
+            };
+            MetricRow {
+                variant: Some(variant.to_string()),
+                seed: None,
+                set: set.to_string(),
+                attack: Some(attack.to_string()),
+                metric: "perplexity_median".into(),
+                value: median,
+                k: None,
+                n: m as i64,
+                ci_low: None,
+                ci_high: None,
+            }
+        })
+        .collect()
 }
 
 /// Confusion counts of the refusal judge against human labels (positive = refusal).

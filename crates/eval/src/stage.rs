@@ -761,6 +761,15 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
         );
         rows.extend(metrics::judge_validation_rows(&c));
     }
+    if let Some(path) = outcome_labels_path(cfg) {
+        let labelled = crate::outcome_labels::read(&path)?;
+        rows.extend(crate::outcome_labels::validation_rows(
+            "mosr_judge_labels",
+            &s.refusal,
+            &s.gibberish,
+            &labelled,
+        ));
+    }
 
     let out = |n: &str| cfg.out_dir.join(n);
     let (gen_path, met_path, cap_path_out) = (
@@ -822,6 +831,19 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
         groups_reused: reused,
         metric_rows: rows,
     })
+}
+
+/// The hand-labelled responses file, resolved against the repository root; none when the
+/// option is empty.
+fn outcome_labels_path(cfg: &EvalConfig) -> Option<PathBuf> {
+    let p = &cfg.section.outcome_labels;
+    if p.as_os_str().is_empty() {
+        None
+    } else if p.is_absolute() {
+        Some(p.clone())
+    } else {
+        Some(cfg.repo_root.join(p))
+    }
 }
 
 /// The configuration as recorded in the manifest and hashed into the stage key.
@@ -978,6 +1000,11 @@ pub fn run_pipeline_stage_with(
         };
         let h = sha256_file(&p).with_context(|| format!("custom set {}", p.display()))?;
         inputs.insert(format!("set/{}", p.display()), h);
+    }
+    if let Some(p) = outcome_labels_path(&cfg) {
+        let h =
+            sha256_file(&p).with_context(|| format!("[eval] outcome_labels {}", p.display()))?;
+        inputs.insert("outcome_labels".into(), h);
     }
     if cfg.section.attacks.iter().any(|a| a == "template") {
         let t = &cfg.section.template.file;

@@ -53,7 +53,7 @@ pub fn all() -> Vec<Section> {
             build: ablation,
         },
         Section {
-            title: "Refusal judge validation",
+            title: "Judge validation",
             build: judge_validation,
         },
         Section {
@@ -174,6 +174,8 @@ pub mod group {
     pub const CAPABILITY: u8 = 6;
     /// One jailbreak template's ASR: shown, never averaged (the template attack is one attack).
     pub const TEMPLATE: u8 = 7;
+    /// Median base-model perplexity of the answers to a safe set: high when answers are broken.
+    pub const PERPLEXITY: u8 = 8;
 }
 
 /// Sets whose prompts should be answered (their refusals are over-refusals).
@@ -210,6 +212,10 @@ pub fn main_column(m: &Metric) -> Option<(u8, String)> {
         }
         "compliance_rate" => Some((group::CONTRAST, format!("compliance {}", short_set(&m.set)))),
         "accuracy" if !m.variant.is_empty() => Some((group::CAPABILITY, m.set.clone())),
+        "perplexity_median" if safe => Some((
+            group::PERPLEXITY,
+            format!("perplexity {}", short_set(&m.set)),
+        )),
         _ => None,
     }
 }
@@ -355,7 +361,8 @@ fn main_table(cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<O
          `main_table_long.parquet`); one row per training seed, and their mean. ASR: a response \
          that is neither refused nor gibberish; over-refusal: refused or gibberish on a safe \
          prompt, split into `refused` (the paper's notion) and `gibberish` (a broken answer); \
-         capability: log-likelihood accuracy.\n\n{md}\n"
+         capability: log-likelihood accuracy; perplexity: median base-model perplexity of the \
+         answers to a safe set (not a rate).\n\n{md}\n"
     );
     if !series.is_empty() {
         let chart = Chart {
@@ -461,7 +468,14 @@ fn judge_validation(
         "ci_low" => rows.iter().map(|m| m.ci_low).collect::<Vec<_>>(),
         "ci_high" => rows.iter().map(|m| m.ci_high).collect::<Vec<_>>()
     )?;
-    Ok(Some(w.table("judge_validation", &mut df)?))
+    let md = w.table("judge_validation", &mut df)?;
+    Ok(Some(format!(
+        "`judge_labels`: the refusal judge on PyRIT's 105 human-labelled responses (other \
+         models). `mosr_judge_labels`: both judges' combined verdict (refused / gibberish / \
+         complied) on 220 hand-labelled responses of this project's own models \
+         (`datasets/mosr_judge_labels/`), precision over responses judged so and recall over \
+         responses labelled so; Wilson 95% intervals.\n\n{md}"
+    )))
 }
 
 /// Rows of `df` grouped by the string column `by`, as (key, [(x, y)]) from two numeric columns.

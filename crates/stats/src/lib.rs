@@ -25,7 +25,7 @@ pub use dist::{Z95, chi2_1_sf, normal_cdf, normal_quantile};
 pub use frontier::{interpolate, matched_differences};
 pub use interval::{ClusteredRate, clustered_rate, wilson};
 pub use paired::{PairedCluster, PairedDiff, clustered_mcnemar_p, mcnemar_exact_p, paired_diff};
-pub use power::{paired_n_for_power, two_sample_n_for_power};
+pub use power::{max_discordance_for_power, paired_n_for_power, two_sample_n_for_power};
 pub use two_sample::{MeanDiff, mann_whitney_p, mean_diff};
 
 /// Bootstrap resamples used for every interval unless a caller says otherwise. 2000 keeps the

@@ -125,6 +125,12 @@ fn power_and_two_sample_tests_match_hand_computed_values() {
         paired_n_for_power(0.15, 0.05, 0.05, 0.8),
         paired_n_for_power(0.15, 0.15, 0.05, 0.8)
     );
+    // The inverse: the largest discordance 103 / 128 pairs can afford (0.302 / 0.374); 40
+    // pairs cannot reach 80% power on 15 points at any discordance.
+    use mosr_stats::max_discordance_for_power as max_psi;
+    close(max_psi(103, 0.15, 0.05, 0.8).unwrap(), 0.302_116, 1e-5);
+    close(max_psi(128, 0.15, 0.05, 0.8).unwrap(), 0.373_764, 1e-5);
+    assert_eq!(max_psi(40, 0.15, 0.05, 0.8), None);
     // 2 (1.96 + 0.84)² / 0.5² = 62.8 -> 63 per group.
     assert_eq!(two_sample_n_for_power(0.5, 0.05, 0.8), 63);
     // Mann–Whitney, no ties: U = 0, z = 4 / √5.25 -> p = 0.08086.

@@ -837,32 +837,33 @@ fn docs_list_the_eval_tables_as_defined() {
 
 /// The eval stage's judges on 220 hand-labelled responses of this project's own models
 /// (`datasets/mosr_judge_labels/`): the labelled set guards the judges, and the figures in its
-/// README are the ones this test measures.
+/// README are the ones this test measures (through the rows the eval stage writes).
 #[test]
 fn judges_on_the_projects_own_labelled_responses() {
+    use mosr_eval::outcome_labels::{read, validation_rows};
     let path = repo_root().join("datasets/mosr_judge_labels/labels.csv");
-    let mut rd = csv::Reader::from_path(&path).unwrap();
-    let (r, g) = (
-        RefusalJudgeConfig::default(),
-        GibberishJudgeConfig::default(),
+    let labelled = read(&path).unwrap();
+    assert_eq!(labelled.len(), 220);
+    let rows = validation_rows(
+        "mosr_judge_labels",
+        &RefusalJudgeConfig::default(),
+        &GibberishJudgeConfig::default(),
+        &labelled,
     );
-    // (judged, labelled) counts per outcome
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for rec in rd.deserialize::<std::collections::HashMap<String, String>>() {
-        let rec = rec.unwrap();
-        let ppl = rec["perplexity"].parse::<f32>().ok();
-        let v = mosr_eval::judges::judge(&r, &g, &rec["response"], ppl);
-        pairs.push((v.outcome.as_str().to_string(), rec["label"].clone()));
-    }
-    assert_eq!(pairs.len(), 220);
-    let count = |f: &dyn Fn(&(String, String)) -> bool| pairs.iter().filter(|p| f(p)).count();
-    let stats = |o: &str| {
-        let judged = count(&|p| p.0 == o);
-        let labelled = count(&|p| p.1 == o);
-        let both = count(&|p| p.0 == o && p.1 == o);
-        (judged, labelled, both)
+    let get = |m: &str| {
+        let r = rows.iter().find(|r| r.metric == m).unwrap();
+        (r.k.unwrap(), r.n)
     };
-    assert_eq!(stats("refused"), (3, 3, 3));
-    assert_eq!(stats("gibberish"), (141, 171, 141));
-    assert_eq!(stats("complied"), (76, 46, 46));
+    // (both, judged) for precision, (both, labelled) for recall.
+    assert_eq!(get("judge_refused_precision"), (3, 3));
+    assert_eq!(get("judge_refused_recall"), (3, 3));
+    assert_eq!(get("judge_gibberish_precision"), (141, 141));
+    assert_eq!(get("judge_gibberish_recall"), (141, 171));
+    assert_eq!(get("judge_complied_precision"), (46, 76));
+    assert_eq!(get("judge_complied_recall"), (46, 46));
+    // A bad label is named with its record.
+    let bad = std::env::temp_dir().join(format!("mosr-bad-labels-{}.csv", std::process::id()));
+    std::fs::write(&bad, "response,perplexity,label\nhello,,maybe\n").unwrap();
+    let err = format!("{:#}", read(&bad).unwrap_err());
+    assert!(err.contains("record 1") && err.contains("`maybe`"), "{err}");
 }
