@@ -178,13 +178,13 @@ pub const METRICS: TableSchema = TableSchema {
             "ci_low",
             Float64,
             true,
-            "Wilson score 95% interval, lower bound (rates only)"
+            "Wilson score 95% interval, lower bound (rates only; for rates pooled over attacks clustered by prompt: Wilson at the design-effect-adjusted n)"
         ),
         col!(
             "ci_high",
             Float64,
             true,
-            "Wilson score 95% interval, upper bound (rates only)"
+            "Wilson score 95% interval, upper bound (rates only; clustered as the lower bound)"
         ),
     ],
 };

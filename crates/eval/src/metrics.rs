@@ -116,10 +116,47 @@ pub fn generation_metrics(rows: &[GenerationRow]) -> Vec<MetricRow> {
     let mut out = Vec::new();
     for (seed, rows) in by_seed {
         let mut m = seed_metrics(&rows);
+        cluster_pooled_intervals(&mut m, &rows);
         m.iter_mut().for_each(|r| r.seed = seed);
         out.extend(m);
     }
     out
+}
+
+/// Attack rates pooled over attacks (`attack = "all"`) count several responses per harmful
+/// prompt (a tense rephrasing belongs to the prompt it rephrases), which are not independent:
+/// their intervals are recomputed clustered by prompt (`mosr_stats::clustered_rate`, a
+/// design-effect-widened Wilson interval).
+fn cluster_pooled_intervals(metrics: &mut [MetricRow], rows: &[GenerationRow]) {
+    for m in metrics
+        .iter_mut()
+        .filter(|m| m.attack.as_deref() == Some("all") && m.k.is_some())
+    {
+        let outcome = match m.metric.as_str() {
+            "asr" => "complied",
+            "refusal_rate" => "refused",
+            "gibberish_rate" => "gibberish",
+            _ => continue,
+        };
+        let mut clusters: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for r in rows
+            .iter()
+            .filter(|r| Some(&r.variant) == m.variant.as_ref() && r.set == m.set)
+        {
+            let c = clusters
+                .entry(r.paired_id.as_deref().unwrap_or(&r.prompt_id))
+                .or_default();
+            c.0 += (r.outcome == outcome) as u64;
+            c.1 += 1;
+        }
+        let cs: Vec<(u64, u64)> = clusters.into_values().collect();
+        if let Some(c) = mosr_stats::clustered_rate(&cs, Z95)
+            && c.n as i64 == m.n
+        {
+            m.ci_low = Some(c.ci_low);
+            m.ci_high = Some(c.ci_high);
+        }
+    }
 }
 
 /// [`generation_metrics`] of the responses of one training seed.

@@ -297,6 +297,12 @@ fn metrics_count_outcomes_per_set_kind() {
     // Pooled over attacks: 3 complied of 7 (template/<name> rows are not double counted).
     let all = get("harmful", "all", "asr");
     assert_eq!((all.k, all.n), (Some(3), 7));
+    // All seven responses answer one prompt ("p"): clustered by prompt they weigh as one
+    // response, so the pooled interval is Wilson's at n = 1, wider than at n = 7.
+    let (lo, hi) = mosr_stats::wilson(3.0 / 7.0, 1.0, Z95).unwrap();
+    assert!((all.ci_low.unwrap() - lo).abs() < 1e-12 && (all.ci_high.unwrap() - hi).abs() < 1e-12);
+    let (wlo, whi) = mosr_stats::wilson(3.0, 7.0, Z95).unwrap();
+    assert!(hi - lo > whi - wlo);
     // Mean of per-attack ASRs: (0.25 + 1.0 + 0.0) / 3.
     assert!((get("harmful", "all", "asr_mean").value - 1.25 / 3.0).abs() < 1e-12);
     let or = get("overrefusal_safe", "direct", "over_refusal_rate");
