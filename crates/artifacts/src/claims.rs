@@ -209,7 +209,7 @@ pub const CLAIM_TESTS: TableSchema = TableSchema {
             "n_needed",
             Int64,
             true,
-            "pairs (or prompts per group) for 80% power on the design's target effect at the observed discordance; null when not inconclusive"
+            "inconclusive tests: pairs (C1: prompts per group) for 80% power if the observed effect and discordance were the truth (non-inferiority: to show the effect stays inside the margin); null when not inconclusive or when no n would decide (no effect observed)"
         ),
     ],
 };

@@ -82,6 +82,25 @@ const PAIRED_CLAIMS: [(&str, &str, &str, &str, bool); 4] = [
 const C1_STATEMENT: &str =
     "over-refusal prompts sit between benign and harmful prompts in representation space";
 
+/// Pairs an inconclusive paired test would need for the design's power, if the observed effect
+/// and discordance are the truth: for superiority, to detect the observed effect; for
+/// non-inferiority, to detect that the effect stays on the good side of the margin. `None` when
+/// no n would do (no effect observed, or an effect already past the margin).
+fn pairs_to_decide(
+    cfg: &ClaimsSection,
+    kind: Kind,
+    direction: i32,
+    effect: f64,
+    discordance: f64,
+) -> Option<u64> {
+    let distance = match kind {
+        Kind::Superiority => effect.abs(),
+        // Distance from the bad side's margin, in the claimed direction.
+        Kind::NonInferiority { margin } => margin + direction.signum() as f64 * effect,
+    };
+    (distance > 0.0).then(|| paired_n_for_power(distance, discordance, cfg.alpha, cfg.power))
+}
+
 /// A test from a paired row, judged.
 fn paired_test(
     cfg: &ClaimsSection,
@@ -101,8 +120,11 @@ fn paired_test(
         p_value,
     };
     let verdict = test_verdict(&ev, cfg.alpha);
-    let n_needed = (verdict == Verdict::Inconclusive)
-        .then(|| paired_n_for_power(cfg.target_effect, d.discordance, cfg.alpha, cfg.power));
+    let n_needed = if verdict == Verdict::Inconclusive {
+        pairs_to_decide(cfg, kind, direction, d.diff, d.discordance)
+    } else {
+        None
+    };
     ClaimTest {
         claim,
         part: part.to_string(),

@@ -27,7 +27,7 @@ pub fn claims(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
         "Each verdict follows from the numbers by the rules in `docs/claims.md`: a test is \
          *supported* when its 95% interval lies on the claimed side (and p < α), *contradicted* \
          when it lies on the other side, otherwise *inconclusive* (with `n_needed`, the pairs or \
-         prompts per group for 80% power on a 15-point difference at the observed discordance); \
+         prompts per group for 80% power if the observed effect were the truth); \
          a claim is contradicted if any of its tests is, supported if all are. Over-refusal here \
          means refusals (the paper's notion); gibberish is a column of its own below. C1 is tested \
          on held-out prompts at the layer chosen on separate selection prompts.\n\n{md_claims}\n\

@@ -390,3 +390,59 @@ fn discrimination_compares_each_contrast_with_its_safe_twin() {
     close(x.diff.diff, 1.0 / 3.0, 1e-12);
     close(x.diff.p_value, 1.0, 1e-12);
 }
+
+#[test]
+fn claims_combine_seeds_and_size_inconclusive_tests() {
+    use mosr_claims::ClaimsSection;
+    use mosr_claims::paired::{ColumnKey, PairedRow};
+    use mosr_stats::PairedDiff;
+    let cfg = ClaimsSection::default();
+    let row = |seed: i64, diff: f64, lo: f64, hi: f64, p: f64| PairedRow {
+        seed,
+        variant: "rr".into(),
+        reference: "base".into(),
+        column: ColumnKey {
+            set: "overrefusal".into(),
+            attack: "direct".into(),
+            metric: "refused",
+        },
+        diff: PairedDiff {
+            n: 128,
+            clusters: 128,
+            rate_a: 0.2 + diff,
+            rate_b: 0.2,
+            diff,
+            ci_low: lo,
+            ci_high: hi,
+            a_only: 20,
+            b_only: 7,
+            p_value: p,
+            discordance: 0.2,
+        },
+    };
+    // Seed 1 supports C2, seed 2 is inconclusive: the claim is inconclusive.
+    let rows = [row(1, 0.2, 0.1, 0.3, 0.001), row(2, 0.1, -0.02, 0.22, 0.09)];
+    let (tests, claims) = mosr_claims::assemble(&cfg, &rows, &[], None);
+    let c2: Vec<_> = tests.iter().filter(|t| t.claim == "C2").collect();
+    assert_eq!(c2.len(), 2);
+    assert_eq!(c2[0].verdict, Verdict::Supported);
+    assert_eq!(c2[0].n_needed, None);
+    // The inconclusive seed: pairs to detect its observed 0.1 at discordance 0.2.
+    assert_eq!(
+        c2[1].n_needed,
+        Some(paired_n_for_power(0.1, 0.2, 0.05, 0.8))
+    );
+    let claim = claims.iter().find(|c| c.claim == "C2").unwrap();
+    assert_eq!(
+        (claim.verdict, claim.seeds, claim.tests),
+        (Verdict::Inconclusive, 2, 2)
+    );
+    close(claim.effect, 0.15, 1e-12);
+    assert_eq!((claim.ci_low, claim.ci_high), (-0.02, 0.3));
+    // Claims without tests (no C3 rows here) are inconclusive, never supported.
+    let c3 = claims.iter().find(|c| c.claim == "C3").unwrap();
+    assert_eq!((c3.verdict, c3.tests), (Verdict::Inconclusive, 0));
+    // A zero effect: no n decides it.
+    let (tests, _) = mosr_claims::assemble(&cfg, &[row(1, 0.0, -0.05, 0.05, 1.0)], &[], None);
+    assert_eq!(tests[0].n_needed, None);
+}
