@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
 
 use crate::error::{Error, Result};
 use crate::parquet_io::write_parquet;
@@ -148,6 +150,12 @@ pub const BOUNDARY_TESTS: TableSchema = TableSchema {
             Float64,
             false,
             "probe accuracy on the layer-selection prompts (the claim uses the layer where it is highest)"
+        ),
+        col!(
+            "chosen",
+            Bool,
+            false,
+            "this is the layer C1 is judged at (highest selection accuracy, earliest on ties)"
         ),
     ],
 };
@@ -334,6 +342,7 @@ pub enum Column {
     I64(Vec<i64>),
     OptI64(Vec<Option<i64>>),
     I32(Vec<i32>),
+    Bool(Vec<bool>),
 }
 
 impl Column {
@@ -345,6 +354,7 @@ impl Column {
             Column::I64(v) => Arc::new(Int64Array::from(v)),
             Column::OptI64(v) => Arc::new(Int64Array::from(v)),
             Column::I32(v) => Arc::new(Int32Array::from(v)),
+            Column::Bool(v) => Arc::new(BooleanArray::from(v)),
         }
     }
 }

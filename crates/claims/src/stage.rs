@@ -139,7 +139,7 @@ pub fn run(
 
 fn write_all(o: &ClaimsOutputs, dir: &Path) -> Result<()> {
     write_paired(&dir.join("paired_tests.parquet"), &o.paired)?;
-    write_boundary(&dir.join("boundary_tests.parquet"), &o.boundary)?;
+    write_boundary(&dir.join("boundary_tests.parquet"), &o.boundary, o.layer)?;
     write_tests(&dir.join("claim_tests.parquet"), &o.tests)?;
     write_claims(&dir.join("claims.parquet"), &o.claims)?;
     write_discrimination(&dir.join("discrimination.parquet"), &o.discrimination)?;
@@ -193,7 +193,7 @@ fn write_paired(path: &Path, r: &[PairedRow]) -> Result<()> {
     Ok(write_columns(path, &PAIRED_TESTS, cols)?)
 }
 
-fn write_boundary(path: &Path, r: &[BoundaryTest]) -> Result<()> {
+fn write_boundary(path: &Path, r: &[BoundaryTest], chosen: Option<i32>) -> Result<()> {
     let cols = vec![
         Column::I32(r.iter().map(|x| x.layer).collect()),
         s(r, |x| x.role.clone()),
@@ -213,6 +213,7 @@ fn write_boundary(path: &Path, r: &[BoundaryTest]) -> Result<()> {
         f(r, |x| x.below_harmful.ci_high),
         f(r, |x| x.below_harmful.p_value),
         f(r, |x| x.selection_accuracy),
+        Column::Bool(r.iter().map(|x| Some(x.layer) == chosen).collect()),
     ];
     Ok(write_columns(path, &BOUNDARY_TESTS, cols)?)
 }

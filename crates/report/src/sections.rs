@@ -504,6 +504,19 @@ fn filter_in(df: &DataFrame, col: &str, keep: &[&str]) -> Result<DataFrame> {
     Ok(df.filter(&mask)?)
 }
 
+/// The layer the claims stage judged C1 at (`chosen` in its `boundary_tests`), if it ran.
+fn chosen_layer(run_dir: &RunDir) -> Result<Option<f64>> {
+    let path = run_dir.stage_dir("claims").join("boundary_tests.parquet");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let df = read_df(&path)?;
+    let (layer, chosen) = (f64s(&df, "layer")?, strs(&df, "chosen")?);
+    Ok((0..layer.len())
+        .find(|&i| chosen[i] == "true")
+        .map(|i| layer[i]))
+}
+
 /// The summary row per set: the layer where held-out accuracy peaks, and what the probe says
 /// about over-refusal prompts there and at the last layer.
 fn probes(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Option<String>> {
@@ -521,8 +534,12 @@ fn probes(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Opti
         f64s(&df, "accuracy").with_context(ctx)?,
         f64s(&df, "share_malicious").with_context(ctx)?,
     );
+    // The layer: the one the claims stage chose on selection prompts (not the test split the
+    // table reports), else the test-split maximum, said so.
+    let chosen = chosen_layer(run_dir)?;
     let best = (0..df.height())
         .filter(|&i| set[i] == "test" && acc[i].is_finite())
+        .filter(|&i| chosen.is_none_or(|l| layer[i] == l))
         .max_by(|&a, &b| {
             acc[a]
                 .total_cmp(&acc[b])
@@ -568,10 +585,15 @@ fn probes(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Opti
         .filter(|&i| layer[i] == best_layer && set[i].starts_with("overrefusal"))
         .map(|i| format!("{} {:.2}", set[i], share[i]))
         .collect();
+    let how = if chosen.is_some() {
+        "the layer chosen by the claims stage on selection prompts (not the test split shown)"
+    } else {
+        "the layer where test accuracy peaks (the claims stage has not run)"
+    };
     Ok(Some(format!(
         "Logistic-regression probes (benign vs harmful, train split) per layer; `probe_metrics.parquet` \
-         in the run folder has every layer. Held-out accuracy peaks at layer {best_layer} ({:.3}); \
-         there, the share of over-refusal prompts scored malicious is: {}.\n\n{md}\n\
+         in the run folder has every layer. At layer {best_layer}, {how}, held-out accuracy is \
+         {:.3}; there, the share of over-refusal prompts scored malicious is: {}.\n\n{md}\n\
          ![probe accuracy per layer](plots/probe_accuracy.svg)\n",
         acc[best],
         if or_share.is_empty() {
