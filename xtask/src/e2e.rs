@@ -33,9 +33,7 @@ pub fn smoke(repo: &Path) -> Result<()> {
     let root = std::env::var_os("MOSR_E2E_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("mosr-e2e"));
-    if root.exists() {
-        std::fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
-    }
+    clear_e2e_dir(&root)?;
     let (a, b) = (root.join("a"), root.join("b"));
 
     let t = Instant::now();
@@ -89,6 +87,28 @@ pub fn smoke(repo: &Path) -> Result<()> {
     println!("e2e: run B (killed, resumed) equals run A in all {compared} artifacts");
 
     std::fs::remove_dir_all(&root).ok();
+    Ok(())
+}
+
+/// Marks a folder as made by this test, so that only such a folder is ever cleared.
+const E2E_MARKER: &str = ".mosr-e2e";
+
+/// Empties the end-to-end folder: refuses a folder that this test did not make (a mistyped
+/// `MOSR_E2E_DIR` must never delete someone's data), then marks the new one.
+fn clear_e2e_dir(root: &Path) -> Result<()> {
+    if root.exists() {
+        let ours = root.join(E2E_MARKER).is_file()
+            || std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_none());
+        ensure!(
+            ours,
+            "{}: not a folder made by the end-to-end test (no {E2E_MARKER} in it); \
+             refusing to delete it (set MOSR_E2E_DIR to a new or empty folder)",
+            root.display()
+        );
+        std::fs::remove_dir_all(root).with_context(|| format!("clearing {}", root.display()))?;
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    std::fs::write(root.join(E2E_MARKER), b"")?;
     Ok(())
 }
 

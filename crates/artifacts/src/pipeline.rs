@@ -91,7 +91,40 @@ impl PipelineFile {
             table,
         };
         file.run = file.parse_value("run", run_value)?;
+        file.check_run_name()?;
         Ok(file)
+    }
+
+    /// `[run] name` becomes a folder under the runs and results roots, and a stage's commit
+    /// replaces folders under it: it must be a plain folder name, so that no name (`../x`, an
+    /// absolute path, `a/b`) reaches outside those roots.
+    fn check_run_name(&self) -> Result<()> {
+        let n = &self.run.name;
+        let plain = !n.is_empty()
+            && !n.starts_with('.')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if plain {
+            return Ok(());
+        }
+        Err(Error::Pipeline {
+            path: self.path.clone(),
+            at: format!(
+                "[run] name (line {})",
+                self.text
+                    .lines()
+                    .position(|l| l
+                        .trim_start()
+                        .strip_prefix("name")
+                        .is_some_and(|r| r.trim_start().starts_with('=')))
+                    .map(|i| i + 1)
+                    .unwrap_or(0)
+            ),
+            reason: format!(
+                "`{n}` is not a plain folder name (letters, digits, '.', '_', '-', not starting \
+                 with '.'): the run folder must stay inside the runs and results folders"
+            ),
+        })
     }
 
     fn parse_value<T: DeserializeOwned>(&self, section: &str, v: toml::Value) -> Result<T> {

@@ -134,3 +134,31 @@ fn malformed_pipeline_names_section_key_and_line() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn run_names_that_leave_the_runs_folder_are_refused() {
+    let dir = std::env::temp_dir().join(format!("mosr-run-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str| {
+        let p = dir.join("p.toml");
+        std::fs::write(
+            &p,
+            format!("[run]\nname = \"{name}\"\nmodel = \"smollm2-135m-instruct\"\n"),
+        )
+        .unwrap();
+        p
+    };
+    for bad in ["../outside", "/tmp/x", "a/b", ".hidden", "", "a\\\\b"] {
+        let p = write(bad);
+        let err = PipelineFile::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("[run] name (line 2)") && err.contains("not a plain folder name"),
+            "{bad}: {err}"
+        );
+        assert!(err.contains(&p.display().to_string()), "{err}");
+    }
+    for ok in ["smoke", "default-2", "paper_cpu.v1"] {
+        assert_eq!(PipelineFile::load(&write(ok)).unwrap().run.name, ok);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
