@@ -231,30 +231,13 @@ fn row(
     paired: Option<&str>,
     outcome: &str,
 ) -> GenerationRow {
+    // The sets here are named after their role, as the eval stage names them.
     GenerationRow {
         variant: variant.into(),
         seed: (variant != "base").then_some(7),
-        set: set.into(),
-        attack: attack.into(),
-        attack_detail: None,
         prompt_id: prompt.into(),
         paired_id: paired.map(String::from),
-        role: if set == "harmful" {
-            "harmful".into()
-        } else {
-            set.into()
-        },
-        prompt: "x".into(),
-        prefill: None,
-        response: "y".into(),
-        finish: "end_of_turn".into(),
-        new_tokens: 1,
-        perplexity: None,
-        refusal: outcome == "refused",
-        refusal_phrase: None,
-        gibberish: outcome == "gibberish",
-        gibberish_reason: None,
-        outcome: outcome.into(),
+        ..crate::eval::gen_row(set, attack, set, outcome, None)
     }
 }
 

@@ -197,7 +197,7 @@ fn wilson_interval_matches_hand_computed_values() {
     assert_eq!(wilson(0, 0, Z95), None);
 }
 
-fn gen_row(
+pub(crate) fn gen_row(
     set: &str,
     attack: &str,
     role: &str,
