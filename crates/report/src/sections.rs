@@ -246,7 +246,11 @@ const MEAN: &str = "mean";
 
 type Cells<'a> = BTreeMap<(String, String, String), &'a Metric>;
 
-/// Rows of the main table: each variant's seeds, then their mean when there are several.
+/// Seed label of the row that gives the spread (max − min) of a variant's seeds.
+const SPREAD: &str = "spread";
+
+/// Rows of the main table: each variant's seeds, then their mean and spread when there are
+/// several.
 fn main_rows(variants: &[String], cells: &Cells) -> Vec<(String, String)> {
     let mut rows = Vec::new();
     for v in variants {
@@ -254,15 +258,16 @@ fn main_rows(variants: &[String], cells: &Cells) -> Vec<(String, String)> {
         rows.extend(seeds.iter().map(|s| (v.clone(), s.to_string())));
         if seeds.len() > 1 {
             rows.push((v.clone(), MEAN.to_string()));
+            rows.push((v.clone(), SPREAD.to_string()));
         }
     }
     rows
 }
 
 /// A cell's value; for the `mean` row (or a one-seed variant asked for its mean) the mean
-/// over the variant's seeds.
+/// over the variant's seeds, for the `spread` row their max − min.
 fn cell_value(cells: &Cells, v: &str, seed: &str, col: &str) -> Option<f64> {
-    if seed != MEAN {
+    if seed != MEAN && seed != SPREAD {
         return cells
             .get(&(v.to_string(), seed.to_string(), col.to_string()))
             .map(|m| m.value);
@@ -272,7 +277,29 @@ fn cell_value(cells: &Cells, v: &str, seed: &str, col: &str) -> Option<f64> {
         .filter(|(k, _)| k.0 == v && k.2 == col)
         .map(|(_, m)| m.value)
         .collect();
-    (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+    if vals.is_empty() {
+        return None;
+    }
+    Some(if seed == MEAN {
+        vals.iter().sum::<f64>() / vals.len() as f64
+    } else {
+        vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+            - vals.iter().cloned().fold(f64::INFINITY, f64::min)
+    })
+}
+
+/// A column's header with the n of its cells (one n when every model answered as many).
+fn header_with_n(cells: &Cells, col: &str) -> String {
+    let ns: BTreeSet<i64> = cells
+        .iter()
+        .filter(|(k, _)| k.2 == col)
+        .map(|(_, m)| m.n as i64)
+        .collect();
+    match (ns.first(), ns.last()) {
+        (Some(a), Some(b)) if a == b => format!("{col} (n {a})"),
+        (Some(a), Some(b)) => format!("{col} (n {a}–{b})"),
+        _ => col.to_string(),
+    }
 }
 
 /// Variants x {ASR per attack, over-refusal per set, contrast compliance, capability}.
@@ -338,7 +365,13 @@ fn main_table(cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<O
         wide.push(Column::new(c.as_str().into(), vals));
     }
     let mut wide_df = DataFrame::new_infer_height(wide)?;
-    let md = w.table("main_table", &mut wide_df)?;
+    w.table("main_table", &mut wide_df)?;
+    // The Markdown headers carry each column's n (the Parquet keeps plain names).
+    let mut shown = wide_df.clone();
+    for (_, c) in &columns {
+        shown.rename(c, header_with_n(&cells, c).into())?;
+    }
+    let md = crate::markdown::table(&shown, w.digits);
 
     // Safety vs over-refusal: pooled ASR against mean over-refusal on safe sets.
     let mut series = Vec::new();
@@ -357,8 +390,9 @@ fn main_table(cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<O
         }
     }
     let mut out = format!(
-        "Rates are shares of prompts (n and 95% Wilson intervals per variant and seed in \
-         `main_table_long.parquet`); one row per training seed, and their mean. ASR: a response \
+        "Rates are shares of prompts (n in each header; 95% Wilson intervals per variant and \
+         seed in `main_table_long.parquet`); one row per training seed, then their mean and \
+         their spread (max − min). ASR: a response \
          that is neither refused nor gibberish; over-refusal: refused or gibberish on a safe \
          prompt, split into `refused` (the paper's notion) and `gibberish` (a broken answer); \
          capability: log-likelihood accuracy; perplexity: median base-model perplexity of the \
