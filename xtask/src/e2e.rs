@@ -218,7 +218,8 @@ fn files(dir: &Path) -> Result<Vec<PathBuf>> {
             let p = e?.path();
             if p.is_dir() {
                 todo.push(p);
-            } else {
+            } else if p.file_name().is_none_or(|n| n != ".lock") {
+                // The run lock records who ran (PID, start time), not what was made.
                 out.push(p);
             }
         }

@@ -165,6 +165,8 @@ pub fn run(repo: &Path, opts: &Options) -> Result<()> {
     }
     mosr_data::fetch_default(repo, false, false)?;
 
+    // One run per run folder at a time, held until every stage is done.
+    let _lock = file.run_dir(repo).lock()?;
     let started = Instant::now();
     let mut reached = from.is_none();
     for (i, s) in all.iter().enumerate() {

@@ -31,6 +31,13 @@ pub struct RunDir {
     root: PathBuf,
 }
 
+/// The run folder held by this process: an advisory lock on `<run folder>/.lock`, released
+/// when dropped or when the process dies (so a killed run leaves no stale lock).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
 /// A stage being computed: write outputs under [`StageWork::dir`], then [`StageWork::commit`].
 #[derive(Debug)]
 pub struct StageWork {
@@ -70,6 +77,46 @@ impl RunDir {
             });
         }
         StageManifest::read(&p)
+    }
+
+    /// Takes the run folder for this process. A second run on the same folder (which would
+    /// take the first one's partial folders for a crashed run's) gets an error naming the
+    /// holder's PID and start time instead.
+    pub fn lock(&self) -> Result<RunLock> {
+        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let path = self.root.join(".lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {
+                use std::io::Write;
+                let holder = format!("pid {} since {}", std::process::id(), crate::now_rfc3339());
+                file.set_len(0).map_err(|e| Error::io(&path, e))?;
+                file.write_all(holder.as_bytes())
+                    .map_err(|e| Error::io(&path, e))?;
+                Ok(RunLock { _file: file })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                Err(Error::Stage {
+                    path,
+                    reason: format!(
+                        "another run is using this run folder ({}); wait for it to finish or stop it",
+                        if holder.is_empty() {
+                            "holder unknown"
+                        } else {
+                            holder.trim()
+                        }
+                    ),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
     }
 
     /// Whether the stage completed with this key.

@@ -162,3 +162,21 @@ fn run_names_that_leave_the_runs_folder_are_refused() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_second_run_on_one_run_folder_is_refused_naming_the_holder() {
+    let root = std::env::temp_dir().join(format!("mosr-lock-{}", std::process::id()));
+    let run = mosr_artifacts::RunDir::new(&root, "p");
+    let held = run.lock().unwrap();
+    let err = run.lock().unwrap_err().to_string();
+    assert!(
+        err.contains("another run is using this run folder")
+            && err.contains(&format!("pid {}", std::process::id()))
+            && err.contains(".lock"),
+        "{err}"
+    );
+    // Released on drop (and by the OS when a run is killed): the folder can be taken again.
+    drop(held);
+    run.lock().unwrap();
+    std::fs::remove_dir_all(&root).ok();
+}
