@@ -145,7 +145,16 @@ pub fn generate(
                 mask.push(false);
                 continue;
             }
-            let tok = pick(&data[row * vocab..(row + 1) * vocab], cfg, &mut rng);
+            let logits = &data[row * vocab..(row + 1) * vocab];
+            if !logits.iter().all(|v| v.is_finite()) {
+                return Err(crate::LmError::NonFinite {
+                    file: model.path.clone(),
+                    step: out[row].len(),
+                    sequence: row,
+                    batch: b,
+                });
+            }
+            let tok = pick(logits, cfg, &mut rng);
             if !cfg.ignore_eos && stops.contains(&tok) {
                 finish[row] = Some(Finish::EndOfTurn);
                 next.push(model.pad_id);

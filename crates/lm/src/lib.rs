@@ -75,6 +75,17 @@ pub enum LmError {
         expected: String,
         found: String,
     },
+    /// A forward produced NaN or infinite logits: the weights (or an adapter) are broken, and
+    /// greedy decoding would otherwise pick token 0 and return an empty answer.
+    #[error(
+        "{file}: non-finite logits at generation step {step} for sequence {sequence} (of {batch}); the model or adapter weights hold NaN or Inf"
+    )]
+    NonFinite {
+        file: PathBuf,
+        step: usize,
+        sequence: usize,
+        batch: usize,
+    },
 }
 
 impl LmError {

@@ -22,6 +22,16 @@ fn open_err(p: &Path) -> String {
 /// A two-layer Llama GGUF with a byte-level tokenizer, small enough to build in a test;
 /// `skip` leaves one tensor out, `bad_shape` gives one tensor the wrong shape.
 fn tiny_llama(path: &Path, skip: Option<&str>, bad_shape: Option<&str>) {
+    tiny_llama_with_nan(path, skip, bad_shape, None)
+}
+
+/// [`tiny_llama`] with one tensor (`nan_in`) filled with NaN.
+fn tiny_llama_with_nan(
+    path: &Path,
+    skip: Option<&str>,
+    bad_shape: Option<&str>,
+    nan_in: Option<&str>,
+) {
     let mut w = GgufWriter::new();
     let (d, ff, layers, vocab) = (8usize, 16usize, 2u32, 4usize);
     w.add_metadata("general.architecture", "llama");
@@ -61,7 +71,12 @@ fn tiny_llama(path: &Path, skip: Option<&str>, bad_shape: Option<&str>) {
             shape[0] += 1;
         }
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.05).collect();
+        let data: Vec<f32> = (0..n)
+            .map(|i| match nan_in == Some(name) {
+                true => f32::NAN,
+                false => ((i % 7) as f32 - 3.0) * 0.05,
+            })
+            .collect();
         w.add_tensor_f32(name, &shape, &data).unwrap();
     };
     add("token_embd.weight", vec![vocab, d]);
@@ -90,6 +105,21 @@ fn tiny_model_loads_and_runs() {
     assert_eq!(lm.encode("ab", false).unwrap(), vec![2]);
     let out = mosr_lm::generate::generate(&lm, &[vec![0, 1]], &Default::default()).unwrap();
     assert!(out[0].tokens.len() <= 64);
+}
+
+#[test]
+fn nan_weights_stop_generation_with_a_clear_error() {
+    let p = tmp("nan.gguf");
+    tiny_llama_with_nan(&p, None, None, Some("blk.1.ffn_down.weight"));
+    let lm = LanguageModel::open(&p, &mosr_lm::Device::flex()).unwrap();
+    let err = mosr_lm::generate::generate(&lm, &[vec![0, 1], vec![2]], &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("non-finite logits at generation step 0 for sequence 0 (of 2)")
+            && err.contains("nan.gguf"),
+        "{err}"
+    );
 }
 
 #[test]
