@@ -210,6 +210,9 @@ fn readme(run_dir: &RunDir, command: &str, body: &str, missing: &[String]) -> Re
         seed.map(|s| s.to_string()).unwrap_or_else(|| "–".into()),
         total / 60.0
     );
+    if let Some(note) = reuse_note(&ms) {
+        s.push_str(&note);
+    }
     s.push_str("| stage | key | wall time (s) | created | code |\n|---|---|---:|---|---|\n");
     for (name, m) in &ms {
         s.push_str(&format!(
@@ -228,6 +231,23 @@ fn readme(run_dir: &RunDir, command: &str, body: &str, missing: &[String]) -> Re
         s.push_str(".\n");
     }
     Ok(s)
+}
+
+/// When the eval stage reused stored generations (an earlier run with the same prompts,
+/// models and decoding), its wall time covers only what it recomputed: say so, so the sum of
+/// stage times is not read as the cost of the run.
+fn reuse_note(ms: &BTreeMap<String, StageManifest>) -> Option<String> {
+    let m = ms.get("eval")?;
+    let reused = *m.row_counts.get("groups_reused")?;
+    let generated = m.row_counts.get("groups_generated").copied().unwrap_or(0);
+    (reused > 0).then(|| {
+        format!(
+            "The eval stage reused {reused} of {} stored generation groups (same prompts, \
+             models and decoding; the judges and metrics were recomputed), so its wall time \
+             in the table below covers only that; a run from an empty folder generates them all.\n\n",
+            reused + generated
+        )
+    })
 }
 
 /// Runs the report for a pipeline file into `[run] results_dir` (default
