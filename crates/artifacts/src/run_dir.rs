@@ -25,6 +25,38 @@ pub fn stage_key(config: &serde_json::Value, input_hashes: &BTreeMap<String, Str
     sha256_bytes(&bytes)[..KEY_LEN].to_string()
 }
 
+/// Where one trained (variant, seed) lives inside the finetune stage folder:
+/// `<variant>/seed-<seed>`. The finetune stage writes it; eval and the report find it with
+/// [`list_instances`].
+pub fn instance_dir(variant: &str, seed: u64) -> String {
+    format!("{variant}/seed-{seed}")
+}
+
+/// Every `<variant>/seed-<seed>` folder under `stage_dir`, as (variant, seed, path), sorted
+/// by variant then seed; other folders are ignored.
+pub fn list_instances(stage_dir: &Path) -> Vec<(String, u64, PathBuf)> {
+    let subdirs = |p: &Path| -> Vec<(String, PathBuf)> {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (variant, vdir) in subdirs(stage_dir) {
+        for (name, dir) in subdirs(&vdir) {
+            if let Some(seed) = name.strip_prefix("seed-").and_then(|s| s.parse().ok()) {
+                out.push((variant.clone(), seed, dir));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The folder of one pipeline's runs.
 #[derive(Debug, Clone)]
 pub struct RunDir {

@@ -871,31 +871,16 @@ pub struct Overrides {
 /// Adapters under `runs/<pipeline>/finetune/<variant>/seed-<seed>/adapter`, by variant name
 /// and seed.
 pub fn discover_variants(finetune_dir: &Path) -> Vec<Variant> {
-    let mut out = Vec::new();
-    let subdirs = |p: &Path| -> Vec<(String, PathBuf)> {
-        std::fs::read_dir(p)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for (name, vdir) in subdirs(finetune_dir) {
-        for (sname, sdir) in subdirs(&vdir) {
-            let seed = sname.strip_prefix("seed-").and_then(|s| s.parse().ok());
-            let dir = sdir.join("adapter");
-            if seed.is_some() && dir.join("adapter_config.json").is_file() {
-                out.push(Variant {
-                    name: name.clone(),
-                    seed,
-                    adapter: Some(dir),
-                });
-            }
-        }
-    }
-    out.sort_by(|a, b| (&a.name, a.seed).cmp(&(&b.name, b.seed)));
-    out
+    mosr_artifacts::list_instances(finetune_dir)
+        .into_iter()
+        .map(|(name, seed, dir)| (name, seed, dir.join("adapter")))
+        .filter(|(_, _, adapter)| adapter.join("adapter_config.json").is_file())
+        .map(|(name, seed, adapter)| Variant {
+            name,
+            seed: Some(seed),
+            adapter: Some(adapter),
+        })
+        .collect()
 }
 
 fn variant_name_of(dir: &Path) -> String {
@@ -941,9 +926,8 @@ pub fn run_pipeline_stage_with(
     } else {
         for name in section.variants.iter().filter(|n| n.as_str() != "base") {
             let of: Vec<&Variant> = found.iter().filter(|v| &v.name == name).collect();
-            match of.is_empty() {
-                false => variants.extend(of.into_iter().cloned()),
-                true => bail!(
+            if of.is_empty() {
+                bail!(
                     "{}: [eval] variant `{name}` has no adapter at {} (has the finetune stage run?)",
                     file.path.display(),
                     run_dir
@@ -951,8 +935,9 @@ pub fn run_pipeline_stage_with(
                         .join(name)
                         .join("seed-<seed>/adapter")
                         .display()
-                ),
+                );
             }
+            variants.extend(of.into_iter().cloned());
         }
     }
     for a in &ov.adapters {

@@ -190,10 +190,7 @@ pub struct FinetuneConfig {
     pub seeds: Vec<u64>,
 }
 
-/// Where one trained (variant, seed) lives inside the finetune stage folder.
-pub fn instance_dir(variant: &str, seed: u64) -> String {
-    format!("{variant}/seed-{seed}")
-}
+pub use mosr_artifacts::instance_dir;
 
 /// Keeps a default-valued option out of the serialized config, so the stage keys of runs made
 /// before the option existed stay valid.

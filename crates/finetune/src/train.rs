@@ -1057,19 +1057,10 @@ pub fn train_variant(
 /// Reads every train log of a finetune folder by (variant, seed) (reports, tests).
 pub fn read_logs(dir: &Path) -> Result<BTreeMap<(String, u64), Vec<TrainLogRow>>> {
     let mut out = BTreeMap::new();
-    for v in Variant::ALL {
-        let Ok(rd) = std::fs::read_dir(dir.join(v.name())) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(seed) = name.strip_prefix("seed-").and_then(|s| s.parse().ok()) else {
-                continue;
-            };
-            let p = e.path().join("train_log.parquet");
-            if p.is_file() {
-                out.insert((v.name().to_string(), seed), read_train_log(&p)?);
-            }
+    for (variant, seed, path) in mosr_artifacts::list_instances(dir) {
+        let p = path.join("train_log.parquet");
+        if p.is_file() {
+            out.insert((variant, seed), read_train_log(&p)?);
         }
     }
     Ok(out)

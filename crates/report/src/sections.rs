@@ -753,21 +753,11 @@ fn logit_lens(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
 fn training(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Option<String>> {
     let dir = run_dir.stage_dir("finetune");
     // `<variant>/seed-<seed>/train_log.parquet`, labelled `<variant> seed <seed>`.
-    let mut logs: Vec<(String, String, std::path::PathBuf)> = Vec::new();
-    for v in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        for s in std::fs::read_dir(v.path()).into_iter().flatten().flatten() {
-            let seed = s.file_name().to_string_lossy().to_string();
-            let log = s.path().join("train_log.parquet");
-            if let (Some(seed), true) = (seed.strip_prefix("seed-"), log.is_file()) {
-                logs.push((
-                    v.file_name().to_string_lossy().to_string(),
-                    seed.to_string(),
-                    log,
-                ));
-            }
-        }
-    }
-    logs.sort();
+    let logs: Vec<(String, String, std::path::PathBuf)> = mosr_artifacts::list_instances(&dir)
+        .into_iter()
+        .map(|(v, seed, path)| (v, seed.to_string(), path.join("train_log.parquet")))
+        .filter(|(_, _, log)| log.is_file())
+        .collect();
     let mut variants: Vec<(String, DataFrame)> = Vec::new();
     let mut seeds: Vec<String> = Vec::new();
     for (v, seed, log) in &logs {
