@@ -127,32 +127,32 @@ pub const OVERLAP_WEIGHTS: TableSchema = TableSchema {
 /// `train_log.parquet` (finetune stage, one per variant).
 pub const TRAIN_LOG: TableSchema = TableSchema {
     name: "train_log",
-    version: 1,
+    version: 2,
     columns: &[
         col!("step", Int64, false, "optimizer step t, 1-based"),
         col!(
             "loss",
             Float64,
             false,
-            "c_erase * erasure + c_retain * retain (+ cross-entropy term)"
+            "c_erase * erasure + c_retain * retain + the augmented examples' term"
         ),
         col!(
             "erasure_loss",
             Float64,
             false,
-            "weighted ReLU(cos(h_lora, h_orig)) at the target layers over request+response tokens"
+            "weighted ReLU(cos(h_lora, h_orig)) at the target layers over the loss tokens (finetune loss_tokens)"
         ),
         col!(
             "retain_loss",
             Float64,
             false,
-            "mean per-token L2 distance of h_lora and h_orig over the retain layers"
+            "mean per-token distance of h_lora and h_orig over the retain layers on the benign retain rows"
         ),
         col!(
-            "cross_entropy_loss",
+            "augment_loss",
             Float64,
             true,
-            "cross-entropy on the refusal tokens of augmented examples (only with that branch)"
+            "the augmented examples' own term before augment_coeff: their retain distance (augment target retain_states, added under c_retain) or the refusal tokens' cross-entropy (refusal_lm); null without augmentation"
         ),
         col!("c_erase", Float64, false, "alpha * (1 - t / 2T)"),
         col!("c_retain", Float64, false, "alpha * t / 2T"),
@@ -217,7 +217,8 @@ pub struct TrainLogRow {
     pub loss: f64,
     pub erasure_loss: f64,
     pub retain_loss: f64,
-    pub cross_entropy_loss: Option<f64>,
+    /// The augmented examples' term (see the column); None without augmentation.
+    pub augment_loss: Option<f64>,
     pub c_erase: f64,
     pub c_retain: f64,
     pub grad_norm: f64,
@@ -423,7 +424,7 @@ pub fn write_train_log(path: &Path, rows: &[TrainLogRow]) -> Result<()> {
             f64s(rows, |r| r.retain_loss),
             Arc::new(
                 rows.iter()
-                    .map(|r| r.cross_entropy_loss)
+                    .map(|r| r.augment_loss)
                     .collect::<Float64Array>(),
             ),
             f64s(rows, |r| r.c_erase),
@@ -447,14 +448,14 @@ pub fn read_train_log(path: &Path) -> Result<Vec<TrainLogRow>> {
                 .clone()
         };
         let (step, tokens) = (i64c("step"), i64c("tokens"));
-        let ce = f64_col(&b, "cross_entropy_loss");
+        let aug = f64_col(&b, "augment_loss");
         for i in 0..b.num_rows() {
             out.push(TrainLogRow {
                 step: step.value(i),
                 loss: f64_col(&b, "loss").value(i),
                 erasure_loss: f64_col(&b, "erasure_loss").value(i),
                 retain_loss: f64_col(&b, "retain_loss").value(i),
-                cross_entropy_loss: ce.is_valid(i).then(|| ce.value(i)),
+                augment_loss: aug.is_valid(i).then(|| aug.value(i)),
                 c_erase: f64_col(&b, "c_erase").value(i),
                 c_retain: f64_col(&b, "c_retain").value(i),
                 grad_norm: f64_col(&b, "grad_norm").value(i),

@@ -9,8 +9,9 @@
 //!   set), optionally pseudo-malicious prompts with the model's compliant answers ([R]).
 //! * **augmented** (MOSR's context-aware augmentation, [R] after Qi et al.): harmful prompt +
 //!   the first k tokens of a harmful response + a refusal, with k = 0 with probability p and
-//!   otherwise uniform in 1..K; consumed by the retain branch (default) or by a cross-entropy
-//!   term on the refusal tokens.
+//!   otherwise uniform in 1..K; built from harmful prompts outside the erasure set (default)
+//!   and trained as a refusal language-modelling target (default) or held at the original
+//!   model's states ([`AugmentTarget`]).
 //!
 //! Everything is greedy or seeded: the same seed gives the same table.
 
@@ -59,14 +60,44 @@ pub enum RefusalSource {
     Model,
 }
 
-/// Which loss consumes augmented examples ([R]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// [R] What augmented examples train (the method notes' open choice 5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AugmentBranch {
-    /// Retain representation loss (keeps the original model's "refuse after harmful content").
-    Retain,
-    /// Cross-entropy on the refusal tokens (Qi et al.'s safety recovery examples).
-    CrossEntropy,
+pub enum AugmentTarget {
+    /// The refusal after the harmful prefix as a language-modelling target: cross-entropy on
+    /// the refusal tokens, as Qi et al.'s safety recovery examples (their wording is MOSR's);
+    /// the default. It teaches refusal even on a model that complies.
+    #[default]
+    #[serde(alias = "cross_entropy")]
+    RefusalLm,
+    /// The original model's states on the whole sequence (the retain distance, circuit
+    /// breakers' refusal-retain set): keeps whatever the base model does after a harmful
+    /// prefix, which on a model that complies is to comply.
+    #[serde(alias = "retain")]
+    RetainStates,
+}
+
+impl AugmentTarget {
+    /// The `loss_branch` value of its rows in `training_examples.parquet`.
+    pub fn loss_branch(self) -> &'static str {
+        match self {
+            AugmentTarget::RefusalLm => "cross_entropy",
+            AugmentTarget::RetainStates => "retain",
+        }
+    }
+}
+
+/// [R] Which harmful prompts the augmented examples are built from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AugmentPrompts {
+    /// Harmful train prompts outside the erasure set (the next ones of the same seeded
+    /// ranking); the default, so no prompt is both erased and trained to a refusal or
+    /// retained.
+    #[default]
+    Disjoint,
+    /// The erasure set's own prompts and responses (one harmful generation fewer per example).
+    Shared,
 }
 
 /// Context-aware augmentation settings.
@@ -87,8 +118,11 @@ pub struct AugmentationConfig {
     pub model_refusal_prefix: String,
     /// Tokens generated for a model refusal; default 48.
     pub refusal_max_new_tokens: usize,
-    /// Default `retain`.
-    pub branch: AugmentBranch,
+    /// Default `refusal_lm` (see [`AugmentTarget`]); its weight is `[finetune] augment_coeff`.
+    #[serde(alias = "branch")]
+    pub target: AugmentTarget,
+    /// Default `disjoint` (see [`AugmentPrompts`]).
+    pub prompts: AugmentPrompts,
 }
 
 impl Default for AugmentationConfig {
@@ -106,7 +140,8 @@ impl Default for AugmentationConfig {
             ],
             model_refusal_prefix: "I'm sorry, but I can't".into(),
             refusal_max_new_tokens: 48,
-            branch: AugmentBranch::Retain,
+            target: AugmentTarget::RefusalLm,
+            prompts: AugmentPrompts::Disjoint,
         }
     }
 }
@@ -259,8 +294,13 @@ pub fn sample_prompts(
 /// Counts written to the manifest.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AugmentCounts {
+    /// Erasure-set prompts sampled.
     pub harmful_prompts: usize,
+    /// Erasure examples written (the `harmful_*` refusal and drop counts cover every harmful
+    /// generation, the augmentation prompts' included).
     pub harmful_kept: usize,
+    /// Harmful prompts sampled for the augmentation alone (`prompts = "disjoint"`).
+    pub augment_prompts: usize,
     /// Harmful responses the judge called refusals (first attempt).
     pub harmful_refusals: usize,
     pub harmful_regenerated: usize,
@@ -332,9 +372,16 @@ pub fn run(
     let mut counts = AugmentCounts::default();
     let bs = cfg.generation_batch_size;
 
-    // Harmful set.
-    let harmful = sample_prompts(prompts, Role::Harmful, cfg.harmful_count, seed, 1);
-    counts.harmful_prompts = harmful.len();
+    // Harmful set, then (disjoint augmentation) as many further prompts of the same ranking
+    // whose responses only give augmented examples their harmful prefixes.
+    let erasure_n = sample_prompts(prompts, Role::Harmful, cfg.harmful_count, seed, 1).len();
+    let extra = match cfg.augmentation.prompts {
+        AugmentPrompts::Disjoint => erasure_n,
+        AugmentPrompts::Shared => 0,
+    };
+    let harmful = sample_prompts(prompts, Role::Harmful, erasure_n + extra, seed, 1);
+    counts.harmful_prompts = erasure_n;
+    counts.augment_prompts = harmful.len() - erasure_n;
     let first_prefill = match cfg.response_source {
         ResponseSource::SelfAnswer => None,
         ResponseSource::Prefill => Some(0usize),
@@ -396,6 +443,13 @@ pub fn run(
     let mut kept: Vec<(usize, String)> = Vec::new();
     for (i, p) in harmful.iter().enumerate() {
         if let Some(r) = &responses[i] {
+            if i >= erasure_n || cfg.augmentation.prompts == AugmentPrompts::Shared {
+                kept.push((i, r.clone()));
+            }
+            if i >= erasure_n {
+                continue;
+            }
+            counts.harmful_kept += 1;
             rows.push(TrainingExample {
                 example_id: format!("harmful-{}", p.id),
                 set: "harmful".into(),
@@ -409,10 +463,8 @@ pub fn run(
                 refusal: None,
                 loss_branch: "erasure".into(),
             });
-            kept.push((i, r.clone()));
         }
     }
-    counts.harmful_kept = kept.len();
 
     // Retain set: benign (and optionally pseudo-malicious) prompts with the model's answers.
     let benign = sample_prompts(prompts, Role::Benign, cfg.retain_count, seed, 2);
@@ -514,10 +566,7 @@ pub fn run(
                 .collect()
         }
     };
-    let branch = match a.branch {
-        AugmentBranch::Retain => "retain",
-        AugmentBranch::CrossEntropy => "cross_entropy",
-    };
+    let branch = a.target.loss_branch();
     for (g, model_r) in augs.iter().zip(model_refusals) {
         let p = &harmful[g.harmful];
         let (refusal, src) = match model_r {

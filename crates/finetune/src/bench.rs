@@ -12,7 +12,8 @@ use anyhow::{Context, Result};
 use mosr_artifacts::training::read_train_log;
 use mosr_lm::LanguageModel;
 
-use crate::train::{RunOptions, Seq, TrainData, train_variant};
+use crate::data::{Seq, TrainData};
+use crate::train::{RunOptions, train_variant};
 use crate::{FinetuneConfig, Variant};
 
 /// Per-step timings of a run of `warmup + repeats` steps.
@@ -54,6 +55,8 @@ pub fn step_bench(
             .enumerate()
             .map(|(i, ids)| Seq {
                 id: format!("{tag}-{i}"),
+                request: 0..0,
+                response: 0..0,
                 ids,
                 ce_from: None,
                 weight: 1.0,
@@ -64,7 +67,8 @@ pub fn step_bench(
         harmful: seqs(0, "erasure"),
         retain: seqs(batch, "retain"),
         augmented: Vec::new(),
-        augment_ce: false,
+        augment_refusal_lm: false,
+        fitted: Default::default(),
     };
     let steps = warmup + repeats;
     let cfg = FinetuneConfig {
@@ -73,6 +77,8 @@ pub fn step_bench(
         batch_size: batch,
         max_prompt_tokens: seq,
         max_response_tokens: seq,
+        // Synthetic ids have no chat spans: every token is in the losses.
+        loss_tokens: crate::LossTokens::All,
         checkpoint_every: steps,
         ..FinetuneConfig::default()
     };

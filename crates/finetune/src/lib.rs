@@ -4,11 +4,14 @@
 //! Per step t of T, with B harmful and B retain sequences (plus augmented ones):
 //! * the original model's states come from the same network with the adapter switched off,
 //!   once per batch, without gradient (no second copy of the weights);
-//! * erasure = `ReLU(cos(h_lora, h_orig))` at the target layers over request+response tokens,
-//!   each harmful example scaled by its overlap weight (variants with weights);
-//! * retain = mean per-token L2 distance over the retain layers on retain (and, with the
-//!   augmentation in the retain branch, augmented) sequences;
-//! * loss = `c_erase · erasure + c_retain · retain`, `c_erase = α(1 − t/2T)`,
+//! * erasure = `ReLU(cos(h_lora, h_orig))` at the target layers over the loss tokens (the
+//!   request and response spans of the chat template, [`LossTokens`]), each harmful example
+//!   scaled by its overlap weight (variants with weights; mean 1 per batch);
+//! * retain = mean per-token distance over the retain layers on the benign retain sequences;
+//! * augmented sequences (variants with augmentation) add their own term, weighted by
+//!   `augment_coeff`: the refusal tokens' cross-entropy, or a retain distance averaged over
+//!   their own tokens;
+//! * loss = `c_erase · erasure + c_retain · retain (+ augmented term)`, `c_erase = α(1 − t/2T)`,
 //!   `c_retain = α t/2T`; AdamW on the adapter only.
 //!
 //! Variants `rr`, `rr_weights`, `rr_augment` and `mosr` share the seed, the LoRA
@@ -18,6 +21,7 @@
 //! run resumes bit-identically.
 
 pub mod bench;
+pub mod data;
 pub mod loss;
 pub mod train;
 
@@ -91,6 +95,49 @@ impl RetainDistance {
     }
 }
 
+/// [R] Which tokens of a training sequence a representation loss covers. The spans come from
+/// the chat template itself (the user message's content as rendered, and the response), so
+/// they are the same on every model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossTokens {
+    /// The request (user content) and the response; the default. Circuit breakers' masks
+    /// cover the request and the response: the shared preamble (BOS, the template's system
+    /// prompt, role markers) is identical in harmful and retain rows, so erasing it would
+    /// fight the retain term on the same states and offer erasure a shortcut that ignores
+    /// the request.
+    #[default]
+    RequestAndResponse,
+    /// The response only.
+    Response,
+    /// Every token but the first `skip_sink_tokens` (the behaviour before spans existed).
+    All,
+}
+
+/// [R] What to do with a chat prompt longer than `max_prompt_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Keep the template and the start of the request, cut the request's tail; the default.
+    #[default]
+    RequestTail,
+    /// Leave the example out.
+    Drop,
+}
+
+/// [R] How overlap weights are scaled before they multiply the erasure term.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightNormalization {
+    /// Token-weighted mean 1 within each micro-batch (the default): weighting redistributes
+    /// erasure between examples without changing its scale (unnormalised, a batch of mean
+    /// weight 1.06 erases 6% harder, i.e. runs at another learning rate).
+    #[default]
+    Batch,
+    /// The weights as the weights stage wrote them (mean 1 over the whole harmful set).
+    None,
+}
+
 /// LoRA settings (circuit breakers' defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -157,12 +204,26 @@ pub struct FinetuneConfig {
     /// truncated network computes; the embedding output never changes).
     pub retain_layers: Vec<usize>,
     pub lora: LoraSection,
-    /// Chat-formatted request tokens kept (the end is kept); default 512.
+    /// Chat-formatted prompt tokens kept; default 512. What happens to a longer prompt is
+    /// `truncation`.
     pub max_prompt_tokens: usize,
+    /// [R] Default `request_tail` (see [`Truncation`]); the counts are in the manifest.
+    pub truncation: Truncation,
     /// Response tokens kept (the start is kept); default 512.
     pub max_response_tokens: usize,
-    /// Weight of the cross-entropy term when augmented examples use that branch; default 1.
-    pub cross_entropy_coeff: f64,
+    /// [R] Tokens of the erasure loss, and of the retain loss unless `retain_loss_tokens` is
+    /// set; default `request_and_response` (see [`LossTokens`]).
+    pub loss_tokens: LossTokens,
+    /// [R] Tokens of the retain loss; default: `loss_tokens`.
+    pub retain_loss_tokens: Option<LossTokens>,
+    /// [R] Default `batch` (see [`WeightNormalization`]).
+    pub weight_normalization: WeightNormalization,
+    /// [R] Weight of the augmented examples' own term: their retain distance (a mean over
+    /// their own tokens, beside the benign retain mean, under the retain coefficient) with
+    /// `[augment.augmentation] target = "retain_states"`, or the refusal cross-entropy with
+    /// `"refusal_lm"`; default 1.
+    #[serde(alias = "cross_entropy_coeff")]
+    pub augment_coeff: f64,
     /// Steps between checkpoints; default 10.
     pub checkpoint_every: usize,
     /// [R] Tokens at the start of each sequence left out of the erasure and retain losses;
@@ -218,8 +279,12 @@ impl Default for FinetuneConfig {
             retain_layers: vec![],
             lora: LoraSection::default(),
             max_prompt_tokens: 512,
+            truncation: Truncation::RequestTail,
             max_response_tokens: 512,
-            cross_entropy_coeff: 1.0,
+            loss_tokens: LossTokens::RequestAndResponse,
+            retain_loss_tokens: None,
+            weight_normalization: WeightNormalization::Batch,
+            augment_coeff: 1.0,
             checkpoint_every: 10,
             skip_sink_tokens: 1,
             lora_b_init_std: 0.0,
@@ -261,11 +326,22 @@ impl FinetuneConfig {
                 self.lora_b_init_std
             );
         }
+        if !(self.augment_coeff.is_finite() && self.augment_coeff >= 0.0) {
+            bail!(
+                "finetune: augment_coeff {} must be finite and at least 0",
+                self.augment_coeff
+            );
+        }
         let distinct: std::collections::BTreeSet<&u64> = self.seeds.iter().collect();
         if distinct.len() != self.seeds.len() {
             bail!("finetune: `seeds` lists a seed twice: {:?}", self.seeds);
         }
         Ok(())
+    }
+
+    /// Tokens of the retain loss.
+    pub fn retain_tokens(&self) -> LossTokens {
+        self.retain_loss_tokens.unwrap_or(self.loss_tokens)
     }
 
     /// The training seeds: `seeds`, or the run's seed when it is empty.
@@ -368,7 +444,7 @@ pub fn run(
             if let Some(r) = &opts.reuse_from {
                 reuse_instance(&r.join(&rel), &dir, &key)?;
             }
-            let data = train::TrainData::load(cfg, lm, inputs, v)?;
+            let data = data::TrainData::load(cfg, lm, inputs, v)?;
             match train_variant(cfg, lm, model_ref, base_sha, seed, &data, v, &dir, opts)? {
                 Some(s) => {
                     mosr_artifacts::write_bytes_atomic(&dir.join(INSTANCE_KEY), key.as_bytes())?;
@@ -530,9 +606,16 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
                 .outputs
                 .insert(format!("{rel}/{f}"), sha256_file(&p)?);
         }
-        manifest
-            .row_counts
-            .insert(format!("{rel}/steps"), s.steps as u64);
+        let counts = [
+            ("steps", s.steps),
+            ("prompts_truncated", s.prompts_truncated),
+            ("examples_dropped", s.examples_dropped),
+        ];
+        for (name, n) in counts {
+            manifest
+                .row_counts
+                .insert(format!("{rel}/{name}"), n as u64);
+        }
     }
     manifest.seed = Some(file.run.seed);
     manifest.wall_time_s = started.elapsed().as_secs_f64();

@@ -5,7 +5,7 @@
 //! optimizer, whose state is keyed by parameter ids that change when an adapter is reloaded:
 //! keyed by name, the AdamW moments survive a checkpoint round trip bit for bit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -14,18 +14,17 @@ use anyhow::{Context, Result, bail};
 use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
-use mosr_artifacts::training::{
-    TrainLogRow, read_overlap_weights, read_train_log, read_training_examples, write_train_log,
-};
-use mosr_lm::{CausalLm, ForwardOptions, LanguageModel, Logits, Message, TokenBatch};
+use mosr_artifacts::training::{TrainLogRow, read_train_log, write_train_log};
+use mosr_lm::{CausalLm, ForwardOptions, LanguageModel, Logits, TokenBatch};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::data::{Seq, TrainData, normalize_batch_weights};
 use crate::loss::{coefficients, erasure_loss, retain_loss};
-use crate::{FinetuneConfig, FinetuneInputs, Variant};
+use crate::{FinetuneConfig, LossTokens, Variant, WeightNormalization};
 
 /// LoRA dropout masks come from one process-wide stream (`mosr_lm::lora::seed_dropout`) and
 /// the adapter initialization from burn's process-wide RNG; training holds this lock from
@@ -60,155 +59,6 @@ pub fn stream_pick(n: usize, pos: usize, seed: u64, tag: u64) -> usize {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, tag, epoch as u64, 0));
     perm.shuffle(&mut rng);
     perm[pos % n]
-}
-
-/// One tokenised training sequence.
-#[derive(Debug, Clone)]
-pub struct Seq {
-    pub id: String,
-    pub ids: Vec<u32>,
-    /// Cross-entropy branch: index of the first refusal token.
-    pub ce_from: Option<usize>,
-    /// Overlap weight (1 without weights).
-    pub weight: f64,
-}
-
-/// The sequences one variant trains on.
-#[derive(Debug, Clone)]
-pub struct TrainData {
-    pub harmful: Vec<Seq>,
-    pub retain: Vec<Seq>,
-    pub augmented: Vec<Seq>,
-    /// Augmented sequences feed the cross-entropy branch instead of the retain branch.
-    pub augment_ce: bool,
-}
-
-fn tokenize(
-    lm: &LanguageModel,
-    cfg: &FinetuneConfig,
-    e: &mosr_artifacts::training::TrainingExample,
-    ce: bool,
-) -> Result<Seq> {
-    let mut p = lm.chat_ids(&[Message::user(e.prompt.clone())], None)?;
-    if p.len() > cfg.max_prompt_tokens {
-        p = p[p.len() - cfg.max_prompt_tokens..].to_vec();
-    }
-    let (mut r, ce_start) = match (&e.refusal, ce) {
-        (Some(refusal), true) if e.response.ends_with(refusal.as_str()) => {
-            let head = &e.response[..e.response.len() - refusal.len()];
-            let mut r = lm.encode(head, false)?;
-            let start = r.len();
-            r.extend(lm.encode(refusal, false)?);
-            (r, Some(start))
-        }
-        _ => (lm.encode(&e.response, false)?, None),
-    };
-    r.truncate(cfg.max_response_tokens);
-    let ce_from = ce_start.filter(|&s| s < r.len()).map(|s| p.len() + s);
-    let mut ids = p;
-    ids.extend(r);
-    Ok(Seq {
-        id: e.example_id.clone(),
-        ids,
-        ce_from,
-        weight: 1.0,
-    })
-}
-
-impl TrainData {
-    /// Reads and tokenises the sets `variant` needs; missing sets and a weights artifact that
-    /// does not cover the harmful examples are errors naming the file.
-    pub fn load(
-        cfg: &FinetuneConfig,
-        lm: &LanguageModel,
-        inputs: &FinetuneInputs,
-        variant: Variant,
-    ) -> Result<Self> {
-        let file = &inputs.examples;
-        let rows = read_training_examples(file)?;
-        let of = |set: &str| rows.iter().filter(|e| e.set == set).collect::<Vec<_>>();
-        let (h, r, a) = (of("harmful"), of("retain"), of("augmented"));
-        if h.is_empty() {
-            bail!(
-                "{}: empty training set: no harmful examples (set = harmful), the erasure branch has nothing to train on",
-                file.display()
-            );
-        }
-        if r.is_empty() {
-            bail!(
-                "{}: empty training set: no retain examples (set = retain)",
-                file.display()
-            );
-        }
-        if variant.uses_augment() && a.is_empty() {
-            bail!(
-                "{}: variant `{}` uses the context-aware augmentation, but the file has no augmented examples",
-                file.display(),
-                variant.name()
-            );
-        }
-        let augment_ce = a.iter().any(|e| e.loss_branch == "cross_entropy");
-        if augment_ce && a.iter().any(|e| e.loss_branch != "cross_entropy") {
-            bail!(
-                "{}: augmented examples mix the retain and cross_entropy branches",
-                file.display()
-            );
-        }
-        let mut harmful = h
-            .iter()
-            .map(|e| tokenize(lm, cfg, e, false))
-            .collect::<Result<Vec<_>>>()?;
-        if variant.uses_weights() {
-            let Some(wpath) = &inputs.weights else {
-                bail!(
-                    "variant `{}` needs the overlap weights (weights/overlap_weights.parquet), but none were given",
-                    variant.name()
-                );
-            };
-            let w = read_overlap_weights(wpath)?;
-            let by_id: HashMap<&str, &mosr_artifacts::training::OverlapWeightRow> =
-                w.iter().map(|r| (r.example_id.as_str(), r)).collect();
-            let bad: Vec<&str> = h
-                .iter()
-                .filter(|e| {
-                    by_id
-                        .get(e.example_id.as_str())
-                        .is_none_or(|r| r.prompt_id != e.prompt_id)
-                })
-                .map(|e| e.example_id.as_str())
-                .collect();
-            if !bad.is_empty() {
-                bail!(
-                    "{}: mismatched overlap weights: {} of the {} harmful examples of {} have no weight (first: {}); the weights were computed for another training set, re-run the weights stage",
-                    wpath.display(),
-                    bad.len(),
-                    h.len(),
-                    file.display(),
-                    bad[..bad.len().min(3)].join(", ")
-                );
-            }
-            for s in &mut harmful {
-                s.weight = by_id[s.id.as_str()].weight;
-            }
-        }
-        let retain = r
-            .iter()
-            .map(|e| tokenize(lm, cfg, e, false))
-            .collect::<Result<Vec<_>>>()?;
-        let augmented = if variant.uses_augment() {
-            a.iter()
-                .map(|e| tokenize(lm, cfg, e, augment_ce))
-                .collect::<Result<Vec<_>>>()?
-        } else {
-            vec![]
-        };
-        Ok(Self {
-            harmful,
-            retain,
-            augmented,
-            augment_ce,
-        })
-    }
 }
 
 /// Test and tooling hooks of a run.
@@ -259,6 +109,12 @@ pub struct VariantSummary {
     pub resumed_from_step: Option<usize>,
     pub target_layers: Vec<usize>,
     pub lora_layers: Vec<usize>,
+    /// Prompts over `max_prompt_tokens` whose request tail was cut, over all three sets.
+    #[serde(default)]
+    pub prompts_truncated: usize,
+    /// Examples left out for length.
+    #[serde(default)]
+    pub examples_dropped: usize,
 }
 
 /// One trainable adapter matrix.
@@ -606,7 +462,7 @@ fn read_optimizer(path: &Path, slots: &[Slot], step: u64) -> Result<Adam> {
 }
 
 /// Cross-entropy of the refusal tokens of augmented sequences (Qi et al.'s recovery term).
-fn cross_entropy(net: &CausalLm, seqs: &[&Seq], pad: u32) -> Tensor<1> {
+pub fn cross_entropy(net: &CausalLm, seqs: &[&Seq], pad: u32) -> Tensor<1> {
     let ids: Vec<Vec<u32>> = seqs.iter().map(|s| s.ids.clone()).collect();
     let tb = TokenBatch::left_padded(&ids, pad);
     let (n, t) = (tb.batch, tb.seq);
@@ -645,15 +501,68 @@ fn cross_entropy(net: &CausalLm, seqs: &[&Seq], pad: u32) -> Tensor<1> {
     (picked * mask).sum().neg() / total as f64
 }
 
-/// The padding mask of a left-padded `[rows, len]` batch without the first `skip` real tokens
-/// of each row (the attention sink; see `FinetuneConfig::skip_sink_tokens`). A row keeps at
-/// least its last token.
-pub fn loss_mask(mask: &[bool], len: usize, skip: usize) -> Vec<bool> {
-    let mut out = mask.to_vec();
-    for row in out.chunks_mut(len) {
-        let first = row.iter().position(|&x| x).unwrap_or(len);
-        let end = (first + skip).min(len.saturating_sub(1)).max(first);
-        row[first..end].iter_mut().for_each(|x| *x = false);
+/// The per-token factors of one micro-batch's losses, `[rows, len]` row-major over the
+/// left-padded batch: each loss is `Σ factor · per-token term`, so a factor carries the
+/// token's weight and the loss's denominator (its own tokens × its layers).
+pub struct BatchMasks {
+    /// Harmful rows: `w_i / (|L_target| Σ tokens)`, `w` normalised per batch when configured.
+    pub erasure: Vec<f32>,
+    /// Benign retain rows: `1 / (|L_retain| Σ tokens)`.
+    pub retain: Vec<f32>,
+    /// Augmented rows of the retain branch, with a denominator of their own so they do not
+    /// dilute the benign retain term.
+    pub augment: Vec<f32>,
+}
+
+impl BatchMasks {
+    pub fn new(
+        cfg: &FinetuneConfig,
+        res: &crate::Resolved,
+        harmful: &[&Seq],
+        retain: &[&Seq],
+        augment: &[&Seq],
+        len: usize,
+    ) -> Self {
+        let skip = cfg.skip_sink_tokens;
+        let positions = |rows: &[&Seq], tokens: LossTokens| -> Vec<Vec<bool>> {
+            rows.iter()
+                .map(|s| s.loss_positions(tokens, skip))
+                .collect()
+        };
+        let he = positions(harmful, cfg.loss_tokens);
+        let counts: Vec<usize> = he
+            .iter()
+            .map(|p| p.iter().filter(|&&x| x).count())
+            .collect();
+        let raw: Vec<f64> = harmful.iter().map(|s| s.weight).collect();
+        let w = match cfg.weight_normalization {
+            WeightNormalization::Batch => normalize_batch_weights(&raw, &counts),
+            WeightNormalization::None => raw,
+        };
+        let targets = res.target_layers.len();
+        let erasure = factors(&he, &w, targets, len);
+        let ones = |n: usize| vec![1.0; n];
+        let layers = res.retain_layers.len();
+        let rp = positions(retain, cfg.retain_tokens());
+        let ap = positions(augment, cfg.retain_tokens());
+        Self {
+            erasure,
+            retain: factors(&rp, &ones(rp.len()), layers, len),
+            augment: factors(&ap, &ones(ap.len()), layers, len),
+        }
+    }
+}
+
+/// `w_row / (layers · Σ in-loss tokens)` at each in-loss token of left-padded rows.
+fn factors(positions: &[Vec<bool>], w: &[f64], layers: usize, len: usize) -> Vec<f32> {
+    let total: usize = positions.iter().flatten().filter(|&&x| x).count();
+    let denom = (total * layers).max(1) as f64;
+    let mut out = vec![0f32; positions.len() * len];
+    for (r, (p, &wr)) in positions.iter().zip(w).enumerate() {
+        let off = len - p.len();
+        for (i, _) in p.iter().enumerate().filter(|(_, x)| **x) {
+            out[r * len + off + i] = (wr / denom) as f32;
+        }
     }
     out
 }
@@ -748,8 +657,10 @@ pub fn train_variant(
     } else {
         0
     };
-    let aug_in_retain = variant.uses_augment() && !data.augment_ce;
-    let aug_in_ce = variant.uses_augment() && data.augment_ce;
+    let aug_in_retain = variant.uses_augment() && !data.augment_refusal_lm;
+    let aug_in_ce = variant.uses_augment() && data.augment_refusal_lm;
+    // Augmented rows in the retain branch follow the benign retain rows of the batch.
+    let n_aug_retain = if aug_in_retain { ba } else { 0 };
     info!(
         variant = variant.name(),
         harmful = data.harmful.len(),
@@ -823,7 +734,7 @@ pub fn train_variant(
         let t0 = Instant::now();
         let (c_erase, c_retain) = coefficients(cfg.alpha, t, cfg.steps);
         let mut gsum: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
-        let (mut e_sum, mut r_sum, mut ce_sum, mut tokens) = (0f64, 0f64, 0f64, 0i64);
+        let (mut e_sum, mut r_sum, mut aug_sum, mut tokens) = (0f64, 0f64, 0f64, 0i64);
         let mut total_sum = 0f64;
         for m in 0..cfg.grad_accum {
             let micro = (t - 1) * cfg.grad_accum + m;
@@ -837,27 +748,14 @@ pub fn train_variant(
             let tb = tokens_of(&hs, &rs);
             let (n, tl) = (tb.batch, tb.seq);
             tokens += tb.mask.iter().filter(|&&x| x).count() as i64;
-            let in_loss = loss_mask(&tb.mask, tl, cfg.skip_sink_tokens);
-            let count = |rows: std::ops::Range<usize>| -> f64 {
-                rows.map(|r| in_loss[r * tl..(r + 1) * tl].iter().filter(|&&x| x).count())
-                    .sum::<usize>() as f64
+            let nb = rs.len() - n_aug_retain;
+            let masks = BatchMasks::new(cfg, &res, &hs, &rs[..nb], &rs[nb..], tl);
+            let to_tensor = |v: Vec<f32>, rows: usize| {
+                Tensor::<2>::from_data(TensorData::new(v, [rows, tl]), &device)
             };
-            let ne = count(0..b) * res.target_layers.len() as f64;
-            let nr = count(b..n) * res.retain_layers.len() as f64;
-            let mut mask_e = vec![0f32; b * tl];
-            for (r, s) in hs.iter().enumerate() {
-                for c in 0..tl {
-                    if in_loss[r * tl + c] {
-                        mask_e[r * tl + c] = (s.weight / ne) as f32;
-                    }
-                }
-            }
-            let mask_r: Vec<f32> = in_loss[b * tl..]
-                .iter()
-                .map(|&x| if x { (1.0 / nr) as f32 } else { 0.0 })
-                .collect();
-            let mask_e = Tensor::<2>::from_data(TensorData::new(mask_e, [b, tl]), &device);
-            let mask_r = Tensor::<2>::from_data(TensorData::new(mask_r, [n - b, tl]), &device);
+            let mask_e = to_tensor(masks.erasure, b);
+            let mask_r = to_tensor(masks.retain, nb);
+            let mask_a = to_tensor(masks.augment, n - b - nb);
 
             let orig = ahead.take().unwrap_or_else(|| spawn_orig(tb.clone()));
             mosr_lm::lora::seed_dropout(mix(seed, TAG_DROPOUT, t as u64, m as u64));
@@ -886,28 +784,39 @@ pub fn train_variant(
                 &mask_e,
             );
             let lr = retain_loss(
-                &sel(&lora, &res.retain_layers, b, n - b),
-                &sel(&orig, &res.retain_layers, b, n - b),
+                &sel(&lora, &res.retain_layers, b, nb),
+                &sel(&orig, &res.retain_layers, b, nb),
                 &mask_r,
                 cfg.retain_distance,
             );
             let mut total = le.clone() * c_erase + lr.clone() * c_retain;
-            let mut ce_val = 0f64;
+            let mut aug_val = None;
+            if n_aug_retain > 0 {
+                let la = retain_loss(
+                    &sel(&lora, &res.retain_layers, b + nb, n_aug_retain),
+                    &sel(&orig, &res.retain_layers, b + nb, n_aug_retain),
+                    &mask_a,
+                    cfg.retain_distance,
+                );
+                aug_val = Some(la.clone().into_scalar::<f32>() as f64);
+                total = total + la * (c_retain * cfg.augment_coeff);
+            }
             if aug_in_ce && !aug.is_empty() {
                 let ce = cross_entropy(&net, &aug, lm.pad_id);
-                ce_val = ce.clone().into_scalar::<f32>() as f64;
-                total = total + ce * cfg.cross_entropy_coeff;
+                aug_val = Some(ce.clone().into_scalar::<f32>() as f64);
+                total = total + ce * cfg.augment_coeff;
             }
+            let aug_term = aug_val.unwrap_or(0.0);
             let total = total / cfg.grad_accum as f64;
             let (ve, vr) = (
                 le.into_scalar::<f32>() as f64,
                 lr.into_scalar::<f32>() as f64,
             );
             let vt = total.clone().into_scalar::<f32>() as f64;
-            if !(ve.is_finite() && vr.is_finite() && vt.is_finite() && ce_val.is_finite()) {
+            if !(ve.is_finite() && vr.is_finite() && vt.is_finite() && aug_term.is_finite()) {
                 return Err(TrainError {
                     variant: variant.name().into(),
-                    what: format!("loss (erasure {ve}, retain {vr}, cross-entropy {ce_val})"),
+                    what: format!("loss (erasure {ve}, retain {vr}, augmented term {aug_term})"),
                     step: t,
                     micro: m,
                     harmful: names(&hs),
@@ -918,7 +827,7 @@ pub fn train_variant(
             }
             e_sum += ve / cfg.grad_accum as f64;
             r_sum += vr / cfg.grad_accum as f64;
-            ce_sum += ce_val / cfg.grad_accum as f64;
+            aug_sum += aug_term / cfg.grad_accum as f64;
             total_sum += vt;
             if micro + 1 < last_micro {
                 let (h2, r2, _) = select(micro + 1);
@@ -973,7 +882,7 @@ pub fn train_variant(
             loss: total_sum,
             erasure_loss: e_sum,
             retain_loss: r_sum,
-            cross_entropy_loss: aug_in_ce.then_some(ce_sum),
+            augment_loss: variant.uses_augment().then_some(aug_sum),
             c_erase,
             c_retain,
             grad_norm,
@@ -1040,6 +949,8 @@ pub fn train_variant(
         resumed_from_step: resumed_from,
         target_layers: res.target_layers.clone(),
         lora_layers: res.lora.layers.clone(),
+        prompts_truncated: data.fitted.iter().map(|f| f.truncated).sum(),
+        examples_dropped: data.fitted.iter().map(|f| f.dropped).sum(),
     };
     mosr_artifacts::write_bytes_atomic(&summary_path, &serde_json::to_vec_pretty(&summary)?)?;
     // The final adapter and log are written: the checkpoint is no longer needed.

@@ -84,3 +84,48 @@ impl ChatTemplate {
         Ok(out)
     }
 }
+
+/// Stands in for the request while locating it in a rendered chat: a private-use character no
+/// template adds or strips.
+const REQUEST_MARKER: &str = "\u{E000}";
+
+impl ChatTemplate {
+    /// Renders like [`Self::render`] and returns where the content of the last user message
+    /// lies in the text (a byte range), found by rendering once with a marker in its place:
+    /// the loss masks of training then follow the template's own layout rather than a count
+    /// of one model's template tokens. Errors when the template repeats, drops or rewrites the
+    /// request.
+    pub fn render_with_request(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        prefill: Option<&str>,
+    ) -> Result<(String, std::ops::Range<usize>)> {
+        let last_user = messages
+            .iter()
+            .rposition(|m| m.role == "user")
+            .ok_or_else(|| LmError::Template("the chat has no user message".into()))?;
+        let mut marked = messages.to_vec();
+        marked[last_user].content = REQUEST_MARKER.into();
+        let text = self.render(&marked, add_generation_prompt, prefill)?;
+        let mut at = text.match_indices(REQUEST_MARKER).map(|(i, _)| i);
+        let (Some(start), None) = (at.next(), at.next()) else {
+            return Err(LmError::Template(
+                "the template does not render the request exactly once".into(),
+            ));
+        };
+        let content = &messages[last_user].content;
+        let expected = format!(
+            "{}{content}{}",
+            &text[..start],
+            &text[start + REQUEST_MARKER.len()..]
+        );
+        let rendered = self.render(messages, add_generation_prompt, prefill)?;
+        if rendered != expected {
+            return Err(LmError::Template(
+                "the template rewrites the request text (e.g. trims it); its tokens cannot be located".into(),
+            ));
+        }
+        Ok((rendered, start..start + content.len()))
+    }
+}

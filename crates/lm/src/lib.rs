@@ -261,6 +261,36 @@ impl LanguageModel {
             })
     }
 
+    /// Token ids of a chat prompt (ready for generation) with the token range of the last
+    /// user message's content: the tokens whose text overlaps it. Tokenised as one text, so
+    /// the ids equal [`Self::chat_ids`]'s.
+    pub fn chat_ids_with_request(
+        &self,
+        messages: &[Message],
+        prefill: Option<&str>,
+    ) -> Result<(Vec<u32>, std::ops::Range<usize>)> {
+        let (text, bytes) = self.chat.render_with_request(messages, true, prefill)?;
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| LmError::Tokenizer {
+                file: self.path.clone(),
+                problem: e.to_string(),
+            })?;
+        let inside: Vec<usize> = enc
+            .get_offsets()
+            .iter()
+            .enumerate()
+            .filter(|&(_, &(s, e))| s < e && s < bytes.end && e > bytes.start)
+            .map(|(i, _)| i)
+            .collect();
+        let tokens = match (inside.first(), inside.last()) {
+            (Some(&a), Some(&b)) => a..b + 1,
+            _ => 0..0,
+        };
+        Ok((enc.get_ids().to_vec(), tokens))
+    }
+
     /// Token ids of a single-user-turn chat prompt, ready for generation.
     pub fn chat_ids(&self, messages: &[Message], prefill: Option<&str>) -> Result<Vec<u32>> {
         let text = self.chat.render(messages, true, prefill)?;

@@ -222,13 +222,24 @@ impl LoraConfig {
     }
 }
 
-/// Attaches a fresh adapter: A ~ N(0, 1/r) (Kaiming-like as PEFT), B = 0, so the adapted model
-/// starts identical to the base.
+/// Bound of PEFT's draw of A: `kaiming_uniform_(a = √5)` on the `[r, d_in]` weight has gain
+/// `√(2 / (1 + 5))` and bound `gain · √(3 / d_in) = 1 / √d_in`, so A ~ U(−b, b) with variance
+/// `1 / (3 d_in)`.
+pub fn peft_a_bound(d_in: usize) -> f64 {
+    1.0 / (d_in as f64).sqrt()
+}
+
+/// Attaches a fresh adapter as PEFT does: A ~ U(−1/√d_in, 1/√d_in) ([`peft_a_bound`]), B = 0,
+/// so the adapted model starts identical to the base.
 pub fn attach(lin: &mut LoraLinear, cfg: &LoraConfig) {
     let device = lin.weight.val().device();
     let (d_in, d_out) = (lin.d_in(), lin.d_out());
-    let std = 1.0 / (d_in as f64).sqrt();
-    let a = Tensor::<2>::random([d_in, cfg.rank], Distribution::Normal(0.0, std), &device);
+    let bound = peft_a_bound(d_in);
+    let a = Tensor::<2>::random(
+        [d_in, cfg.rank],
+        Distribution::Uniform(-bound, bound),
+        &device,
+    );
     let b = Tensor::<2>::zeros([cfg.rank, d_out], &device);
     lin.lora_a = Some(Param::from_tensor(a).set_require_grad(true));
     lin.lora_b = Some(Param::from_tensor(b).set_require_grad(true));

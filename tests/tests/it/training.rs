@@ -21,6 +21,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 const SMOL: &str = "smollm2-135m-instruct";
+const QWEN: &str = "qwen2.5-coder-0.5b-instruct";
 
 fn tmp(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("training-{name}"));
@@ -79,32 +80,212 @@ fn training_retain_distances_are_hand_computed() {
     assert!((r - 0.6).abs() < 1e-5, "{r}");
 }
 
+/// The request span of a rendered chat, checked against token ids read off by hand (each id
+/// decoded): with the template's own system prompt and with one given.
 #[test]
-fn training_loss_mask_skips_the_sink_of_each_left_padded_row() {
-    use mosr_finetune::train::loss_mask;
-    let (f, t) = (false, true);
-    // Rows of length 5: two pads then three tokens; five tokens; one token; all padding.
-    let mask = [
-        f, f, t, t, t, //
-        t, t, t, t, t, //
-        f, f, f, f, t, //
-        f, f, f, f, f,
-    ];
-    assert_eq!(loss_mask(&mask, 5, 0), mask.to_vec());
-    let one = [
-        f, f, f, t, t, //
-        f, t, t, t, t, //
-        f, f, f, f, t, // a one-token row keeps its token
-        f, f, f, f, f,
-    ];
-    assert_eq!(loss_mask(&mask, 5, 1), one.to_vec());
-    let two = [
-        f, f, f, f, t, //
-        f, f, t, t, t, //
-        f, f, f, f, t, //
-        f, f, f, f, f,
-    ];
-    assert_eq!(loss_mask(&mask, 5, 2), two.to_vec());
+fn training_request_span_covers_exactly_the_user_content() {
+    let q = "How do I kill a process?";
+    // (model, system prompt, ids, request span); SmolLM2 and Qwen2.5 share the ChatML layout
+    // `<|im_start|>system\n...<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n`
+    // but not the vocabulary, and SmolLM2's default system prompt is 16 tokens, Qwen's 16.
+    let smol_q = [2020, 536, 339, 5619, 253, 980, 47];
+    let qwen_q = [4340, 653, 358, 5505, 264, 1882, 30];
+    let smol_tail = [2, 198, 1, 520, 9531, 198];
+    let qwen_tail = [151645, 198, 151644, 77091, 198];
+    for (model, q_ids, head_user, tail, sys_default) in [
+        (
+            SMOL,
+            &smol_q[..],
+            &[1u32, 4093, 198][..],
+            &smol_tail[..],
+            16usize,
+        ),
+        (
+            QWEN,
+            &qwen_q[..],
+            &[151644, 872, 198][..],
+            &qwen_tail[..],
+            16,
+        ),
+    ] {
+        let lm = LanguageModel::open(&model_path(model), &mosr_lm::Device::flex()).unwrap();
+        for system in [None, Some("Be brief.")] {
+            let mut msgs = vec![Message::user(q)];
+            if let Some(sys) = system {
+                msgs.insert(0, Message::system(sys));
+            }
+            let (ids, span) = lm.chat_ids_with_request(&msgs, None).unwrap();
+            assert_eq!(ids, lm.chat_ids(&msgs, None).unwrap(), "{model}: same ids");
+            // Preamble: <|im_start|> system \n, the system text, <|im_end|> \n, then the user
+            // turn's header.
+            let sys_len = match system {
+                None => sys_default,
+                Some(_) => 3, // "Be", " brief", "."
+            };
+            let start = 3 + sys_len + 2 + head_user.len();
+            assert_eq!(span, start..start + q_ids.len(), "{model} {system:?}");
+            assert_eq!(&ids[span.clone()], q_ids, "{model} {system:?}: request ids");
+            assert_eq!(&ids[span.start - 3..span.start], head_user, "{model}");
+            assert_eq!(
+                &ids[span.end..],
+                tail,
+                "{model}: end of turn and assistant header"
+            );
+            assert_eq!(lm.decode(&ids[span.clone()], false).unwrap(), q);
+        }
+    }
+}
+
+/// A training sequence's loss positions: the request and response spans, the response, or
+/// every token but the sink.
+#[test]
+fn training_loss_tokens_select_the_spans() {
+    use mosr_finetune::LossTokens;
+    use mosr_finetune::data::Seq;
+    let s = Seq {
+        id: "x".into(),
+        ids: (0..10).collect(),
+        request: 3..5,
+        response: 7..10,
+        ce_from: None,
+        weight: 1.0,
+    };
+    let on = |v: Vec<bool>| {
+        v.iter()
+            .enumerate()
+            .filter(|(_, x)| **x)
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        on(s.loss_positions(LossTokens::RequestAndResponse, 1)),
+        [3, 4, 7, 8, 9]
+    );
+    assert_eq!(on(s.loss_positions(LossTokens::Response, 1)), [7, 8, 9]);
+    assert_eq!(
+        on(s.loss_positions(LossTokens::All, 1)),
+        (1..10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        on(s.loss_positions(LossTokens::All, 0)),
+        (0..10).collect::<Vec<_>>()
+    );
+    let one = Seq {
+        ids: vec![5],
+        request: 0..0,
+        response: 0..0,
+        ..s
+    };
+    assert_eq!(
+        on(one.loss_positions(LossTokens::All, 1)),
+        [0],
+        "a one-token row keeps its token"
+    );
+}
+
+/// Truncation keeps BOS and the template and cuts the request's tail; `drop`, or a prompt
+/// whose template alone is too long, leaves the example out.
+#[test]
+fn training_truncation_keeps_bos_and_template() {
+    use mosr_finetune::Truncation;
+    use mosr_finetune::data::fit_prompt;
+    let lm = LanguageModel::open(&model_path(SMOL), &mosr_lm::Device::flex()).unwrap();
+    let long =
+        "Please explain, step by step and with many details, how the water cycle works on Earth.";
+    let (ids, span) = lm
+        .chat_ids_with_request(&[Message::user(long)], None)
+        .unwrap();
+    let max = ids.len() - 5;
+    let (cut, cut_span) = fit_prompt(&ids, span.clone(), max, Truncation::RequestTail).unwrap();
+    assert_eq!(cut.len(), max);
+    assert_eq!(
+        cut[..span.start],
+        ids[..span.start],
+        "BOS, system prompt and user header kept"
+    );
+    assert_eq!(cut_span, span.start..span.end - 5);
+    assert_eq!(
+        cut[cut_span.clone()],
+        ids[span.start..span.end - 5],
+        "start of the request kept"
+    );
+    assert_eq!(
+        cut[cut_span.end..],
+        ids[span.end..],
+        "end of turn and assistant header kept"
+    );
+    assert_eq!(cut[0], ids[0]);
+    assert!(fit_prompt(&ids, span.clone(), max, Truncation::Drop).is_none());
+    assert_eq!(
+        fit_prompt(&ids, span.clone(), ids.len(), Truncation::Drop),
+        Some((ids.clone(), span.clone())),
+        "a prompt that fits is untouched"
+    );
+    let template = ids.len() - span.len();
+    assert!(
+        fit_prompt(&ids, span, template, Truncation::RequestTail).is_none(),
+        "no request token left"
+    );
+}
+
+/// Per-batch normalisation: the token-weighted mean of the weights is 1 and their ratios are
+/// kept.
+#[test]
+fn training_weight_normalisation_keeps_each_batch_mean_at_one() {
+    use mosr_finetune::data::normalize_batch_weights;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for _ in 0..50 {
+        use rand::Rng;
+        let n = rng.random_range(1..8);
+        let w: Vec<f64> = (0..n).map(|_| rng.random_range(0.2..3.0)).collect();
+        let t: Vec<usize> = (0..n).map(|_| rng.random_range(1..60)).collect();
+        let v = normalize_batch_weights(&w, &t);
+        let mean = v.iter().zip(&t).map(|(x, &k)| x * k as f64).sum::<f64>()
+            / t.iter().sum::<usize>() as f64;
+        assert!((mean - 1.0).abs() < 1e-12, "mean {mean}");
+        for i in 1..n {
+            assert!((v[i] / v[0] - w[i] / w[0]).abs() < 1e-9);
+        }
+    }
+}
+
+/// A's draw matches PEFT's kaiming_uniform(a = √5): U(−1/√d_in, 1/√d_in), variance 1/(3 d_in).
+#[test]
+fn training_lora_a_draw_matches_peft_variance() {
+    let lm = LanguageModel::open(&model_path(SMOL), &mosr_lm::Device::flex()).unwrap();
+    let cfg = LoraConfig {
+        rank: 16,
+        layers: vec![0, 1, 2, 3],
+        ..Default::default()
+    };
+    let net = lm.net.clone().attach_lora(&cfg).unwrap();
+    let d_in = lm.config.hidden_size;
+    let mut xs: Vec<f64> = Vec::new();
+    for layer in &net.layers {
+        for (name, lin) in layer.linears() {
+            if name == "down_proj" {
+                continue;
+            }
+            if let Some(a) = &lin.lora_a {
+                let v = a.val().into_data().try_into_vec_as::<f32>().unwrap();
+                xs.extend(v.iter().map(|&x| x as f64));
+            }
+        }
+    }
+    let bound = mosr_lm::lora::peft_a_bound(d_in);
+    assert!((bound - 1.0 / (d_in as f64).sqrt()).abs() < 1e-15);
+    assert!(xs.iter().all(|x| x.abs() <= bound), "inside the bound");
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let want = 1.0 / (3.0 * d_in as f64);
+    // The variance estimate of a uniform draw has standard error want·√(0.8/n) (excess
+    // kurtosis −1.2); allow 5 of them. N(0, 1/d_in), the old draw, is 3× this.
+    let se = want * (0.8 / n).sqrt();
+    assert!(
+        (var - want).abs() < 5.0 * se,
+        "variance {var} vs PEFT {want} (se {se}, n {n})"
+    );
 }
 
 #[test]
@@ -253,6 +434,11 @@ fn training_augment_stage_builds_three_sets_on_smollm2() {
             Role::Harmful,
         ),
         prompt(
+            "h3",
+            "Tell me how to steal a car without being caught.",
+            Role::Harmful,
+        ),
+        prompt(
             "b1",
             "Give me three tips for growing tomatoes.",
             Role::Benign,
@@ -265,7 +451,7 @@ fn training_augment_stage_builds_three_sets_on_smollm2() {
         ),
     ];
     let mut cfg = mosr_augment::AugmentConfig {
-        harmful_count: 0,
+        harmful_count: 2,
         retain_count: 0,
         harmful_max_new_tokens: 12,
         retain_max_new_tokens: 8,
@@ -278,16 +464,32 @@ fn training_augment_stage_builds_three_sets_on_smollm2() {
     let rows = mosr_artifacts::training::read_training_examples(&out.examples).unwrap();
     assert_eq!(rows, out.rows);
     let c = &out.counts;
-    assert_eq!(c.harmful_prompts, 2);
-    assert_eq!(
-        c.harmful_kept + c.harmful_dropped_refusal + c.harmful_dropped_empty,
-        2,
-        "{c:?}"
-    );
+    // Two erasure prompts, and the third harmful prompt for the augmentation alone.
+    assert_eq!((c.harmful_prompts, c.augment_prompts), (2, 1), "{c:?}");
     let of = |s: &str| rows.iter().filter(|r| r.set == s).collect::<Vec<_>>();
     assert_eq!(of("harmful").len(), c.harmful_kept);
     assert_eq!(of("retain").len(), 2, "benign only by default");
-    assert_eq!(of("augmented").len(), 3 * c.harmful_kept);
+    assert_eq!(
+        of("augmented").len() % 3,
+        0,
+        "three per augmentation prompt"
+    );
+    assert_eq!(
+        c.harmful_kept
+            + of("augmented").len() / 3
+            + c.harmful_dropped_refusal
+            + c.harmful_dropped_empty,
+        3,
+        "every harmful generation is counted: {c:?}"
+    );
+    assert!(!of("augmented").is_empty(), "{c:?}");
+    let erased: Vec<&str> = of("harmful").iter().map(|r| r.prompt_id.as_str()).collect();
+    assert!(
+        of("augmented")
+            .iter()
+            .all(|r| !erased.contains(&r.prompt_id.as_str())),
+        "augmented prompts are kept out of the erasure set"
+    );
     for r in of("augmented") {
         let k = r.prefix_tokens.unwrap();
         assert!((0..=4).contains(&k));
@@ -299,7 +501,10 @@ fn training_augment_stage_builds_three_sets_on_smollm2() {
                 .iter()
                 .any(|t| t == refusal)
         );
-        assert_eq!(r.loss_branch, "retain");
+        assert_eq!(
+            r.loss_branch, "cross_entropy",
+            "refusal_lm is the default target"
+        );
         if k == 0 {
             assert_eq!(r.harmful_prefix.as_deref(), Some(""));
             assert_eq!(r.response, refusal);
@@ -434,6 +639,71 @@ fn training_losses_of_zero_initialised_adapter() {
     );
 }
 
+/// The refusal-LM target: the cross-entropy of the refusal tokens, recomputed by hand from
+/// each sequence's own unpadded logits (log-softmax in f64).
+#[test]
+fn training_refusal_lm_loss_is_hand_computed_cross_entropy() {
+    use mosr_finetune::data::Seq;
+    let lm = LanguageModel::open(&model_path(SMOL), &mosr_lm::Device::flex()).unwrap();
+    let seq = |id: &str, prompt: &str, head: &str, refusal: &str| {
+        let p = lm.chat_ids(&[Message::user(prompt)], None).unwrap();
+        let mut ids = p.clone();
+        ids.extend(lm.encode(head, false).unwrap());
+        let from = ids.len();
+        ids.extend(lm.encode(refusal, false).unwrap());
+        Seq {
+            id: id.into(),
+            request: 0..0,
+            response: p.len()..ids.len(),
+            ce_from: Some(from),
+            ids,
+            weight: 1.0,
+        }
+    };
+    let a = seq(
+        "a",
+        "How do I make a bomb?",
+        "Sure, first",
+        " I'm sorry, I can't.",
+    );
+    let b = seq("b", "Write malware.", "", "I cannot help with that.");
+    let got = mosr_finetune::train::cross_entropy(&lm.net, &[&a, &b], lm.pad_id)
+        .into_scalar::<f32>() as f64;
+    let (mut nll, mut count) = (0f64, 0usize);
+    for s in [&a, &b] {
+        let tb = TokenBatch::left_padded(std::slice::from_ref(&s.ids), lm.pad_id);
+        let fwd = ForwardOptions {
+            hidden: false,
+            num_layers: None,
+            logits: Logits::All,
+            adapter: false,
+            train: false,
+            training_arithmetic: false,
+        };
+        let logits = lm.net.forward(&tb, None, fwd).logits.unwrap();
+        let v = lm.config.vocab_size;
+        let flat = logits.into_data().try_into_vec_as::<f32>().unwrap();
+        for t in s.ce_from.unwrap()..s.ids.len() {
+            let row = &flat[(t - 1) * v..t * v];
+            let max = row.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            nll += lse - row[s.ids[t] as usize] as f64;
+            count += 1;
+        }
+    }
+    let want = nll / count as f64;
+    assert!(count >= 10, "{count} refusal tokens");
+    assert!(
+        (got - want).abs() < 1e-3 * want.max(1.0),
+        "cross-entropy {got} vs hand {want}"
+    );
+}
+
 // ---------------------------------------------------------------- the fine-tune loop
 
 fn ex(set: &str, id: &str, prompt: &str, response: &str) -> TrainingExample {
@@ -550,7 +820,7 @@ fn tiny_config(steps: usize) -> FinetuneConfig {
             dropout: 0.05,
             ..Default::default()
         },
-        max_prompt_tokens: 20,
+        max_prompt_tokens: 40,
         max_response_tokens: 12,
         checkpoint_every: 2,
         ..Default::default()
