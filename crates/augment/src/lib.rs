@@ -625,8 +625,10 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
         .with_context(|| format!("{}: [augment]", file.path.display()))?;
     let run_dir = file.run_dir(repo_root);
     let data = run_dir.manifest("data")?;
-    let model_path = mosr_lm::fetch::resolve(&file.run.model)?;
-    let model_sha = model_hash(&model_path)?;
+    let mosr_lm::ModelIdentity {
+        path: model_path,
+        sha256: model_sha,
+    } = mosr_lm::identify(&file.run.model)?;
     let mut inputs = BTreeMap::new();
     inputs.insert("data".to_string(), data.key.clone());
     inputs.insert("model".to_string(), model_sha);
@@ -661,26 +663,4 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
     }
     manifest.wall_time_s = started.elapsed().as_secs_f64();
     Ok(work.commit(manifest)?)
-}
-
-/// sha256 of a model: the GGUF file, or for an HF folder the hash of its config and weight
-/// files' hashes (in name order).
-pub fn model_hash(path: &Path) -> Result<String> {
-    if path.is_file() {
-        return Ok(mosr_lm::sha256_file(path)?);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x == "safetensors" || x == "json")
-        })
-        .collect();
-    files.sort();
-    let mut acc = String::new();
-    for f in files {
-        acc.push_str(&mosr_lm::sha256_file(&f)?);
-    }
-    Ok(mosr_artifacts::sha256_bytes(acc.as_bytes()))
 }

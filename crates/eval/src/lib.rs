@@ -24,6 +24,5 @@ pub mod stage;
 
 pub use config::EvalSection;
 pub use stage::{
-    EvalConfig, EvalOutputs, Overrides, Variant, base_model_sha256, run, run_pipeline_stage,
-    run_pipeline_stage_with,
+    EvalConfig, EvalOutputs, Overrides, Variant, run, run_pipeline_stage, run_pipeline_stage_with,
 };

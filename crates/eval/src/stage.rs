@@ -70,7 +70,7 @@ pub struct EvalConfig {
     pub data_dir: PathBuf,
     /// GGUF file or HF folder of the base model.
     pub model: PathBuf,
-    /// sha256 identifying the base model (see [`base_model_sha256`]).
+    /// sha256 identifying the base model ([`mosr_lm::identify`]).
     pub model_sha256: String,
     pub device: String,
     pub seed: u64,
@@ -92,39 +92,6 @@ pub struct EvalOutputs {
     pub groups_generated: usize,
     pub groups_reused: usize,
     pub metric_rows: Vec<MetricRow>,
-}
-
-/// sha256 identifying a base model: the registry pin for a registry id, the file's sha256 for
-/// a GGUF path, and for an HF folder the sha256 over `config.json` and every `*.safetensors`
-/// file's sha256 in name order. Adapters record it (`mosr_base_model_sha256`) so one trained
-/// on another base is refused.
-pub fn base_model_sha256(model: &str, path: &Path) -> Result<String> {
-    if let Ok(spec) = mosr_lm::fetch::spec(model)
-        && !Path::new(model).exists()
-    {
-        return Ok(spec.sha256);
-    }
-    if path.is_file() {
-        return Ok(sha256_file(path)?);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("reading model folder {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "safetensors")
-                || p.file_name().is_some_and(|n| n == "config.json")
-        })
-        .collect();
-    files.sort();
-    let mut s = String::new();
-    for f in files {
-        s.push_str(&format!(
-            "{} {}\n",
-            f.file_name().unwrap().to_string_lossy(),
-            sha256_file(&f)?
-        ));
-    }
-    Ok(sha256_bytes(s.as_bytes()))
 }
 
 /// Checks an adapter folder before any model work: both files present, and recorded against
@@ -916,8 +883,10 @@ pub fn run_pipeline_stage_with(
     }
     let run_dir = file.run_dir(repo_root);
     let data = run_dir.manifest("data")?;
-    let model_path = mosr_lm::fetch::resolve(&file.run.model)?;
-    let model_sha = base_model_sha256(&file.run.model, &model_path)?;
+    let mosr_lm::ModelIdentity {
+        path: model_path,
+        sha256: model_sha,
+    } = mosr_lm::identify(&file.run.model)?;
 
     let found = discover_variants(&run_dir.stage_dir("finetune"));
     let mut variants = vec![Variant::base()];

@@ -180,7 +180,10 @@ pub fn run(cfg: &ExtractConfig, out_dir: &Path) -> Result<ExtractOutputs> {
     )?;
     drop(all);
 
-    let (model_path, model_sha) = prompts::model_identity(&cfg.model)?;
+    let mosr_lm::ModelIdentity {
+        path: model_path,
+        sha256: model_sha,
+    } = mosr_lm::identify(&cfg.model)?;
     let device = mosr_lm::device_from_name(&cfg.device)?;
     let t0 = Instant::now();
     let lm = LanguageModel::open(&model_path, &device)?;
@@ -429,7 +432,7 @@ pub fn run_pipeline_stage_with(
 ) -> Result<PathBuf> {
     let run_dir = file.run_dir(repo_root);
     let data = run_dir.manifest("data")?;
-    let (_, model_sha) = prompts::model_identity(&file.run.model)?;
+    let model_sha = mosr_lm::identify(&file.run.model)?.sha256;
     let cfg = ExtractConfig {
         section,
         prompts: run_dir.stage_dir("data").join("prompts.parquet"),

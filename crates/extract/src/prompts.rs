@@ -3,10 +3,10 @@
 //! over-long-prompt policy. Kept here so both stages pick and format prompts the same way.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use mosr_artifacts::{PromptRow, Role, Split, sha256_bytes, sha256_file};
+use anyhow::{Result, bail};
+use mosr_artifacts::{PromptRow, Role, Split, sha256_bytes};
 use mosr_lm::{LanguageModel, Message};
 use serde::{Deserialize, Serialize};
 
@@ -129,37 +129,4 @@ pub fn chat_tokens(
         // Re-tokenisation at the cut can merge differently: shrink by the excess and retry.
         keep = keep.saturating_sub((ids.len() - max_tokens).max(1));
     }
-}
-
-/// Where a model comes from and a content hash of it: a registry id resolves to its cached
-/// GGUF and its pinned sha256 (verified at fetch); a GGUF path is hashed; an HF folder is
-/// identified by the sha256 of its config.json and tokenizer.json and the names and sizes of
-/// its safetensors files (hashing 16 GB of shards on every run would cost minutes).
-pub fn model_identity(model: &str) -> Result<(PathBuf, String)> {
-    let path = mosr_lm::fetch::resolve(model)?;
-    if !Path::new(model).exists() {
-        let spec = mosr_lm::fetch::spec(model)?;
-        return Ok((path, spec.sha256));
-    }
-    if path.is_dir() {
-        let mut parts = Vec::new();
-        for f in ["config.json", "tokenizer.json"] {
-            let p = path.join(f);
-            parts.push(format!("{f}:{}", sha256_file(&p)?));
-        }
-        let mut shards: Vec<_> = std::fs::read_dir(&path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-            .map(|e| {
-                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-                format!("{}:{len}", e.file_name().to_string_lossy())
-            })
-            .collect();
-        shards.sort();
-        parts.extend(shards);
-        return Ok((path, sha256_bytes(parts.join("\n").as_bytes())));
-    }
-    let h = sha256_file(&path)?;
-    Ok((path, h))
 }

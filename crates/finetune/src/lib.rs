@@ -491,28 +491,6 @@ fn reuse_instance(from: &Path, dir: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// sha256 of a model: the GGUF file, or for an HF folder the hash of its config and weight
-/// files' hashes (in name order). Recorded in every adapter.
-pub fn model_hash(path: &Path) -> Result<String> {
-    if path.is_file() {
-        return Ok(mosr_lm::sha256_file(path)?);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x == "safetensors" || x == "json")
-        })
-        .collect();
-    files.sort();
-    let mut acc = String::new();
-    for f in files {
-        acc.push_str(&mosr_lm::sha256_file(&f)?);
-    }
-    Ok(mosr_artifacts::sha256_bytes(acc.as_bytes()))
-}
-
 /// Runs the finetune stage into `runs/<pipeline>/finetune/<variant>/` unless it is up to
 /// date. Inputs: `augment/training_examples.parquet` and, for weighted variants,
 /// `weights/overlap_weights.parquet`, which must have been computed from the same augment
@@ -523,8 +501,10 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
         .with_context(|| format!("{}: [finetune]", file.path.display()))?;
     let run_dir = file.run_dir(repo_root);
     let augment = run_dir.manifest("augment")?;
-    let model_path = mosr_lm::fetch::resolve(&file.run.model)?;
-    let base_sha = model_hash(&model_path)?;
+    let mosr_lm::ModelIdentity {
+        path: model_path,
+        sha256: base_sha,
+    } = mosr_lm::identify(&file.run.model)?;
     let mut inputs = BTreeMap::new();
     inputs.insert("augment".to_string(), augment.key.clone());
     inputs.insert("model".to_string(), base_sha.clone());

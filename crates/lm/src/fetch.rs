@@ -68,11 +68,21 @@ pub fn model_path(id: &str) -> Result<PathBuf> {
     Ok(cache_root().join("models").join(&s.id).join(&s.file))
 }
 
+/// A model reference that names a file rather than a registry id (ids have no slash).
+pub fn looks_like_path(model: &str) -> bool {
+    model.contains('/') || model.contains('\\') || model.ends_with(".gguf")
+}
+
 /// A model id from the registry, or a path to a GGUF file / HF folder.
 pub fn resolve(model: &str) -> Result<PathBuf> {
     let p = Path::new(model);
     if p.exists() {
         return Ok(p.to_path_buf());
+    }
+    if looks_like_path(model) {
+        return Err(LmError::Fetch(format!(
+            "model `{model}`: no such file or folder"
+        )));
     }
     let path = model_path(model)?;
     if path.exists() {

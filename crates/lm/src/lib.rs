@@ -16,6 +16,7 @@ mod decode;
 pub mod fetch;
 pub mod fused;
 pub mod generate;
+pub mod identity;
 pub mod lora;
 pub mod memory;
 pub mod model;
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 pub use burn::tensor::Device;
 pub use chat::{ChatTemplate, Message};
 pub use config::{Arch, ModelConfig};
+pub use identity::{ModelIdentity, identify};
 pub use lora::LoraConfig;
 pub use model::{CausalLm, ForwardOptions, ForwardOutput, KvCache, Logits, TokenBatch};
 

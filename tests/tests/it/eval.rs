@@ -589,7 +589,7 @@ fn adapter_of_another_base_model_is_refused() {
     let d = tmp_dir("adapter");
     let other = "0".repeat(64);
     mosr_lm::adapter::save(&net, &cfg, &d, Some("some-other-model"), Some(&other)).unwrap();
-    let ours = mosr_eval::base_model_sha256(SMOL, &path).unwrap();
+    let ours = mosr_lm::identify(SMOL).unwrap().sha256;
     assert_ne!(ours, other);
     let e = format!(
         "{:#}",

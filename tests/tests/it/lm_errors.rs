@@ -208,3 +208,75 @@ fn hf_config_mismatch_and_wrong_sha256_are_reported() {
         "{e}"
     );
 }
+
+/// Model identity comes from the bytes: a corrupted registry file is refused with a refetch
+/// hint instead of producing results under the good model's key; the hash cache follows the
+/// file's changes; a missing path says so instead of "unknown model".
+#[test]
+fn lm_model_identity_is_the_loaded_bytes() {
+    use mosr_lm::identity::identify_in;
+    let spec = mosr_lm::fetch::spec("smollm2-135m-instruct").unwrap();
+    // The real registry model hashes to its pin.
+    assert_eq!(
+        mosr_lm::identify("smollm2-135m-instruct").unwrap().sha256,
+        spec.sha256
+    );
+
+    let root = tmp("identity-cache");
+    let _ = std::fs::remove_dir_all(&root);
+    let cached = root.join("models").join(&spec.id).join(&spec.file);
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    std::fs::write(&cached, b"not the pinned model").unwrap();
+    let e = identify_in("smollm2-135m-instruct", &root)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&cached.display().to_string())
+            && e.contains("the registry pins")
+            && e.contains("cargo xtask fetch model smollm2-135m-instruct"),
+        "{e}"
+    );
+
+    // A path is hashed; the cache is refreshed when the file changes.
+    let f = root.join("model.gguf");
+    std::fs::write(&f, b"a").unwrap();
+    let p = f.to_str().unwrap();
+    let entries = || std::fs::read_dir(root.join("hashes")).unwrap().count();
+    let n = entries();
+    let first = identify_in(p, &root).unwrap().sha256;
+    assert_eq!(first, mosr_artifacts::sha256_bytes(b"a"));
+    assert_eq!(entries(), n + 1, "the hash is cached");
+    std::fs::write(&f, b"bb").unwrap();
+    assert_eq!(
+        identify_in(p, &root).unwrap().sha256,
+        mosr_artifacts::sha256_bytes(b"bb")
+    );
+
+    // An HF folder: every file the loader reads counts, the chat template's too.
+    let hf = root.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    std::fs::write(hf.join("config.json"), b"{}").unwrap();
+    std::fs::write(hf.join("model.safetensors"), b"weights").unwrap();
+    std::fs::write(
+        hf.join("tokenizer_config.json"),
+        b"{\"chat_template\": \"a\"}",
+    )
+    .unwrap();
+    let h = hf.to_str().unwrap();
+    let before = identify_in(h, &root).unwrap().sha256;
+    std::fs::write(
+        hf.join("tokenizer_config.json"),
+        b"{\"chat_template\": \"b\"}",
+    )
+    .unwrap();
+    assert_ne!(identify_in(h, &root).unwrap().sha256, before);
+
+    let e = identify_in("models/no-such-model.gguf", &root)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no such file or folder"), "{e}");
+    let e = mosr_lm::fetch::resolve("models/no-such-model.gguf")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no such file or folder"), "{e}");
+}
