@@ -153,7 +153,40 @@ impl RunDir {
 
     /// Whether the stage completed with this key.
     pub fn is_up_to_date(&self, stage: &str, key: &str) -> bool {
-        self.manifest(stage).map(|m| m.key == key).unwrap_or(false)
+        let Ok(m) = self.manifest(stage) else {
+            return false;
+        };
+        if m.key != key {
+            return false;
+        }
+        match self.changed_output(stage, &m) {
+            None => true,
+            Some(why) => {
+                tracing::warn!(stage, "{why}; the stage runs again");
+                false
+            }
+        }
+    }
+
+    /// The first output of a completed stage that is missing or no longer has the sha256 its
+    /// manifest recorded (a truncated, deleted or swapped file), as a sentence; None when all
+    /// match. Up to date means the key *and* the outputs.
+    pub fn changed_output(&self, stage: &str, m: &StageManifest) -> Option<String> {
+        let dir = self.stage_dir(stage);
+        for (rel, want) in &m.outputs {
+            let path = dir.join(rel);
+            match crate::hash::sha256_file(&path) {
+                Err(_) => return Some(format!("{}: missing", path.display())),
+                Ok(found) if &found != want => {
+                    return Some(format!(
+                        "{}: sha256 is {found}, its manifest recorded {want}",
+                        path.display()
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+        None
     }
 
     /// Starts (or resumes) work on a stage. A partial folder left by a killed run with the same

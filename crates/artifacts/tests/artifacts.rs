@@ -448,6 +448,32 @@ fn stage_key_and_run_dir() {
         !run.stage_dir("probe").join("shard-0").exists(),
         "commit replaces the old outputs"
     );
+
+    // Up to date means the key and the outputs: a truncated or deleted output reruns the stage.
+    let work = run.begin("probe", &k).unwrap();
+    std::fs::write(work.dir().join("scores.parquet"), b"scores").unwrap();
+    let mut m = StageManifest::new("probe", serde_json::json!({}));
+    m.outputs.insert(
+        "scores.parquet".into(),
+        mosr_artifacts::sha256_bytes(b"scores"),
+    );
+    work.commit(m).unwrap();
+    assert!(run.is_up_to_date("probe", &k));
+    let scores = run.stage_dir("probe").join("scores.parquet");
+    std::fs::write(&scores, b"score").unwrap();
+    assert!(
+        !run.is_up_to_date("probe", &k),
+        "a changed output is not up to date"
+    );
+    let m = run.manifest("probe").unwrap();
+    let why = run.changed_output("probe", &m).unwrap();
+    assert!(
+        why.contains("scores.parquet") && why.contains("its manifest recorded"),
+        "{why}"
+    );
+    std::fs::remove_file(&scores).unwrap();
+    let why = run.changed_output("probe", &m).unwrap();
+    assert!(why.ends_with("scores.parquet: missing"), "{why}");
 }
 
 #[test]
