@@ -277,6 +277,15 @@ pub fn run(cfg: &ExtractConfig, out_dir: &Path) -> Result<ExtractOutputs> {
         let batch = TokenBatch::left_padded(&seqs, lm.pad_id);
         let out = lm.net.forward(&batch, None, opts);
         let vectors = pick_positions(&out.hidden, &batch, &layers, s.position, width)?;
+        if let Some(i) = vectors.iter().position(|x| !x.is_finite()) {
+            let (layer, row) = (layers[i / (chunk.len() * width)], (i / width) % chunk.len());
+            bail!(
+                "{}: non-finite hidden state ({}) at layer {layer} for prompt `{}`: the model's weights produce NaN or Inf; no representations were written for this batch",
+                model_path.display(),
+                vectors[i],
+                chunk[row].1.id
+            );
+        }
         let rows = chunk.len() * layers.len();
         let mut ids = Vec::with_capacity(rows);
         let mut roles_c = Vec::with_capacity(rows);

@@ -231,9 +231,16 @@ pub fn load_representations(path: &Path, layers: Option<&[usize]>) -> Result<Rep
                     prompts.len() - 1
                 }
             };
+            let x = &vals[i * w..(i + 1) * w];
+            if let Some(bad) = x.iter().find(|v| !v.is_finite()) {
+                bail!(
+                    "{}: non-finite value ({bad}) in the representation of prompt `{id}` at layer {l}; a probe fitted on it would report nonsense (re-run extract on a sound model)",
+                    path.display()
+                );
+            }
             let ld = out.entry(l).or_default();
             ld.rows.push(pi);
-            ld.x.extend_from_slice(&vals[i * w..(i + 1) * w]);
+            ld.x.extend_from_slice(x);
         }
         Ok(())
     })?;

@@ -485,3 +485,61 @@ fn probe_bad_inputs_fail_clearly() {
     assert!(!dir.join("o2/probe_metrics.parquet").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// NaN weights stop extract with the prompt and layer named (nothing written for the batch),
+/// and a representations file with a NaN is refused by the probe instead of "converging" at
+/// accuracy 0.5.
+#[test]
+fn extract_and_probe_refuse_non_finite_states() {
+    let dir = tmp("nan-states");
+    let gguf = dir.join("nan.gguf");
+    crate::lm_errors::tiny_llama_with_nan(&gguf, None, None, Some("blk.1.ffn_down.weight"));
+    let prompts = small_prompts(&dir);
+    let section = ExtractSection {
+        roles: vec!["benign".into(), "harmful".into()],
+        max_prompt_tokens: 60, // the tiny model's context is 64
+        on_overflow: OnOverflow::Truncate,
+        ..ExtractSection::default()
+    };
+    let cfg = ExtractConfig {
+        model: gguf.to_string_lossy().into_owned(),
+        ..extract_cfg(&prompts, section)
+    };
+    let e = format!(
+        "{:#}",
+        mosr_extract::run(&cfg, &dir.join("out")).unwrap_err()
+    );
+    assert!(
+        e.contains("nan.gguf")
+            && e.contains("non-finite hidden state")
+            && e.contains("for prompt `"),
+        "{e}"
+    );
+
+    use mosr_artifacts::analysis::{i32_column, table_batch, utf8_column, vector_column};
+    let reps = dir.join("representations.parquet");
+    let b = table_batch(
+        &REPRESENTATIONS,
+        &reps,
+        vec![
+            utf8_column(["p1", "p2"]),
+            utf8_column(["benign", "harmful"]),
+            utf8_column(["train", "train"]),
+            i32_column([3, 3]),
+            utf8_column(["last_prompt_token"; 2]),
+            vector_column(&reps, 2, vec![0.5, 1.0, f32::NAN, 2.0]).unwrap(),
+        ],
+    )
+    .unwrap();
+    mosr_artifacts::write_parquet(&reps, b.schema(), &[b]).unwrap();
+    let e = format!(
+        "{:#}",
+        mosr_probe::load_representations(&reps, None).unwrap_err()
+    );
+    assert!(
+        e.contains("representations.parquet")
+            && e.contains("prompt `p2` at layer 3")
+            && e.contains("non-finite"),
+        "{e}"
+    );
+}

@@ -26,7 +26,7 @@ fn tiny_llama(path: &Path, skip: Option<&str>, bad_shape: Option<&str>) {
 }
 
 /// [`tiny_llama`] with one tensor (`nan_in`) filled with NaN.
-fn tiny_llama_with_nan(
+pub(crate) fn tiny_llama_with_nan(
     path: &Path,
     skip: Option<&str>,
     bad_shape: Option<&str>,
