@@ -21,6 +21,16 @@ fn parses<T: serde::de::DeserializeOwned + Default>(f: &PipelineFile, section: &
     Ok(())
 }
 
+/// Parses a section and runs its value validation, naming the file and section on error.
+fn validates<T: serde::de::DeserializeOwned + Default>(
+    f: &PipelineFile,
+    section: &str,
+    validate: fn(&T) -> Result<()>,
+) -> Result<()> {
+    let s: T = f.section(section)?;
+    validate(&s).map_err(|e| anyhow::anyhow!("{}: [{section}]: {e:#}", f.path.display()))
+}
+
 fn stages() -> Vec<Stage> {
     vec![
         Stage {
@@ -31,7 +41,7 @@ fn stages() -> Vec<Stage> {
         Stage {
             name: "extract",
             run: |f, r, force| mosr_extract::run_pipeline_stage(f, r, force),
-            check: |f| parses::<mosr_extract::ExtractSection>(f, "extract"),
+            check: |f| validates(f, "extract", mosr_extract::ExtractSection::validate),
         },
         Stage {
             name: "probe",
@@ -46,17 +56,17 @@ fn stages() -> Vec<Stage> {
         Stage {
             name: "augment",
             run: |f, r, force| mosr_augment::run_pipeline_stage(f, r, force),
-            check: |f| parses::<mosr_augment::AugmentConfig>(f, "augment"),
+            check: |f| validates(f, "augment", mosr_augment::AugmentConfig::validate),
         },
         Stage {
             name: "weights",
             run: |f, r, force| mosr_weights::run_pipeline_stage(f, r, force),
-            check: |f| parses::<mosr_weights::WeightsConfig>(f, "weights"),
+            check: |f| validates(f, "weights", mosr_weights::WeightsConfig::validate),
         },
         Stage {
             name: "finetune",
             run: |f, r, force| mosr_finetune::run_pipeline_stage(f, r, force),
-            check: |f| parses::<mosr_finetune::FinetuneConfig>(f, "finetune"),
+            check: |f| validates(f, "finetune", mosr_finetune::FinetuneConfig::validate),
         },
         Stage {
             name: "eval",
@@ -66,11 +76,7 @@ fn stages() -> Vec<Stage> {
         Stage {
             name: "claims",
             run: |f, r, force| mosr_claims::run_pipeline_stage(f, r, force),
-            check: |f| {
-                let s: mosr_claims::ClaimsSection = f.section("claims")?;
-                s.validate()
-                    .map_err(|e| anyhow::anyhow!("{}: [claims]: {e}", f.path.display()))
-            },
+            check: |f| validates(f, "claims", mosr_claims::ClaimsSection::validate),
         },
         Stage {
             name: "report",
@@ -80,8 +86,19 @@ fn stages() -> Vec<Stage> {
     ]
 }
 
-/// `[run] model` is a registry id or an existing GGUF file / HF folder.
+/// `[run] model` is a registry id or an existing GGUF file / HF folder, and `[run] device` a
+/// device this build knows.
 fn check_model(file: &PipelineFile) -> Result<()> {
+    let d = &file.run.device;
+    if !["cpu", "flex", "cuda", "wgpu"].contains(&d.as_str()) {
+        return Err(file
+            .key_error(
+                "run",
+                "device",
+                format!("unknown device `{d}` (cpu, cuda, wgpu)"),
+            )
+            .into());
+    }
     let m = &file.run.model;
     let ids: Vec<String> = mosr_lm::fetch::registry()
         .into_iter()

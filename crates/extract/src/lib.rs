@@ -105,6 +105,35 @@ fn default_max_prompt_tokens() -> usize {
     512
 }
 
+impl ExtractSection {
+    /// The values `--check` can judge without the model: sizes at least 1, roles and splits
+    /// known and listed once (a duplicate would extract every prompt twice).
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            bail!("[extract] batch_size must be at least 1");
+        }
+        if self.max_prompt_tokens == 0 {
+            bail!("[extract] max_prompt_tokens must be at least 1");
+        }
+        if self.max_per_role_split == Some(0) {
+            bail!(
+                "[extract] max_per_role_split = 0 would extract nothing; omit it for every prompt"
+            );
+        }
+        for (key, v) in [("roles", &self.roles), ("splits", &self.splits)] {
+            if v.is_empty() {
+                bail!("[extract] {key} is empty");
+            }
+            if let Some(d) = v.iter().enumerate().find(|(i, x)| v[..*i].contains(x)) {
+                bail!("[extract] {key} lists `{}` twice", d.1);
+            }
+        }
+        prompts::parse_roles(&self.roles)?;
+        prompts::parse_splits(&self.splits)?;
+        Ok(())
+    }
+}
+
 impl Default for ExtractSection {
     fn default() -> Self {
         ExtractSection {
@@ -158,9 +187,7 @@ struct ModelInfo {
 pub fn run(cfg: &ExtractConfig, out_dir: &Path) -> Result<ExtractOutputs> {
     let started = Instant::now();
     let s = &cfg.section;
-    if s.batch_size == 0 {
-        bail!("[extract] batch_size must be at least 1");
-    }
+    s.validate()?;
     let roles = prompts::parse_roles(&s.roles)?;
     let splits = prompts::parse_splits(&s.splits)?;
     if !cfg.prompts.is_file() {

@@ -33,18 +33,19 @@ fn e_section<T: serde::de::DeserializeOwned + Default>(
 fn parse_all(f: &PipelineFile) -> Result<(), String> {
     let e = |r: Result<(), mosr_artifacts::Error>| r.map_err(|e| e.to_string());
     e(f.check_sections(&STAGES))?;
+    let v = |r: Result<(), _>| r.map_err(|e: anyhow::Error| format!("{}: {e:#}", f.path.display()));
     e(f.section::<mosr_data::stage::DataSection>("data").map(drop))?;
-    e(f.section::<mosr_extract::ExtractSection>("extract")
-        .map(drop))?;
+    let extract: mosr_extract::ExtractSection = e_section(f, "extract")?;
+    v(extract.validate())?;
     e(f.section::<mosr_probe::ProbeSection>("probe").map(drop))?;
     e(f.section::<mosr_logit_lens::LogitLensSection>("logit_lens")
         .map(drop))?;
-    e(f.section::<mosr_augment::AugmentConfig>("augment")
-        .map(drop))?;
-    e(f.section::<mosr_weights::WeightsConfig>("weights")
-        .map(drop))?;
-    e(f.section::<mosr_finetune::FinetuneConfig>("finetune")
-        .map(drop))?;
+    let augment: mosr_augment::AugmentConfig = e_section(f, "augment")?;
+    v(augment.validate())?;
+    let weights: mosr_weights::WeightsConfig = e_section(f, "weights")?;
+    v(weights.validate())?;
+    let finetune: mosr_finetune::FinetuneConfig = e_section(f, "finetune")?;
+    v(finetune.validate())?;
     e(f.section::<mosr_eval::EvalSection>("eval").map(drop))?;
     let claims: mosr_claims::ClaimsSection = e_section(f, "claims")?;
     claims.validate().map_err(|e| e.to_string())?;
@@ -124,6 +125,56 @@ fn malformed_pipeline_names_section_key_and_line() {
         );
         assert!(err.contains(&path.display().to_string()), "{err}");
     }
+    // Values `--check` judges before anything runs (the validation of each stage's section).
+    let values = [
+        (
+            "batch_size = 8",
+            "batch_size = 0",
+            "[extract] batch_size must be at least 1",
+        ),
+        (
+            "max_per_role_split = 12",
+            "max_per_role_split = 0",
+            "max_per_role_split = 0 would extract nothing",
+        ),
+        (
+            "learning_rate = 1e-3",
+            "learning_rate = -1.0",
+            "learning_rate -1 must be positive",
+        ),
+        (
+            "steps = 3",
+            "steps = 0",
+            "steps, batch_size and grad_accum must be at least 1",
+        ),
+        (
+            "seeds = [2511, 2512]",
+            "seeds = [2511, 2511]",
+            "lists a seed twice",
+        ),
+    ];
+    for (i, (from, to, reason)) in values.iter().enumerate() {
+        assert!(text.contains(from), "smoke.toml changed: no `{from}`");
+        let path = dir.join(format!("value{i}.toml"));
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+        let err = parse_all(&PipelineFile::load(&path).unwrap()).expect_err(to);
+        assert!(
+            err.contains(reason) && err.contains(&path.display().to_string()),
+            "{to}: {err}"
+        );
+    }
+    let path = dir.join("dup.toml");
+    let dup = text.replacen(
+        r#"roles = ["harmful", "benign","#,
+        r#"roles = ["benign", "benign","#,
+        1,
+    );
+    std::fs::write(&path, dup).unwrap();
+    let err = parse_all(&PipelineFile::load(&path).unwrap()).unwrap_err();
+    assert!(
+        err.contains("[extract] roles lists `benign` twice"),
+        "{err}"
+    );
     // A section nobody reads.
     let path = dir.join("typo.toml");
     std::fs::write(&path, text.replacen("[probe]", "[probes]", 1)).unwrap();
