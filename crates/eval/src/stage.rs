@@ -377,6 +377,16 @@ fn generate_wave(
     for (gi, g) in groups.iter().enumerate() {
         for (pi, p) in g.prompts.iter().enumerate() {
             let ids = lm.chat_ids(&[Message::user(p.user.clone())], p.prefill.as_deref())?;
+            let ctx = lm.config.max_position_embeddings;
+            if ids.len() + s.max_new_tokens > ctx {
+                bail!(
+                    "set `{}`, prompt `{}`: {} prompt tokens + max_new_tokens {} exceed the model's context window ({ctx}); shorten the prompt or lower [eval] max_new_tokens",
+                    g.set,
+                    p.prompt_id,
+                    ids.len(),
+                    s.max_new_tokens
+                );
+            }
             jobs.push((gi, pi, ids));
         }
     }

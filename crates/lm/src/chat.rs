@@ -39,6 +39,10 @@ pub struct ChatTemplate {
     pub eos_token: String,
 }
 
+/// Template instructions a render may take: real chat templates need a few thousand; this
+/// bounds a hostile or broken one to well under a second.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
 fn raise_exception(msg: String) -> std::result::Result<Value, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))
 }
@@ -63,6 +67,8 @@ impl ChatTemplate {
                 .expect("static syntax config"),
         );
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // A template comes with the model file: one that loops without end must fail, not hang.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", |_fmt: String| -> String {
             "26 Jul 2024".to_string()
@@ -77,7 +83,15 @@ impl ChatTemplate {
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
             })
-            .map_err(|e| LmError::Template(format!("rendering chat template: {e:#}")))?;
+            .map_err(|e| {
+                if e.kind() == ErrorKind::OutOfFuel {
+                    LmError::Template(format!(
+                        "rendering chat template: stopped after {TEMPLATE_FUEL} steps (a loop without end?)"
+                    ))
+                } else {
+                    LmError::Template(format!("rendering chat template: {e:#}"))
+                }
+            })?;
         if let Some(p) = prefill {
             out.push_str(p);
         }

@@ -280,3 +280,28 @@ fn lm_model_identity_is_the_loaded_bytes() {
         .to_string();
     assert!(e.contains("no such file or folder"), "{e}");
 }
+
+/// A chat template that loops without end stops with a clear error instead of hanging.
+#[test]
+fn lm_endless_chat_template_stops() {
+    let t = mosr_lm::ChatTemplate {
+        source: "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+            .into(),
+        bos_token: String::new(),
+        eos_token: String::new(),
+    };
+    let started = std::time::Instant::now();
+    let e = t
+        .render(&[mosr_lm::Message::user("hi")], true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("stopped after") && e.contains("loop without end"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "took {:?}",
+        started.elapsed()
+    );
+}
