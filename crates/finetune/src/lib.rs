@@ -224,6 +224,12 @@ pub struct FinetuneConfig {
     /// `"refusal_lm"`; default 1.
     #[serde(alias = "cross_entropy_coeff")]
     pub augment_coeff: f64,
+    /// [R] α of Qi et al.'s objective with `target = "refusal_lm"`: the augmented term is
+    /// `α · CE(refusal) + (1 − α) · CE(the retain rows' own answers)`; default 0.2 (Qi et al.).
+    /// 1 drops the benign anchor (measured: every variant with augmentation then refuses every
+    /// prompt, benign ones included; docs/stages.md).
+    #[serde(skip_serializing_if = "is_qi_alpha")]
+    pub refusal_lm_alpha: f64,
     /// Steps between checkpoints; default 10.
     pub checkpoint_every: usize,
     /// [R] Tokens at the start of each sequence left out of the erasure and retain losses;
@@ -259,6 +265,11 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
+/// Qi et al.'s α, the default, kept out of the serialized config like [`is_zero`]'s options.
+fn is_qi_alpha(x: &f64) -> bool {
+    *x == 0.2
+}
+
 impl Default for FinetuneConfig {
     fn default() -> Self {
         Self {
@@ -285,6 +296,7 @@ impl Default for FinetuneConfig {
             retain_loss_tokens: None,
             weight_normalization: WeightNormalization::Batch,
             augment_coeff: 1.0,
+            refusal_lm_alpha: 0.2,
             checkpoint_every: 10,
             skip_sink_tokens: 1,
             lora_b_init_std: 0.0,
@@ -330,6 +342,12 @@ impl FinetuneConfig {
             bail!(
                 "finetune: augment_coeff {} must be finite and at least 0",
                 self.augment_coeff
+            );
+        }
+        if !(0.0..=1.0).contains(&self.refusal_lm_alpha) {
+            bail!(
+                "finetune: refusal_lm_alpha {} must be in [0, 1]",
+                self.refusal_lm_alpha
             );
         }
         let distinct: std::collections::BTreeSet<&u64> = self.seeds.iter().collect();

@@ -461,8 +461,43 @@ fn read_optimizer(path: &Path, slots: &[Slot], step: u64) -> Result<Adam> {
     Ok(adam)
 }
 
-/// Cross-entropy of the refusal tokens of augmented sequences (Qi et al.'s recovery term).
+/// Qi et al.'s objective on one micro-batch: `α · CE(refusal | harmful prompt + prefix) +
+/// (1 − α) · CE(answer | benign prompt)`, the benign term on the retain rows, whose answers are
+/// the base model's own (Qi et al.'s utility anchor: responses distilled from the initial
+/// model). Without it the refusal target teaches refusing everything.
+pub fn refusal_lm_loss(
+    net: &CausalLm,
+    alpha: f64,
+    augmented: &[&Seq],
+    retain: &[&Seq],
+    pad: u32,
+) -> Tensor<1> {
+    if alpha >= 1.0 || retain.is_empty() {
+        return cross_entropy(net, augmented, pad);
+    }
+    let answers: Vec<Seq> = retain
+        .iter()
+        .map(|s| Seq {
+            ce_from: Some(s.response.start),
+            ..(*s).clone()
+        })
+        .collect();
+    let mut ce = cross_entropies(net, &[augmented.to_vec(), answers.iter().collect()], pad);
+    let benign = ce.pop().expect("two groups");
+    let refusal = ce.pop().expect("two groups");
+    refusal * alpha + benign * (1.0 - alpha)
+}
+
+/// Cross-entropy of the refusal tokens of augmented sequences (Qi et al.'s recovery term):
+/// the mean over the tokens from each sequence's `ce_from` on.
 pub fn cross_entropy(net: &CausalLm, seqs: &[&Seq], pad: u32) -> Tensor<1> {
+    cross_entropies(net, &[seqs.to_vec()], pad).remove(0)
+}
+
+/// [`cross_entropy`] of several groups of sequences from one forward pass over all their rows
+/// (each group's mean over its own target tokens).
+pub fn cross_entropies(net: &CausalLm, groups: &[Vec<&Seq>], pad: u32) -> Vec<Tensor<1>> {
+    let seqs: Vec<&Seq> = groups.iter().flatten().copied().collect();
     let ids: Vec<Vec<u32>> = seqs.iter().map(|s| s.ids.clone()).collect();
     let tb = TokenBatch::left_padded(&ids, pad);
     let (n, t) = (tb.batch, tb.seq);
@@ -481,24 +516,33 @@ pub fn cross_entropy(net: &CausalLm, seqs: &[&Seq], pad: u32) -> Tensor<1> {
     let logits = out.logits.expect("all logits");
     let logp = log_softmax(logits.narrow(1, 0, t - 1), 2);
     let mut targets = vec![0i64; n * (t - 1)];
-    let mut mask = vec![0f32; n * (t - 1)];
-    for (row, s) in seqs.iter().enumerate() {
-        let off = t - s.ids.len();
+    for row in 0..n {
         for p in 0..t - 1 {
             targets[row * (t - 1) + p] = tb.ids[row * t + p + 1] as i64;
-            if let Some(from) = s.ce_from
-                && p + 1 >= off + from
-            {
-                mask[row * (t - 1) + p] = 1.0;
-            }
         }
     }
-    let total: f32 = mask.iter().sum::<f32>().max(1.0);
     let dev = net.device();
     let targets = Tensor::<3, Int>::from_data(TensorData::new(targets, [n, t - 1, 1]), &dev);
-    let mask = Tensor::<2>::from_data(TensorData::new(mask, [n, t - 1]), &dev);
     let picked = logp.gather(2, targets).squeeze_dim::<2>(2);
-    (picked * mask).sum().neg() / total as f64
+    let mut first_row = 0;
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        let mut mask = vec![0f32; n * (t - 1)];
+        for (k, s) in g.iter().enumerate() {
+            let row = first_row + k;
+            let off = t - s.ids.len();
+            if let Some(from) = s.ce_from {
+                for p in (off + from).saturating_sub(1)..t - 1 {
+                    mask[row * (t - 1) + p] = 1.0;
+                }
+            }
+        }
+        first_row += g.len();
+        let total: f32 = mask.iter().sum::<f32>().max(1.0);
+        let mask = Tensor::<2>::from_data(TensorData::new(mask, [n, t - 1]), &dev);
+        out.push((picked.clone() * mask).sum().neg() / total as f64);
+    }
+    out
 }
 
 /// The per-token factors of one micro-batch's losses, `[rows, len]` row-major over the
@@ -802,7 +846,7 @@ pub fn train_variant(
                 total = total + la * (c_retain * cfg.augment_coeff);
             }
             if aug_in_ce && !aug.is_empty() {
-                let ce = cross_entropy(&net, &aug, lm.pad_id);
+                let ce = refusal_lm_loss(&net, cfg.refusal_lm_alpha, &aug, &rs[..nb], lm.pad_id);
                 aug_val = Some(ce.clone().into_scalar::<f32>() as f64);
                 total = total + ce * cfg.augment_coeff;
             }

@@ -702,6 +702,29 @@ fn training_refusal_lm_loss_is_hand_computed_cross_entropy() {
         (got - want).abs() < 1e-3 * want.max(1.0),
         "cross-entropy {got} vs hand {want}"
     );
+    // Qi et al.'s objective: α · CE(refusal) + (1 − α) · CE(a retain row's own answer).
+    let benign = seq("r", "Name three colours.", "", "Red, blue and green.");
+    let answer = mosr_finetune::data::Seq {
+        ce_from: Some(benign.response.start),
+        ..benign.clone()
+    };
+    let ce = |s: &[&mosr_finetune::data::Seq]| {
+        mosr_finetune::train::cross_entropy(&lm.net, s, lm.pad_id).into_scalar::<f32>() as f64
+    };
+    let (ref_ce, ben_ce) = (ce(&[&a]), ce(&[&answer]));
+    let mixed = mosr_finetune::train::refusal_lm_loss(&lm.net, 0.2, &[&a], &[&benign], lm.pad_id)
+        .into_scalar::<f32>() as f64;
+    let expect = 0.2 * ref_ce + 0.8 * ben_ce;
+    assert!(
+        (mixed - expect).abs() < 1e-3 * expect,
+        "refusal LM {mixed} vs {expect}"
+    );
+    let only = mosr_finetune::train::refusal_lm_loss(&lm.net, 1.0, &[&a], &[&benign], lm.pad_id)
+        .into_scalar::<f32>() as f64;
+    assert!(
+        (only - ref_ce).abs() < 1e-5 * ref_ce,
+        "α = 1 is the refusal term alone"
+    );
 }
 
 // ---------------------------------------------------------------- the fine-tune loop
