@@ -152,7 +152,7 @@ pub const TRAIN_LOG: TableSchema = TableSchema {
             "augment_loss",
             Float64,
             true,
-            "the augmented examples' own term before augment_coeff: their retain distance (augment target retain_states, added under c_retain) or the refusal tokens' cross-entropy (refusal_lm); null without augmentation"
+            "the augmented examples' own term before augment_coeff: their retain distance (augment target retain_states, added under c_retain) or Qi et al.'s alpha * CE(refusal) + (1 - alpha) * CE(benign retain answers) (refusal_lm); null without augmentation"
         ),
         col!("c_erase", Float64, false, "alpha * (1 - t / 2T)"),
         col!("c_retain", Float64, false, "alpha * t / 2T"),
