@@ -58,6 +58,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let repo = cli.repo.clone().unwrap_or_else(repo_root);
     let file = PipelineFile::load(&cli.pipeline)?;
+    // A stage run alone holds the run folder like `reproduce` does.
+    let _lock = file.run_dir(&repo).lock()?;
     let ov = Overrides {
         variants: cli.variants,
         adapters: cli.adapters,

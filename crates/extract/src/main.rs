@@ -45,6 +45,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let repo = cli.repo.clone().unwrap_or(std::env::current_dir()?);
     let file = PipelineFile::load(&cli.pipeline)?;
+    // A stage run alone holds the run folder like `reproduce` does.
+    let _lock = file.run_dir(&repo).lock()?;
     let mut s: ExtractSection = file.section("extract")?;
     if let Some(v) = cli.max_per_role_split {
         s.max_per_role_split = Some(v);

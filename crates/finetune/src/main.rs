@@ -109,6 +109,8 @@ fn main() -> Result<()> {
         ) => bench(&model, batch, seq, repeats),
         (None, Some(pipeline)) => {
             let file = mosr_artifacts::PipelineFile::load(&pipeline)?;
+            // A stage run alone holds the run folder like `reproduce` does.
+            let _lock = file.run_dir(&cli.repo).lock()?;
             let out = mosr_finetune::run_pipeline_stage(&file, &cli.repo, cli.force)?;
             println!("{}", out.display());
             Ok(())

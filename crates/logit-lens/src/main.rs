@@ -48,6 +48,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let repo = cli.repo.clone().unwrap_or(std::env::current_dir()?);
     let file = PipelineFile::load(&cli.pipeline)?;
+    // A stage run alone holds the run folder like `reproduce` does.
+    let _lock = file.run_dir(&repo).lock()?;
     let mut s: LogitLensSection = file.section("logit_lens")?;
     if let Some(v) = cli.max_per_role_split {
         s.max_per_role_split = Some(v);

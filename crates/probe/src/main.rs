@@ -44,6 +44,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let repo = cli.repo.clone().unwrap_or(std::env::current_dir()?);
     let file = PipelineFile::load(&cli.pipeline)?;
+    // A stage run alone holds the run folder like `reproduce` does.
+    let _lock = file.run_dir(&repo).lock()?;
     let mut s: ProbeSection = file.section("probe")?;
     if let Some(v) = cli.l2 {
         s.l2 = v;

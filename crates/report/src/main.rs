@@ -27,6 +27,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let file = mosr_artifacts::PipelineFile::load(&cli.pipeline)?;
     let repo = std::env::current_dir()?;
+    // A stage run alone holds the run folder like `reproduce` does.
+    let _lock = file.run_dir(&repo).lock()?;
     let out = mosr_report::run_pipeline_stage(&file, &repo, false)?;
     println!("report: {}", out.join("README.md").display());
     Ok(())

@@ -32,6 +32,8 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let file = mosr_artifacts::PipelineFile::load(&cli.pipeline)?;
+    // A stage run alone holds the run folder like `reproduce` does.
+    let _lock = file.run_dir(&cli.repo).lock()?;
     let out = mosr_weights::run_pipeline_stage(&file, &cli.repo, cli.force)?;
     println!("{}", out.display());
     Ok(())
