@@ -228,7 +228,6 @@ pub struct FinetuneConfig {
     /// `α · CE(refusal) + (1 − α) · CE(the retain rows' own answers)`; default 0.2 (Qi et al.).
     /// 1 drops the benign anchor (measured: every variant with augmentation then refuses every
     /// prompt, benign ones included; docs/stages.md).
-    #[serde(skip_serializing_if = "is_qi_alpha")]
     pub refusal_lm_alpha: f64,
     /// Steps between checkpoints; default 10.
     pub checkpoint_every: usize,
@@ -263,11 +262,6 @@ pub use mosr_artifacts::instance_dir;
 /// before the option existed stay valid.
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
-}
-
-/// Qi et al.'s α, the default, kept out of the serialized config like [`is_zero`]'s options.
-fn is_qi_alpha(x: &f64) -> bool {
-    *x == 0.2
 }
 
 impl Default for FinetuneConfig {
