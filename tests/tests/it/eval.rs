@@ -873,3 +873,58 @@ fn judges_on_the_projects_own_labelled_responses() {
     let err = format!("{:#}", read(&bad).unwrap_err());
     assert!(err.contains("record 1") && err.contains("`maybe`"), "{err}");
 }
+
+/// A prompt that with `max_new_tokens` would overflow the model's context window is refused
+/// before generation, naming the set and the prompt (a 100 KB prompt once ran to 6 GB RSS).
+#[test]
+fn eval_refuses_a_prompt_longer_than_the_context_window() {
+    let d = tmp_dir("context");
+    let long = d.join("long.jsonl");
+    let text = "please explain this word ".repeat(3000);
+    std::fs::write(
+        &long,
+        format!("{{\"id\": \"huge\", \"text\": \"{text}\", \"role\": \"overrefusal_safe\"}}\n"),
+    )
+    .unwrap();
+    let pipeline = d.join("ctx.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"[run]
+name = "ctx"
+model = "{SMOL}"
+seed = 2511
+runs_dir = "{}"
+
+[data]
+
+[eval]
+attacks = ["direct"]
+sets = ["overrefusal_safe"]
+custom_sets = ["{}"]
+harmful_n = 1
+set_n = 1
+max_new_tokens = 4
+
+[eval.capability]
+benchmarks = ["arc_easy"]
+n = 1
+"#,
+            d.join("runs").display(),
+            long.display()
+        ),
+    )
+    .unwrap();
+    let file = PipelineFile::load(&pipeline).unwrap();
+    let repo = repo_root();
+    mosr_data::stage::run_pipeline_stage(&file, &repo, false).unwrap();
+    let e = format!(
+        "{:#}",
+        mosr_eval::run_pipeline_stage(&file, &repo, false).unwrap_err()
+    );
+    assert!(
+        e.contains("prompt `huge`") && e.contains("exceed the model's context window (8192)"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
