@@ -374,12 +374,16 @@ pub fn run(
 
     // Harmful set, then (disjoint augmentation) as many further prompts of the same ranking
     // whose responses only give augmented examples their harmful prefixes.
-    let erasure_n = sample_prompts(prompts, Role::Harmful, cfg.harmful_count, seed, 1).len();
+    let mut harmful = sample_prompts(prompts, Role::Harmful, 0, seed, 1);
+    let erasure_n = match cfg.harmful_count {
+        0 => harmful.len(),
+        n => n.min(harmful.len()),
+    };
     let extra = match cfg.augmentation.prompts {
         AugmentPrompts::Disjoint => erasure_n,
         AugmentPrompts::Shared => 0,
     };
-    let harmful = sample_prompts(prompts, Role::Harmful, erasure_n + extra, seed, 1);
+    harmful.truncate(erasure_n + extra);
     counts.harmful_prompts = erasure_n;
     counts.augment_prompts = harmful.len() - erasure_n;
     let first_prefill = match cfg.response_source {

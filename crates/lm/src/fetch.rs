@@ -75,6 +75,11 @@ pub fn looks_like_path(model: &str) -> bool {
 
 /// A model id from the registry, or a path to a GGUF file / HF folder.
 pub fn resolve(model: &str) -> Result<PathBuf> {
+    resolve_in(model, &cache_root())
+}
+
+/// [`resolve`] with an explicit cache root: a registry id's file under `<root>/models/`.
+pub fn resolve_in(model: &str, cache_root: &Path) -> Result<PathBuf> {
     let p = Path::new(model);
     if p.exists() {
         return Ok(p.to_path_buf());
@@ -84,7 +89,8 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
             "model `{model}`: no such file or folder"
         )));
     }
-    let path = model_path(model)?;
+    let s = spec(model)?;
+    let path = cache_root.join("models").join(&s.id).join(&s.file);
     if path.exists() {
         Ok(path)
     } else {

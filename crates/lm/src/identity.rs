@@ -33,34 +33,16 @@ pub fn identify(model: &str) -> Result<ModelIdentity> {
 
 /// [`identify`] with an explicit cache root (tests).
 pub fn identify_in(model: &str, cache_root: &Path) -> Result<ModelIdentity> {
-    let as_path = Path::new(model);
-    if as_path.exists() {
-        let sha256 = content_sha256(as_path, cache_root)?;
-        return Ok(ModelIdentity {
-            path: as_path.to_path_buf(),
-            sha256,
-        });
-    }
-    if fetch::looks_like_path(model) {
-        return Err(LmError::Fetch(format!(
-            "model `{model}`: no such file or folder"
-        )));
-    }
-    let spec = fetch::spec(model)?;
-    let path = cache_root.join("models").join(&spec.id).join(&spec.file);
-    if !path.exists() {
-        return Err(LmError::Fetch(format!(
-            "model `{model}` is not fetched yet (expected {}); run `cargo xtask fetch model {model}`",
-            path.display()
-        )));
-    }
+    let path = fetch::resolve_in(model, cache_root)?;
     let sha256 = content_sha256(&path, cache_root)?;
-    if sha256 != spec.sha256 {
-        return Err(LmError::Fetch(format!(
-            "{}: sha256 is {sha256}, the registry pins {} for `{model}`: the cached file is corrupted or was replaced; delete it and run `cargo xtask fetch model {model}`",
-            path.display(),
-            spec.sha256
-        )));
+    if !Path::new(model).exists() {
+        let pin = fetch::spec(model)?.sha256;
+        if sha256 != pin {
+            return Err(LmError::Fetch(format!(
+                "{}: sha256 is {sha256}, the registry pins {pin} for `{model}`: the cached file is corrupted or was replaced; delete it and run `cargo xtask fetch model {model}`",
+                path.display()
+            )));
+        }
     }
     Ok(ModelIdentity { path, sha256 })
 }
@@ -86,11 +68,7 @@ fn content_sha256(path: &Path, cache_root: &Path) -> Result<String> {
         let name = f.file_name().expect("a file").to_string_lossy();
         lines.push_str(&format!("{name} {}\n", cached_sha256(f, cache_root)?));
     }
-    Ok(hex(&Sha256::digest(lines.as_bytes())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(hex::encode(Sha256::digest(lines.as_bytes())))
 }
 
 /// One cached hash: valid while the file keeps its size and modification time.
@@ -111,7 +89,7 @@ pub fn cached_sha256(path: &Path, cache_root: &Path) -> Result<String> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    let key = hex(&Sha256::digest(canon.to_string_lossy().as_bytes()));
+    let key = hex::encode(Sha256::digest(canon.to_string_lossy().as_bytes()));
     let entry = cache_root
         .join("hashes")
         .join(format!("{}.json", &key[..32]));

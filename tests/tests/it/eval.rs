@@ -612,22 +612,26 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A pipeline file `<dir>/<name>.toml` on SmolLM2 with its runs under `<dir>/runs`, a data
+/// stage and the given eval section(s).
+fn tiny_pipeline(dir: &Path, name: &str, eval: &str) -> PipelineFile {
+    let path = dir.join(format!("{name}.toml"));
+    let runs = dir.join("runs");
+    let head = format!(
+        "[run]\nname = \"{name}\"\nmodel = \"{SMOL}\"\nseed = 2511\nruns_dir = \"{}\"\n\n[data]\n\n",
+        runs.display()
+    );
+    std::fs::write(&path, head + eval).unwrap();
+    PipelineFile::load(&path).unwrap()
+}
+
 #[test]
 fn end_to_end_tiny_eval_then_resume() {
     let d = tmp_dir("e2e");
-    let pipeline = d.join("eval-e2e.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"[run]
-name = "eval-e2e"
-model = "{SMOL}"
-seed = 2511
-runs_dir = "{}"
-
-[data]
-
-[eval]
+    let file = tiny_pipeline(
+        &d,
+        "eval-e2e",
+        r#"[eval]
 harmful_n = 1
 set_n = 1
 max_new_tokens = 6
@@ -637,11 +641,7 @@ batch_size = 8
 benchmarks = ["mmlu", "arc_easy"]
 n = 1
 "#,
-            d.join("runs").display()
-        ),
-    )
-    .unwrap();
-    let file = PipelineFile::load(&pipeline).unwrap();
+    );
     let repo = repo_root();
     mosr_data::stage::run_pipeline_stage(&file, &repo, false).unwrap();
     let dir = mosr_eval::run_pipeline_stage(&file, &repo, false).unwrap();
@@ -886,19 +886,11 @@ fn eval_refuses_a_prompt_longer_than_the_context_window() {
         format!("{{\"id\": \"huge\", \"text\": \"{text}\", \"role\": \"overrefusal_safe\"}}\n"),
     )
     .unwrap();
-    let pipeline = d.join("ctx.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"[run]
-name = "ctx"
-model = "{SMOL}"
-seed = 2511
-runs_dir = "{}"
-
-[data]
-
-[eval]
+    let file = tiny_pipeline(
+        &d,
+        "ctx",
+        &format!(
+            r#"[eval]
 attacks = ["direct"]
 sets = ["overrefusal_safe"]
 custom_sets = ["{}"]
@@ -910,12 +902,9 @@ max_new_tokens = 4
 benchmarks = ["arc_easy"]
 n = 1
 "#,
-            d.join("runs").display(),
             long.display()
         ),
-    )
-    .unwrap();
-    let file = PipelineFile::load(&pipeline).unwrap();
+    );
     let repo = repo_root();
     mosr_data::stage::run_pipeline_stage(&file, &repo, false).unwrap();
     let e = format!(
