@@ -120,6 +120,8 @@ fn options(dir: &Path) -> reproduce::Options<'static> {
         force: false,
         runs_dir: Some(dir.join("runs")),
         results_dir: Some(dir.join("results")),
+        model: None,
+        name: None,
         check: false,
     }
 }

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod e2e;
+mod models;
 mod reproduce;
 
 #[derive(Parser)]
@@ -38,6 +39,15 @@ enum Cmd {
         /// Only parse and validate the pipeline file (every section), then exit.
         #[arg(long)]
         check: bool,
+    },
+    /// The base-model screen behind the study's choice of model: for each candidate, the data
+    /// stage and `pipelines/models.toml`'s evaluation (base model only) into
+    /// `runs/models-<id>/`, then `results/models/` (rates with n and intervals, time per
+    /// response).
+    Models {
+        /// Registry ids to screen (default: every model of the registry).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
     },
     /// mosr vs PyTorch + transformers (+ PEFT), A/B interleaved on SmolLM2 (f32, 2 threads):
     /// matmul, prefill 8x128, generate 8x64, train (one LoRA step, 4+4 x 128 tokens).
@@ -123,9 +133,14 @@ fn main() -> Result<()> {
                     force,
                     runs_dir,
                     results_dir,
+                    model: None,
+                    name: None,
                     check,
                 },
             )?;
+        }
+        Cmd::Models { models } => {
+            models::run(&mosr_data::paths::repo_root(), &models)?;
         }
         Cmd::Bench {
             python,

@@ -128,7 +128,8 @@ pub fn pipeline_path(repo: &Path, name: &str) -> std::path::PathBuf {
     }
 }
 
-/// What to run and where; `runs_dir`/`results_dir` override the pipeline's `[run]` folders.
+/// What to run and where; `runs_dir`/`results_dir`/`model`/`name` override the pipeline's
+/// `[run]` keys.
 pub struct Options<'a> {
     pub pipeline: &'a str,
     pub from: Option<&'a str>,
@@ -136,6 +137,8 @@ pub struct Options<'a> {
     pub force: bool,
     pub runs_dir: Option<PathBuf>,
     pub results_dir: Option<PathBuf>,
+    pub model: Option<String>,
+    pub name: Option<String>,
     pub check: bool,
 }
 
@@ -154,6 +157,12 @@ pub fn run(repo: &Path, opts: &Options) -> Result<()> {
     }
     if let Some(d) = &opts.results_dir {
         file.run.results_dir = d.clone();
+    }
+    if let Some(m) = &opts.model {
+        file.run.model = m.clone();
+    }
+    if let Some(n) = &opts.name {
+        file.run.name = n.clone();
     }
     let all = stages();
     let names: Vec<&str> = all.iter().map(|s| s.name).collect();
@@ -188,7 +197,8 @@ pub fn run(repo: &Path, opts: &Options) -> Result<()> {
     let mut reached = from.is_none();
     for (i, s) in all.iter().enumerate() {
         reached |= Some(s.name) == from;
-        if !reached || only.is_some_and(|o| o != s.name) {
+        let declared = file.run.stages.is_empty() || file.run.stages.iter().any(|d| d == s.name);
+        if !reached || !declared || only.is_some_and(|o| o != s.name) {
             continue;
         }
         let t0 = Instant::now();
@@ -200,12 +210,20 @@ pub fn run(repo: &Path, opts: &Options) -> Result<()> {
         )?;
         tracing::info!(stage = s.name, secs = t0.elapsed().as_secs_f64(), out = %out.display(), "stage done");
     }
+    let reported = file.run.stages.is_empty() || file.run.stages.iter().any(|s| s == "report");
     println!(
-        "pipeline `{}` done in {:.1} s; run folder {}; report {}",
+        "pipeline `{}` done in {:.1} s; run folder {}{}",
         file.run.name,
         started.elapsed().as_secs_f64(),
         file.run_dir(repo).root().display(),
-        file.results_dir(repo).join("README.md").display()
+        if reported {
+            format!(
+                "; report {}",
+                file.results_dir(repo).join("README.md").display()
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

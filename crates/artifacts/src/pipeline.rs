@@ -31,6 +31,10 @@ pub struct RunSection {
     /// absolute.
     #[serde(default = "default_results_dir")]
     pub results_dir: PathBuf,
+    /// The stages this pipeline runs, in the driver's order; empty (the default) = every
+    /// stage. A screen that only evaluates base models names `["data", "eval"]`.
+    #[serde(default)]
+    pub stages: Vec<String>,
 }
 
 fn default_seed() -> u64 {
@@ -87,6 +91,7 @@ impl PipelineFile {
                 device: String::new(),
                 runs_dir: PathBuf::new(),
                 results_dir: PathBuf::new(),
+                stages: Vec::new(),
             },
             table,
         };
@@ -200,8 +205,21 @@ impl PipelineFile {
         }
     }
 
-    /// Fails on a top-level section nobody reads (a typo like `[probes]`).
+    /// Fails on a top-level section nobody reads (a typo like `[probes]`) and on a
+    /// `[run] stages` entry that is no stage.
     pub fn check_sections(&self, known: &[&str]) -> Result<()> {
+        if let Some(s) = self
+            .run
+            .stages
+            .iter()
+            .find(|s| !known.contains(&s.as_str()))
+        {
+            return Err(self.key_error(
+                "run",
+                "stages",
+                format!("unknown stage `{s}`; stages: {}", known.join(", ")),
+            ));
+        }
         for k in self.table.keys() {
             if k != "run" && !known.contains(&k.as_str()) {
                 return Err(Error::Pipeline {

@@ -9,6 +9,7 @@
 
 pub mod claims;
 pub mod markdown;
+pub mod models;
 pub mod sections;
 
 use std::collections::BTreeMap;

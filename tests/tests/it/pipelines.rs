@@ -183,6 +183,15 @@ fn malformed_pipeline_names_section_key_and_line() {
         err.contains("[probes]") && err.contains("unknown section"),
         "{err}"
     );
+    // A stage list naming no stage.
+    let path = dir.join("stages.toml");
+    let listed = text.replacen("[run]\n", "[run]\nstages = [\"data\", \"evaluate\"]\n", 1);
+    std::fs::write(&path, listed).unwrap();
+    let err = parse_all(&PipelineFile::load(&path).unwrap()).unwrap_err();
+    assert!(
+        err.contains("stages") && err.contains("unknown stage `evaluate`"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
