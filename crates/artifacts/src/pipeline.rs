@@ -258,3 +258,66 @@ impl PipelineFile {
         root.join(&self.run.name)
     }
 }
+
+/// A sample size in a pipeline file: a count of at least 1, or `"all"`. A bare `0` is refused
+/// rather than read as "all" (a typo'd 0 once planned an evaluation of 13,230 prompts). A
+/// count serializes as the plain number, so stage keys written before this type stay valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    All,
+    Count(usize),
+}
+
+impl Size {
+    /// The most items to take: the count, or `usize::MAX` for `all`.
+    pub fn at_most(self) -> usize {
+        match self {
+            Size::All => usize::MAX,
+            Size::Count(n) => n,
+        }
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Size::All => s.serialize_str("all"),
+            Size::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(SizeVisitor)
+    }
+}
+
+/// A visitor rather than an untagged enum, so TOML errors keep the value's line.
+struct SizeVisitor;
+
+impl serde::de::Visitor<'_> for SizeVisitor {
+    type Value = Size;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a count of at least 1, or \"all\"")
+    }
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> std::result::Result<Size, E> {
+        if n >= 1 {
+            return Ok(Size::Count(n as usize));
+        }
+        Err(E::custom(format!(
+            "{n} is not a sample size: write a count of at least 1, or \"all\" for every item"
+        )))
+    }
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> std::result::Result<Size, E> {
+        self.visit_i64(n.min(i64::MAX as u64) as i64)
+    }
+    fn visit_str<E: serde::de::Error>(self, w: &str) -> std::result::Result<Size, E> {
+        if w == "all" {
+            return Ok(Size::All);
+        }
+        Err(E::custom(format!(
+            "\"{w}\" is not a sample size: write a count of at least 1, or \"all\""
+        )))
+    }
+}

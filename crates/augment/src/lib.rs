@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use mosr_artifacts::training::{TrainingExample, write_training_examples};
-use mosr_artifacts::{PipelineFile, PromptRow, Role, Split, StageManifest, read_prompts};
+use mosr_artifacts::{PipelineFile, PromptRow, Role, Size, Split, StageManifest, read_prompts};
 use mosr_lm::generate::{GenerateConfig, generate};
 use mosr_lm::{LanguageModel, Message};
 use rand::{Rng, SeedableRng};
@@ -150,10 +150,10 @@ impl Default for AugmentationConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
-    /// Harmful train prompts used (a seeded sample); 0 = all. Default 256.
-    pub harmful_count: usize,
-    /// Benign train prompts in the retain set (seeded sample); 0 = all. Default 512.
-    pub retain_count: usize,
+    /// Harmful train prompts used (a seeded sample), or `"all"`. Default 256.
+    pub harmful_count: Size,
+    /// Benign train prompts in the retain set (seeded sample), or `"all"`. Default 512.
+    pub retain_count: Size,
     /// Pseudo-malicious prompts with compliant answers added to the retain set ([R]: X-Boundary
     /// does this, MOSR may not); default 0.
     pub pseudo_malicious_retain_count: usize,
@@ -177,8 +177,8 @@ pub struct AugmentConfig {
 impl Default for AugmentConfig {
     fn default() -> Self {
         Self {
-            harmful_count: 256,
-            retain_count: 512,
+            harmful_count: Size::Count(256),
+            retain_count: Size::Count(512),
             pseudo_malicious_retain_count: 0,
             response_source: ResponseSource::SelfAnswer,
             prefill_prefixes: vec![
@@ -285,9 +285,7 @@ pub fn sample_prompts(
         })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
-    if n > 0 {
-        v.truncate(n);
-    }
+    v.truncate(n);
     v.into_iter().map(|(_, p)| p).collect()
 }
 
@@ -374,11 +372,8 @@ pub fn run(
 
     // Harmful set, then (disjoint augmentation) as many further prompts of the same ranking
     // whose responses only give augmented examples their harmful prefixes.
-    let mut harmful = sample_prompts(prompts, Role::Harmful, 0, seed, 1);
-    let erasure_n = match cfg.harmful_count {
-        0 => harmful.len(),
-        n => n.min(harmful.len()),
-    };
+    let mut harmful = sample_prompts(prompts, Role::Harmful, usize::MAX, seed, 1);
+    let erasure_n = cfg.harmful_count.at_most().min(harmful.len());
     let extra = match cfg.augmentation.prompts {
         AugmentPrompts::Disjoint => erasure_n,
         AugmentPrompts::Shared => 0,
@@ -471,7 +466,7 @@ pub fn run(
     }
 
     // Retain set: benign (and optionally pseudo-malicious) prompts with the model's answers.
-    let benign = sample_prompts(prompts, Role::Benign, cfg.retain_count, seed, 2);
+    let benign = sample_prompts(prompts, Role::Benign, cfg.retain_count.at_most(), seed, 2);
     let pseudo = if cfg.pseudo_malicious_retain_count > 0 {
         sample_prompts(
             prompts,

@@ -12,8 +12,8 @@
 //! variant, so differences come from the weights.
 
 use anyhow::{Result, bail};
-use mosr_artifacts::CapabilityRow;
 use mosr_artifacts::eval::CapabilityItemRow;
+use mosr_artifacts::{CapabilityRow, Size};
 use mosr_lm::LanguageModel;
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +40,8 @@ pub enum Normalise {
 pub struct CapabilityConfig {
     /// Benchmarks of `capability.parquet` to score. Default mmlu, arc_easy, arc_challenge.
     pub benchmarks: Vec<String>,
-    /// Items per benchmark, a seeded sample (0 = all). Default 100.
-    pub n: usize,
+    /// Items per benchmark, a seeded sample, or `"all"`. Default 100.
+    pub n: Size,
     /// Benchmark split to sample from; MMLU's `dev` split is for few-shot examples, so the
     /// default is each benchmark's evaluation split (`test` for MMLU, `validation` for ARC).
     pub splits: Vec<String>,
@@ -57,7 +57,7 @@ impl Default for CapabilityConfig {
     fn default() -> Self {
         Self {
             benchmarks: vec!["mmlu".into(), "arc_easy".into(), "arc_challenge".into()],
-            n: 100,
+            n: Size::Count(100),
             splits: vec!["test".into(), "validation".into()],
             format: Format::Cloze,
             normalise: Normalise::Bytes,

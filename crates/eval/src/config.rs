@@ -10,6 +10,7 @@ use crate::attacks::template::TemplateConfig;
 use crate::attacks::tense::TenseConfig;
 use crate::capability::CapabilityConfig;
 use crate::judges::{GibberishJudgeConfig, RefusalJudgeConfig};
+use mosr_artifacts::Size;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,10 +28,10 @@ pub struct EvalSection {
     /// under `runs/<pipeline>/finetune/<variant>/adapter`. Default empty.
     pub variants: Vec<String>,
     /// Harmful test prompts sampled (seeded) for the attacks; also the number of tense
-    /// rephrasings sent. 0 = all. Default 100.
-    pub harmful_n: usize,
-    /// Prompts sampled (seeded) per over-refusal set. 0 = all. Default 100.
-    pub set_n: usize,
+    /// rephrasings sent, or `"all"`. Default 100.
+    pub harmful_n: Size,
+    /// Prompts sampled (seeded) per over-refusal set, or `"all"`. Default 100.
+    pub set_n: Size,
     /// The unsafe-contrast set is the twins (`pair_id`) of the sampled safe prompts instead of
     /// a sample of its own, so refusal on a contrast can be compared with refusal on its safe
     /// twin (the discrimination measure of the claims stage). Default true.
@@ -68,8 +69,8 @@ impl Default for EvalSection {
             ],
             custom_sets: Vec::new(),
             variants: Vec::new(),
-            harmful_n: 100,
-            set_n: 100,
+            harmful_n: Size::Count(100),
+            set_n: Size::Count(100),
             pair_contrasts: true,
             outcome_labels: PathBuf::from("datasets/mosr_judge_labels/labels.csv"),
             harmful_split: "test".into(),

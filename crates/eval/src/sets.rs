@@ -23,9 +23,9 @@ pub fn fnv(s: &str) -> u64 {
 }
 
 /// `n` items drawn without replacement with a generator seeded by `seed` and `salt` (so each
-/// set gets its own stream), returned in input order; `n == 0` or `n >= len` keeps all.
+/// set gets its own stream), returned in input order; `n >= len` keeps all.
 pub fn sample<T: Clone>(items: &[T], n: usize, seed: u64, salt: &str) -> Vec<T> {
-    if n == 0 || n >= items.len() {
+    if n >= items.len() {
         return items.to_vec();
     }
     let mut idx: Vec<usize> = (0..items.len()).collect();
@@ -160,6 +160,25 @@ pub fn load_custom(path: &Path) -> Result<Vec<PromptRow>> {
         if !ids.insert(r.id.clone()) {
             bail!("{}: duplicate id `{}`", path.display(), r.id);
         }
+    }
+    // A repeated prompt would count as several observations of one prompt: rates, intervals
+    // and paired tests all assume independent prompts.
+    let mut first: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut repeats: Vec<(&str, &str)> = Vec::new();
+    for r in &out {
+        match first.entry(r.text.trim()) {
+            std::collections::hash_map::Entry::Occupied(e) => repeats.push((*e.get(), &r.id)),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(&r.id);
+            }
+        }
+    }
+    if let Some((a, b)) = repeats.first() {
+        bail!(
+            "{}: {} prompts repeat an earlier prompt's text (first: `{b}` repeats `{a}`); each prompt must be distinct",
+            path.display(),
+            repeats.len()
+        );
     }
     Ok(out)
 }

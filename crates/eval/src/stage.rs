@@ -194,7 +194,7 @@ fn plan_sets(
             s.harmful_split
         );
     }
-    let harmful = sets::sample(&harmful, s.harmful_n, cfg.seed, "harmful");
+    let harmful = sets::sample(&harmful, s.harmful_n.at_most(), cfg.seed, "harmful");
     let mut planned = Vec::new();
     for name in &s.sets {
         let role: Role = name.parse().map_err(|e: String| {
@@ -220,7 +220,7 @@ fn plan_sets(
         planned.push(PlannedSet {
             name: name.clone(),
             harmful: false,
-            prompts: sets::sample(&rows, s.set_n, cfg.seed, name),
+            prompts: sets::sample(&rows, s.set_n.at_most(), cfg.seed, name),
         });
     }
     if s.pair_contrasts {
@@ -306,7 +306,7 @@ fn plan_capability(
         }
         out.push((
             b.clone(),
-            sets::sample(&items, c.n, cfg.seed, &format!("capability/{b}")),
+            sets::sample(&items, c.n.at_most(), cfg.seed, &format!("capability/{b}")),
         ));
     }
     Ok(out)
@@ -541,7 +541,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
     let input = AttackInput {
         harmful: &harmful,
         all: &prompts,
-        n: s.harmful_n,
+        n: s.harmful_n.at_most(),
         seed: cfg.seed,
     };
     for a in &attack_objs {

@@ -260,6 +260,7 @@ impl CausalLm {
                     found: t.shape,
                 });
             }
+            crate::weights::check_values(src.origin(), name, &t)?;
             Ok(t)
         };
         let d = cfg.hidden_size;
@@ -357,6 +358,7 @@ impl CausalLm {
                             found: h.shape,
                         });
                     }
+                    crate::weights::check_values(src.origin(), "lm_head.weight", &h)?;
                     h
                 }
                 None => embed.clone(),

@@ -486,14 +486,14 @@ fn probe_bad_inputs_fail_clearly() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// NaN weights stop extract with the prompt and layer named (nothing written for the batch),
+/// Weights that overflow to NaN stop extract with the prompt and layer named (nothing written for the batch),
 /// and a representations file with a NaN is refused by the probe instead of "converging" at
 /// accuracy 0.5.
 #[test]
 fn extract_and_probe_refuse_non_finite_states() {
     let dir = tmp("nan-states");
     let gguf = dir.join("nan.gguf");
-    crate::lm_errors::tiny_llama_with_nan(&gguf, None, None, Some("blk.1.ffn_down.weight"));
+    crate::lm_errors::tiny_llama_with(&gguf, None, None, &crate::lm_errors::OVERFLOWING);
     let prompts = small_prompts(&dir);
     let section = ExtractSection {
         roles: vec!["benign".into(), "harmful".into()],

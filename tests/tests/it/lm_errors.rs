@@ -22,15 +22,25 @@ fn open_err(p: &Path) -> String {
 /// A two-layer Llama GGUF with a byte-level tokenizer, small enough to build in a test;
 /// `skip` leaves one tensor out, `bad_shape` gives one tensor the wrong shape.
 fn tiny_llama(path: &Path, skip: Option<&str>, bad_shape: Option<&str>) {
-    tiny_llama_with_nan(path, skip, bad_shape, None)
+    tiny_llama_with(path, skip, bad_shape, &[])
 }
 
-/// [`tiny_llama`] with one tensor (`nan_in`) filled with NaN.
-pub(crate) fn tiny_llama_with_nan(
+/// Fills a tensor of [`tiny_llama_with`] with NaN.
+pub(crate) const NAN: f32 = f32::NAN;
+/// Tensors filled with finite values so large that the first forward overflows (the MLP's
+/// output to inf, the final norm to NaN): a file that passes the load-time check and poisons
+/// the computation.
+pub(crate) const OVERFLOWING: [(&str, f32); 2] = [
+    ("blk.1.ffn_up.weight", 3e38),
+    ("blk.1.ffn_down.weight", 3e38),
+];
+
+/// [`tiny_llama`] with each tensor named in `poison` filled with its value.
+pub(crate) fn tiny_llama_with(
     path: &Path,
     skip: Option<&str>,
     bad_shape: Option<&str>,
-    nan_in: Option<&str>,
+    poison: &[(&str, f32)],
 ) {
     let mut w = GgufWriter::new();
     let (d, ff, layers, vocab) = (8usize, 16usize, 2u32, 4usize);
@@ -72,9 +82,9 @@ pub(crate) fn tiny_llama_with_nan(
         }
         let n: usize = shape.iter().product();
         let data: Vec<f32> = (0..n)
-            .map(|i| match nan_in == Some(name) {
-                true => f32::NAN,
-                false => ((i % 7) as f32 - 3.0) * 0.05,
+            .map(|i| match poison.iter().find(|(p, _)| *p == name) {
+                Some((_, v)) => *v,
+                None => ((i % 7) as f32 - 3.0) * 0.05,
             })
             .collect();
         w.add_tensor_f32(name, &shape, &data).unwrap();
@@ -108,9 +118,32 @@ fn tiny_model_loads_and_runs() {
 }
 
 #[test]
-fn nan_weights_stop_generation_with_a_clear_error() {
+fn nan_or_zero_weights_are_refused_at_load() {
+    let p = tmp("nan-load.gguf");
+    tiny_llama_with(&p, None, None, &[("blk.1.ffn_down.weight", NAN)]);
+    let err = open_err(&p);
+    assert!(
+        err.contains("nan-load.gguf")
+            && err.contains(
+                "tensor `model.layers.1.mlp.down_proj.weight` holds 128 non-finite values of 128"
+            ),
+        "{err}"
+    );
+    let p = tmp("zero-load.gguf");
+    tiny_llama_with(&p, None, None, &[("blk.0.attn_q.weight", 0.0)]);
+    let err = open_err(&p);
+    assert!(
+        err.contains("zero-load.gguf")
+            && err
+                .contains("tensor `model.layers.0.self_attn.q_proj.weight` ([8, 8]) is all zeros"),
+        "{err}"
+    );
+}
+
+#[test]
+fn overflowing_weights_stop_generation_with_a_clear_error() {
     let p = tmp("nan.gguf");
-    tiny_llama_with_nan(&p, None, None, Some("blk.1.ffn_down.weight"));
+    tiny_llama_with(&p, None, None, &OVERFLOWING);
     let lm = LanguageModel::open(&p, &mosr_lm::Device::flex()).unwrap();
     let err = mosr_lm::generate::generate(&lm, &[vec![0, 1], vec![2]], &Default::default())
         .unwrap_err()

@@ -110,6 +110,19 @@ fn malformed_pipeline_names_section_key_and_line() {
             "[eval] line",
             "unknown field `harmfull_n`",
         ),
+        // 0 is not "all".
+        (
+            "set_n = 4",
+            "set_n = 0",
+            "[eval] line",
+            "0 is not a sample size: write a count of at least 1, or \"all\" for every item",
+        ),
+        (
+            "harmful_count = 8",
+            "harmful_count = \"every\"",
+            "[augment] line",
+            "\"every\" is not a sample size",
+        ),
     ];
     for (i, (from, to, at, reason)) in cases.iter().enumerate() {
         assert!(text.contains(from), "smoke.toml changed: no `{from}`");

@@ -451,8 +451,8 @@ fn training_augment_stage_builds_three_sets_on_smollm2() {
         ),
     ];
     let mut cfg = mosr_augment::AugmentConfig {
-        harmful_count: 2,
-        retain_count: 0,
+        harmful_count: mosr_artifacts::Size::Count(2),
+        retain_count: mosr_artifacts::Size::All,
         harmful_max_new_tokens: 12,
         retain_max_new_tokens: 8,
         ..Default::default()

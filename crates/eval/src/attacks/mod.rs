@@ -41,7 +41,7 @@ pub struct AttackInput<'a> {
     pub harmful: &'a [PromptRow],
     /// Every prompt of the data stage (attacks with their own rephrased sets pick from it).
     pub all: &'a [PromptRow],
-    /// How many prompts an attack with its own set sends (0 = all).
+    /// How many prompts an attack with its own set sends (`usize::MAX`: all).
     pub n: usize,
     pub seed: u64,
 }

@@ -165,11 +165,7 @@ impl Attack for Tense {
     fn prompts(&self, input: &AttackInput) -> Result<Vec<AttackPrompt>> {
         let mut cands: Vec<&PromptRow> = input.all.iter().filter(|p| p.role == self.role).collect();
         cands.sort_by(|a, b| a.id.cmp(&b.id));
-        let n = if input.n == 0 {
-            cands.len()
-        } else {
-            input.n.min(cands.len())
-        };
+        let n = input.n.min(cands.len());
         let cand_words: Vec<BTreeSet<String>> =
             cands.iter().map(|p| content_words(&p.text)).collect();
         let harmful_test: Vec<&PromptRow> = input
