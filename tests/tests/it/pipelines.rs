@@ -86,7 +86,7 @@ fn every_pipeline_and_example_parses() {
             seen += 1;
         }
     }
-    // smoke, default, paper-cpu, paper-gpu and one example per configurable stage.
+    // smoke, default, models, study, paper-gpu and one example per configurable stage.
     assert!(seen >= 11, "only {seen} pipeline files found");
 }
 
