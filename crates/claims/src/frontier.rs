@@ -122,6 +122,18 @@ pub fn frontier_tests(
     if base.is_empty() {
         bail!("frontier: no base-model point (step 0) in the frontier's responses");
     }
+    let sets: BTreeSet<&str> = base.keys().map(|k| k.0.as_str()).collect();
+    if !sets.contains(HARMFUL_SET)
+        || !cfg
+            .overrefusal_sets
+            .iter()
+            .any(|s| sets.contains(s.as_str()))
+    {
+        bail!(
+            "frontier: the base model's point has sets {sets:?}, but the frontier needs `{HARMFUL_SET}` and one of [claims] overrefusal_sets {:?} (align [eval.frontier] sets with them)",
+            cfg.overrefusal_sets
+        );
+    }
     let line = |v: &str, seed: i64| -> Result<Option<LineOutcomes>> {
         let Some(steps) = lines.get(&(v.to_string(), seed)) else {
             return Ok(None);

@@ -193,6 +193,9 @@ pub fn plan(
         return Ok(None);
     }
     let f = &cfg.section.frontier;
+    if f.sets.is_empty() {
+        bail!("[eval.frontier] sets is empty: the frontier needs over-refusal prompts");
+    }
     let harmful = harmful_pool(&cfg.section, prompts)?;
     let mut fsends = vec![(
         HARMFUL.to_string(),
@@ -295,6 +298,7 @@ pub(crate) fn generate(
             if snap.model.name != v.name || snap.model.seed != v.seed {
                 continue;
             }
+            tracing::info!(snapshot = %snap.label(), "frontier point");
             let mine: Vec<&GenGroup> = plan.groups.iter().filter(|g| g.variant == si).collect();
             let rows = model_generations(cfg, model, &snap.model, &mine, counts)?;
             out.extend(

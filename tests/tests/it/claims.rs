@@ -560,6 +560,13 @@ fn frontier_effect_on_a_synthetic_case_with_a_known_answer() {
         err.contains("`mosr (seed 1)` at step 4") && err.contains("or-03"),
         "{err}"
     );
+    // Claims that pool sets the frontier did not send: refused, named.
+    let other = ClaimsSection {
+        overrefusal_sets: vec!["benign".into()],
+        ..cfg.clone()
+    };
+    let err = format!("{:#}", frontier_tests(&other, &rows).unwrap_err());
+    assert!(err.contains("overrefusal_sets [\"benign\"]"), "{err}");
 }
 
 /// Lines that do not share an ASR value (no base point on them) give no effect and an
