@@ -16,6 +16,9 @@ use crate::{ReportSection, Writer, read_df};
 /// A point of a line: (variant, seed, step, source).
 type Point = (String, Option<i64>, i64, String);
 
+/// Each point's rows by (set, metric), points keyed by the variant's rank first.
+type Points<'a> = BTreeMap<((usize, String), Point), BTreeMap<(&'a str, &'a str), &'a FrontierRow>>;
+
 /// The metrics a point shows: (set, metric, column name).
 const SHOWN: [(&str, &str, &str); 3] = [
     ("harmful", "asr", "ASR"),
@@ -23,11 +26,25 @@ const SHOWN: [(&str, &str, &str); 3] = [
     ("overrefusal", "gibberish", "gibberish"),
 ];
 
-/// One row per point with its ASR, refused and gibberish rates, their intervals and n.
-fn point_table(rows: &[FrontierRow], w: &mut Writer) -> Result<(String, BTreeSet<i64>)> {
-    let mut by: BTreeMap<Point, BTreeMap<(&str, &str), &FrontierRow>> = BTreeMap::new();
+/// Position of a variant in the report's order (unlisted variants after, by name).
+fn rank(cfg: &ReportSection, v: &str) -> (usize, String) {
+    let i = cfg.variant_order.iter().position(|x| x == v);
+    (i.unwrap_or(usize::MAX), v.to_string())
+}
+
+/// One row per point (variants in the report's order) with its ASR, refused and gibberish
+/// rates, their intervals and n.
+fn point_table(
+    cfg: &ReportSection,
+    rows: &[FrontierRow],
+    w: &mut Writer,
+) -> Result<(String, BTreeSet<i64>)> {
+    let mut by = Points::new();
     for r in rows {
-        let p = (r.variant.clone(), r.seed, r.step, r.source.clone());
+        let p = (
+            rank(cfg, &r.variant),
+            (r.variant.clone(), r.seed, r.step, r.source.clone()),
+        );
         by.entry(p)
             .or_default()
             .insert((r.set.as_str(), r.metric.as_str()), r);
@@ -35,7 +52,7 @@ fn point_table(rows: &[FrontierRow], w: &mut Writer) -> Result<(String, BTreeSet
     let mut cols: (Vec<String>, Vec<Option<i64>>, Vec<i64>, Vec<String>) = Default::default();
     let mut vals: Vec<[Vec<Option<f64>>; 3]> = vec![Default::default(); SHOWN.len()];
     let mut ns: [Vec<Option<i64>>; 2] = Default::default();
-    for ((v, seed, step, source), m) in &by {
+    for ((_, (v, seed, step, source)), m) in &by {
         cols.0.push(v.clone());
         cols.1.push(*seed);
         cols.2.push(*step);
@@ -60,7 +77,7 @@ fn point_table(rows: &[FrontierRow], w: &mut Writer) -> Result<(String, BTreeSet
     df.with_column(Column::new("n harmful".into(), nh))?;
     df.with_column(Column::new("n over-refusal".into(), no))?;
     let md = w.table("frontier", &mut df)?;
-    let steps = by.keys().map(|p| p.2).collect();
+    let steps = by.keys().map(|p| p.1.2).collect();
     Ok((md, steps))
 }
 
@@ -86,18 +103,8 @@ fn lines(cfg: &ReportSection, rows: &[FrontierRow]) -> Vec<Series> {
         let hi = c.iter().map(|x| x.2).fold(f64::NEG_INFINITY, f64::max);
         (mean, (lo, hi))
     };
-    let mut order: Vec<&str> = cfg
-        .variant_order
-        .iter()
-        .map(String::as_str)
-        .filter(|v| by.contains_key(v))
-        .collect();
-    order.extend(
-        by.keys()
-            .filter(|v| !order.contains(v))
-            .copied()
-            .collect::<Vec<_>>(),
-    );
+    let mut order: Vec<&str> = by.keys().copied().collect();
+    order.sort_by_key(|v| rank(cfg, v));
     let mut out = Vec::new();
     for v in order {
         let mut s = Series::new(v, Vec::new());
@@ -125,7 +132,7 @@ pub fn frontier(cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result
         }));
     }
     let rows = read_frontier(&path)?;
-    let (md, steps) = point_table(&rows, w)?;
+    let (md, steps) = point_table(cfg, &rows, w)?;
     let mut plot = LinePlot::new(
         "Safety/over-refusal frontier",
         "refused on over-refusal prompts (pooled)",
