@@ -130,7 +130,7 @@ impl LineOutcomes {
 
     /// The line's (ASR, over-refusal) points.
     pub fn points(&self) -> Vec<(f64, f64)> {
-        let (nh, no) = (self.prompts().0, self.prompts().1);
+        let (nh, no) = self.prompts();
         self.points_weighted(&vec![1; nh], &vec![1; no])
     }
 
@@ -186,6 +186,7 @@ impl std::fmt::Display for NoOverlap {
 /// replacement, the same draw for every point of both lines; each draw recomputes both
 /// lines, their overlap and the mean, and draws whose lines no longer overlap are left out
 /// (counted in [`FrontierEffect::resamples`]). `Err` when the observed lines do not overlap.
+/// Panics when the lines did not answer as many prompts.
 pub fn frontier_effect(
     a: &LineOutcomes,
     b: &LineOutcomes,
@@ -201,6 +202,11 @@ pub fn frontier_effect(
         });
     };
     let (nh, no) = a.prompts();
+    assert_eq!(
+        (nh, no),
+        b.prompts(),
+        "frontier lines must answer the same prompts"
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut stats = Vec::with_capacity(resamples);
     for _ in 0..resamples.max(1) {
