@@ -342,6 +342,7 @@ fn check_tables(results: &Path, repo: &Path) -> Result<()> {
         "## Paired comparisons",
         "## Main table",
         "## Ablation",
+        "## Frontier",
         "## Linear probes",
         "## Training curves",
     ] {
@@ -445,7 +446,73 @@ fn check_tables(results: &Path, repo: &Path) -> Result<()> {
             ensure!(x.is_finite(), "training summary {c} = {x}");
         }
     }
-    check_claims(&table, seeds.len())
+    check_claims(&table, seeds.len())?;
+    check_frontier(&table, seeds.len(), finetune.frontier_steps.len())
+}
+
+/// The frontier tables: every variant and seed has a line of base, each snapshot and the
+/// final adapter; every rate lies in its interval; one matched-ASR test per compared variant
+/// and seed, with an effect in [−1, 1] and an interval around it, or a reason for none.
+fn check_frontier(
+    table: &dyn Fn(&str) -> Result<DataFrame>,
+    seeds: usize,
+    snapshots: usize,
+) -> Result<()> {
+    let points = table("frontier")?;
+    let (variant, seed) = (strs(&points, "variant")?, strs(&points, "seed")?);
+    let lines: std::collections::BTreeMap<(&String, &String), usize> = variant
+        .iter()
+        .zip(&seed)
+        .filter(|(v, _)| *v != "base")
+        .fold(Default::default(), |mut m, k| {
+            *m.entry(k).or_default() += 1;
+            m
+        });
+    ensure!(
+        lines.len() == 4 * seeds && lines.values().all(|&n| n == snapshots + 1),
+        "frontier points per (variant, seed): {lines:?}, expected {} snapshots + the final adapter",
+        snapshots
+    );
+    for name in ["ASR", "refused"] {
+        let (v, lo, hi) = (
+            f64s(&points, name)?,
+            f64s(&points, &format!("{name} ci_low"))?,
+            f64s(&points, &format!("{name} ci_high"))?,
+        );
+        for i in 0..v.len() {
+            ensure!(
+                (0.0..=1.0).contains(&v[i]) && lo[i] <= v[i] + 1e-9 && v[i] <= hi[i] + 1e-9,
+                "frontier row {i}: {name} {} outside [{}, {}]",
+                v[i],
+                lo[i],
+                hi[i]
+            );
+        }
+    }
+    let tests = table("frontier_tests")?;
+    let (effect, lo, hi) = (
+        f64s(&tests, "effect")?,
+        f64s(&tests, "ci_low")?,
+        f64s(&tests, "ci_high")?,
+    );
+    let note = strs(&tests, "note")?;
+    ensure!(
+        effect.len() == 3 * seeds,
+        "{} frontier tests for {seeds} seeds",
+        effect.len()
+    );
+    for i in 0..effect.len() {
+        ensure!(
+            (effect[i].abs() <= 1.0 && lo[i] <= hi[i])
+                || (effect[i].is_nan() && !note[i].is_empty()),
+            "frontier test {i}: effect {} in [{}, {}], note `{}`",
+            effect[i],
+            lo[i],
+            hi[i],
+            note[i]
+        );
+    }
+    Ok(())
 }
 
 /// The claims and paired tables: every claim has a rule-given verdict, every paired row is a
@@ -467,9 +534,12 @@ fn check_claims(table: &dyn Fn(&str) -> Result<DataFrame>, seeds: usize) -> Resu
         f64s(&tests, "ci_high")?,
         f64s(&tests, "p_value")?,
     );
+    let verdict = strs(&tests, "verdict")?;
     for i in 0..lo.len() {
+        // A test without an effect (a frontier with no ASR overlap) has no interval.
+        let none = lo[i].is_nan() && hi[i].is_nan() && verdict[i] == "inconclusive";
         ensure!(
-            lo[i] <= hi[i],
+            lo[i] <= hi[i] || none,
             "claim test {i}: interval [{}, {}]",
             lo[i],
             hi[i]

@@ -325,13 +325,104 @@ pub const DISCRIMINATION: TableSchema = TableSchema {
     ],
 };
 
-/// The tables of the claims stage.
-pub const CLAIMS_TABLES: [&TableSchema; 5] = [
+/// `frontier_tests.parquet`: per seed, a variant's safety/over-refusal frontier against
+/// `rr`'s: over-refusal compared at matched ASR (docs/claims.md). Written when the eval stage
+/// wrote `frontier_generations.parquet`.
+pub const FRONTIER_TESTS: TableSchema = TableSchema {
+    name: "frontier_tests",
+    version: 1,
+    columns: &[
+        col!(
+            "seed",
+            Int64,
+            false,
+            "training seed of both lines' adapters"
+        ),
+        col!(
+            "variant",
+            Utf8,
+            false,
+            "line A (mosr, rr_weights, rr_augment)"
+        ),
+        col!("reference", Utf8, false, "line B (`rr`)"),
+        col!(
+            "points_variant",
+            Int64,
+            false,
+            "points on A's line: base, each snapshot step, the final adapter"
+        ),
+        col!("points_reference", Int64, false, "points on B's line"),
+        col!(
+            "harmful_n",
+            Int64,
+            false,
+            "harmful prompts behind each point's ASR (direct requests)"
+        ),
+        col!(
+            "overrefusal_n",
+            Int64,
+            false,
+            "over-refusal prompts behind each point's refusal rate (the pooled sets)"
+        ),
+        col!(
+            "asr_low",
+            Float64,
+            true,
+            "lower end of the ASR range both lines cover; null when they share none"
+        ),
+        col!(
+            "asr_high",
+            Float64,
+            true,
+            "upper end of that range; null when they share none"
+        ),
+        col!(
+            "grid",
+            Int64,
+            false,
+            "ASR values the difference is averaged over"
+        ),
+        col!(
+            "effect",
+            Float64,
+            true,
+            "mean over the grid of A's minus B's interpolated refusal rate; null without overlap"
+        ),
+        col!(
+            "ci_low",
+            Float64,
+            true,
+            "95% paired prompt-bootstrap interval, lower bound"
+        ),
+        col!(
+            "ci_high",
+            Float64,
+            true,
+            "95% paired prompt-bootstrap interval, upper bound"
+        ),
+        col!(
+            "resamples",
+            Int64,
+            false,
+            "bootstrap draws in the interval (draws whose lines no longer overlapped are left out)"
+        ),
+        col!(
+            "note",
+            Utf8,
+            true,
+            "why the test is inconclusive without an effect (no ASR overlap); null otherwise"
+        ),
+    ],
+};
+
+/// The tables of the claims stage (`frontier_tests` only when the evaluation has a frontier).
+pub const CLAIMS_TABLES: [&TableSchema; 6] = [
     &PAIRED_TESTS,
     &BOUNDARY_TESTS,
     &CLAIM_TESTS,
     &CLAIMS,
     &DISCRIMINATION,
+    &FRONTIER_TESTS,
 ];
 
 /// A column of a table being written: the values in row order.
@@ -343,6 +434,7 @@ pub enum Column {
     OptI64(Vec<Option<i64>>),
     I32(Vec<i32>),
     Bool(Vec<bool>),
+    OptStr(Vec<Option<String>>),
 }
 
 impl Column {
@@ -355,6 +447,7 @@ impl Column {
             Column::OptI64(v) => Arc::new(Int64Array::from(v)),
             Column::I32(v) => Arc::new(Int32Array::from(v)),
             Column::Bool(v) => Arc::new(BooleanArray::from(v)),
+            Column::OptStr(v) => Arc::new(StringArray::from(v)),
         }
     }
 }

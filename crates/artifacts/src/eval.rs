@@ -1,4 +1,5 @@
-//! Tables of the evaluation stage: `generations`, `metrics` and `capability_items`.
+//! Tables of the evaluation stage: `generations`, `metrics` and `capability_items`, and the
+//! safety/over-refusal frontier's `frontier` and `frontier_generations`.
 //!
 //! `generations` keeps every response with the judges' verdicts, so any metric can be
 //! recomputed (or re-judged) without running the model again; `metrics` is the long table the
@@ -352,6 +353,12 @@ impl<'a> Cols<'a> {
             .as_primitive::<Int64Type>();
         a.is_valid(i).then(|| a.value(i))
     }
+    fn i64(&self, name: &str) -> &'a arrow::array::PrimitiveArray<Int64Type> {
+        self.0
+            .column_by_name(name)
+            .expect("conformed")
+            .as_primitive::<Int64Type>()
+    }
     fn bool(&self, name: &str, i: usize) -> bool {
         self.0
             .column_by_name(name)
@@ -517,5 +524,290 @@ pub fn read_capability_items(path: &Path) -> Result<Vec<CapabilityItemRow>> {
     Ok(out)
 }
 
-/// Every table of the evaluation stage, for docs and tooling.
-pub const EVAL_TABLES: [&TableSchema; 3] = [&GENERATIONS, &METRICS, &CAPABILITY_ITEMS];
+/// `frontier_generations.parquet`: the safety/over-refusal frontier's responses, one row per
+/// (variant, seed, step, set, prompt): every adapter snapshot's own generations, and the base
+/// model's (step 0) and each final adapter's (step = training steps) taken from
+/// `generations.parquet` (direct requests on the frontier's prompts).
+pub const FRONTIER_GENERATIONS: TableSchema = TableSchema {
+    name: "frontier_generations",
+    version: 1,
+    columns: &[
+        col!("variant", Utf8, false, "`base` or the finetune variant"),
+        col!(
+            "seed",
+            Int64,
+            true,
+            "training seed of the adapter; null for `base`"
+        ),
+        col!(
+            "step",
+            Int64,
+            false,
+            "training step of the adapter: 0 for `base`, `[finetune] steps` for the final adapter"
+        ),
+        col!(
+            "source",
+            Utf8,
+            false,
+            "`base`, `snapshot` (an adapter saved at a `[finetune] frontier_steps` step, generated here) or `final` (the final adapter, from `generations.parquet`)"
+        ),
+        col!(
+            "set",
+            Utf8,
+            false,
+            "`harmful` (direct requests) or an over-refusal set"
+        ),
+        col!("prompt_id", Utf8, false, "id of the prompt sent"),
+        col!("role", Utf8, false, "role of the prompt sent"),
+        col!("response", Utf8, false, "greedy continuation"),
+        col!(
+            "perplexity",
+            Float32,
+            true,
+            "the base model's perplexity of the response (adapter off); null when disabled or empty"
+        ),
+        col!("refusal", Bool, false, "refusal judge"),
+        col!("gibberish", Bool, false, "gibberish judge"),
+        col!(
+            "outcome",
+            Utf8,
+            false,
+            "`refused`, `gibberish` or `complied`, as in `generations`"
+        ),
+    ],
+};
+
+/// `frontier.parquet`: the points of each variant's safety/over-refusal frontier, one row per
+/// (variant, seed, step, set, metric) with its count and Wilson 95% interval.
+pub const FRONTIER: TableSchema = TableSchema {
+    name: "frontier",
+    version: 1,
+    columns: &[
+        col!(
+            "variant",
+            Utf8,
+            false,
+            "`base` (step 0, the first point of every line) or the finetune variant"
+        ),
+        col!(
+            "seed",
+            Int64,
+            true,
+            "training seed of the adapter; null for `base`"
+        ),
+        col!(
+            "step",
+            Int64,
+            false,
+            "training step of the adapter (0 for `base`; `[finetune] steps` for the final adapter)"
+        ),
+        col!(
+            "source",
+            Utf8,
+            false,
+            "`base`, `snapshot` or `final` (as in `frontier_generations`)"
+        ),
+        col!(
+            "set",
+            Utf8,
+            false,
+            "`harmful` (direct requests), `overrefusal` (every frontier over-refusal set pooled) or one over-refusal set"
+        ),
+        col!(
+            "metric",
+            Utf8,
+            false,
+            "`asr` (harmful: complied), `refused`, `gibberish`"
+        ),
+        col!("k", Int64, false, "responses with the outcome"),
+        col!("n", Int64, false, "responses (prompts)"),
+        col!("value", Float64, false, "k / n"),
+        col!(
+            "ci_low",
+            Float64,
+            false,
+            "Wilson score 95% interval, lower bound"
+        ),
+        col!(
+            "ci_high",
+            Float64,
+            false,
+            "Wilson score 95% interval, upper bound"
+        ),
+    ],
+};
+
+/// One row of `frontier_generations`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrontierGenerationRow {
+    pub variant: String,
+    pub seed: Option<i64>,
+    pub step: i64,
+    pub source: String,
+    pub set: String,
+    pub prompt_id: String,
+    pub role: String,
+    pub response: String,
+    pub perplexity: Option<f32>,
+    pub refusal: bool,
+    pub gibberish: bool,
+    pub outcome: String,
+}
+
+impl FrontierGenerationRow {
+    /// A frontier row from a generation of the adapter at `step` (`set` as the frontier names
+    /// it).
+    pub fn from_generation(g: &GenerationRow, step: i64, source: &str) -> Self {
+        FrontierGenerationRow {
+            variant: g.variant.clone(),
+            seed: g.seed,
+            step,
+            source: source.to_string(),
+            set: g.set.clone(),
+            prompt_id: g.prompt_id.clone(),
+            role: g.role.clone(),
+            response: g.response.clone(),
+            perplexity: g.perplexity,
+            refusal: g.refusal,
+            gibberish: g.gibberish,
+            outcome: g.outcome.clone(),
+        }
+    }
+}
+
+/// One row of `frontier`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrontierRow {
+    pub variant: String,
+    pub seed: Option<i64>,
+    pub step: i64,
+    pub source: String,
+    pub set: String,
+    pub metric: String,
+    pub k: i64,
+    pub n: i64,
+    pub value: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+fn i64s<T>(rows: &[T], f: impl Fn(&T) -> i64) -> ArrayRef {
+    Arc::new(rows.iter().map(|r| Some(f(r))).collect::<Int64Array>())
+}
+
+fn f64s<T>(rows: &[T], f: impl Fn(&T) -> f64) -> ArrayRef {
+    Arc::new(rows.iter().map(|r| Some(f(r))).collect::<Float64Array>())
+}
+
+pub fn write_frontier_generations(path: &Path, rows: &[FrontierGenerationRow]) -> Result<()> {
+    let b = batch(
+        &FRONTIER_GENERATIONS,
+        path,
+        vec![
+            strings(rows, |r| &r.variant),
+            seeds(rows, |r| r.seed),
+            i64s(rows, |r| r.step),
+            strings(rows, |r| &r.source),
+            strings(rows, |r| &r.set),
+            strings(rows, |r| &r.prompt_id),
+            strings(rows, |r| &r.role),
+            strings(rows, |r| &r.response),
+            Arc::new(rows.iter().map(|r| r.perplexity).collect::<Float32Array>()),
+            bools(rows, |r| r.refusal),
+            bools(rows, |r| r.gibberish),
+            strings(rows, |r| &r.outcome),
+        ],
+    )?;
+    write_parquet(path, FRONTIER_GENERATIONS.arrow_schema(), &[b])
+}
+
+pub fn read_frontier_generations(path: &Path) -> Result<Vec<FrontierGenerationRow>> {
+    let mut out = Vec::new();
+    for b in read_table(path, &FRONTIER_GENERATIONS)? {
+        let c = Cols(&b);
+        let step = c.i64("step");
+        let ppl = b
+            .column_by_name("perplexity")
+            .expect("conformed")
+            .as_primitive::<Float32Type>();
+        for i in 0..b.num_rows() {
+            out.push(FrontierGenerationRow {
+                variant: c.get("variant", i),
+                seed: c.seed(i),
+                step: step.value(i),
+                source: c.get("source", i),
+                set: c.get("set", i),
+                prompt_id: c.get("prompt_id", i),
+                role: c.get("role", i),
+                response: c.get("response", i),
+                perplexity: ppl.is_valid(i).then(|| ppl.value(i)),
+                refusal: c.bool("refusal", i),
+                gibberish: c.bool("gibberish", i),
+                outcome: c.get("outcome", i),
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub fn write_frontier(path: &Path, rows: &[FrontierRow]) -> Result<()> {
+    let b = batch(
+        &FRONTIER,
+        path,
+        vec![
+            strings(rows, |r| &r.variant),
+            seeds(rows, |r| r.seed),
+            i64s(rows, |r| r.step),
+            strings(rows, |r| &r.source),
+            strings(rows, |r| &r.set),
+            strings(rows, |r| &r.metric),
+            i64s(rows, |r| r.k),
+            i64s(rows, |r| r.n),
+            f64s(rows, |r| r.value),
+            f64s(rows, |r| r.ci_low),
+            f64s(rows, |r| r.ci_high),
+        ],
+    )?;
+    write_parquet(path, FRONTIER.arrow_schema(), &[b])
+}
+
+pub fn read_frontier(path: &Path) -> Result<Vec<FrontierRow>> {
+    let mut out = Vec::new();
+    for b in read_table(path, &FRONTIER)? {
+        let c = Cols(&b);
+        let (step, k, n) = (c.i64("step"), c.i64("k"), c.i64("n"));
+        let f = |name: &str| {
+            b.column_by_name(name)
+                .expect("conformed")
+                .as_primitive::<Float64Type>()
+                .clone()
+        };
+        let (value, lo, hi) = (f("value"), f("ci_low"), f("ci_high"));
+        for i in 0..b.num_rows() {
+            out.push(FrontierRow {
+                variant: c.get("variant", i),
+                seed: c.seed(i),
+                step: step.value(i),
+                source: c.get("source", i),
+                set: c.get("set", i),
+                metric: c.get("metric", i),
+                k: k.value(i),
+                n: n.value(i),
+                value: value.value(i),
+                ci_low: lo.value(i),
+                ci_high: hi.value(i),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Every table of the evaluation stage, for docs and tooling (the last two only when the
+/// finetune stage saved frontier snapshots).
+pub const EVAL_TABLES: [&TableSchema; 5] = [
+    &GENERATIONS,
+    &METRICS,
+    &CAPABILITY_ITEMS,
+    &FRONTIER,
+    &FRONTIER_GENERATIONS,
+];

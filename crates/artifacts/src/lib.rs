@@ -52,7 +52,10 @@ pub use hash::{sha256_bytes, sha256_file};
 pub use manifest::{StageManifest, code_version, now_rfc3339};
 pub use parquet_io::{read_parquet_raw, read_table, write_parquet};
 pub use pipeline::{PipelineFile, RunSection, Size};
-pub use run_dir::{RunDir, RunLock, StageWork, instance_dir, list_instances, stage_key};
+pub use run_dir::{
+    RunDir, RunLock, StageWork, instance_dir, list_instances, list_snapshots, snapshot_dir,
+    stage_key,
+};
 pub use schema::{ColType, ColumnSpec, TableSchema};
 pub use tables::{
     CapabilityRow, JudgeLabelRow, PromptRow, Role, Split, read_capability, read_judge_labels,

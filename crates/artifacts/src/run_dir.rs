@@ -32,6 +32,28 @@ pub fn instance_dir(variant: &str, seed: u64) -> String {
     format!("{variant}/seed-{seed}")
 }
 
+/// An instance's adapter snapshot at training step `step` (the safety/over-refusal frontier's
+/// points, `[finetune] frontier_steps`), relative to the instance folder.
+pub fn snapshot_dir(step: u64) -> String {
+    format!("step-{step}/adapter")
+}
+
+/// The complete adapter snapshots of an instance folder (`step-<t>/adapter` with its
+/// `adapter_config.json`), as (step, path), in step order.
+pub fn list_snapshots(instance: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(instance)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+                .map(|t| (t, instance.join(snapshot_dir(t))))
+                .filter(|(_, p)| p.join("adapter_config.json").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// Every `<variant>/seed-<seed>` folder under `stage_dir`, as (variant, seed, path), sorted
 /// by variant then seed; other folders are ignored.
 pub fn list_instances(stage_dir: &Path) -> Vec<(String, u64, PathBuf)> {

@@ -10,6 +10,9 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Dashed stroke (e.g. to tell compliance from refusal mass).
     pub dashed: bool,
+    /// Interval of each point's x and y (low, high), drawn as whiskers; empty: none.
+    pub x_err: Vec<(f64, f64)>,
+    pub y_err: Vec<(f64, f64)>,
 }
 
 impl Series {
@@ -18,6 +21,8 @@ impl Series {
             name: name.into(),
             points,
             dashed: false,
+            x_err: Vec::new(),
+            y_err: Vec::new(),
         }
     }
 }
@@ -29,6 +34,9 @@ pub struct LinePlot {
     pub x_label: String,
     pub y_label: String,
     pub y_range: Option<(f64, f64)>,
+    /// Fixes the x axis (e.g. 0..1 for rates; its ticks may then fall between integers);
+    /// otherwise it fits the data, with ticks at whole numbers (layers, steps).
+    pub x_range: Option<(f64, f64)>,
     /// Horizontal reference lines (value, label), e.g. the two centroids of the boundary plot.
     pub h_lines: Vec<(f64, String)>,
     pub series: Vec<Series>,
@@ -73,6 +81,7 @@ impl LinePlot {
             x_label: x_label.into(),
             y_label: y_label.into(),
             y_range: None,
+            x_range: None,
             h_lines: Vec::new(),
             series: Vec::new(),
         }
@@ -106,6 +115,9 @@ impl LinePlot {
         if let Some((a, b)) = self.y_range {
             (y0, y1) = (a, b);
         }
+        if let Some((a, b)) = self.x_range {
+            (x0, x1) = (a, b);
+        }
         if x1 - x0 < 1e-12 {
             x1 = x0 + 1.0;
         }
@@ -133,33 +145,19 @@ impl LinePlot {
             esc(&self.title)
         );
         // Grid and ticks.
-        let ys = tick_step(y1 - y0);
-        let mut t = (y0 / ys).ceil() * ys;
-        while t <= y1 + 1e-9 {
-            let y = sy(t);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
-                left + pw,
-                left - 6.0,
-                y + 4.0,
-                fmt_tick(t, ys)
-            );
-            t += ys;
-        }
-        let xs = tick_step(x1 - x0).max(1.0);
-        let mut t = (x0 / xs).ceil() * xs;
-        while t <= x1 + 1e-9 {
-            let x = sx(t);
-            let _ = writeln!(
-                s,
-                r##"<line x1="{x:.1}" x2="{x:.1}" y1="{top}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
-                top + ph,
-                top + ph + 16.0,
-                fmt_tick(t, xs)
-            );
-            t += xs;
-        }
+        let xs = match self.x_range {
+            Some(_) => tick_step(x1 - x0),
+            None => tick_step(x1 - x0).max(1.0),
+        };
+        let frame = (left, top, pw, ph);
+        draw_ticks(
+            &mut s,
+            frame,
+            (y0, y1, tick_step(y1 - y0)),
+            (x0, x1, xs),
+            &sx,
+            &sy,
+        );
         let _ = writeln!(
             s,
             r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
@@ -190,38 +188,7 @@ impl LinePlot {
             );
         }
         for (i, se) in self.series.iter().enumerate() {
-            let color = PALETTE[i % PALETTE.len()];
-            let path: Vec<String> = se
-                .points
-                .iter()
-                .filter(|p| p.0.is_finite() && p.1.is_finite())
-                .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-                .collect();
-            let dash = if se.dashed {
-                r#" stroke-dasharray="6 4""#
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                s,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
-                path.join(" ")
-            );
-            // Markers: a series of one point (a variant in a scatter) is still visible.
-            for p in &path {
-                let (cx, cy) = p.split_once(',').expect("formatted pair");
-                let _ = writeln!(s, r#"<circle cx="{cx}" cy="{cy}" r="3" fill="{color}"/>"#);
-            }
-            let ly = top + 10.0 + 18.0 * i as f64;
-            let lx = left + pw + 12.0;
-            let _ = writeln!(
-                s,
-                r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
-                lx + 22.0,
-                lx + 28.0,
-                ly + 4.0,
-                esc(&se.name)
-            );
+            draw_series(&mut s, i, se, &sx, &sy, (left + pw + 12.0, top));
         }
         s.push_str("</svg>\n");
         s
@@ -231,6 +198,107 @@ impl LinePlot {
     pub fn write(&self, path: &std::path::Path) -> crate::Result<()> {
         crate::write_bytes_atomic(path, self.render().as_bytes())
     }
+}
+
+/// Horizontal grid lines with y ticks and vertical ones with x ticks (`frame` = left, top,
+/// width, height of the plot area; each axis as (from, to, tick step)).
+fn draw_ticks(
+    s: &mut String,
+    (left, top, pw, ph): (f64, f64, f64, f64),
+    (y0, y1, ys): (f64, f64, f64),
+    (x0, x1, xs): (f64, f64, f64),
+    sx: &dyn Fn(f64) -> f64,
+    sy: &dyn Fn(f64) -> f64,
+) {
+    let mut t = (y0 / ys).ceil() * ys;
+    while t <= y1 + 1e-9 {
+        let y = sy(t);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            left + pw,
+            left - 6.0,
+            y + 4.0,
+            fmt_tick(t, ys)
+        );
+        t += ys;
+    }
+    let mut t = (x0 / xs).ceil() * xs;
+    while t <= x1 + 1e-9 {
+        let x = sx(t);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" x2="{x:.1}" y1="{top}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
+            top + ph,
+            top + ph + 16.0,
+            fmt_tick(t, xs)
+        );
+        t += xs;
+    }
+}
+
+/// One series: its whiskers, line, markers and legend entry (`legend` = (x, top)).
+fn draw_series(
+    s: &mut String,
+    i: usize,
+    se: &Series,
+    sx: &dyn Fn(f64) -> f64,
+    sy: &dyn Fn(f64) -> f64,
+    legend: (f64, f64),
+) {
+    let color = PALETTE[i % PALETTE.len()];
+    let finite = |p: &(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    for (k, &(x, y)) in se.points.iter().enumerate().filter(|(_, p)| finite(p)) {
+        if let Some(&(lo, hi)) = se.y_err.get(k).filter(|e| finite(e)) {
+            let _ = writeln!(
+                s,
+                r#"<line x1="{x:.1}" x2="{x:.1}" y1="{:.1}" y2="{:.1}" stroke="{color}" stroke-width="1" opacity="0.6"/>"#,
+                sy(lo),
+                sy(hi),
+                x = sx(x)
+            );
+        }
+        if let Some(&(lo, hi)) = se.x_err.get(k).filter(|e| finite(e)) {
+            let _ = writeln!(
+                s,
+                r#"<line x1="{:.1}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="{color}" stroke-width="1" opacity="0.6"/>"#,
+                sx(lo),
+                sx(hi),
+                y = sy(y)
+            );
+        }
+    }
+    let path: Vec<String> = se
+        .points
+        .iter()
+        .filter(|p| finite(p))
+        .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+        .collect();
+    let dash = if se.dashed {
+        r#" stroke-dasharray="6 4""#
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        s,
+        r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
+        path.join(" ")
+    );
+    // Markers: a series of one point (a variant in a scatter) is still visible.
+    for p in &path {
+        let (cx, cy) = p.split_once(',').expect("formatted pair");
+        let _ = writeln!(s, r#"<circle cx="{cx}" cy="{cy}" r="3" fill="{color}"/>"#);
+    }
+    let (lx, top) = legend;
+    let ly = top + 10.0 + 18.0 * i as f64;
+    let _ = writeln!(
+        s,
+        r#"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/><text x="{}" y="{}">{}</text>"#,
+        lx + 22.0,
+        lx + 28.0,
+        ly + 4.0,
+        esc(&se.name)
+    );
 }
 
 fn fmt_tick(v: f64, step: f64) -> String {

@@ -288,17 +288,20 @@ fn claim_row(claim: &'static str, statement: &'static str, tests: &[&ClaimTest])
 }
 
 /// Every claim test and every claim's verdict. `layer` is C1's chosen layer (none without
-/// probe scores).
+/// probe scores); `frontier` holds the matched-ASR tests (`crate::frontier`), judged with
+/// the others of their claim.
 pub fn assemble(
     cfg: &ClaimsSection,
     paired: &[PairedRow],
     boundary: &[BoundaryTest],
     layer: Option<i32>,
+    frontier: &[ClaimTest],
 ) -> (Vec<ClaimTest>, Vec<ClaimRow>) {
     let mut tests = layer
         .map(|l| boundary_claim_tests(cfg, boundary, l))
         .unwrap_or_default();
     tests.extend(paired_claim_tests(cfg, paired));
+    tests.extend(frontier.iter().cloned());
     let mut claims = vec![claim_row(
         "C1",
         C1_STATEMENT,

@@ -9,12 +9,14 @@
 //!
 //! C2–C4 rest on paired tests ([`paired`]): every variant answered the same prompts, so a
 //! comparison is over pairs of responses, with a paired cluster-bootstrap interval and a
-//! McNemar p-value. Over-refusal in the claims means refusals (the paper's notion); gibberish
-//! is its own column in `paired_tests`. Verdicts follow from the numbers by the rules of
+//! McNemar p-value; C3 and C4 are also tested along the safety/over-refusal frontier, at
+//! matched ASR ([`frontier`]), when the evaluation has one. Over-refusal in the claims means
+//! refusals (the paper's notion); gibberish is its own column in `paired_tests`. Verdicts follow from the numbers by the rules of
 //! [`verdict`] (docs/claims.md), never by hand.
 
 pub mod boundary;
 pub mod claims;
+pub mod frontier;
 pub mod paired;
 pub mod stage;
 pub mod verdict;

@@ -6,15 +6,17 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use mosr_artifacts::claims::{
-    BOUNDARY_TESTS, CLAIM_TESTS, CLAIMS, Column, DISCRIMINATION, PAIRED_TESTS, write_columns,
+    BOUNDARY_TESTS, CLAIM_TESTS, CLAIMS, Column, DISCRIMINATION, FRONTIER_TESTS, PAIRED_TESTS,
+    write_columns,
 };
-use mosr_artifacts::eval::read_generations;
+use mosr_artifacts::eval::{read_frontier_generations, read_generations};
 use mosr_artifacts::{PipelineFile, StageManifest, sha256_file};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::boundary::{self, BoundaryTest};
 use crate::claims::{ClaimRow, ClaimTest, assemble};
+use crate::frontier::{FrontierTest, claim_test, frontier_tests};
 use crate::paired::{DiscriminationRow, PairedRow, discrimination_rows, paired_rows};
 
 /// `[claims]` section of a pipeline file.
@@ -91,9 +93,17 @@ pub struct ClaimsOutputs {
     pub layer: Option<i32>,
     pub tests: Vec<ClaimTest>,
     pub claims: Vec<ClaimRow>,
+    /// The matched-ASR frontier tests; `None` when the evaluation has no frontier.
+    pub frontier: Option<Vec<FrontierTest>>,
 }
 
-/// Reads the inputs, computes every table and writes them into `out_dir`.
+/// The eval stage's frontier responses beside `generations.parquet`, when it wrote them.
+pub fn frontier_generations_path(generations: &Path) -> PathBuf {
+    generations.with_file_name("frontier_generations.parquet")
+}
+
+/// Reads the inputs, computes every table and writes them into `out_dir`; with the eval
+/// stage's `frontier_generations.parquet` beside `generations`, also the frontier tests.
 pub fn run(
     cfg: &ClaimsSection,
     generations: &Path,
@@ -123,7 +133,19 @@ pub fn run(
         pairs = paired.len(),
         layer, rule, "claims: paired and boundary tests"
     );
-    let (tests, claims) = assemble(cfg, &paired, &boundary, layer);
+    let fpath = frontier_generations_path(generations);
+    let frontier = if fpath.is_file() {
+        let rows = read_frontier_generations(&fpath)?;
+        Some(frontier_tests(cfg, &rows).with_context(|| format!("{}", fpath.display()))?)
+    } else {
+        None
+    };
+    let ftests: Vec<ClaimTest> = frontier
+        .iter()
+        .flatten()
+        .map(|t| claim_test(cfg, t))
+        .collect();
+    let (tests, claims) = assemble(cfg, &paired, &boundary, layer, &ftests);
     let discrimination = discrimination_rows(&rows, cfg.resamples);
     let out = ClaimsOutputs {
         paired,
@@ -132,6 +154,7 @@ pub fn run(
         layer,
         tests,
         claims,
+        frontier,
     };
     write_all(&out, out_dir)?;
     Ok(out)
@@ -143,7 +166,38 @@ fn write_all(o: &ClaimsOutputs, dir: &Path) -> Result<()> {
     write_tests(&dir.join("claim_tests.parquet"), &o.tests)?;
     write_claims(&dir.join("claims.parquet"), &o.claims)?;
     write_discrimination(&dir.join("discrimination.parquet"), &o.discrimination)?;
+    if let Some(f) = &o.frontier {
+        write_frontier(&dir.join("frontier_tests.parquet"), f)?;
+    }
     Ok(())
+}
+
+fn write_frontier(path: &Path, r: &[FrontierTest]) -> Result<()> {
+    let ok = |g: fn(&mosr_stats::FrontierEffect) -> f64| {
+        Column::OptF64(r.iter().map(|x| x.result.as_ref().ok().map(g)).collect())
+    };
+    let cols = vec![
+        i(r, |x| x.seed),
+        s(r, |x| x.variant.clone()),
+        s(r, |x| x.reference.clone()),
+        i(r, |x| x.points_variant as i64),
+        i(r, |x| x.points_reference as i64),
+        i(r, |x| x.harmful_n as i64),
+        i(r, |x| x.overrefusal_n as i64),
+        ok(|e| e.asr_low),
+        ok(|e| e.asr_high),
+        i(r, |_| crate::frontier::GRID as i64),
+        ok(|e| e.effect),
+        ok(|e| e.ci_low),
+        ok(|e| e.ci_high),
+        i(r, |x| x.result.as_ref().map_or(0, |e| e.resamples as i64)),
+        Column::OptStr(
+            r.iter()
+                .map(|x| x.result.as_ref().err().map(|e| e.to_string()))
+                .collect(),
+        ),
+    ];
+    Ok(write_columns(path, &FRONTIER_TESTS, cols)?)
 }
 
 fn write_discrimination(path: &Path, r: &[DiscriminationRow]) -> Result<()> {
@@ -284,6 +338,7 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
     }
     let started = Instant::now();
     let generations = run_dir.stage_dir("eval").join("generations.parquet");
+    let frontier = frontier_generations_path(&generations);
     let scores = run_dir.stage_dir("probe").join("probe_scores.parquet");
     let work = run_dir.begin("claims", &key)?;
     let out = run(
@@ -302,11 +357,19 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
     manifest
         .inputs
         .insert("probe/probe_scores.parquet".into(), sha256_file(&scores)?);
+    if frontier.is_file() {
+        let h = sha256_file(&frontier)?;
+        manifest
+            .inputs
+            .insert("eval/frontier_generations.parquet".into(), h);
+    }
     for t in mosr_artifacts::claims::CLAIMS_TABLES {
         let name = format!("{}.parquet", t.name);
-        manifest
-            .outputs
-            .insert(name.clone(), sha256_file(&work.dir().join(&name))?);
+        let path = work.dir().join(&name);
+        // `frontier_tests` exists only when the evaluation has a frontier.
+        if t.name != FRONTIER_TESTS.name || path.is_file() {
+            manifest.outputs.insert(name, sha256_file(&path)?);
+        }
     }
     manifest
         .row_counts
@@ -314,6 +377,11 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
     manifest
         .row_counts
         .insert("claim_tests".into(), out.tests.len() as u64);
+    if let Some(f) = &out.frontier {
+        manifest
+            .row_counts
+            .insert("frontier_tests".into(), f.len() as u64);
+    }
     manifest.seed = Some(file.run.seed);
     manifest.wall_time_s = started.elapsed().as_secs_f64();
     Ok(work.commit(manifest)?)

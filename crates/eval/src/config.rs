@@ -9,6 +9,7 @@ use crate::attacks::prefill::PrefillConfig;
 use crate::attacks::template::TemplateConfig;
 use crate::attacks::tense::TenseConfig;
 use crate::capability::CapabilityConfig;
+use crate::frontier::FrontierSection;
 use crate::judges::{GibberishJudgeConfig, RefusalJudgeConfig};
 use mosr_artifacts::Size;
 
@@ -53,6 +54,11 @@ pub struct EvalSection {
     pub refusal: RefusalJudgeConfig,
     pub gibberish: GibberishJudgeConfig,
     pub capability: CapabilityConfig,
+    /// The safety/over-refusal frontier's prompts (used when the finetune stage saved
+    /// snapshots, `[finetune] frontier_steps`). Left out of the serialized section while
+    /// default, so stage keys of runs made before it existed stay valid.
+    #[serde(skip_serializing_if = "FrontierSection::is_default")]
+    pub frontier: FrontierSection,
 }
 
 impl Default for EvalSection {
@@ -82,6 +88,7 @@ impl Default for EvalSection {
             refusal: RefusalJudgeConfig::default(),
             gibberish: GibberishJudgeConfig::default(),
             capability: CapabilityConfig::default(),
+            frontier: FrontierSection::default(),
         }
     }
 }

@@ -11,10 +11,13 @@
 //! * [`likelihood`], [`capability`]: continuation log-likelihoods, option scoring.
 //! * [`sets`]: seeded sampling and custom JSONL/Parquet sets.
 //! * [`stage`]: [`run`] and [`run_pipeline_stage`] (the `[eval]` section, resumable groups).
+//! * [`frontier`]: the safety/over-refusal frontier over the finetune stage's adapter
+//!   snapshots (`[eval.frontier]`).
 
 pub mod attacks;
 pub mod capability;
 pub mod config;
+pub mod frontier;
 pub mod judges;
 pub mod likelihood;
 pub mod metrics;

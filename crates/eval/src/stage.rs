@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::attacks::{self, AttackInput, AttackPrompt, plain};
 use crate::config::EvalSection;
+use crate::frontier::FrontierInputs;
 use crate::judges::{self, PerplexityContext};
 use crate::likelihood::{Item, continuation_logprobs, perplexity};
 use crate::metrics;
@@ -81,6 +82,9 @@ pub struct EvalConfig {
     pub out_dir: PathBuf,
     /// Earlier output folders whose group files may be reused.
     pub reuse_dirs: Vec<PathBuf>,
+    /// The finetune stage's adapter snapshots (the safety/over-refusal frontier); empty:
+    /// no frontier.
+    pub frontier: FrontierInputs,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +96,8 @@ pub struct EvalOutputs {
     pub groups_generated: usize,
     pub groups_reused: usize,
     pub metric_rows: Vec<MetricRow>,
+    /// `frontier.parquet`, when the finetune stage saved snapshots.
+    pub frontier: Option<PathBuf>,
 }
 
 /// Checks an adapter folder before any model work: both files present, and recorded against
@@ -130,12 +136,12 @@ const WAVE_BATCHES: usize = 2;
 
 /// One planned group of generations.
 #[derive(Debug, Clone)]
-struct GenGroup {
-    variant: usize,
-    set: String,
-    attack: String,
-    prompts: Vec<AttackPrompt>,
-    file: String,
+pub(crate) struct GenGroup {
+    pub variant: usize,
+    pub set: String,
+    pub attack: String,
+    pub prompts: Vec<AttackPrompt>,
+    pub file: String,
 }
 
 /// One planned capability group.
@@ -171,12 +177,8 @@ struct PlannedSet {
     prompts: Vec<PromptRow>,
 }
 
-fn plan_sets(
-    cfg: &EvalConfig,
-    prompts_path: &Path,
-    prompts: &[PromptRow],
-) -> Result<(Vec<PromptRow>, Vec<PlannedSet>)> {
-    let s = &cfg.section;
+/// The harmful prompts of `[eval] harmful_split`, by id: what the attacks sample from.
+pub(crate) fn harmful_pool(s: &EvalSection, prompts: &[PromptRow]) -> Result<Vec<PromptRow>> {
     let split: mosr_artifacts::Split = s
         .harmful_split
         .parse()
@@ -187,6 +189,35 @@ fn plan_sets(
         .cloned()
         .collect();
     harmful.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(harmful)
+}
+
+/// The prompts a set named after a data-stage role samples from, by id.
+pub(crate) fn set_pool(name: &str, prompts: &[PromptRow]) -> Result<Vec<PromptRow>> {
+    let role: Role = name.parse().map_err(|e: String| {
+        anyhow::anyhow!(
+            "[eval] sets: {e}; sets are data-stage roles such as overrefusal_safe, \
+             overrefusal_unsafe_contrast, overrefusal_borderline"
+        )
+    })?;
+    let mut rows: Vec<PromptRow> = prompts.iter().filter(|p| p.role == role).cloned().collect();
+    // Benign and harmful prompts have train/dev/test splits: evaluate on test only.
+    // Over-refusal and jailbreak roles are test-only; pseudo-malicious is train-only (a
+    // set of it measures refusals on the reference bank itself).
+    if matches!(role, Role::Benign | Role::Harmful) {
+        rows.retain(|p| p.split == mosr_artifacts::Split::Test);
+    }
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(rows)
+}
+
+fn plan_sets(
+    cfg: &EvalConfig,
+    prompts_path: &Path,
+    prompts: &[PromptRow],
+) -> Result<(Vec<PromptRow>, Vec<PlannedSet>)> {
+    let s = &cfg.section;
+    let harmful = harmful_pool(s, prompts)?;
     if !s.attacks.is_empty() && harmful.is_empty() {
         bail!(
             "{}: no harmful prompts in split `{}`: nothing to attack",
@@ -197,20 +228,7 @@ fn plan_sets(
     let harmful = sets::sample(&harmful, s.harmful_n.at_most(), cfg.seed, "harmful");
     let mut planned = Vec::new();
     for name in &s.sets {
-        let role: Role = name.parse().map_err(|e: String| {
-            anyhow::anyhow!(
-                "[eval] sets: {e}; sets are data-stage roles such as overrefusal_safe, \
-                 overrefusal_unsafe_contrast, overrefusal_borderline"
-            )
-        })?;
-        let mut rows: Vec<PromptRow> = prompts.iter().filter(|p| p.role == role).cloned().collect();
-        // Benign and harmful prompts have train/dev/test splits: evaluate on test only.
-        // Over-refusal and jailbreak roles are test-only; pseudo-malicious is train-only (a
-        // set of it measures refusals on the reference bank itself).
-        if matches!(role, Role::Benign | Role::Harmful) {
-            rows.retain(|p| p.split == mosr_artifacts::Split::Test);
-        }
-        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        let rows = set_pool(name, prompts)?;
         if rows.is_empty() {
             bail!(
                 "{}: set `{name}` is empty (no prompts with role `{name}`)",
@@ -312,6 +330,49 @@ fn plan_capability(
     Ok(out)
 }
 
+/// What determines a generation group's responses besides its prompts.
+pub(crate) fn gen_settings(s: &EvalSection) -> serde_json::Value {
+    serde_json::json!({
+        "max_new_tokens": s.max_new_tokens,
+        "perplexity": s.gibberish.perplexity,
+        "perplexity_context": s.gibberish.perplexity_context,
+        "greedy": true,
+    })
+}
+
+/// The evaluated model a group belongs to: its index, label (file names), identity (model
+/// and adapter hashes) and the generation settings.
+pub(crate) struct GroupAt<'a> {
+    pub variant: usize,
+    pub label: &'a str,
+    pub vkey: &'a serde_json::Value,
+    pub settings: &'a serde_json::Value,
+}
+
+/// A generation group, its file named with a key over everything that determines its
+/// responses (model, adapter, settings, the prompts as sent).
+pub(crate) fn gen_group(at: &GroupAt, set: &str, attack: &str, p: &[AttackPrompt]) -> GenGroup {
+    let prompts_json: Vec<_> = p
+        .iter()
+        .map(|x| serde_json::json!([x.prompt_id, x.user, x.prefill]))
+        .collect();
+    let key = key_of(&serde_json::json!({
+        "v": at.vkey, "gen": at.settings, "prompts": prompts_json,
+    }));
+    GenGroup {
+        variant: at.variant,
+        set: set.to_string(),
+        attack: attack.to_string(),
+        prompts: p.to_vec(),
+        file: format!(
+            "gen.{}.{}.{}.{key}.parquet",
+            sanitize(at.label),
+            sanitize(set),
+            sanitize(attack)
+        ),
+    }
+}
+
 /// Finds a group file in the output folder, or copies it from an earlier one.
 fn find_group(cfg: &EvalConfig, file: &str) -> Result<Option<PathBuf>> {
     let here = cfg.out_dir.join("groups").join(file);
@@ -330,15 +391,24 @@ fn find_group(cfg: &EvalConfig, file: &str) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// The model, loaded on first use, with the adapter of the variant last switched to.
-struct Model<'a> {
+/// The model, loaded on first use, with the adapter of the model last switched to.
+pub(crate) struct Model<'a> {
     cfg: &'a EvalConfig,
     lm: Option<LanguageModel>,
-    current: Option<usize>,
+    /// The adapter folder of the model last switched to (`Some(None)`: the base model).
+    current: Option<Option<PathBuf>>,
 }
 
 impl<'a> Model<'a> {
-    fn get(&mut self, variant: usize) -> Result<&LanguageModel> {
+    pub(crate) fn new(cfg: &'a EvalConfig) -> Self {
+        Model {
+            cfg,
+            lm: None,
+            current: None,
+        }
+    }
+
+    fn get(&mut self, v: &Variant) -> Result<&LanguageModel> {
         if self.lm.is_none() {
             let t0 = Instant::now();
             let device = mosr_lm::device_from_name(&self.cfg.device)?;
@@ -346,8 +416,7 @@ impl<'a> Model<'a> {
             info!(model = %self.cfg.model.display(), secs = t0.elapsed().as_secs_f64(), "model loaded");
             self.lm = Some(lm);
         }
-        if self.current != Some(variant) {
-            let v = &self.cfg.variants[variant];
+        if self.current.as_ref() != Some(&v.adapter) {
             if let Some(dir) = &v.adapter {
                 let mut lm = self.lm.take().expect("loaded");
                 let (net, lora) = mosr_lm::adapter::load(lm.net, dir, Some(&self.cfg.model_sha256))
@@ -356,7 +425,7 @@ impl<'a> Model<'a> {
                 info!(variant = %v.label(), rank = lora.rank, layers = lora.layers.len(), "adapter loaded");
                 self.lm = Some(lm);
             }
-            self.current = Some(variant);
+            self.current = Some(v.adapter.clone());
         }
         Ok(self.lm.as_ref().expect("loaded"))
     }
@@ -368,9 +437,10 @@ impl<'a> Model<'a> {
 fn generate_wave(
     lm: &LanguageModel,
     cfg: &EvalConfig,
+    v: &Variant,
     groups: &[&GenGroup],
-    adapter: bool,
 ) -> Result<Vec<Vec<GenerationRow>>> {
+    let adapter = v.adapter.is_some();
     let s = &cfg.section;
     // (group, prompt, token ids)
     let mut jobs: Vec<(usize, usize, Vec<u32>)> = Vec::new();
@@ -438,8 +508,8 @@ fn generate_wave(
             let g = groups[gi];
             let ap = &g.prompts[pi];
             rows[gi][pi] = Some(GenerationRow {
-                variant: cfg.variants[g.variant].name.clone(),
-                seed: cfg.variants[g.variant].seed.map(|s| s as i64),
+                variant: v.name.clone(),
+                seed: v.seed.map(|s| s as i64),
                 set: g.set.clone(),
                 attack: g.attack.clone(),
                 attack_detail: ap.detail.clone(),
@@ -465,7 +535,7 @@ fn generate_wave(
         done += chunk.len();
         let secs = t0.elapsed().as_secs_f64();
         info!(
-            variant = %cfg.variants[groups[0].variant].label(),
+            variant = %v.label(),
             groups = groups.len(),
             first = %format!("{}/{}", groups[0].set, groups[0].attack),
             done,
@@ -484,6 +554,65 @@ fn generate_wave(
                 .collect();
             judge_rows(s, &mut g);
             g
+        })
+        .collect())
+}
+
+/// Group files generated and reused by a run.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCounts {
+    pub generated: usize,
+    pub reused: usize,
+}
+
+/// The judged responses of one evaluated model `v` to its groups `mine`, in group order: done
+/// groups are reused; pending ones are generated in waves of up to `WAVE_BATCHES` batches,
+/// each group written as soon as its wave ends.
+pub(crate) fn model_generations(
+    cfg: &EvalConfig,
+    model: &mut Model,
+    v: &Variant,
+    mine: &[&GenGroup],
+    counts: &mut GroupCounts,
+) -> Result<Vec<Vec<GenerationRow>>> {
+    let mut got: Vec<Option<Vec<GenerationRow>>> = vec![None; mine.len()];
+    let mut pending: Vec<usize> = Vec::new();
+    for (k, g) in mine.iter().enumerate() {
+        match find_group(cfg, &g.file)? {
+            Some(p) => {
+                counts.reused += 1;
+                info!(group = %g.file, "done earlier; reused");
+                got[k] = Some(read_generations(&p)?);
+            }
+            None => pending.push(k),
+        }
+    }
+    let limit = WAVE_BATCHES * cfg.section.batch_size.max(1);
+    let mut k = 0;
+    while k < pending.len() {
+        let mut wave = vec![pending[k]];
+        let mut n = mine[pending[k]].prompts.len();
+        k += 1;
+        while k < pending.len() && n + mine[pending[k]].prompts.len() <= limit {
+            n += mine[pending[k]].prompts.len();
+            wave.push(pending[k]);
+            k += 1;
+        }
+        let lm = model.get(v)?;
+        let groups: Vec<&GenGroup> = wave.iter().map(|&w| mine[w]).collect();
+        let out = generate_wave(lm, cfg, v, &groups)?;
+        for (&w, rows) in wave.iter().zip(out) {
+            write_generations(&cfg.out_dir.join("groups").join(&mine[w].file), &rows)?;
+            counts.generated += 1;
+            got[w] = Some(rows);
+        }
+    }
+    Ok(got
+        .into_iter()
+        .map(|rows| {
+            let mut rows = rows.expect("every group reused or generated");
+            judge_rows(&cfg.section, &mut rows);
+            rows
         })
         .collect())
 }
@@ -572,37 +701,21 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
         }
     }
     let caps = plan_capability(cfg, &cap_path, &capability)?;
+    let frontier_plan = crate::frontier::plan(cfg, &prompts, &sends)?;
 
-    let gen_settings = serde_json::json!({
-        "max_new_tokens": s.max_new_tokens,
-        "perplexity": s.gibberish.perplexity,
-        "perplexity_context": s.gibberish.perplexity_context,
-        "greedy": true,
-    });
+    let gen_settings = gen_settings(s);
     let mut gen_groups = Vec::new();
     let mut cap_groups = Vec::new();
     for (vi, v) in cfg.variants.iter().enumerate() {
         let vkey = serde_json::json!({"model": cfg.model_sha256, "adapter": adapter_keys[vi]});
         for (set, attack, p) in &sends {
-            let prompts_json: Vec<_> = p
-                .iter()
-                .map(|x| serde_json::json!([x.prompt_id, x.user, x.prefill]))
-                .collect();
-            let key = key_of(&serde_json::json!({
-                "v": vkey, "gen": gen_settings, "prompts": prompts_json,
-            }));
-            gen_groups.push(GenGroup {
+            let at = GroupAt {
                 variant: vi,
-                set: set.clone(),
-                attack: attack.clone(),
-                prompts: p.clone(),
-                file: format!(
-                    "gen.{}.{}.{}.{key}.parquet",
-                    sanitize(&v.label()),
-                    sanitize(set),
-                    sanitize(attack)
-                ),
-            });
+                label: &v.label(),
+                vkey: &vkey,
+                settings: &gen_settings,
+            };
+            gen_groups.push(gen_group(&at, set, attack, p));
         }
         for (b, items) in &caps {
             let ids: Vec<&str> = items.iter().map(|r| r.id.as_str()).collect();
@@ -627,66 +740,25 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
 
     std::fs::create_dir_all(cfg.out_dir.join("groups"))
         .with_context(|| format!("creating {}", cfg.out_dir.display()))?;
-    let mut model = Model {
-        cfg,
-        lm: None,
-        current: None,
-    };
-    let (mut generated, mut reused) = (0usize, 0usize);
+    let mut model = Model::new(cfg);
+    let mut counts = GroupCounts::default();
     let mut generations: Vec<GenerationRow> = Vec::new();
     let mut cap_items: Vec<CapabilityItemRow> = Vec::new();
     // Variant by variant, so each adapter is loaded once.
     for vi in 0..cfg.variants.len() {
         let adapter = cfg.variants[vi].adapter.is_some();
-        // Done groups are reused; pending ones are generated in waves of up to
-        // `WAVE_BATCHES` batches, each group written as soon as its wave ends.
         let mine: Vec<&GenGroup> = gen_groups.iter().filter(|g| g.variant == vi).collect();
-        let mut got: Vec<Option<Vec<GenerationRow>>> = vec![None; mine.len()];
-        let mut pending: Vec<usize> = Vec::new();
-        for (k, g) in mine.iter().enumerate() {
-            match find_group(cfg, &g.file)? {
-                Some(p) => {
-                    reused += 1;
-                    info!(group = %g.file, "done earlier; reused");
-                    got[k] = Some(read_generations(&p)?);
-                }
-                None => pending.push(k),
-            }
-        }
-        let limit = WAVE_BATCHES * s.batch_size.max(1);
-        let mut k = 0;
-        while k < pending.len() {
-            let mut wave = vec![pending[k]];
-            let mut n = mine[pending[k]].prompts.len();
-            k += 1;
-            while k < pending.len() && n + mine[pending[k]].prompts.len() <= limit {
-                n += mine[pending[k]].prompts.len();
-                wave.push(pending[k]);
-                k += 1;
-            }
-            let lm = model.get(vi)?;
-            let groups: Vec<&GenGroup> = wave.iter().map(|&w| mine[w]).collect();
-            let out = generate_wave(lm, cfg, &groups, adapter)?;
-            for (&w, rows) in wave.iter().zip(out) {
-                write_generations(&cfg.out_dir.join("groups").join(&mine[w].file), &rows)?;
-                generated += 1;
-                got[w] = Some(rows);
-            }
-        }
-        for rows in got {
-            let mut rows = rows.expect("every group reused or generated");
-            judge_rows(s, &mut rows);
-            generations.extend(rows);
-        }
+        let got = model_generations(cfg, &mut model, &cfg.variants[vi], &mine, &mut counts)?;
+        generations.extend(got.into_iter().flatten());
         for g in cap_groups.iter().filter(|g| g.variant == vi) {
             let rows = match find_group(cfg, &g.file)? {
                 Some(p) => {
-                    reused += 1;
+                    counts.reused += 1;
                     read_capability_items(&p)?
                 }
                 None => {
                     let t0 = Instant::now();
-                    let lm = model.get(vi)?;
+                    let lm = model.get(&cfg.variants[vi])?;
                     let mut rows = crate::capability::score(
                         lm,
                         &s.capability,
@@ -697,7 +769,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
                     let seed = cfg.variants[vi].seed.map(|s| s as i64);
                     rows.iter_mut().for_each(|r| r.seed = seed);
                     write_capability_items(&cfg.out_dir.join("groups").join(&g.file), &rows)?;
-                    generated += 1;
+                    counts.generated += 1;
                     let acc = rows.iter().filter(|r| r.correct).count() as f64 / rows.len() as f64;
                     info!(
                         variant = %cfg.variants[vi].label(), benchmark = %g.benchmark, n = rows.len(),
@@ -710,6 +782,17 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
             cap_items.extend(rows);
         }
     }
+
+    let frontier_rows = match &frontier_plan {
+        Some(p) => Some(crate::frontier::generate(
+            cfg,
+            p,
+            &mut model,
+            &generations,
+            &mut counts,
+        )?),
+        None => None,
+    };
 
     // Metrics.
     let mut rows = metrics::generation_metrics(&generations);
@@ -788,14 +871,19 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
         ("generations".into(), generations.len() as u64),
         ("metrics".into(), rows.len() as u64),
         ("capability_items".into(), cap_items.len() as u64),
-        ("groups_generated".into(), generated as u64),
-        ("groups_reused".into(), reused as u64),
+        ("groups_generated".into(), counts.generated as u64),
+        ("groups_reused".into(), counts.reused as u64),
     ]);
+    let frontier = match (&frontier_plan, &frontier_rows) {
+        (Some(p), Some(r)) => Some(crate::frontier::write(&cfg.out_dir, p, r, &mut manifest)?),
+        _ => None,
+    };
     manifest.wall_time_s = started.elapsed().as_secs_f64();
     let manifest_path = out("manifest.json");
     manifest.write(&manifest_path)?;
     info!(
-        generations = generations.len(), metrics = rows.len(), generated, reused,
+        generations = generations.len(), metrics = rows.len(), generated = counts.generated,
+        reused = counts.reused,
         secs = format!("{:.1}", manifest.wall_time_s), out = %cfg.out_dir.display(),
         "eval stage done"
     );
@@ -804,9 +892,10 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
         metrics: met_path,
         capability_items: cap_path_out,
         manifest: manifest_path,
-        groups_generated: generated,
-        groups_reused: reused,
+        groups_generated: counts.generated,
+        groups_reused: counts.reused,
         metric_rows: rows,
+        frontier,
     })
 }
 
@@ -824,14 +913,25 @@ fn outcome_labels_path(cfg: &EvalConfig) -> Option<PathBuf> {
 }
 
 /// The configuration as recorded in the manifest and hashed into the stage key.
+/// The frontier enters only when there are snapshots, so that pipelines without
+/// `[finetune] frontier_steps` keep their keys.
 fn resolved_config(cfg: &EvalConfig) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "section": cfg.section,
         "seed": cfg.seed,
         "device": cfg.device,
         "model_sha256": cfg.model_sha256,
         "variants": cfg.variants.iter().map(Variant::label).collect::<Vec<_>>(),
-    })
+    });
+    let f = &cfg.frontier;
+    if !f.snapshots.is_empty() {
+        v["frontier"] = serde_json::json!({
+            "section": cfg.section.frontier,
+            "snapshots": f.snapshots.iter().map(|s| s.label()).collect::<Vec<_>>(),
+            "final_steps": f.final_steps,
+        });
+    }
+    v
 }
 
 /// Command-line additions to a pipeline's `[eval]` section.
@@ -945,7 +1045,9 @@ pub fn run_pipeline_stage_with(
         section,
         out_dir: PathBuf::new(),
         reuse_dirs: vec![run_dir.stage_dir("eval")],
+        frontier: FrontierInputs::default(),
     };
+    cfg.frontier = crate::frontier::discover(&cfg.variants)?;
     // Inputs of the key: data stage key, adapters, custom sets and the template file.
     let mut inputs = BTreeMap::from([("data".to_string(), data.key.clone())]);
     for v in &cfg.variants {
@@ -956,6 +1058,7 @@ pub fn run_pipeline_stage_with(
             );
         }
     }
+    inputs.extend(crate::frontier::adapter_inputs(&cfg)?);
     for p in &cfg.section.custom_sets {
         let p = if p.is_absolute() {
             p.clone()

@@ -254,9 +254,15 @@ pub struct FinetuneConfig {
     /// checked against the spread between seeds. Empty (default): `[run] seed` alone.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub seeds: Vec<u64>,
+    /// Steps (each in 1..`steps`, increasing) at which the adapter is also saved, into
+    /// `<variant>/seed-<seed>/step-<t>/adapter/`: the points of the safety/over-refusal
+    /// frontier (the eval stage's `[eval.frontier]`), the same training stopped earlier, i.e.
+    /// a weaker erasure push. Default empty: no snapshots (and no change to the stage key).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub frontier_steps: Vec<usize>,
 }
 
-pub use mosr_artifacts::instance_dir;
+pub use mosr_artifacts::{instance_dir, snapshot_dir};
 
 /// Keeps a default-valued option out of the serialized config, so the stage keys of runs made
 /// before the option existed stay valid.
@@ -295,6 +301,7 @@ impl Default for FinetuneConfig {
             skip_sink_tokens: 1,
             lora_b_init_std: 0.0,
             retain_distance: RetainDistance::L2,
+            frontier_steps: Vec::new(),
         }
     }
 }
@@ -347,6 +354,23 @@ impl FinetuneConfig {
         let distinct: std::collections::BTreeSet<&u64> = self.seeds.iter().collect();
         if distinct.len() != self.seeds.len() {
             bail!("finetune: `seeds` lists a seed twice: {:?}", self.seeds);
+        }
+        self.validate_frontier_steps()
+    }
+
+    /// `frontier_steps`: each strictly between 0 and `steps` (the final adapter is the last
+    /// point already), strictly increasing.
+    fn validate_frontier_steps(&self) -> Result<()> {
+        let f = &self.frontier_steps;
+        if let Some(&t) = f.iter().find(|&&t| t == 0 || t >= self.steps) {
+            bail!(
+                "finetune: frontier_steps {f:?}: step {t} is not in 1..{} (strictly below `steps` = {}; the final adapter is the last point anyway)",
+                self.steps,
+                self.steps
+            );
+        }
+        if f.windows(2).any(|w| w[0] >= w[1]) {
+            bail!("finetune: frontier_steps {f:?} must be strictly increasing");
         }
         Ok(())
     }
@@ -487,17 +511,22 @@ fn reuse_instance(from: &Path, dir: &Path, key: &str) -> Result<()> {
     if !same || dir.join("summary.json").is_file() || !from.join("summary.json").is_file() {
         return Ok(());
     }
-    let adapter = dir.join("adapter");
-    std::fs::create_dir_all(&adapter).with_context(|| format!("creating {}", adapter.display()))?;
-    for f in [
-        "adapter/adapter_config.json",
-        "adapter/adapter_model.safetensors",
-        "train_log.parquet",
-        INSTANCE_KEY,
-        "summary.json", // last: its presence marks the instance finished
-    ] {
-        std::fs::copy(from.join(f), dir.join(f))
-            .with_context(|| format!("reusing {}", from.join(f).display()))?;
+    let mut files = Vec::new();
+    let snapshots = mosr_artifacts::list_snapshots(from)
+        .into_iter()
+        .map(|(t, _)| mosr_artifacts::snapshot_dir(t));
+    for adapter in std::iter::once("adapter".to_string()).chain(snapshots) {
+        let to = dir.join(&adapter);
+        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            files.push(format!("{adapter}/{f}"));
+        }
+    }
+    // The summary last: its presence marks the instance finished.
+    files.extend(["train_log.parquet", INSTANCE_KEY, "summary.json"].map(String::from));
+    for f in files {
+        std::fs::copy(from.join(&f), dir.join(&f))
+            .with_context(|| format!("reusing {}", from.join(&f).display()))?;
     }
     info!(from = %from.display(), "finished instance reused");
     Ok(())
@@ -592,8 +621,16 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
     }
     for s in &out.variants {
         let rel = instance_dir(s.variant.name(), s.seed);
-        for f in ["adapter/adapter_model.safetensors", "train_log.parquet"] {
-            let p = work.dir().join(&rel).join(f);
+        let snapshots = cfg
+            .frontier_steps
+            .iter()
+            .map(|&t| format!("{}/adapter_model.safetensors", snapshot_dir(t as u64)));
+        let files = ["adapter/adapter_model.safetensors", "train_log.parquet"]
+            .map(String::from)
+            .into_iter()
+            .chain(snapshots);
+        for f in files {
+            let p = work.dir().join(&rel).join(&f);
             manifest
                 .outputs
                 .insert(format!("{rel}/{f}"), sha256_file(&p)?);

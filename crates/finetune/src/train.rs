@@ -432,6 +432,24 @@ impl Checkpoint<'_> {
     }
 }
 
+/// The adapter at step `t` of the frontier sweep, into `step-<t>/adapter/`, written as
+/// `adapter.tmp/` and renamed into place (a replayed step after a resume rewrites the same
+/// bytes).
+fn save_snapshot(ck: &Checkpoint, net: &CausalLm, t: usize) -> Result<()> {
+    let dir = ck.dir.join(mosr_artifacts::snapshot_dir(t as u64));
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    mosr_lm::adapter::save(net, ck.lora, &tmp, Some(ck.model_ref), Some(ck.base_sha))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&tmp, &dir).with_context(|| format!("renaming into {}", dir.display()))?;
+    info!(step = t, dir = %dir.display(), "frontier snapshot saved");
+    Ok(())
+}
+
 fn read_optimizer(path: &Path, slots: &[Slot], step: u64) -> Result<Adam> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -947,6 +965,11 @@ pub fn train_variant(
             "step"
         );
         log.push(row);
+        // Before the checkpoint of the same step: a run resumed from that checkpoint never
+        // replays this step, so its snapshot must already be there.
+        if cfg.frontier_steps.contains(&t) {
+            save_snapshot(&ck, &net, t)?;
+        }
         if t % cfg.checkpoint_every == 0 || t == cfg.steps {
             let state = CheckpointState {
                 step: t,

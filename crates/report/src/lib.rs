@@ -8,6 +8,7 @@
 //! listed as missing in the README.
 
 pub mod claims;
+pub mod frontier;
 pub mod markdown;
 pub mod models;
 pub mod sections;

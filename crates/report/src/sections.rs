@@ -53,6 +53,10 @@ pub fn all() -> Vec<Section> {
             build: ablation,
         },
         Section {
+            title: "Frontier",
+            build: crate::frontier::frontier,
+        },
+        Section {
             title: "Judge validation",
             build: judge_validation,
         },

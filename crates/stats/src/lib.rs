@@ -12,7 +12,8 @@
 //! * [`two_sample`]: unpaired comparison of two samples of scores (boundary positions of two
 //!   roles): difference of means, bootstrap interval, Mann–Whitney p-value.
 //! * [`power`]: sample sizes for 80% power (paired McNemar, two samples).
-//! * [`frontier`]: interpolation along a trade-off curve (over-refusal at matched ASR).
+//! * [`frontier`]: interpolation along a trade-off curve, and over-refusal compared at
+//!   matched ASR with a paired prompt bootstrap.
 
 pub mod dist;
 pub mod frontier;
@@ -22,7 +23,10 @@ pub mod power;
 pub mod two_sample;
 
 pub use dist::{Z95, chi2_1_sf, normal_cdf, normal_quantile};
-pub use frontier::{interpolate, matched_differences};
+pub use frontier::{
+    FrontierEffect, LineOutcomes, NoOverlap, frontier_effect, interpolate, matched_differences,
+    mean_matched_difference,
+};
 pub use interval::{ClusteredRate, clustered_rate, wilson};
 pub use paired::{PairedCluster, PairedDiff, clustered_mcnemar_p, mcnemar_exact_p, paired_diff};
 pub use power::{max_discordance_for_power, paired_n_for_power, two_sample_n_for_power};

@@ -405,7 +405,7 @@ fn claims_combine_seeds_and_size_inconclusive_tests() {
     };
     // Seed 1 supports C2, seed 2 is inconclusive: the claim is inconclusive.
     let rows = [row(1, 0.2, 0.1, 0.3, 0.001), row(2, 0.1, -0.02, 0.22, 0.09)];
-    let (tests, claims) = mosr_claims::assemble(&cfg, &rows, &[], None);
+    let (tests, claims) = mosr_claims::assemble(&cfg, &rows, &[], None, &[]);
     let c2: Vec<_> = tests.iter().filter(|t| t.claim == "C2").collect();
     assert_eq!(c2.len(), 2);
     assert_eq!(c2[0].verdict, Verdict::Supported);
@@ -426,6 +426,184 @@ fn claims_combine_seeds_and_size_inconclusive_tests() {
     let c3 = claims.iter().find(|c| c.claim == "C3").unwrap();
     assert_eq!((c3.verdict, c3.tests), (Verdict::Inconclusive, 0));
     // A zero effect: no n decides it.
-    let (tests, _) = mosr_claims::assemble(&cfg, &[row(1, 0.0, -0.05, 0.05, 1.0)], &[], None);
+    let (tests, _) = mosr_claims::assemble(&cfg, &[row(1, 0.0, -0.05, 0.05, 1.0)], &[], None, &[]);
     assert_eq!(tests[0].n_needed, None);
+}
+
+#[test]
+fn frontier_mean_difference_on_hand_made_curves_and_without_overlap() {
+    use mosr_stats::frontier::{grid, overlap};
+    use mosr_stats::mean_matched_difference;
+    // Both ends exact, evenly spaced.
+    assert_eq!(grid(0.2, 0.6, 3), vec![0.2, 0.4, 0.6]);
+    assert_eq!(grid(0.5, 0.5, 21), vec![0.5]);
+    // a: y = 1 − x on [0, 1]; b: y = 0.5 on [0.5, 1] (two points). Overlap [0.5, 1]: the
+    // difference 0.5 − x is linear, so its mean over an even grid is its midpoint value −0.25.
+    let a = [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)];
+    let b = [(0.5, 0.5), (1.0, 0.5)];
+    assert_eq!(overlap(&a, &b), Some((0.5, 1.0)));
+    let (d, range) = mean_matched_difference(&a, &b, 21).unwrap();
+    close(d, -0.25, 1e-12);
+    assert_eq!(range, (0.5, 1.0));
+    // Lines that share no ASR: no comparison (and no extrapolation).
+    let c = [(0.0, 0.9), (0.3, 0.8)];
+    let e = [(0.6, 0.1), (0.9, 0.0)];
+    assert_eq!(overlap(&c, &e), None);
+    assert_eq!(mean_matched_difference(&c, &e, 21), None);
+    // Touching at one ASR value: the difference there.
+    let f = [(0.3, 0.2), (0.9, 0.0)];
+    let (d, range) = mean_matched_difference(&c, &f, 21).unwrap();
+    assert_eq!(range, (0.3, 0.3));
+    close(d, 0.8 - 0.2, 1e-12);
+}
+
+/// Rows of `frontier_generations` for one point: harmful prompt i complied iff i < `asr_k`,
+/// over-refusal prompt i refused iff i < `refused_k` (20 prompts each).
+fn frontier_point(
+    variant: &str,
+    seed: Option<i64>,
+    step: i64,
+    asr_k: usize,
+    refused_k: usize,
+) -> Vec<mosr_artifacts::eval::FrontierGenerationRow> {
+    let row = |set: &str, i: usize, outcome: &str| mosr_artifacts::eval::FrontierGenerationRow {
+        variant: variant.into(),
+        seed,
+        step,
+        source: if seed.is_none() { "base" } else { "snapshot" }.into(),
+        set: set.into(),
+        prompt_id: format!("{set}-{i:02}"),
+        role: set.into(),
+        response: String::new(),
+        perplexity: None,
+        refusal: outcome == "refused",
+        gibberish: false,
+        outcome: outcome.into(),
+    };
+    let mut out = Vec::new();
+    for i in 0..20 {
+        out.push(row(
+            "harmful",
+            i,
+            if i < asr_k { "complied" } else { "refused" },
+        ));
+        let set = if i % 2 == 0 {
+            "overrefusal_safe"
+        } else {
+            "overrefusal_borderline"
+        };
+        let mut r = row(set, i, if i < refused_k { "refused" } else { "complied" });
+        r.prompt_id = format!("or-{i:02}");
+        out.push(r);
+    }
+    out
+}
+
+/// The matched-ASR comparison on lines whose answer is known: rr's refusal rate is 0.8(1 − ASR),
+/// mosr's 0.4(1 − ASR), so mosr − rr = −0.4(1 − ASR), whose mean over the shared ASR range
+/// [0, 1] is −0.2; every mosr refusal is also an rr refusal, so every bootstrap draw is
+/// negative and the test supports C3. Identical lines give exactly 0 and stay inconclusive.
+#[test]
+fn frontier_effect_on_a_synthetic_case_with_a_known_answer() {
+    use mosr_claims::ClaimsSection;
+    use mosr_claims::frontier::{GRID, claim_test, frontier_tests};
+    let cfg = ClaimsSection {
+        resamples: 500,
+        ..ClaimsSection::default()
+    };
+    let mut rows = frontier_point("base", None, 0, 20, 0);
+    for (v, refused) in [("rr", [8, 16]), ("mosr", [4, 8]), ("rr_weights", [8, 16])] {
+        rows.extend(frontier_point(v, Some(1), 2, 10, refused[0]));
+        rows.extend(frontier_point(v, Some(1), 4, 0, refused[1]));
+    }
+    let tests = frontier_tests(&cfg, &rows).unwrap();
+    assert_eq!(tests.len(), 2, "C3 and C4a (no rr_augment line)");
+    let c3 = tests.iter().find(|t| t.claim == "C3").unwrap();
+    assert_eq!((c3.points_variant, c3.points_reference), (3, 3));
+    assert_eq!((c3.harmful_n, c3.overrefusal_n), (20, 20));
+    let e = c3.result.as_ref().unwrap();
+    close(e.effect, -0.2, 1e-12);
+    assert_eq!((e.asr_low, e.asr_high), (0.0, 1.0));
+    assert_eq!(
+        e.resamples, 500,
+        "base is on both lines: every draw overlaps"
+    );
+    assert!(
+        e.ci_high < 0.0 && e.ci_low <= -0.2 && -0.2 <= e.ci_high,
+        "{e:?}"
+    );
+    let t = claim_test(&cfg, c3);
+    assert_eq!(
+        (t.verdict, t.direction, t.p_value),
+        (Verdict::Supported, -1, None)
+    );
+    assert!(
+        t.comparison.contains(&format!("{GRID} points")),
+        "{}",
+        t.comparison
+    );
+    // rr_weights has rr's very outcomes: 0 in every draw, inconclusive.
+    let c4a = tests.iter().find(|t| t.claim == "C4a").unwrap();
+    let e = c4a.result.as_ref().unwrap();
+    assert_eq!((e.effect, e.ci_low, e.ci_high), (0.0, 0.0, 0.0));
+    assert_eq!(claim_test(&cfg, c4a).verdict, Verdict::Inconclusive);
+    // The frontier test joins C3's verdict beside the paired tests.
+    let (all, claims) = mosr_claims::assemble(&cfg, &[], &[], None, &[t]);
+    assert_eq!(all.len(), 1);
+    let c3 = claims.iter().find(|c| c.claim == "C3").unwrap();
+    assert_eq!((c3.verdict, c3.tests), (Verdict::Supported, 1));
+    // A point that answered other prompts than the base model is refused, named.
+    let mut bad = rows.clone();
+    bad.retain(|r| !(r.variant == "mosr" && r.step == 4 && r.prompt_id == "or-03"));
+    let err = format!("{:#}", frontier_tests(&cfg, &bad).unwrap_err());
+    assert!(
+        err.contains("`mosr (seed 1)` at step 4") && err.contains("or-03"),
+        "{err}"
+    );
+    // Claims that pool sets the frontier did not send: refused, named.
+    let other = ClaimsSection {
+        overrefusal_sets: vec!["benign".into()],
+        ..cfg.clone()
+    };
+    let err = format!("{:#}", frontier_tests(&other, &rows).unwrap_err());
+    assert!(err.contains("overrefusal_sets [\"benign\"]"), "{err}");
+}
+
+/// Lines that do not share an ASR value (no base point on them) give no effect and an
+/// inconclusive test that says why.
+#[test]
+fn frontier_without_asr_overlap_is_inconclusive_with_its_reason() {
+    use mosr_claims::ClaimsSection;
+    use mosr_claims::frontier::{FrontierTest, claim_test};
+    use mosr_stats::{LineOutcomes, frontier_effect};
+    let line = |asr: [usize; 2]| LineOutcomes {
+        harmful: asr
+            .iter()
+            .map(|&k| (0..10).map(|i| i < k).collect())
+            .collect(),
+        overrefusal: asr.iter().map(|_| vec![false; 10]).collect(),
+    };
+    let (a, b) = (line([9, 7]), line([3, 1]));
+    let why = frontier_effect(&a, &b, 21, 200, 7).unwrap_err();
+    assert_eq!((why.asr_a, why.asr_b), (Some((0.7, 0.9)), Some((0.1, 0.3))));
+    let test = FrontierTest {
+        claim: "C3",
+        seed: 1,
+        variant: "mosr".into(),
+        reference: "rr".into(),
+        points_variant: 2,
+        points_reference: 2,
+        harmful_n: 10,
+        overrefusal_n: 10,
+        result: Err(why),
+    };
+    let t = claim_test(&ClaimsSection::default(), &test);
+    assert_eq!(t.verdict, Verdict::Inconclusive);
+    assert!(t.effect.is_nan() && t.ci_low.is_nan());
+    assert!(
+        t.comparison
+            .contains("do not overlap (0.700–0.900 against 0.100–0.300)"),
+        "{}",
+        t.comparison
+    );
 }

@@ -927,3 +927,131 @@ n = 1
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A LoRA adapter (zero B: it answers as the base model) saved as the finetune stage saves
+/// them, into `dir`.
+fn fake_adapter(lm: &LanguageModel, dir: &Path) {
+    let cfg = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        layers: vec![0],
+        ..Default::default()
+    };
+    let sha = mosr_lm::identify(SMOL).unwrap().sha256;
+    let net = lm.net.clone().attach_lora(&cfg).unwrap();
+    mosr_lm::adapter::save(&net, &cfg, dir, Some(SMOL), Some(&sha)).unwrap();
+}
+
+/// The frontier: without snapshots the stage writes none and its key holds no frontier; with
+/// them it generates only the snapshots' answers (the base model's and the final adapters'
+/// are the main evaluation's), on a subset of the main prompts, and writes every point.
+#[test]
+fn eval_frontier_over_snapshots_reuses_the_main_answers() {
+    let d = tmp_dir("frontier");
+    let section = |sets: &str| {
+        format!(
+            "[eval]\nattacks = [\"direct\", \"prefill\"]\nsets = [\"overrefusal_safe\", \
+             \"overrefusal_borderline\"]\nharmful_n = 3\nset_n = 3\nmax_new_tokens = 4\n\n\
+             [eval.capability]\nbenchmarks = []\n\n[eval.frontier]\nharmful_n = 2\nset_n = 2\n{sets}"
+        )
+    };
+    let file = tiny_pipeline(&d, "frontier", &section(""));
+    let repo = repo_root();
+    mosr_data::stage::run_pipeline_stage(&file, &repo, false).unwrap();
+    let lm = LanguageModel::open(&model_path(SMOL), &mosr_lm::Device::flex()).unwrap();
+    let finetune = d.join("runs/frontier/finetune");
+    for v in ["rr", "mosr"] {
+        let instance = finetune.join(v).join("seed-5");
+        fake_adapter(&lm, &instance.join("adapter"));
+        std::fs::write(instance.join("summary.json"), "{\"steps\": 4}").unwrap();
+    }
+    let dir = mosr_eval::run_pipeline_stage(&file, &repo, false).unwrap();
+    assert!(!dir.join("frontier.parquet").exists());
+    let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
+    assert!(m.config.get("frontier").is_none(), "{}", m.config);
+    let default = serde_json::to_value(mosr_eval::EvalSection::default()).unwrap();
+    assert!(default.get("frontier").is_none(), "{default}");
+
+    for v in ["rr", "mosr"] {
+        let instance = finetune.join(v).join("seed-5");
+        fake_adapter(&lm, &instance.join(mosr_artifacts::snapshot_dir(2)));
+    }
+    let dir = mosr_eval::run_pipeline_stage(&file, &repo, false).unwrap();
+    let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
+    // Only the two snapshots x (harmful, safe, borderline) were generated.
+    assert_eq!(m.row_counts["groups_generated"], 6, "{:?}", m.row_counts);
+    assert!(
+        m.inputs.contains_key("adapter/rr.seed-5.step-2"),
+        "{:?}",
+        m.inputs
+    );
+    let main = read_generations(&dir.join("generations.parquet")).unwrap();
+    let front =
+        mosr_artifacts::eval::read_frontier_generations(&dir.join("frontier_generations.parquet"))
+            .unwrap();
+    // 6 prompts per point: base, then each instance (in evaluation order) at steps 2
+    // (snapshot) and 4 (final).
+    let points: Vec<(String, i64, String)> = front
+        .chunks(6)
+        .map(|c| (c[0].variant.clone(), c[0].step, c[0].source.clone()))
+        .collect();
+    let want = [
+        ("base", 0, "base"),
+        ("mosr", 2, "snapshot"),
+        ("mosr", 4, "final"),
+        ("rr", 2, "snapshot"),
+        ("rr", 4, "final"),
+    ];
+    assert_eq!(points.len(), want.len(), "{points:?}");
+    for (p, w) in points.iter().zip(want) {
+        assert_eq!((p.0.as_str(), p.1, p.2.as_str()), w);
+    }
+    for r in &front {
+        let twin = main.iter().find(|g| {
+            g.attack == "direct"
+                && g.set == r.set
+                && g.prompt_id == r.prompt_id
+                && g.variant == r.variant
+                && g.seed == r.seed
+        });
+        let twin = twin.unwrap_or_else(|| panic!("{} not a main prompt", r.prompt_id));
+        if r.source != "snapshot" {
+            assert_eq!(r.response, twin.response, "taken from the main evaluation");
+        }
+    }
+    for (set, n) in [
+        ("harmful", 2),
+        ("overrefusal_safe", 2),
+        ("overrefusal_borderline", 2),
+    ] {
+        let k = front[..6].iter().filter(|r| r.set == set).count();
+        assert_eq!(k, n, "{set}");
+    }
+    let table = mosr_artifacts::eval::read_frontier(&dir.join("frontier.parquet")).unwrap();
+    // Per point: harmful asr/refused/gibberish, refused and gibberish on the pooled and on
+    // each set.
+    assert_eq!(table.len(), 5 * 9);
+    let pooled = table
+        .iter()
+        .find(|r| r.set == "overrefusal" && r.metric == "refused")
+        .unwrap();
+    assert_eq!(pooled.n, 4);
+    assert!(
+        table
+            .iter()
+            .all(|r| r.ci_low <= r.value && r.value <= r.ci_high)
+    );
+
+    // A frontier set the main evaluation does not send is refused, named.
+    let file = tiny_pipeline(&d, "frontier", &section("sets = [\"benign\"]\n"));
+    let e = format!(
+        "{:#}",
+        mosr_eval::run_pipeline_stage(&file, &repo, false).unwrap_err()
+    );
+    assert!(
+        e.contains("[eval.frontier]") && e.contains("`benign`"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -165,6 +165,21 @@ fn malformed_pipeline_names_section_key_and_line() {
             "seeds = [2511, 2511]",
             "lists a seed twice",
         ),
+        (
+            "frontier_steps = [1]",
+            "frontier_steps = [1, 3]",
+            "finetune: frontier_steps [1, 3]: step 3 is not in 1..3",
+        ),
+        (
+            "frontier_steps = [1]",
+            "frontier_steps = [0]",
+            "step 0 is not in 1..3",
+        ),
+        (
+            "frontier_steps = [1]",
+            "frontier_steps = [2, 1]",
+            "finetune: frontier_steps [2, 1] must be strictly increasing",
+        ),
     ];
     for (i, (from, to, reason)) in values.iter().enumerate() {
         assert!(text.contains(from), "smoke.toml changed: no `{from}`");

@@ -868,7 +868,12 @@ fn training_kill_and_resume_is_bit_identical() {
         examples,
         weights: Some(weights),
     };
-    let cfg = tiny_config(4);
+    // Snapshots at steps 1 and 3 (the frontier's points): step 3 is lost by the kill below
+    // and replayed after the resume.
+    let cfg = FinetuneConfig {
+        frontier_steps: vec![1, 3],
+        ..tiny_config(4)
+    };
     let run = |out: &Path, stop: Option<usize>| {
         mosr_finetune::run(
             &cfg,
@@ -909,6 +914,35 @@ fn training_kill_and_resume_is_bit_identical() {
         bytes(&straight) == bytes(&killed),
         "adapters differ after resume"
     );
+    let snapshot = |d: &Path, t: u64| {
+        let dir = d
+            .join("mosr/seed-2511")
+            .join(mosr_artifacts::snapshot_dir(t));
+        assert!(
+            dir.join("adapter_config.json").is_file(),
+            "{}",
+            dir.display()
+        );
+        std::fs::read(dir.join("adapter_model.safetensors")).unwrap()
+    };
+    for t in [1, 3] {
+        assert!(
+            snapshot(&straight, t) == snapshot(&killed, t),
+            "snapshot {t} differs after resume"
+        );
+    }
+    assert!(snapshot(&straight, 1) != snapshot(&straight, 3));
+    assert!(snapshot(&straight, 3) != bytes(&straight));
+    assert_eq!(
+        mosr_artifacts::list_snapshots(&straight.join("mosr/seed-2511"))
+            .iter()
+            .map(|s| s.0)
+            .collect::<Vec<_>>(),
+        [1, 3]
+    );
+    // Without snapshots the option stays out of the serialized config (and the stage key).
+    let json = serde_json::to_string(&tiny_config(4)).unwrap();
+    assert!(!json.contains("frontier_steps"), "{json}");
     let log_a = read_train_log(&straight.join("mosr/seed-2511/train_log.parquet")).unwrap();
     let log_b = read_train_log(&killed.join("mosr/seed-2511/train_log.parquet")).unwrap();
     assert_eq!(log_a.len(), 4);
