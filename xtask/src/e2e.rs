@@ -70,6 +70,9 @@ pub fn smoke(repo: &Path) -> Result<()> {
         after.len()
     );
 
+    stage_binary_beside_a_run(repo, &a)?;
+    println!("e2e: a stage binary on run A's folder, held by another run, is refused");
+
     let killed_at = run_and_kill(&b)?;
     println!("e2e: run B killed mid-finetune ({killed_at})");
     let t = Instant::now();
@@ -109,6 +112,32 @@ fn clear_e2e_dir(root: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     std::fs::write(root.join(E2E_MARKER), b"")?;
+    Ok(())
+}
+
+/// While a run holds the run folder, a stage binary run alone on it (here the report, the
+/// cheapest) must refuse to start, naming the holder, rather than write beside it.
+fn stage_binary_beside_a_run(repo: &Path, dir: &Path) -> Result<()> {
+    let pipeline = reproduce::pipeline_path(repo, PIPELINE);
+    let text = std::fs::read_to_string(&pipeline)?;
+    let runs = dir.join("runs");
+    let here = dir.join("beside.toml");
+    let at = format!("[run]\nruns_dir = {:?}\n", runs.display().to_string());
+    std::fs::write(&here, text.replacen("[run]\n", &at, 1))?;
+    let file = mosr_artifacts::PipelineFile::load(&here)?;
+    let _held = file.run_dir(repo).lock()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["run", "-q", "-p", "mosr-report", "--", "--pipeline"])
+        .arg(&here)
+        .current_dir(repo)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("another run is using this run folder"),
+        "mosr-report beside a held run folder: status {}, stderr: {err}",
+        out.status
+    );
     Ok(())
 }
 
