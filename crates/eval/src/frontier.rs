@@ -207,16 +207,12 @@ pub fn plan(
         fsends.push((set.clone(), p));
     }
     let settings = gen_settings(&cfg.section);
+    let keys = adapter_inputs(cfg)?;
     let (mut groups, mut adapter_keys) = (Vec::new(), BTreeMap::new());
     for (si, snap) in cfg.frontier.snapshots.iter().enumerate() {
-        let dir = snap
-            .model
-            .adapter
-            .as_deref()
-            .expect("a snapshot has an adapter");
-        let key = check_adapter(dir, &cfg.model_sha256)?;
-        let vkey = serde_json::json!({"model": cfg.model_sha256, "adapter": key});
         let label = snap.label();
+        let key = keys[&format!("adapter/{label}")].clone();
+        let vkey = serde_json::json!({"model": cfg.model_sha256, "adapter": key});
         let at = GroupAt {
             variant: si,
             label: &label,

@@ -362,7 +362,10 @@ fn seeded_sample_is_stable_and_in_input_order() {
     assert_ne!(a, mosr_eval::sets::sample(&items, 10, 7, "y"));
     assert!(a.windows(2).all(|w| w[0] < w[1]));
     // `"all"` reaches it as usize::MAX; 0 is refused where pipelines are read.
-    assert_eq!(mosr_eval::sets::sample(&items, usize::MAX, 7, "x").len(), 100);
+    assert_eq!(
+        mosr_eval::sets::sample(&items, usize::MAX, 7, "x").len(),
+        100
+    );
     assert!(mosr_eval::sets::sample(&items, 0, 7, "x").is_empty());
 }
 
