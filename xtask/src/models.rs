@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use anyhow::Result;
-use mosr_artifacts::PipelineFile;
 
 use crate::reproduce;
 
@@ -29,7 +28,7 @@ pub fn run(repo: &Path, models: &[String]) -> Result<()> {
     for id in &ids {
         let name = format!("models-{id}");
         tracing::info!(model = %id, run = %name, "screening");
-        reproduce::run(
+        let run_dir = reproduce::run(
             repo,
             &reproduce::Options {
                 pipeline: PIPELINE,
@@ -39,13 +38,11 @@ pub fn run(repo: &Path, models: &[String]) -> Result<()> {
                 runs_dir: None,
                 results_dir: None,
                 model: Some(id.clone()),
-                name: Some(name.clone()),
+                name: Some(name),
                 check: false,
             },
         )?;
-        let mut file = PipelineFile::load(&reproduce::pipeline_path(repo, PIPELINE))?;
-        file.run.name = name;
-        screened.push((id.clone(), file.run_dir(repo)));
+        screened.push((id.clone(), run_dir));
     }
     let out = repo.join("results").join("models");
     let command = if models.is_empty() {

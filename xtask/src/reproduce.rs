@@ -142,7 +142,8 @@ pub struct Options<'a> {
     pub check: bool,
 }
 
-pub fn run(repo: &Path, opts: &Options) -> Result<()> {
+/// Returns the run folder (after `[run]` overrides).
+pub fn run(repo: &Path, opts: &Options) -> Result<mosr_artifacts::RunDir> {
     let Options {
         pipeline,
         from,
@@ -178,7 +179,7 @@ pub fn run(repo: &Path, opts: &Options) -> Result<()> {
             names.len(),
             names.join(", ")
         );
-        return Ok(());
+        return Ok(file.run_dir(repo));
     }
     for s in [from, only].into_iter().flatten() {
         if !names.contains(&s) {
@@ -225,5 +226,5 @@ pub fn run(repo: &Path, opts: &Options) -> Result<()> {
             String::new()
         }
     );
-    Ok(())
+    Ok(file.run_dir(repo))
 }

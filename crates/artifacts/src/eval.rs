@@ -294,6 +294,14 @@ fn bools<T>(rows: &[T], f: impl Fn(&T) -> bool) -> ArrayRef {
     Arc::new(rows.iter().map(|r| Some(f(r))).collect::<BooleanArray>())
 }
 
+fn i64s<T>(rows: &[T], f: impl Fn(&T) -> i64) -> ArrayRef {
+    Arc::new(rows.iter().map(|r| Some(f(r))).collect::<Int64Array>())
+}
+
+fn f64s<T>(rows: &[T], f: impl Fn(&T) -> f64) -> ArrayRef {
+    Arc::new(rows.iter().map(|r| Some(f(r))).collect::<Float64Array>())
+}
+
 fn batch(table: &TableSchema, path: &Path, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
     RecordBatch::try_new(table.arrow_schema(), columns).map_err(|e| Error::arrow(path, e))
 }
@@ -417,9 +425,9 @@ pub fn write_metrics(path: &Path, rows: &[MetricRow]) -> Result<()> {
             strings(rows, |r| &r.set),
             opt_strings(rows, |r| r.attack.as_deref()),
             strings(rows, |r| &r.metric),
-            Arc::new(rows.iter().map(|r| Some(r.value)).collect::<Float64Array>()),
+            f64s(rows, |r| r.value),
             Arc::new(rows.iter().map(|r| r.k).collect::<Int64Array>()),
-            Arc::new(rows.iter().map(|r| Some(r.n)).collect::<Int64Array>()),
+            i64s(rows, |r| r.n),
             Arc::new(rows.iter().map(|r| r.ci_low).collect::<Float64Array>()),
             Arc::new(rows.iter().map(|r| r.ci_high).collect::<Float64Array>()),
         ],
@@ -483,11 +491,7 @@ pub fn write_capability_items(path: &Path, rows: &[CapabilityItemRow]) -> Result
                     .collect::<Int32Array>(),
             ),
             bools(rows, |r| r.correct),
-            Arc::new(
-                rows.iter()
-                    .map(|r| Some(r.margin))
-                    .collect::<Float64Array>(),
-            ),
+            f64s(rows, |r| r.margin),
         ],
     )?;
     write_parquet(path, CAPABILITY_ITEMS.arrow_schema(), &[b])
@@ -689,14 +693,6 @@ pub struct FrontierRow {
     pub value: f64,
     pub ci_low: f64,
     pub ci_high: f64,
-}
-
-fn i64s<T>(rows: &[T], f: impl Fn(&T) -> i64) -> ArrayRef {
-    Arc::new(rows.iter().map(|r| Some(f(r))).collect::<Int64Array>())
-}
-
-fn f64s<T>(rows: &[T], f: impl Fn(&T) -> f64) -> ArrayRef {
-    Arc::new(rows.iter().map(|r| Some(f(r))).collect::<Float64Array>())
 }
 
 pub fn write_frontier_generations(path: &Path, rows: &[FrontierGenerationRow]) -> Result<()> {
