@@ -172,6 +172,11 @@ pub struct AugmentConfig {
     /// Lower-cased phrases that make a response a refusal (X-Boundary's string-match judge).
     pub refusal_markers: Vec<String>,
     pub augmentation: AugmentationConfig,
+    /// How the model multiplies while generating the responses: `exact` or `quantized`
+    /// (`mosr_lm::Arithmetic`; see `[eval] arithmetic`). Default `exact`, left out of the
+    /// serialized section while exact so earlier runs' keys stay valid.
+    #[serde(skip_serializing_if = "mosr_lm::Arithmetic::is_exact")]
+    pub arithmetic: mosr_lm::Arithmetic,
 }
 
 impl Default for AugmentConfig {
@@ -213,6 +218,7 @@ impl Default for AugmentConfig {
             .map(|s| s.to_string())
             .collect(),
             augmentation: AugmentationConfig::default(),
+            arithmetic: mosr_lm::Arithmetic::Exact,
         }
     }
 }
@@ -641,7 +647,7 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
     let prompts_path = run_dir.stage_dir("data").join("prompts.parquet");
     let prompts = read_prompts(&prompts_path)?;
     let device = mosr_lm::device_from_name(&file.run.device)?;
-    let lm = LanguageModel::open(&model_path, &device)?;
+    let lm = LanguageModel::open_with(&model_path, &device, cfg.arithmetic)?;
     let work = run_dir.begin("augment", &key)?;
     let out = run(&cfg, &lm, &prompts, file.run.seed, work.dir())?;
     let mut manifest = StageManifest::new("augment", serde_json::to_value(&cfg)?);

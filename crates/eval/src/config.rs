@@ -59,6 +59,13 @@ pub struct EvalSection {
     /// default, so stage keys of runs made before it existed stay valid.
     #[serde(skip_serializing_if = "FrontierSection::is_default")]
     pub frontier: FrontierSection,
+    /// How the models multiply while generating and scoring: `exact` (f32 values of the
+    /// weights, bit-reproducible) or `quantized` (the GGUF file's integer codes times
+    /// int8-rounded activations, 2-3 times faster on the CPU; `mosr_lm::Arithmetic`,
+    /// docs/performance.md for its measured effect on judge outcomes). Default `exact`, left
+    /// out of the serialized section while exact so earlier runs' keys stay valid.
+    #[serde(skip_serializing_if = "mosr_lm::Arithmetic::is_exact")]
+    pub arithmetic: mosr_lm::Arithmetic,
 }
 
 impl Default for EvalSection {
@@ -89,6 +96,7 @@ impl Default for EvalSection {
             gibberish: GibberishJudgeConfig::default(),
             capability: CapabilityConfig::default(),
             frontier: FrontierSection::default(),
+            arithmetic: mosr_lm::Arithmetic::Exact,
         }
     }
 }

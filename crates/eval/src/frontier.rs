@@ -212,7 +212,7 @@ pub fn plan(
     for (si, snap) in cfg.frontier.snapshots.iter().enumerate() {
         let label = snap.label();
         let key = keys[&format!("adapter/{label}")].clone();
-        let vkey = serde_json::json!({"model": cfg.model_sha256, "adapter": key});
+        let vkey = crate::stage::variant_key(cfg, &key);
         let at = GroupAt {
             variant: si,
             label: &label,

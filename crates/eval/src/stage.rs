@@ -340,6 +340,16 @@ pub(crate) fn gen_settings(s: &EvalSection) -> serde_json::Value {
     })
 }
 
+/// The identity of an evaluated model in group keys: base model and adapter hashes, and the
+/// arithmetic when it is not exact (absent while exact, so earlier runs' groups stay valid).
+pub(crate) fn variant_key(cfg: &EvalConfig, adapter: &impl serde::Serialize) -> serde_json::Value {
+    let mut v = serde_json::json!({"model": cfg.model_sha256, "adapter": adapter});
+    if !cfg.section.arithmetic.is_exact() {
+        v["arithmetic"] = serde_json::to_value(cfg.section.arithmetic).expect("json");
+    }
+    v
+}
+
 /// The evaluated model a group belongs to: its index, label (file names), identity (model
 /// and adapter hashes) and the generation settings.
 pub(crate) struct GroupAt<'a> {
@@ -412,7 +422,8 @@ impl<'a> Model<'a> {
         if self.lm.is_none() {
             let t0 = Instant::now();
             let device = mosr_lm::device_from_name(&self.cfg.device)?;
-            let lm = LanguageModel::open(&self.cfg.model, &device)?;
+            let lm =
+                LanguageModel::open_with(&self.cfg.model, &device, self.cfg.section.arithmetic)?;
             info!(model = %self.cfg.model.display(), secs = t0.elapsed().as_secs_f64(), "model loaded");
             self.lm = Some(lm);
         }
@@ -707,7 +718,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
     let mut gen_groups = Vec::new();
     let mut cap_groups = Vec::new();
     for (vi, v) in cfg.variants.iter().enumerate() {
-        let vkey = serde_json::json!({"model": cfg.model_sha256, "adapter": adapter_keys[vi]});
+        let vkey = variant_key(cfg, &adapter_keys[vi]);
         for (set, attack, p) in &sends {
             let at = GroupAt {
                 variant: vi,

@@ -242,6 +242,23 @@ impl GgufFile {
         ))
     }
 
+    /// The tensor as integer codes with one scale and offset per group of 16
+    /// ([`crate::GroupCodes`]); `None` for types without such codes (floats, Q2_K, Q3_K, the
+    /// codebook types).
+    pub fn group_codes(&self, name: &str) -> Result<Option<crate::GroupCodes>, GgufError> {
+        let info = self.tensor_info(name)?;
+        let bytes = self.bytes_of(info);
+        if info.ggml_type.bytes_for(info.n_elements()) != Some(bytes.len()) {
+            self.dequantize(name)?;
+            return Ok(None);
+        }
+        Ok(crate::codes::group_codes(
+            info.ggml_type,
+            bytes,
+            info.n_elements(),
+        ))
+    }
+
     /// Dequantise a whole tensor into `out`, which must hold exactly `n_elements` values.
     pub fn dequantize_into(&self, name: &str, out: &mut [f32]) -> Result<(), GgufError> {
         let info = self.tensor_info(name)?;

@@ -13,6 +13,8 @@
 //!   Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS and MXFP4 ([`dequantize`]), bit-for-bit equal to gguf-py's
 //!   numpy reference (`gguf.quants.dequantize`), which the tests check on fixtures that
 //!   `tools/reference/gguf_fixtures.py` generates and on real model files.
+//! * splits the integer-coded types into per-group codes, scales and offsets
+//!   ([`GgufFile::group_codes`]) for products that keep the codes.
 //! * writes small GGUF files ([`GgufWriter`]) so tests can build inputs without Python.
 //!
 //! Shapes: GGUF stores ggml's `ne` (innermost dimension first); [`TensorInfo::shape`] reverses
@@ -20,6 +22,7 @@
 //!
 //! Big-endian GGUF files and GGUF v1 are rejected with [`GgufError::UnsupportedVersion`].
 
+mod codes;
 mod dequant;
 mod error;
 mod file;
@@ -27,6 +30,7 @@ mod meta;
 mod types;
 mod writer;
 
+pub use codes::{CODE_GROUP, GroupCodes};
 pub use dequant::{BlockAffine, dequantize};
 pub use error::{GgufError, IN_MEMORY};
 pub use file::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufFile, MAX_DIMS, TensorInfo};

@@ -13,6 +13,7 @@ pub mod amx;
 pub mod decode;
 pub mod norm;
 pub mod prefill;
+pub mod quant;
 
 /// Which kernels the model's plain CPU passes take on this machine: `amx-f32-exact`
 /// (projections on AMX tiles, [`amx`]), `avx512` (gemm's AVX-512 kernels and the vector

@@ -111,6 +111,53 @@ fn output<const D: usize>(
     Some(Tensor::from_data(TensorData::new(out, dims), device))
 }
 
+/// `x · W_i (+ bias_i)` for each frozen projection from its integer codes
+/// ([`mosr_kernels::quant`], any number of rows), `x` quantized once for all of them. `None`
+/// unless every projection has codes for this `k` and the device is the plain CPU one.
+pub fn project_quant<const D: usize>(
+    x: &Tensor<D>,
+    lins: &[&crate::lora::LoraLinear],
+) -> Option<Vec<Tensor<D>>> {
+    let quants: Vec<&mosr_kernels::quant::QuantWeight> = lins
+        .iter()
+        .map(|l| l.quant.as_deref())
+        .collect::<Option<_>>()?;
+    let biases: Vec<Option<Tensor<1>>> = lins
+        .iter()
+        .map(|l| l.bias.as_ref().map(|b| b.val()))
+        .collect();
+    quant_many(x, &quants, &biases)
+}
+
+/// `x · W_i (+ bias_i)` through [`mosr_kernels::quant::product_many`]; `None` where it does
+/// not apply (see [`project_quant`]).
+pub fn quant_many<const D: usize>(
+    x: &Tensor<D>,
+    quants: &[&mosr_kernels::quant::QuantWeight],
+    biases: &[Option<Tensor<1>>],
+) -> Option<Vec<Tensor<D>>> {
+    let dims = x.dims();
+    let k = dims[D - 1];
+    let rows: usize = dims[..D - 1].iter().product();
+    if rows == 0 || !applies(&x.device()) || quants.iter().any(|q| q.k() != k) {
+        return None;
+    }
+    let outs = with_rows(x, rows * k, |xs| {
+        let mut outs: Vec<Vec<f32>> = quants.iter().map(|q| vec![0f32; rows * q.n()]).collect();
+        let mut products: Vec<(&mosr_kernels::quant::QuantWeight, &mut [f32])> = quants
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(q, o)| (*q, o.as_mut_slice()))
+            .collect();
+        mosr_kernels::quant::product_many(xs, rows, &mut products);
+        outs
+    })?;
+    outs.into_iter()
+        .zip(quants.iter().zip(biases))
+        .map(|(out, (q, bias))| output(out, q.n(), bias.as_ref(), dims, &x.device()))
+        .collect()
+}
+
 /// `x · W_i (+ bias_i)` for each frozen projection on the AMX tile unit
 /// ([`mosr_kernels::amx`], f32-exact parts, two to three times `gemm`'s rate on the prefill
 /// shapes), the rows split once for all of them. `None` unless every projection has its

@@ -18,6 +18,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use mosr_kernels::MAX_ROWS;
 use mosr_kernels::decode::{AttentionShape, attention, rms_norm, rope};
+use mosr_kernels::quant::QuantWeight;
 
 use crate::cpu::{applies, contiguous, flex_f32};
 use crate::lora::LoraLinear;
@@ -134,6 +135,8 @@ impl HostKv {
 /// pair with its scale when the adapter is on.
 struct HostLinear {
     weight: FlexTensor,
+    /// The weight's integer codes, for quantized arithmetic.
+    quant: Option<std::sync::Arc<QuantWeight>>,
     n: usize,
     bias: Option<Vec<f32>>,
     lora: Option<(FlexTensor, FlexTensor, usize, f32)>,
@@ -157,6 +160,7 @@ impl HostLinear {
         };
         Some(Self {
             weight: flex_f32(&w)?,
+            quant: l.quant.clone(),
             n,
             bias,
             lora,
@@ -196,7 +200,18 @@ fn project<const N: usize>(
     lins: [&HostLinear; N],
 ) -> [Vec<f32>; N] {
     let mut outs = lins.map(|l| vec![0f32; rows * l.n]);
+    if let Some(quants) = lins
+        .iter()
+        .map(|l| l.quant.as_deref())
+        .collect::<Option<Vec<_>>>()
     {
+        let mut products: Vec<(&QuantWeight, &mut [f32])> = quants
+            .into_iter()
+            .zip(outs.iter_mut())
+            .map(|(q, out)| (q, out.as_mut_slice()))
+            .collect();
+        mosr_kernels::quant::product_many(x, rows, &mut products);
+    } else {
         let mut products: Vec<mosr_kernels::Product<'_>> = lins
             .iter()
             .zip(outs.iter_mut())
@@ -378,14 +393,17 @@ fn step_in_pool(
                 &mut h,
             );
             let mut out = vec![0f32; rows * vocab];
-            mosr_kernels::few_rows(
-                &h,
-                rows,
-                hidden,
-                contiguous(&head, hidden * vocab),
-                vocab,
-                &mut out,
-            );
+            match lm.head_quant.as_deref() {
+                Some(q) => mosr_kernels::quant::product(&h, rows, q, &mut out),
+                None => mosr_kernels::few_rows(
+                    &h,
+                    rows,
+                    hidden,
+                    contiguous(&head, hidden * vocab),
+                    vocab,
+                    &mut out,
+                ),
+            }
             Some(Tensor::<3>::from_data(
                 TensorData::new(out, [rows, 1, vocab]),
                 &device,

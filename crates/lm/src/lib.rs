@@ -118,6 +118,39 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// How a model's frozen projections multiply on the plain CPU.
+///
+/// `exact` multiplies the f32 values of the file's weights (bit-reproducible; training and
+/// everything that compares states always use it). `quantized` multiplies the file's own
+/// integer codes by int8-quantized activations (`mosr_kernels::quant`): the same weights,
+/// the activations rounded to 8 bits per group of 16, for volume work (evaluation and
+/// response generation). Only GGUF files with integer-coded weights have codes; the
+/// projections of other types stay exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arithmetic {
+    #[default]
+    Exact,
+    Quantized,
+}
+
+impl Arithmetic {
+    pub fn is_exact(&self) -> bool {
+        *self == Arithmetic::Exact
+    }
+}
+
+impl std::str::FromStr for Arithmetic {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exact" => Ok(Self::Exact),
+            "quantized" => Ok(Self::Quantized),
+            other => Err(format!("unknown arithmetic `{other}` (exact, quantized)")),
+        }
+    }
+}
+
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
@@ -166,14 +199,29 @@ pub struct LanguageModel {
 impl LanguageModel {
     /// Opens a `.gguf` file or an HF folder.
     pub fn open(path: &Path, device: &Device) -> Result<Self> {
+        Self::open_with(path, device, Arithmetic::Exact)
+    }
+
+    /// [`Self::open`] with the given arithmetic; `quantized` needs a GGUF file.
+    pub fn open_with(path: &Path, device: &Device, arithmetic: Arithmetic) -> Result<Self> {
         if path.is_dir() {
+            if !arithmetic.is_exact() {
+                return Err(LmError::Config {
+                    file: path.to_path_buf(),
+                    problem: "quantized arithmetic multiplies a GGUF file's integer codes; this is an HF folder (use arithmetic = \"exact\")".into(),
+                });
+            }
             Self::open_hf(path, device)
         } else {
-            Self::open_gguf(path, device)
+            Self::open_gguf_with(path, device, arithmetic)
         }
     }
 
     pub fn open_gguf(path: &Path, device: &Device) -> Result<Self> {
+        Self::open_gguf_with(path, device, Arithmetic::Exact)
+    }
+
+    fn open_gguf_with(path: &Path, device: &Device, arithmetic: Arithmetic) -> Result<Self> {
         let g = GgufFile::open(path)?;
         let config = convert::config_from_gguf(&g)?;
         let tok_json = tokenizer::gguf_tokenizer_json(&g)?;
@@ -207,7 +255,7 @@ impl LanguageModel {
             num_heads: config.num_heads,
             num_kv_heads: config.num_kv_heads,
         };
-        let net = CausalLm::load(&src, &config, device)?;
+        let net = CausalLm::load_with(&src, &config, device, arithmetic)?;
         Ok(Self {
             net,
             tokenizer,

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use burn::module::{Module, Param};
 use burn::tensor::{Distribution, Tensor, TensorData};
 use mosr_kernels::amx::PackedWeight;
+use mosr_kernels::quant::QuantWeight;
 use serde::{Deserialize, Serialize};
 
 use crate::{LmError, Result};
@@ -43,6 +44,11 @@ pub struct LoraLinear {
     /// at load where the machine has AMX; dropped whenever `weight` changes.
     #[module(skip)]
     pub packed: Option<Arc<PackedWeight>>,
+    /// The file's integer codes of `weight`, for [`crate::Arithmetic::Quantized`] passes on
+    /// the plain CPU (`crate::cpu`). Built at load when asked for; dropped whenever `weight`
+    /// changes.
+    #[module(skip)]
+    pub quant: Option<Arc<QuantWeight>>,
 }
 
 /// Key of the dropout stream (see [`seed_dropout`]) and the number of masks drawn from it.
@@ -76,6 +82,7 @@ impl LoraLinear {
             scale: 0.0,
             dropout: 0.0,
             packed: None,
+            quant: None,
         }
     }
 
@@ -90,7 +97,10 @@ impl LoraLinear {
     /// `fast`: allow the CPU few-row kernel (off for `ForwardOptions::training_arithmetic`).
     pub fn forward(&self, x: Tensor<3>, adapter: bool, train: bool, fast: bool) -> Tensor<3> {
         let packed = fast
-            .then(|| crate::cpu::project_packed(&x, &[self]))
+            .then(|| {
+                crate::cpu::project_quant(&x, &[self])
+                    .or_else(|| crate::cpu::project_packed(&x, &[self]))
+            })
             .flatten();
         let y = match packed {
             Some(mut ys) => ys.pop().expect("one product"),
@@ -144,6 +154,7 @@ impl LoraLinear {
                     scale: 0.0,
                     dropout: 0.0,
                     packed: None,
+                    quant: None,
                 }
             }
             _ => self,

@@ -8,8 +8,9 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use crate::config::ModelConfig;
 use crate::lora::{LoraConfig, LoraLinear, attach};
 use crate::weights::{HostTensor, WeightSource};
-use crate::{LmError, Result};
+use crate::{Arithmetic, LmError, Result};
 use mosr_kernels::amx::PackedWeight;
+use mosr_kernels::quant::QuantWeight;
 
 #[derive(Module, Debug)]
 pub struct RmsNorm {
@@ -66,6 +67,9 @@ pub struct CausalLm {
     #[module(skip)]
     pub config: ModelConfig,
     pub inv_freq: Vec<f64>,
+    /// `lm_head`'s integer codes for quantized passes (see [`LoraLinear::quant`]).
+    #[module(skip)]
+    pub head_quant: Option<std::sync::Arc<QuantWeight>>,
 }
 
 /// Which logits to compute: the unembedding of a 49k-150k vocabulary dominates small models.
@@ -247,6 +251,28 @@ fn to_tensor2_transposed(h: HostTensor, device: &Device) -> Tensor<2> {
 impl CausalLm {
     /// Builds the network from any weight source, checking every shape against the config.
     pub fn load(src: &dyn WeightSource, cfg: &ModelConfig, device: &Device) -> Result<Self> {
+        Self::load_with(src, cfg, device, Arithmetic::Exact)
+    }
+
+    /// [`Self::load`], keeping the source's integer codes of every projection and the head
+    /// for `quantized` arithmetic (on the plain CPU device; elsewhere it runs exact). Errors
+    /// if the source has codes for none of them.
+    pub fn load_with(
+        src: &dyn WeightSource,
+        cfg: &ModelConfig,
+        device: &Device,
+        arithmetic: Arithmetic,
+    ) -> Result<Self> {
+        let quantized = !arithmetic.is_exact() && crate::cpu::applies(device);
+        let codes =
+            |name: &str, n: usize, k: usize| -> Result<Option<std::sync::Arc<QuantWeight>>> {
+                if !quantized || !k.is_multiple_of(mosr_kernels::quant::GROUP) {
+                    return Ok(None);
+                }
+                Ok(src.group_codes(name)?.map(|c| {
+                    std::sync::Arc::new(QuantWeight::new(n, k, &c.codes, &c.scale, &c.offset))
+                }))
+            };
         let fetch = |name: &str, shape: &[usize]| -> Result<HostTensor> {
             let t = src.get(name)?.ok_or_else(|| LmError::MissingTensor {
                 file: src.origin().to_path_buf(),
@@ -279,6 +305,7 @@ impl CausalLm {
             } else {
                 None
             };
+            let quant = codes(&format!("{name}.weight"), out, inp)?;
             let w = to_tensor2_transposed(host, device);
             let b = if bias {
                 Some(to_tensor1(fetch(&format!("{name}.bias"), &[out])?, device))
@@ -287,6 +314,7 @@ impl CausalLm {
             };
             Ok(LoraLinear {
                 packed,
+                quant,
                 ..LoraLinear::frozen(w, b)
             })
         };
@@ -345,8 +373,9 @@ impl CausalLm {
                 },
             });
         }
-        let head = if cfg.tie_word_embeddings {
-            embed.clone()
+        const TIED: &str = "model.embed_tokens.weight";
+        let (head, head_name) = if cfg.tie_word_embeddings {
+            (embed.clone(), TIED)
         } else {
             match src.get("lm_head.weight")? {
                 Some(h) => {
@@ -359,11 +388,23 @@ impl CausalLm {
                         });
                     }
                     crate::weights::check_values(src.origin(), "lm_head.weight", &h)?;
-                    h
+                    (h, "lm_head.weight")
                 }
-                None => embed.clone(),
+                None => (embed.clone(), TIED),
             }
         };
+        let head_quant = codes(head_name, cfg.vocab_size, d)?;
+        if quantized
+            && head_quant.is_none()
+            && layers
+                .iter()
+                .all(|b: &Block| b.linears().iter().all(|(_, l)| l.quant.is_none()))
+        {
+            return Err(LmError::Weights {
+                file: src.origin().to_path_buf(),
+                problem: "quantized arithmetic: no tensor of this file has integer codes (Q4_0-Q8_0, Q4_K-Q6_K); use arithmetic = \"exact\"".into(),
+            });
+        }
         let embed_t = Tensor::from_data(TensorData::new(embed.data, [cfg.vocab_size, d]), device);
         Ok(Self {
             embed_tokens: Param::from_tensor(embed_t).set_require_grad(false),
@@ -373,6 +414,7 @@ impl CausalLm {
                 .set_require_grad(false),
             inv_freq: cfg.rope_inv_freq(),
             config: cfg.clone(),
+            head_quant,
         })
     }
 
@@ -543,9 +585,18 @@ impl CausalLm {
             match opts.logits {
                 Logits::None => None,
                 Logits::Last => {
-                    let last = x.narrow(1, t - 1, 1);
-                    let unembed = crate::cpu::projector(!opts.training_arithmetic);
-                    Some(unembed(self.norm.forward(last), self.lm_head.val(), None))
+                    let last = self.norm.forward(x.narrow(1, t - 1, 1));
+                    let quant = self
+                        .head_quant
+                        .as_deref()
+                        .filter(|_| !opts.training_arithmetic);
+                    quant
+                        .and_then(|q| crate::cpu::quant_many(&last, &[q], &[None]))
+                        .and_then(|mut ys| ys.pop())
+                        .or_else(|| {
+                            let unembed = crate::cpu::projector(!opts.training_arithmetic);
+                            Some(unembed(last, self.lm_head.val(), None))
+                        })
                 }
                 Logits::All => Some(linear(self.norm.forward(x), self.lm_head.val(), None)),
             }
@@ -763,15 +814,17 @@ fn project_shared<const N: usize>(
     fast: bool,
 ) -> [Tensor<3>; N] {
     let shared = if fast {
-        crate::cpu::project_packed(x, &lins).or_else(|| {
-            let ws: Vec<(Tensor<2>, Option<Tensor<1>>)> = lins
-                .iter()
-                .map(|l| (l.weight.val(), l.bias.as_ref().map(|b| b.val())))
-                .collect();
-            let refs: Vec<(&Tensor<2>, Option<&Tensor<1>>)> =
-                ws.iter().map(|(w, b)| (w, b.as_ref())).collect();
-            crate::cpu::linear_many(x, &refs)
-        })
+        crate::cpu::project_quant(x, &lins)
+            .or_else(|| crate::cpu::project_packed(x, &lins))
+            .or_else(|| {
+                let ws: Vec<(Tensor<2>, Option<Tensor<1>>)> = lins
+                    .iter()
+                    .map(|l| (l.weight.val(), l.bias.as_ref().map(|b| b.val())))
+                    .collect();
+                let refs: Vec<(&Tensor<2>, Option<&Tensor<1>>)> =
+                    ws.iter().map(|(w, b)| (w, b.as_ref())).collect();
+                crate::cpu::linear_many(x, &refs)
+            })
     } else {
         None
     };

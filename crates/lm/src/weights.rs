@@ -28,6 +28,13 @@ pub trait WeightSource {
     fn block_affine(&self, _hf_name: &str) -> Result<Option<mosr_gguf::BlockAffine>> {
         Ok(None)
     }
+    /// The tensor as integer codes with a scale and offset per group of 16 along its rows,
+    /// where the file stores integer codes (GGUF's Q4_0-Q8_0 and Q4_K-Q6_K); `None`
+    /// elsewhere. The quantized arithmetic multiplies these codes directly
+    /// (`mosr_kernels::quant`).
+    fn group_codes(&self, _hf_name: &str) -> Result<Option<mosr_gguf::GroupCodes>> {
+        Ok(None)
+    }
 }
 
 /// Rejects a tensor no trained model holds: a non-finite value anywhere, or a weight matrix
@@ -98,7 +105,7 @@ impl GgufWeights<'_> {
     /// llama.cpp's converter interleaves the two RoPE halves of each Q/K head for Llama-arch
     /// models (it uses GPT-J style rotation); HF rotates halves, so undo it here. `shape` is
     /// `[rows, ..]` of `data`.
-    fn unpermute(&self, name: &str, data: Vec<f32>, shape: &[usize]) -> Vec<f32> {
+    fn unpermute<T: Copy + Default>(&self, name: &str, data: Vec<T>, shape: &[usize]) -> Vec<T> {
         if self.arch == Arch::Qwen2 {
             data
         } else if name.ends_with("attn_q.weight") {
@@ -140,6 +147,24 @@ impl WeightSource for GgufWeights<'_> {
             offsets: self.unpermute(&name, a.offsets, &blocks),
         }))
     }
+    fn group_codes(&self, hf_name: &str) -> Result<Option<mosr_gguf::GroupCodes>> {
+        let Some(name) = hf_to_gguf_name(hf_name) else {
+            return Ok(None);
+        };
+        let Ok(info) = self.file.tensor_info(&name) else {
+            return Ok(None);
+        };
+        let shape = info.shape();
+        let Some(c) = self.file.group_codes(&name)? else {
+            return Ok(None);
+        };
+        let groups = [shape[0], c.scale.len() / shape[0].max(1)];
+        Ok(Some(mosr_gguf::GroupCodes {
+            codes: self.unpermute(&name, c.codes, &shape),
+            scale: self.unpermute(&name, c.scale, &groups),
+            offset: self.unpermute(&name, c.offset, &groups),
+        }))
+    }
     fn origin(&self) -> &Path {
         self.file.path()
     }
@@ -147,12 +172,12 @@ impl WeightSource for GgufWeights<'_> {
 
 /// Inverse of llama.cpp's `permute(w, n_head)`: GGUF row `h*hd + 2i + j` is HF row
 /// `h*hd + j*hd/2 + i`.
-pub fn unpermute_rows(data: &[f32], shape: &[usize], n_head: usize) -> Vec<f32> {
+pub fn unpermute_rows<T: Copy + Default>(data: &[T], shape: &[usize], n_head: usize) -> Vec<T> {
     let rows = shape[0];
     let cols: usize = shape[1..].iter().product::<usize>().max(1);
     let hd = rows / n_head;
     let half = hd / 2;
-    let mut out = vec![0f32; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..n_head {
         for i in 0..half {
             for j in 0..2 {

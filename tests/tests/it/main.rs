@@ -8,4 +8,5 @@ mod lm_errors;
 mod lm_lora;
 mod lm_reference;
 mod pipelines;
+mod quant;
 mod training;

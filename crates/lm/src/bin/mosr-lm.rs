@@ -46,6 +46,9 @@ enum Cmd {
         adapter: Option<PathBuf>,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// exact | quantized (the GGUF's integer codes; see `mosr_lm::Arithmetic`).
+        #[arg(long, default_value = "exact")]
+        arithmetic: mosr_lm::Arithmetic,
     },
     /// Print the model configuration and chat template rendering.
     Info {
@@ -77,6 +80,9 @@ enum Cmd {
         new_tokens: usize,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// exact | quantized
+        #[arg(long, default_value = "exact")]
+        arithmetic: mosr_lm::Arithmetic,
     },
 }
 
@@ -113,6 +119,7 @@ fn bench(
     seq: usize,
     new_tokens: usize,
     repeats: usize,
+    arithmetic: mosr_lm::Arithmetic,
 ) -> anyhow::Result<()> {
     use mosr_lm::{ForwardOptions, Logits, TokenBatch};
     let dev = mosr_lm::Device::flex();
@@ -166,7 +173,7 @@ fn bench(
         tokens = 0;
         flops = 2.0 * (n as f64).powi(3);
     } else {
-        let lm = LanguageModel::open(&fetch::resolve(model)?, &dev)?;
+        let lm = LanguageModel::open_with(&fetch::resolve(model)?, &dev, arithmetic)?;
         let ids = bench_ids(batch, seq, lm.config.vocab_size);
         let c = &lm.config;
         let params = (c.num_layers
@@ -262,11 +269,12 @@ fn main() -> anyhow::Result<()> {
             system,
             adapter,
             device,
+            arithmetic,
         } => {
             let device = device_from_name(&device)?;
             let path = fetch::resolve(&model)?;
             let t0 = std::time::Instant::now();
-            let mut lm = LanguageModel::open(&path, &device)
+            let mut lm = LanguageModel::open_with(&path, &device, arithmetic)
                 .with_context(|| format!("loading {}", path.display()))?;
             if let Some(dir) = adapter {
                 let (net, _) = mosr_lm::adapter::load(lm.net, &dir, None)?;
@@ -321,8 +329,11 @@ fn main() -> anyhow::Result<()> {
             seq,
             new_tokens,
             repeats,
+            arithmetic,
         } => {
-            bench(&model, &workload, batch, seq, new_tokens, repeats)?;
+            bench(
+                &model, &workload, batch, seq, new_tokens, repeats, arithmetic,
+            )?;
         }
         Cmd::Fetch { id } => {
             println!("{}", fetch::fetch(&id)?.display());

@@ -1,0 +1,169 @@
+//! Quantized tensors as per-group affine integer codes, for products that keep the codes
+//! (`mosr_kernels::quant`) instead of dequantizing.
+//!
+//! Element `e` of every supported type is `scale[e / 16] · code[e] + offset[e / 16]` with an
+//! integer `code` in `0..=255`: the block's own integers with any bias or sign moved into the
+//! offset. The scales are the ones the dequantizer computes (`d · sc` for the K-quants), so
+//! `scale · code + offset` equals [`crate::dequantize`] up to one rounding where the
+//! dequantizer subtracts the bias before multiplying (Q4_0, Q5_0, Q8_0, Q6_K).
+
+use crate::GgmlType;
+
+/// Elements per group sharing one scale and offset.
+pub const CODE_GROUP: usize = 16;
+
+/// A tensor's codes (one byte per element) with one scale and offset per group of
+/// [`CODE_GROUP`] consecutive elements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupCodes {
+    pub codes: Vec<u8>,
+    pub scale: Vec<f32>,
+    pub offset: Vec<f32>,
+}
+
+type Split = fn(&[u8], &mut [u8], &mut [f32], &mut [f32]);
+
+/// [`GroupCodes`] of `n` elements of type `ty`; `None` for types without integer codes in
+/// groups of 16 (floats, Q2_K, Q3_K, the codebook types). `bytes` must be exactly the
+/// encoded size of `n` elements.
+pub(crate) fn group_codes(ty: GgmlType, bytes: &[u8], n: usize) -> Option<GroupCodes> {
+    let split: Split = match ty {
+        GgmlType::Q4_0 => q4_0,
+        GgmlType::Q4_1 => q4_1,
+        GgmlType::Q5_0 => q5_0,
+        GgmlType::Q5_1 => q5_1,
+        GgmlType::Q8_0 => q8_0,
+        GgmlType::Q4_K => q4_k,
+        GgmlType::Q5_K => q5_k,
+        GgmlType::Q6_K => q6_k,
+        _ => return None,
+    };
+    debug_assert_eq!(ty.bytes_for(n), Some(bytes.len()));
+    let (bs, per) = (ty.block_size(), ty.block_size() / CODE_GROUP);
+    let mut out = GroupCodes {
+        codes: vec![0u8; n],
+        scale: vec![0f32; n / CODE_GROUP],
+        offset: vec![0f32; n / CODE_GROUP],
+    };
+    let blocks = bytes
+        .chunks_exact(ty.type_size())
+        .zip(out.codes.chunks_exact_mut(bs))
+        .zip(out.scale.chunks_exact_mut(per))
+        .zip(out.offset.chunks_exact_mut(per));
+    for (((b, c), s), o) in blocks {
+        split(b, c, s, o);
+    }
+    Some(out)
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
+}
+
+/// Q4_0/Q4_1's nibble layout: element `i < 16` is the low nibble of `qs[i]`, `16 + i` its
+/// high nibble.
+fn nibbles(qs: &[u8], c: &mut [u8]) {
+    for i in 0..16 {
+        c[i] = qs[i] & 0x0F;
+        c[16 + i] = qs[i] >> 4;
+    }
+}
+
+/// Q5_0/Q5_1: nibbles plus the fifth bit of element `i` in bit `i` of `qh`.
+fn nibbles5(qh: u32, qs: &[u8], c: &mut [u8]) {
+    nibbles(qs, c);
+    for (i, v) in c.iter_mut().enumerate() {
+        *v |= (((qh >> i) & 1) << 4) as u8;
+    }
+}
+
+fn q4_0(b: &[u8], c: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+    let d = f16_at(b, 0);
+    nibbles(&b[2..18], c);
+    s.fill(d);
+    o.fill(-8.0 * d);
+}
+
+fn q4_1(b: &[u8], c: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+    nibbles(&b[4..20], c);
+    s.fill(f16_at(b, 0));
+    o.fill(f16_at(b, 2));
+}
+
+fn q5_0(b: &[u8], c: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+    let d = f16_at(b, 0);
+    nibbles5(u32::from_le_bytes([b[2], b[3], b[4], b[5]]), &b[6..22], c);
+    s.fill(d);
+    o.fill(-16.0 * d);
+}
+
+fn q5_1(b: &[u8], c: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+    nibbles5(u32::from_le_bytes([b[4], b[5], b[6], b[7]]), &b[8..24], c);
+    s.fill(f16_at(b, 0));
+    o.fill(f16_at(b, 2));
+}
+
+fn q8_0(b: &[u8], c: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for (v, &q) in c.iter_mut().zip(&b[2..34]) {
+        *v = q ^ 0x80; // i8 + 128
+    }
+    s.fill(d);
+    o.fill(-128.0 * d);
+}
+
+/// ggml's `get_scale_min_k4` (see the dequantizer).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Q4_K (`high = None`) and Q5_K: sub-block `j` of 32 is groups `2j`, `2j + 1`.
+fn k_quant(b: &[u8], high: Option<&[u8]>, qs: &[u8], c: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    for (j, cj) in c.chunks_exact_mut(32).enumerate() {
+        let (sc, m) = scale_min_k4(j, &b[4..16]);
+        let shift = 4 * (j % 2);
+        for (l, v) in cj.iter_mut().enumerate() {
+            let hb = high.map_or(0, |qh| ((qh[l] >> j) & 1) << 4);
+            *v = ((qs[32 * (j / 2) + l] >> shift) & 0x0F) | hb;
+        }
+        s[2 * j..2 * j + 2].fill(d * f32::from(sc));
+        o[2 * j..2 * j + 2].fill(-(dmin * f32::from(m)));
+    }
+}
+
+fn q4_k(b: &[u8], c: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+    k_quant(b, None, &b[16..144], c, s, o);
+}
+
+fn q5_k(b: &[u8], c: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+    k_quant(b, Some(&b[16..48]), &b[48..176], c, s, o);
+}
+
+/// Q6_K: element `128h + 32k + l` as in the dequantizer, code `q` (6 bits), group `e / 16`
+/// scale `d · scales[g]`, offset `-32 · scale`.
+fn q6_k(b: &[u8], c: &mut [u8], s: &mut [f32], o: &mut [f32]) {
+    let d = f16_at(b, 208);
+    for (g, (sg, og)) in s.iter_mut().zip(o.iter_mut()).enumerate() {
+        *sg = d * f32::from(b[192 + g] as i8);
+        *og = -32.0 * *sg;
+    }
+    for h in 0..2 {
+        let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..160 + 32 * h]);
+        let ch = &mut c[128 * h..128 * h + 128];
+        for l in 0..32 {
+            let (a, x, hb) = (ql[l], ql[l + 32], qh[l]);
+            ch[l] = (a & 0x0F) | ((hb & 3) << 4);
+            ch[l + 32] = (x & 0x0F) | (((hb >> 2) & 3) << 4);
+            ch[l + 64] = (a >> 4) | (((hb >> 4) & 3) << 4);
+            ch[l + 96] = (x >> 4) | (((hb >> 6) & 3) << 4);
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Products on quantized weights: `out = x · Wᵀ` where `W [n, k]` keeps a GGUF file's integer
+//! codes instead of their f32 values.
+//!
+//! Every GGUF block type we read is affine per group of 16 weights: weight `(o, i)` is
+//! `scale[o, g] · code[o, i] + offset[o, g]` with `g = i / 16` and an integer code below 256
+//! (Q4_K's sub-block scale and min, Q6_K's signed scale with the bias of 32 folded into the
+//! offset, Q8_0's sign folded the same way). [`QuantWeight`] keeps those codes (one byte
+//! each) and the group's scale and offset (f32, exactly the values the dequantizer computes),
+//! so it holds the file's weights, not an approximation of them: 12 bits per weight instead
+//! of 32.
+//!
+//! The activations are the approximate side: each row is quantized to int8 per group of 16
+//! (`x ≈ d · q`, `d = max |x| / 127`), so a product is
+//! `Σ_g scale · d · Σ_i code·q + offset · d · Σ_i q`, the inner sums exact in int32. On
+//! AVX-512 VNNI one `vpdpbusd` multiplies 64 code bytes by 64 activation bytes. The float side
+//! is one product and two fused multiply-adds per group, in the same order on every path, and
+//! the portable path uses `mul_add` for the fused ones: results are bit-identical with and
+//! without VNNI, whatever the threads.
+
+use rayon::prelude::*;
+
+/// Weights per group sharing one scale and offset (the smallest group of the GGUF types).
+pub const GROUP: usize = 16;
+/// Output columns per tile: one AVX-512 register of f32 lanes.
+const TILE: usize = 16;
+/// Bytes of one (tile, group) cell: 16 × 16 codes, then 16 scales and 16 offsets.
+const CELL: usize = TILE * GROUP + 2 * TILE * 4;
+/// Rows per register block of the kernel.
+const ROWS: usize = 8;
+
+/// A weight `[n, k]` as per-group affine integer codes, laid out for the kernel: for each
+/// tile of 16 output rows and each group of 16 inputs, the codes interleaved by fours (lane
+/// `j` of quad `q` holds `code[o0 + j, 16g + 4q .. 16g + 4q + 4]`), then the 16 scales and
+/// the 16 offsets.
+#[derive(Debug, Clone)]
+pub struct QuantWeight {
+    n: usize,
+    k: usize,
+    cells: Vec<u8>,
+}
+
+impl QuantWeight {
+    /// From row-major `codes [n, k]` and `scale`, `offset` `[n, k / GROUP]`.
+    ///
+    /// # Panics
+    /// If `k` is not a multiple of [`GROUP`] or a slice length disagrees with the shape.
+    pub fn new(n: usize, k: usize, codes: &[u8], scale: &[f32], offset: &[f32]) -> Self {
+        assert!(
+            k.is_multiple_of(GROUP),
+            "QuantWeight: k = {k} is not a multiple of {GROUP}"
+        );
+        let groups = k / GROUP;
+        assert_eq!(codes.len(), n * k, "QuantWeight: codes are not [{n}, {k}]");
+        assert_eq!(
+            scale.len(),
+            n * groups,
+            "QuantWeight: scales are not [{n}, {groups}]"
+        );
+        assert_eq!(
+            offset.len(),
+            n * groups,
+            "QuantWeight: offsets are not [{n}, {groups}]"
+        );
+        let tiles = n.div_ceil(TILE);
+        let mut cells = vec![0u8; tiles * groups * CELL];
+        for (t, tile) in cells.chunks_exact_mut(groups * CELL).enumerate() {
+            for (g, cell) in tile.chunks_exact_mut(CELL).enumerate() {
+                for j in 0..TILE.min(n - t * TILE) {
+                    let o = t * TILE + j;
+                    for i in 0..GROUP {
+                        cell[(i / 4) * 64 + j * 4 + i % 4] = codes[o * k + g * GROUP + i];
+                    }
+                    let at = TILE * GROUP + 4 * j;
+                    cell[at..at + 4].copy_from_slice(&scale[o * groups + g].to_le_bytes());
+                    let at = at + 4 * TILE;
+                    cell[at..at + 4].copy_from_slice(&offset[o * groups + g].to_le_bytes());
+                }
+            }
+        }
+        Self { n, k, cells }
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// The weight's values `[n, k]`, `scale · code + offset` in f32 (what the file's
+    /// dequantizer gives, up to its rounding).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let groups = self.k / GROUP;
+        let mut w = vec![0f32; self.n * self.k];
+        for o in 0..self.n {
+            let tile = &self.cells[(o / TILE) * groups * CELL..];
+            let j = o % TILE;
+            for g in 0..groups {
+                let cell = &tile[g * CELL..][..CELL];
+                let (s, m) = (
+                    f32_at(cell, TILE * GROUP + 4 * j),
+                    f32_at(cell, TILE * GROUP + 4 * (TILE + j)),
+                );
+                for i in 0..GROUP {
+                    let c = cell[(i / 4) * 64 + j * 4 + i % 4];
+                    w[o * self.k + g * GROUP + i] = s * f32::from(c) + m;
+                }
+            }
+        }
+        w
+    }
+}
+
+fn f32_at(b: &[u8], at: usize) -> f32 {
+    f32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Rows of activations quantized per group of 16: `x ≈ scale · q`, with `sums = scale · Σ q`
+/// per group (the factor of the weight's offset).
+struct QuantRows {
+    k: usize,
+    q: Vec<i8>,
+    scale: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+fn quantize_rows(x: &[f32], rows: usize, k: usize) -> QuantRows {
+    let groups = k / GROUP;
+    let mut q = vec![0i8; rows * k];
+    let mut scale = vec![0f32; rows * groups];
+    let mut sums = vec![0f32; rows * groups];
+    for (gi, (xs, qs)) in x
+        .chunks_exact(GROUP)
+        .zip(q.chunks_exact_mut(GROUP))
+        .enumerate()
+    {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // A NaN or infinity anywhere makes the group's scale non-finite, so the outputs it
+        // reaches are too (and generation stops with a clear error).
+        let amax = if xs.iter().all(|v| v.is_finite()) {
+            amax
+        } else {
+            f32::NAN
+        };
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut s = 0i32;
+        for (qv, &v) in qs.iter_mut().zip(xs) {
+            *qv = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+            s += i32::from(*qv);
+        }
+        scale[gi] = d;
+        sums[gi] = d * s as f32;
+    }
+    QuantRows { k, q, scale, sums }
+}
+
+/// `out [rows, n] = x [rows, k] · Wᵀ`, row-major, for any number of rows.
+///
+/// # Panics
+/// If a slice length disagrees with the shape.
+pub fn product(x: &[f32], rows: usize, w: &QuantWeight, out: &mut [f32]) {
+    product_many(x, rows, &mut [(w, out)]);
+}
+
+/// [`product`] for several weights sharing `x` (a block's q/k/v, or gate/up): `x` is
+/// quantized once, and one parallel region serves all of them.
+pub fn product_many(x: &[f32], rows: usize, products: &mut [(&QuantWeight, &mut [f32])]) {
+    let Some(k) = products.first().map(|(w, _)| w.k) else {
+        return;
+    };
+    assert_eq!(x.len(), rows * k, "quant::product: x is not [{rows}, {k}]");
+    for (w, out) in products.iter() {
+        assert_eq!(w.k, k, "quant::product: weights disagree on k");
+        assert_eq!(
+            out.len(),
+            rows * w.n,
+            "quant::product: out is not [{rows}, {}]",
+            w.n
+        );
+    }
+    if rows == 0 {
+        return;
+    }
+    let xq = quantize_rows(x, rows, k);
+    // Tasks: runs of tiles, a few per thread so an uneven last run does not idle a core.
+    let threads = rayon::current_num_threads().max(1);
+    let mut tasks = Vec::new();
+    for (pi, (w, out)) in products.iter_mut().enumerate() {
+        let tiles = w.n.div_ceil(TILE);
+        let per = tiles.div_ceil(threads * 4).max(1);
+        for t0 in (0..tiles).step_by(per) {
+            tasks.push((pi, t0, (t0 + per).min(tiles), SharedOut(out.as_mut_ptr())));
+        }
+    }
+    let weights: Vec<&QuantWeight> = products.iter().map(|(w, _)| *w).collect();
+    tasks.par_iter().for_each(|&(pi, t0, t1, out)| {
+        let w = weights[pi];
+        for t in t0..t1 {
+            // SAFETY: each tile writes its own columns of `out`, which is [rows, w.n].
+            unsafe { tile(w, t, &xq, rows, out.0) };
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint columns of the output.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// One tile's 16 output columns for every row.
+///
+/// # Safety
+/// `out` must point to a `[rows, w.n]` row-major buffer; only this tile's columns are written.
+unsafe fn tile(w: &QuantWeight, t: usize, xq: &QuantRows, rows: usize, out: *mut f32) {
+    let groups = w.k / GROUP;
+    let cells = &w.cells[t * groups * CELL..][..groups * CELL];
+    let cols = TILE.min(w.n - t * TILE);
+    let mut r0 = 0;
+    while r0 < rows {
+        let r = ROWS.min(rows - r0);
+        let block = Block {
+            cells,
+            groups,
+            q: &xq.q[r0 * xq.k..],
+            k: xq.k,
+            scale: &xq.scale[r0 * groups..],
+            sums: &xq.sums[r0 * groups..],
+        };
+        let mut acc = [[0f32; TILE]; ROWS];
+        block.run(r, &mut acc);
+        for (i, row) in acc.iter().take(r).enumerate() {
+            // SAFETY: row r0 + i < rows, columns t*TILE .. t*TILE + cols < n.
+            let dst = unsafe { out.add((r0 + i) * w.n + t * TILE) };
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols) };
+        }
+        r0 += r;
+    }
+}
+
+/// Up to [`ROWS`] rows against one tile.
+struct Block<'a> {
+    cells: &'a [u8],
+    groups: usize,
+    q: &'a [i8],
+    k: usize,
+    scale: &'a [f32],
+    sums: &'a [f32],
+}
+
+impl Block<'_> {
+    fn run(&self, rows: usize, acc: &mut [[f32; TILE]; ROWS]) {
+        #[cfg(target_arch = "x86_64")]
+        if vnni::available() {
+            // SAFETY: the CPU has the features (checked above); shapes checked by `product`.
+            unsafe {
+                match rows {
+                    8 => vnni::rows::<8>(self, acc),
+                    7 => vnni::rows::<7>(self, acc),
+                    6 => vnni::rows::<6>(self, acc),
+                    5 => vnni::rows::<5>(self, acc),
+                    4 => vnni::rows::<4>(self, acc),
+                    3 => vnni::rows::<3>(self, acc),
+                    2 => vnni::rows::<2>(self, acc),
+                    _ => vnni::rows::<1>(self, acc),
+                }
+            }
+            return;
+        }
+        self.portable(rows, acc);
+    }
+
+    /// The same arithmetic as the VNNI kernel, lane by lane.
+    fn portable(&self, rows: usize, acc: &mut [[f32; TILE]; ROWS]) {
+        for g in 0..self.groups {
+            let cell = &self.cells[g * CELL..][..CELL];
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                let x = &self.q[r * self.k + g * GROUP..][..GROUP];
+                let (d, s) = (
+                    self.scale[r * self.groups + g],
+                    self.sums[r * self.groups + g],
+                );
+                for (j, lane) in a.iter_mut().enumerate() {
+                    let dot: i32 = (0..GROUP)
+                        .map(|i| i32::from(cell[(i / 4) * 64 + j * 4 + i % 4]) * i32::from(x[i]))
+                        .sum();
+                    let sc = f32_at(cell, TILE * GROUP + 4 * j);
+                    let off = f32_at(cell, TILE * GROUP + 4 * (TILE + j));
+                    let f = dot as f32 * d;
+                    *lane = off.mul_add(s, f.mul_add(sc, *lane));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::{Block, CELL, GROUP, ROWS, TILE};
+    use std::arch::x86_64::*;
+
+    pub(super) fn available() -> bool {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// `R` rows of `b` against its tile: per group, four `vpdpbusd` per row (codes as the
+    /// unsigned operand, the row's four activation bytes broadcast as the signed one), then
+    /// `acc += (Σ code·q · d) · scale` and `acc += offset · (d Σ q)`.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub(super) unsafe fn rows<const R: usize>(b: &Block<'_>, out: &mut [[f32; TILE]; ROWS]) {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let cells = b.cells.as_ptr();
+        for g in 0..b.groups {
+            // SAFETY: cell g of the tile and group g of each row are in bounds (shapes
+            // checked by `product`); unaligned loads throughout.
+            unsafe {
+                let cell = cells.add(g * CELL);
+                let w0 = _mm512_loadu_si512(cell as *const _);
+                let w1 = _mm512_loadu_si512(cell.add(64) as *const _);
+                let w2 = _mm512_loadu_si512(cell.add(128) as *const _);
+                let w3 = _mm512_loadu_si512(cell.add(192) as *const _);
+                let sc = _mm512_loadu_ps(cell.add(TILE * GROUP) as *const f32);
+                let off = _mm512_loadu_ps(cell.add(TILE * GROUP + 4 * TILE) as *const f32);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let x = b.q.as_ptr().add(r * b.k + g * GROUP) as *const i32;
+                    let mut i = _mm512_setzero_si512();
+                    i = _mm512_dpbusd_epi32(i, w0, _mm512_set1_epi32(x.read_unaligned()));
+                    i = _mm512_dpbusd_epi32(i, w1, _mm512_set1_epi32(x.add(1).read_unaligned()));
+                    i = _mm512_dpbusd_epi32(i, w2, _mm512_set1_epi32(x.add(2).read_unaligned()));
+                    i = _mm512_dpbusd_epi32(i, w3, _mm512_set1_epi32(x.add(3).read_unaligned()));
+                    let d = *b.scale.get_unchecked(r * b.groups + g);
+                    let s = *b.sums.get_unchecked(r * b.groups + g);
+                    let f = _mm512_mul_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(d));
+                    *a = _mm512_fmadd_ps(f, sc, *a);
+                    *a = _mm512_fmadd_ps(off, _mm512_set1_ps(s), *a);
+                }
+            }
+        }
+        for (a, o) in acc.iter().zip(out.iter_mut()) {
+            // SAFETY: `o` holds 16 f32.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
+        }
+    }
+}
