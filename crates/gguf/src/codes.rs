@@ -1,21 +1,21 @@
 //! Quantized tensors as per-group affine integer codes, for products that keep the codes
 //! (`mosr_kernels::quant`) instead of dequantizing.
 //!
-//! Element `e` of every supported type is `scale[e / 16] · code[e] + offset[e / 16]` with an
+//! Element `e` of every supported type is `scale[e / G] · code[e] + offset[e / G]` with an
 //! integer `code` in `0..=255`: the block's own integers with any bias or sign moved into the
-//! offset. The scales are the ones the dequantizer computes (`d · sc` for the K-quants), so
+//! offset. The group `G` is the type's own: 16 for Q6_K (a scale per 16), 32 for the others
+//! (one scale and min per block or sub-block of 32). The scales are the ones the dequantizer computes (`d · sc` for the K-quants), so
 //! `scale · code + offset` equals [`crate::dequantize`] up to one rounding where the
 //! dequantizer subtracts the bias before multiplying (Q4_0, Q5_0, Q8_0, Q6_K).
 
 use crate::GgmlType;
 
-/// Elements per group sharing one scale and offset.
-pub const CODE_GROUP: usize = 16;
-
-/// A tensor's codes (one byte per element) with one scale and offset per group of
-/// [`CODE_GROUP`] consecutive elements.
+/// A tensor's codes (one byte per element) with one scale and offset per group of `group`
+/// consecutive elements.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupCodes {
+    /// Elements per group: 16 or 32.
+    pub group: usize,
     pub codes: Vec<u8>,
     pub scale: Vec<f32>,
     pub offset: Vec<f32>,
@@ -24,7 +24,7 @@ pub struct GroupCodes {
 type Split = fn(&[u8], &mut [u8], &mut [f32], &mut [f32]);
 
 /// [`GroupCodes`] of `n` elements of type `ty`; `None` for types without integer codes in
-/// groups of 16 (floats, Q2_K, Q3_K, the codebook types). `bytes` must be exactly the
+/// groups of 16 or 32 (floats, Q2_K, Q3_K, the codebook types). `bytes` must be exactly the
 /// encoded size of `n` elements.
 pub(crate) fn group_codes(ty: GgmlType, bytes: &[u8], n: usize) -> Option<GroupCodes> {
     let split: Split = match ty {
@@ -39,11 +39,13 @@ pub(crate) fn group_codes(ty: GgmlType, bytes: &[u8], n: usize) -> Option<GroupC
         _ => return None,
     };
     debug_assert_eq!(ty.bytes_for(n), Some(bytes.len()));
-    let (bs, per) = (ty.block_size(), ty.block_size() / CODE_GROUP);
+    let group = if ty == GgmlType::Q6_K { 16 } else { 32 };
+    let (bs, per) = (ty.block_size(), ty.block_size() / group);
     let mut out = GroupCodes {
+        group,
         codes: vec![0u8; n],
-        scale: vec![0f32; n / CODE_GROUP],
-        offset: vec![0f32; n / CODE_GROUP],
+        scale: vec![0f32; n / group],
+        offset: vec![0f32; n / group],
     };
     let blocks = bytes
         .chunks_exact(ty.type_size())
@@ -124,7 +126,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Q4_K (`high = None`) and Q5_K: sub-block `j` of 32 is groups `2j`, `2j + 1`.
+/// Q4_K (`high = None`) and Q5_K: sub-block `j` of 32 is group `j`.
 fn k_quant(b: &[u8], high: Option<&[u8]>, qs: &[u8], c: &mut [u8], s: &mut [f32], o: &mut [f32]) {
     let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
     for (j, cj) in c.chunks_exact_mut(32).enumerate() {
@@ -134,8 +136,8 @@ fn k_quant(b: &[u8], high: Option<&[u8]>, qs: &[u8], c: &mut [u8], s: &mut [f32]
             let hb = high.map_or(0, |qh| ((qh[l] >> j) & 1) << 4);
             *v = ((qs[32 * (j / 2) + l] >> shift) & 0x0F) | hb;
         }
-        s[2 * j..2 * j + 2].fill(d * f32::from(sc));
-        o[2 * j..2 * j + 2].fill(-(dmin * f32::from(m)));
+        s[j] = d * f32::from(sc);
+        o[j] = -(dmin * f32::from(m));
     }
 }
 

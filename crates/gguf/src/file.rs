@@ -242,7 +242,7 @@ impl GgufFile {
         ))
     }
 
-    /// The tensor as integer codes with one scale and offset per group of 16
+    /// The tensor as integer codes with one scale and offset per group of 16 or 32
     /// ([`crate::GroupCodes`]); `None` for types without such codes (floats, Q2_K, Q3_K, the
     /// codebook types).
     pub fn group_codes(&self, name: &str) -> Result<Option<crate::GroupCodes>, GgufError> {

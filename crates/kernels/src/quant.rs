@@ -1,16 +1,16 @@
 //! Products on quantized weights: `out = x · Wᵀ` where `W [n, k]` keeps a GGUF file's integer
 //! codes instead of their f32 values.
 //!
-//! Every GGUF block type we read is affine per group of 16 weights: weight `(o, i)` is
-//! `scale[o, g] · code[o, i] + offset[o, g]` with `g = i / 16` and an integer code below 256
-//! (Q4_K's sub-block scale and min, Q6_K's signed scale with the bias of 32 folded into the
-//! offset, Q8_0's sign folded the same way). [`QuantWeight`] keeps those codes (one byte
-//! each) and the group's scale and offset (f32, exactly the values the dequantizer computes),
-//! so it holds the file's weights, not an approximation of them: 12 bits per weight instead
-//! of 32.
+//! Every GGUF block type we read is affine per group of `G` weights (`G` = 32, or 16 for
+//! Q6_K): weight `(o, i)` is `scale[o, g] · code[o, i] + offset[o, g]` with `g = i / G` and an
+//! integer code below 256 (Q4_K's sub-block scale and min, Q6_K's signed scale with the bias of
+//! 32 folded into the offset, Q8_0's sign folded the same way). [`QuantWeight`] keeps those
+//! codes (one byte each) and the group's scale and offset (f32, exactly the values the
+//! dequantizer computes), so it holds the file's weights, not an approximation of them: 10
+//! bits per weight (12 for Q6_K) instead of 32.
 //!
-//! The activations are the approximate side: each row is quantized to int8 per group of 16
-//! (`x ≈ d · q`, `d = max |x| / 127`), so a product is
+//! The activations are the approximate side: each row is quantized to int8 per group of the
+//! weight (`x ≈ d · q`, `d = max |x| / 127`, ties to even), so a product is
 //! `Σ_g scale · d · Σ_i code·q + offset · d · Σ_i q`, the inner sums exact in int32. On
 //! AVX-512 VNNI one `vpdpbusd` multiplies 64 code bytes by 64 activation bytes. The float side
 //! is one product and two fused multiply-adds per group, in the same order on every path, and
@@ -19,37 +19,53 @@
 
 use rayon::prelude::*;
 
-/// Weights per group sharing one scale and offset (the smallest group of the GGUF types).
-pub const GROUP: usize = 16;
+/// The group sizes a [`QuantWeight`] may have (weights sharing one scale and offset).
+pub const GROUPS: [usize; 2] = [16, 32];
 /// Output columns per tile: one AVX-512 register of f32 lanes.
 const TILE: usize = 16;
-/// Bytes of one (tile, group) cell: 16 × 16 codes, then 16 scales and 16 offsets.
-const CELL: usize = TILE * GROUP + 2 * TILE * 4;
 /// Rows per register block of the kernel.
 const ROWS: usize = 8;
 
+/// Bytes of one (tile, group) cell: `16 × group` codes, then 16 scales and 16 offsets.
+const fn cell_bytes(group: usize) -> usize {
+    TILE * group + 2 * TILE * 4
+}
+
 /// A weight `[n, k]` as per-group affine integer codes, laid out for the kernel: for each
-/// tile of 16 output rows and each group of 16 inputs, the codes interleaved by fours (lane
-/// `j` of quad `q` holds `code[o0 + j, 16g + 4q .. 16g + 4q + 4]`), then the 16 scales and
-/// the 16 offsets.
+/// tile of 16 output rows and each group of inputs, the codes interleaved by fours (lane `j`
+/// of quad `q` holds `code[o0 + j, g·G + 4q .. g·G + 4q + 4]`), then the 16 scales and the 16
+/// offsets.
 #[derive(Debug, Clone)]
 pub struct QuantWeight {
     n: usize,
     k: usize,
+    group: usize,
     cells: Vec<u8>,
 }
 
 impl QuantWeight {
-    /// From row-major `codes [n, k]` and `scale`, `offset` `[n, k / GROUP]`.
+    /// From row-major `codes [n, k]` and `scale`, `offset` `[n, k / group]`.
     ///
     /// # Panics
-    /// If `k` is not a multiple of [`GROUP`] or a slice length disagrees with the shape.
-    pub fn new(n: usize, k: usize, codes: &[u8], scale: &[f32], offset: &[f32]) -> Self {
+    /// If `group` is not one of [`GROUPS`], `k` is not a multiple of it, or a slice length
+    /// disagrees with the shape.
+    pub fn new(
+        n: usize,
+        k: usize,
+        group: usize,
+        codes: &[u8],
+        scale: &[f32],
+        offset: &[f32],
+    ) -> Self {
         assert!(
-            k.is_multiple_of(GROUP),
-            "QuantWeight: k = {k} is not a multiple of {GROUP}"
+            GROUPS.contains(&group),
+            "QuantWeight: group {group} is not one of {GROUPS:?}"
         );
-        let groups = k / GROUP;
+        assert!(
+            k.is_multiple_of(group),
+            "QuantWeight: k = {k} is not a multiple of {group}"
+        );
+        let groups = k / group;
         assert_eq!(codes.len(), n * k, "QuantWeight: codes are not [{n}, {k}]");
         assert_eq!(
             scale.len(),
@@ -61,23 +77,23 @@ impl QuantWeight {
             n * groups,
             "QuantWeight: offsets are not [{n}, {groups}]"
         );
-        let tiles = n.div_ceil(TILE);
-        let mut cells = vec![0u8; tiles * groups * CELL];
-        for (t, tile) in cells.chunks_exact_mut(groups * CELL).enumerate() {
-            for (g, cell) in tile.chunks_exact_mut(CELL).enumerate() {
+        let cell_len = cell_bytes(group);
+        let mut cells = vec![0u8; n.div_ceil(TILE) * groups * cell_len];
+        for (t, tile) in cells.chunks_exact_mut(groups * cell_len).enumerate() {
+            for (g, cell) in tile.chunks_exact_mut(cell_len).enumerate() {
                 for j in 0..TILE.min(n - t * TILE) {
                     let o = t * TILE + j;
-                    for i in 0..GROUP {
-                        cell[(i / 4) * 64 + j * 4 + i % 4] = codes[o * k + g * GROUP + i];
+                    for i in 0..group {
+                        cell[(i / 4) * 64 + j * 4 + i % 4] = codes[o * k + g * group + i];
                     }
-                    let at = TILE * GROUP + 4 * j;
+                    let at = TILE * group + 4 * j;
                     cell[at..at + 4].copy_from_slice(&scale[o * groups + g].to_le_bytes());
                     let at = at + 4 * TILE;
                     cell[at..at + 4].copy_from_slice(&offset[o * groups + g].to_le_bytes());
                 }
             }
         }
-        Self { n, k, cells }
+        Self { n, k, group, cells }
     }
 
     pub fn n(&self) -> usize {
@@ -85,6 +101,9 @@ impl QuantWeight {
     }
     pub fn k(&self) -> usize {
         self.k
+    }
+    pub fn group(&self) -> usize {
+        self.group
     }
     /// Bytes held.
     pub fn bytes(&self) -> usize {
@@ -94,20 +113,18 @@ impl QuantWeight {
     /// The weight's values `[n, k]`, `scale · code + offset` in f32 (what the file's
     /// dequantizer gives, up to its rounding).
     pub fn dequantize(&self) -> Vec<f32> {
-        let groups = self.k / GROUP;
+        let (group, groups, cell_len) = (self.group, self.k / self.group, cell_bytes(self.group));
         let mut w = vec![0f32; self.n * self.k];
         for o in 0..self.n {
-            let tile = &self.cells[(o / TILE) * groups * CELL..];
+            let tile = &self.cells[(o / TILE) * groups * cell_len..];
             let j = o % TILE;
             for g in 0..groups {
-                let cell = &tile[g * CELL..][..CELL];
-                let (s, m) = (
-                    f32_at(cell, TILE * GROUP + 4 * j),
-                    f32_at(cell, TILE * GROUP + 4 * (TILE + j)),
-                );
-                for i in 0..GROUP {
+                let cell = &tile[g * cell_len..][..cell_len];
+                let s = f32_at(cell, TILE * group + 4 * j);
+                let m = f32_at(cell, TILE * group + 4 * (TILE + j));
+                for i in 0..group {
                     let c = cell[(i / 4) * 64 + j * 4 + i % 4];
-                    w[o * self.k + g * GROUP + i] = s * f32::from(c) + m;
+                    w[o * self.k + g * group + i] = s * f32::from(c) + m;
                 }
             }
         }
@@ -119,23 +136,23 @@ fn f32_at(b: &[u8], at: usize) -> f32 {
     f32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// Rows of activations quantized per group of 16: `x ≈ scale · q`, with `sums = scale · Σ q`
-/// per group (the factor of the weight's offset).
+/// Rows of activations quantized per group: `x ≈ scale · q`, with `sums = scale · Σ q` per
+/// group (the factor of the weight's offset).
 struct QuantRows {
-    k: usize,
+    group: usize,
     q: Vec<i8>,
     scale: Vec<f32>,
     sums: Vec<f32>,
 }
 
-fn quantize_rows(x: &[f32], rows: usize, k: usize) -> QuantRows {
-    let groups = k / GROUP;
-    let mut q = vec![0i8; rows * k];
-    let mut scale = vec![0f32; rows * groups];
-    let mut sums = vec![0f32; rows * groups];
+fn quantize_rows(x: &[f32], group: usize) -> QuantRows {
+    let groups = x.len() / group;
+    let mut q = vec![0i8; x.len()];
+    let mut scale = vec![0f32; groups];
+    let mut sums = vec![0f32; groups];
     for (gi, (xs, qs)) in x
-        .chunks_exact(GROUP)
-        .zip(q.chunks_exact_mut(GROUP))
+        .chunks_exact(group)
+        .zip(q.chunks_exact_mut(group))
         .enumerate()
     {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -156,7 +173,12 @@ fn quantize_rows(x: &[f32], rows: usize, k: usize) -> QuantRows {
         scale[gi] = d;
         sums[gi] = d * s as f32;
     }
-    QuantRows { k, q, scale, sums }
+    QuantRows {
+        group,
+        q,
+        scale,
+        sums,
+    }
 }
 
 /// `out [rows, n] = x [rows, k] · Wᵀ`, row-major, for any number of rows.
@@ -168,7 +190,7 @@ pub fn product(x: &[f32], rows: usize, w: &QuantWeight, out: &mut [f32]) {
 }
 
 /// [`product`] for several weights sharing `x` (a block's q/k/v, or gate/up): `x` is
-/// quantized once, and one parallel region serves all of them.
+/// quantized once per group size, and one parallel region serves all of them.
 pub fn product_many(x: &[f32], rows: usize, products: &mut [(&QuantWeight, &mut [f32])]) {
     let Some(k) = products.first().map(|(w, _)| w.k) else {
         return;
@@ -186,7 +208,11 @@ pub fn product_many(x: &[f32], rows: usize, products: &mut [(&QuantWeight, &mut 
     if rows == 0 {
         return;
     }
-    let xq = quantize_rows(x, rows, k);
+    let rounded: Vec<QuantRows> = GROUPS
+        .iter()
+        .filter(|&&g| products.iter().any(|(w, _)| w.group == g))
+        .map(|&g| quantize_rows(x, g))
+        .collect();
     // Tasks: runs of tiles, a few per thread so an uneven last run does not idle a core.
     let threads = rayon::current_num_threads().max(1);
     let mut tasks = Vec::new();
@@ -200,9 +226,13 @@ pub fn product_many(x: &[f32], rows: usize, products: &mut [(&QuantWeight, &mut 
     let weights: Vec<&QuantWeight> = products.iter().map(|(w, _)| *w).collect();
     tasks.par_iter().for_each(|&(pi, t0, t1, out)| {
         let w = weights[pi];
+        let xq = rounded
+            .iter()
+            .find(|r| r.group == w.group)
+            .expect("rounded per group");
         for t in t0..t1 {
             // SAFETY: each tile writes its own columns of `out`, which is [rows, w.n].
-            unsafe { tile(w, t, &xq, rows, out.0) };
+            unsafe { tile(w, t, xq, rows, out.0) };
         }
     });
 }
@@ -218,17 +248,18 @@ unsafe impl Sync for SharedOut {}
 /// # Safety
 /// `out` must point to a `[rows, w.n]` row-major buffer; only this tile's columns are written.
 unsafe fn tile(w: &QuantWeight, t: usize, xq: &QuantRows, rows: usize, out: *mut f32) {
-    let groups = w.k / GROUP;
-    let cells = &w.cells[t * groups * CELL..][..groups * CELL];
+    let (groups, cell_len) = (w.k / w.group, cell_bytes(w.group));
+    let cells = &w.cells[t * groups * cell_len..][..groups * cell_len];
     let cols = TILE.min(w.n - t * TILE);
     let mut r0 = 0;
     while r0 < rows {
         let r = ROWS.min(rows - r0);
         let block = Block {
             cells,
+            group: w.group,
             groups,
-            q: &xq.q[r0 * xq.k..],
-            k: xq.k,
+            q: &xq.q[r0 * w.k..],
+            k: w.k,
             scale: &xq.scale[r0 * groups..],
             sums: &xq.sums[r0 * groups..],
         };
@@ -246,6 +277,7 @@ unsafe fn tile(w: &QuantWeight, t: usize, xq: &QuantRows, rows: usize, out: *mut
 /// Up to [`ROWS`] rows against one tile.
 struct Block<'a> {
     cells: &'a [u8],
+    group: usize,
     groups: usize,
     q: &'a [i8],
     k: usize,
@@ -259,15 +291,9 @@ impl Block<'_> {
         if vnni::available() {
             // SAFETY: the CPU has the features (checked above); shapes checked by `product`.
             unsafe {
-                match rows {
-                    8 => vnni::rows::<8>(self, acc),
-                    7 => vnni::rows::<7>(self, acc),
-                    6 => vnni::rows::<6>(self, acc),
-                    5 => vnni::rows::<5>(self, acc),
-                    4 => vnni::rows::<4>(self, acc),
-                    3 => vnni::rows::<3>(self, acc),
-                    2 => vnni::rows::<2>(self, acc),
-                    _ => vnni::rows::<1>(self, acc),
+                match self.group {
+                    16 => vnni::rows_of::<16>(self, rows, acc),
+                    _ => vnni::rows_of::<32>(self, rows, acc),
                 }
             }
             return;
@@ -277,20 +303,21 @@ impl Block<'_> {
 
     /// The same arithmetic as the VNNI kernel, lane by lane.
     fn portable(&self, rows: usize, acc: &mut [[f32; TILE]; ROWS]) {
+        let (group, cell_len) = (self.group, cell_bytes(self.group));
         for g in 0..self.groups {
-            let cell = &self.cells[g * CELL..][..CELL];
+            let cell = &self.cells[g * cell_len..][..cell_len];
             for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                let x = &self.q[r * self.k + g * GROUP..][..GROUP];
+                let x = &self.q[r * self.k + g * group..][..group];
                 let (d, s) = (
                     self.scale[r * self.groups + g],
                     self.sums[r * self.groups + g],
                 );
                 for (j, lane) in a.iter_mut().enumerate() {
-                    let dot: i32 = (0..GROUP)
+                    let dot: i32 = (0..group)
                         .map(|i| i32::from(cell[(i / 4) * 64 + j * 4 + i % 4]) * i32::from(x[i]))
                         .sum();
-                    let sc = f32_at(cell, TILE * GROUP + 4 * j);
-                    let off = f32_at(cell, TILE * GROUP + 4 * (TILE + j));
+                    let sc = f32_at(cell, TILE * group + 4 * j);
+                    let off = f32_at(cell, TILE * group + 4 * (TILE + j));
                     let f = dot as f32 * d;
                     *lane = off.mul_add(s, f.mul_add(sc, *lane));
                 }
@@ -301,38 +328,60 @@ impl Block<'_> {
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
-    use super::{Block, CELL, GROUP, ROWS, TILE};
+    use super::{Block, ROWS, TILE, cell_bytes};
     use std::arch::x86_64::*;
 
     pub(super) fn available() -> bool {
         is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
     }
 
-    /// `R` rows of `b` against its tile: per group, four `vpdpbusd` per row (codes as the
+    /// Dispatch on the row count (1..=8).
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub(super) unsafe fn rows_of<const G: usize>(
+        b: &Block<'_>,
+        rows: usize,
+        acc: &mut [[f32; TILE]; ROWS],
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match rows {
+                8 => run::<G, 8>(b, acc),
+                7 => run::<G, 7>(b, acc),
+                6 => run::<G, 6>(b, acc),
+                5 => run::<G, 5>(b, acc),
+                4 => run::<G, 4>(b, acc),
+                3 => run::<G, 3>(b, acc),
+                2 => run::<G, 2>(b, acc),
+                _ => run::<G, 1>(b, acc),
+            }
+        }
+    }
+
+    /// `R` rows of `b` against its tile: per group, `G / 4` `vpdpbusd` per row (codes as the
     /// unsigned operand, the row's four activation bytes broadcast as the signed one), then
     /// `acc += (Σ code·q · d) · scale` and `acc += offset · (d Σ q)`.
     #[target_feature(enable = "avx512f,avx512vnni")]
-    pub(super) unsafe fn rows<const R: usize>(b: &Block<'_>, out: &mut [[f32; TILE]; ROWS]) {
+    unsafe fn run<const G: usize, const R: usize>(b: &Block<'_>, out: &mut [[f32; TILE]; ROWS]) {
         let mut acc = [_mm512_setzero_ps(); R];
         let cells = b.cells.as_ptr();
         for g in 0..b.groups {
             // SAFETY: cell g of the tile and group g of each row are in bounds (shapes
             // checked by `product`); unaligned loads throughout.
             unsafe {
-                let cell = cells.add(g * CELL);
-                let w0 = _mm512_loadu_si512(cell as *const _);
-                let w1 = _mm512_loadu_si512(cell.add(64) as *const _);
-                let w2 = _mm512_loadu_si512(cell.add(128) as *const _);
-                let w3 = _mm512_loadu_si512(cell.add(192) as *const _);
-                let sc = _mm512_loadu_ps(cell.add(TILE * GROUP) as *const f32);
-                let off = _mm512_loadu_ps(cell.add(TILE * GROUP + 4 * TILE) as *const f32);
+                let cell = cells.add(g * cell_bytes(G));
+                let mut w = [_mm512_setzero_si512(); 8];
+                for (q, wq) in w.iter_mut().enumerate().take(G / 4) {
+                    *wq = _mm512_loadu_si512(cell.add(64 * q) as *const _);
+                }
+                let sc = _mm512_loadu_ps(cell.add(TILE * G) as *const f32);
+                let off = _mm512_loadu_ps(cell.add(TILE * G + 4 * TILE) as *const f32);
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let x = b.q.as_ptr().add(r * b.k + g * GROUP) as *const i32;
+                    let x = b.q.as_ptr().add(r * b.k + g * G) as *const i32;
                     let mut i = _mm512_setzero_si512();
-                    i = _mm512_dpbusd_epi32(i, w0, _mm512_set1_epi32(x.read_unaligned()));
-                    i = _mm512_dpbusd_epi32(i, w1, _mm512_set1_epi32(x.add(1).read_unaligned()));
-                    i = _mm512_dpbusd_epi32(i, w2, _mm512_set1_epi32(x.add(2).read_unaligned()));
-                    i = _mm512_dpbusd_epi32(i, w3, _mm512_set1_epi32(x.add(3).read_unaligned()));
+                    for (q, wq) in w.iter().enumerate().take(G / 4) {
+                        let xq = _mm512_set1_epi32(x.add(q).read_unaligned());
+                        i = _mm512_dpbusd_epi32(i, *wq, xq);
+                    }
                     let d = *b.scale.get_unchecked(r * b.groups + g);
                     let s = *b.sums.get_unchecked(r * b.groups + g);
                     let f = _mm512_mul_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(d));

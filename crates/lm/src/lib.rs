@@ -123,7 +123,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `exact` multiplies the f32 values of the file's weights (bit-reproducible; training and
 /// everything that compares states always use it). `quantized` multiplies the file's own
 /// integer codes by int8-quantized activations (`mosr_kernels::quant`): the same weights,
-/// the activations rounded to 8 bits per group of 16, for volume work (evaluation and
+/// the activations rounded to 8 bits per group of 16 or 32, for volume work (evaluation and
 /// response generation). Only GGUF files with integer-coded weights have codes; the
 /// projections of other types stay exact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -266,12 +266,16 @@ impl CausalLm {
         let quantized = !arithmetic.is_exact() && crate::cpu::applies(device);
         let codes =
             |name: &str, n: usize, k: usize| -> Result<Option<std::sync::Arc<QuantWeight>>> {
-                if !quantized || !k.is_multiple_of(mosr_kernels::quant::GROUP) {
+                if !quantized {
                     return Ok(None);
                 }
-                Ok(src.group_codes(name)?.map(|c| {
-                    std::sync::Arc::new(QuantWeight::new(n, k, &c.codes, &c.scale, &c.offset))
-                }))
+                Ok(src
+                    .group_codes(name)?
+                    .filter(|c| k.is_multiple_of(c.group))
+                    .map(|c| {
+                        let w = QuantWeight::new(n, k, c.group, &c.codes, &c.scale, &c.offset);
+                        std::sync::Arc::new(w)
+                    }))
             };
         let fetch = |name: &str, shape: &[usize]| -> Result<HostTensor> {
             let t = src.get(name)?.ok_or_else(|| LmError::MissingTensor {

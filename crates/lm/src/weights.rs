@@ -28,7 +28,7 @@ pub trait WeightSource {
     fn block_affine(&self, _hf_name: &str) -> Result<Option<mosr_gguf::BlockAffine>> {
         Ok(None)
     }
-    /// The tensor as integer codes with a scale and offset per group of 16 along its rows,
+    /// The tensor as integer codes with a scale and offset per group of 16 or 32 along its rows,
     /// where the file stores integer codes (GGUF's Q4_0-Q8_0 and Q4_K-Q6_K); `None`
     /// elsewhere. The quantized arithmetic multiplies these codes directly
     /// (`mosr_kernels::quant`).
@@ -160,6 +160,7 @@ impl WeightSource for GgufWeights<'_> {
         };
         let groups = [shape[0], c.scale.len() / shape[0].max(1)];
         Ok(Some(mosr_gguf::GroupCodes {
+            group: c.group,
             codes: self.unpermute(&name, c.codes, &shape),
             scale: self.unpermute(&name, c.scale, &groups),
             offset: self.unpermute(&name, c.offset, &groups),

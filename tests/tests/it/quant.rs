@@ -1,125 +1,113 @@
 //! Quantized arithmetic (`mosr_kernels::quant`, `mosr_gguf::GgufFile::group_codes`): the
 //! codes reproduce the dequantizer, the product equals its own arithmetic written out in f64
-//! on every tile and row-block shape, and stays within the activation rounding of the f32
-//! product.
+//! on every tile, row-block and group shape, and stays within the activation rounding of the
+//! f32 product; the quantized forward stays near the exact one.
 
-use mosr_kernels::quant::{GROUP, QuantWeight, product, product_many};
+use mosr_kernels::quant::{GROUPS, QuantWeight, product, product_many};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// A random weight `[n, k]` as codes below `levels`, with its group scales and offsets.
+/// A random weight `[n, k]` in groups of `group`, with codes below `levels`.
 fn random_weight(
     rng: &mut ChaCha8Rng,
     n: usize,
     k: usize,
+    group: usize,
     levels: u32,
-) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
-    let codes = (0..n * k)
+) -> QuantWeight {
+    let codes: Vec<u8> = (0..n * k)
         .map(|_| rng.random_range(0..levels) as u8)
         .collect();
-    let groups = n * k / GROUP;
-    let scale = (0..groups)
+    let groups = n * k / group;
+    let scale: Vec<f32> = (0..groups)
         .map(|_| rng.random_range(-0.02f32..0.02))
         .collect();
-    let offset = (0..groups)
+    let offset: Vec<f32> = (0..groups)
         .map(|_| rng.random_range(-0.1f32..0.1))
         .collect();
-    (codes, scale, offset)
+    QuantWeight::new(n, k, group, &codes, &scale, &offset)
 }
 
-/// The activations as the kernel rounds them: per group of 16, `d = max |x| / 127`.
-fn quantized_activations(x: &[f32]) -> Vec<(f64, Vec<i32>)> {
-    x.chunks_exact(GROUP)
-        .map(|g| {
-            let d = g.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let q = g
-                .iter()
-                .map(|v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32)
-                .collect();
-            (d as f64, q)
-        })
-        .collect()
+/// The activations as the kernel rounds them: per group, `d = max |x| / 127`, ties to even.
+fn quantized_activations(x: &[f32], group: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(x.len());
+    for g in x.chunks_exact(group) {
+        let d = g.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(
+            g.iter()
+                .map(|v| d as f64 * (v * inv).round_ties_even().clamp(-127.0, 127.0) as f64),
+        );
+    }
+    out
 }
 
-/// `x · Wᵀ` in f64 from the rounded activations and the weight's codes (the kernel's math
-/// without its float rounding), and in f64 from the exact activations.
-fn references(
-    x: &[f32],
-    rows: usize,
-    k: usize,
-    codes: &[u8],
-    scale: &[f32],
-    offset: &[f32],
-    n: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let xq = quantized_activations(x);
-    let groups = k / GROUP;
-    let (mut rounded, mut exact) = (vec![0f64; rows * n], vec![0f64; rows * n]);
+/// `a · Wᵀ` in f64 for `a [rows, k]`, `W` the weight's values.
+fn reference(a: &[f64], rows: usize, w: &QuantWeight) -> Vec<f64> {
+    let (k, n, wv) = (w.k(), w.n(), w.dequantize());
+    let mut out = vec![0f64; rows * n];
     for r in 0..rows {
         for o in 0..n {
-            for g in 0..groups {
-                let (d, q) = &xq[r * groups + g];
-                let (a, b) = (scale[o * groups + g] as f64, offset[o * groups + g] as f64);
-                for i in 0..GROUP {
-                    let w = a * codes[o * k + g * GROUP + i] as f64 + b;
-                    rounded[r * n + o] += d * q[i] as f64 * w;
-                    exact[r * n + o] += x[r * k + g * GROUP + i] as f64 * w;
-                }
-            }
+            out[r * n + o] = (0..k).map(|i| a[r * k + i] * wv[o * k + i] as f64).sum();
         }
     }
-    (rounded, exact)
+    out
 }
 
 #[test]
 fn quant_product_matches_its_arithmetic_on_every_shape() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     // Full and partial tiles (n % 16), row blocks of 1..8 and more, one and many groups.
-    for &(rows, k, n, levels) in &[
-        (1, 16, 16, 16),
-        (3, 32, 5, 64),
-        (8, 64, 33, 256),
-        (9, 48, 16, 32),
-        (17, 128, 40, 16),
-        (40, 96, 70, 64),
-    ] {
-        let (codes, scale, offset) = random_weight(&mut rng, n, k, levels);
-        let w = QuantWeight::new(n, k, &codes, &scale, &offset);
-        let x: Vec<f32> = (0..rows * k)
-            .map(|_| rng.random_range(-2f32..2.0))
-            .collect();
-        let mut out = vec![f32::NAN; rows * n];
-        product(&x, rows, &w, &mut out);
-        let (rounded, exact) = references(&x, rows, k, &codes, &scale, &offset, n);
-        let norm = exact.iter().map(|v| v.abs()).fold(0f64, f64::max).max(1e-3);
-        for i in 0..rows * n {
-            let (got, want) = (out[i] as f64, rounded[i]);
-            assert!(
-                (got - want).abs() <= 1e-5 * norm,
-                "{rows}x{k}x{n} [{i}]: {got} vs {want}"
-            );
-            // Activation rounding: half a step of max|x|/127 per element at most.
-            assert!(
-                (got - exact[i]).abs() <= 0.02 * norm,
-                "{rows}x{k}x{n} [{i}]: {got} vs exact {}",
-                exact[i]
-            );
+    for group in GROUPS {
+        for &(rows, k, n, levels) in &[
+            (1, 32, 16, 16),
+            (3, 32, 5, 64),
+            (8, 64, 33, 256),
+            (9, 96, 16, 32),
+            (17, 128, 40, 16),
+            (40, 96, 70, 64),
+        ] {
+            let w = random_weight(&mut rng, n, k, group, levels);
+            let x: Vec<f32> = (0..rows * k)
+                .map(|_| rng.random_range(-2f32..2.0))
+                .collect();
+            let mut out = vec![f32::NAN; rows * n];
+            product(&x, rows, &w, &mut out);
+            let rounded = reference(&quantized_activations(&x, group), rows, &w);
+            let exact = reference(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), rows, &w);
+            let norm = exact.iter().map(|v| v.abs()).fold(0f64, f64::max).max(1e-3);
+            let shape = format!("group {group}, {rows}x{k}x{n}");
+            for i in 0..rows * n {
+                let got = out[i] as f64;
+                assert!(
+                    (got - rounded[i]).abs() <= 1e-5 * norm,
+                    "{shape} [{i}]: {got} vs {}",
+                    rounded[i]
+                );
+                // Activation rounding: half a step of max|x|/127 per element at most.
+                assert!(
+                    (got - exact[i]).abs() <= 0.02 * norm,
+                    "{shape} [{i}]: {got} vs exact {}",
+                    exact[i]
+                );
+            }
         }
     }
 }
 
 #[test]
 fn quant_dequantize_is_scale_times_code_plus_offset() {
-    let mut rng = ChaCha8Rng::seed_from_u64(12);
-    let (n, k) = (21, 48);
-    let (codes, scale, offset) = random_weight(&mut rng, n, k, 256);
-    let w = QuantWeight::new(n, k, &codes, &scale, &offset);
-    let d = w.dequantize();
-    for o in 0..n {
-        for i in 0..k {
-            let g = o * (k / GROUP) + i / GROUP;
-            assert_eq!(d[o * k + i], scale[g] * codes[o * k + i] as f32 + offset[g]);
+    let (n, k) = (21, 64);
+    for group in GROUPS {
+        let codes: Vec<u8> = (0..n * k).map(|i| (i * 37 % 256) as u8).collect();
+        let scale: Vec<f32> = (0..n * k / group).map(|g| 0.01 * g as f32 - 0.3).collect();
+        let offset: Vec<f32> = (0..n * k / group).map(|g| 0.5 - 0.02 * g as f32).collect();
+        let d = QuantWeight::new(n, k, group, &codes, &scale, &offset).dequantize();
+        for o in 0..n {
+            for i in 0..k {
+                let g = o * (k / group) + i / group;
+                assert_eq!(d[o * k + i], scale[g] * codes[o * k + i] as f32 + offset[g]);
+            }
         }
     }
 }
@@ -128,12 +116,10 @@ fn quant_dequantize_is_scale_times_code_plus_offset() {
 fn quant_product_many_equals_separate_products_bit_for_bit() {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     let (rows, k) = (5, 64);
-    let ws: Vec<QuantWeight> = [16, 40, 7]
+    // Mixed group sizes, as a block whose v projection is Q6_K beside Q4_K q and k.
+    let ws: Vec<QuantWeight> = [(16, 32), (40, 16), (7, 32)]
         .iter()
-        .map(|&n| {
-            let (c, s, o) = random_weight(&mut rng, n, k, 16);
-            QuantWeight::new(n, k, &c, &s, &o)
-        })
+        .map(|&(n, group)| random_weight(&mut rng, n, k, group, 16))
         .collect();
     let x: Vec<f32> = (0..rows * k)
         .map(|_| rng.random_range(-1f32..1.0))
@@ -166,7 +152,7 @@ fn quant_group_codes_reproduce_the_dequantizer_on_real_files() {
             };
             let values = file.dequantize(&info.name).unwrap();
             for (i, v) in values.iter().enumerate() {
-                let g = i / mosr_gguf::CODE_GROUP;
+                let g = i / c.group;
                 let got = c.scale[g] * c.codes[i] as f32 + c.offset[g];
                 let tol = 2.0 * f32::EPSILON * (c.offset[g].abs() + v.abs());
                 assert!(
@@ -183,10 +169,10 @@ fn quant_group_codes_reproduce_the_dequantizer_on_real_files() {
 }
 
 /// Largest |Δ logit| allowed between the quantized and the exact forward on the fixture
-/// prompts (docs/performance.md): measured 0.98 on SmolLM2-135M (Q4_1, the most sensitive
-/// model we have) and 0.18 on Qwen2.5-Coder-0.5B (Q4_K/Q6_K), 2026-12-04.
+/// prompts (docs/performance.md): measured 1.40 on SmolLM2-135M (Q4_1, the most sensitive
+/// model we have) and 0.26 on Qwen2.5-Coder-0.5B (Q4_K/Q6_K), 2026-12-04.
 const LOGIT_TOLERANCE: [(&str, f32); 2] = [
-    ("smollm2-135m-instruct", 1.5),
+    ("smollm2-135m-instruct", 2.0),
     ("qwen2.5-coder-0.5b-instruct", 0.5),
 ];
 
