@@ -1060,3 +1060,58 @@ fn eval_frontier_over_snapshots_reuses_the_main_answers() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `[eval] arithmetic = "quantized"`: the stage loads the model with the GGUF's codes, keys
+/// its groups apart from the exact ones (nothing is reused across arithmetics) and records
+/// the setting in its manifest; an exact section keeps the key it had before the option.
+#[test]
+fn eval_quantized_arithmetic_generates_its_own_groups() {
+    let d = tmp_dir("arith");
+    let section = |arith: &str| {
+        format!(
+            "[eval]\nattacks = [\"direct\"]\nsets = [\"overrefusal_safe\"]\nharmful_n = 2\nset_n = 2\nmax_new_tokens = 6\n{arith}\n[eval.capability]\nbenchmarks = [\"mmlu\"]\nn = 1\n"
+        )
+    };
+    let repo = repo_root();
+    let exact = tiny_pipeline(&d, "arith", &section(""));
+    mosr_data::stage::run_pipeline_stage(&exact, &repo, false).unwrap();
+    let dir = mosr_eval::run_pipeline_stage(&exact, &repo, false).unwrap();
+    let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
+    assert!(m.config["section"].get("arithmetic").is_none(), "{:?}", m.config);
+    let key_exact = m.key.clone();
+    let spelled = tiny_pipeline(&d, "arith", &section("arithmetic = \"exact\""));
+    mosr_eval::run_pipeline_stage(&spelled, &repo, false).unwrap();
+    let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
+    assert_eq!(m.key, key_exact, "an explicit exact keeps the key");
+    let n_groups = m.row_counts["groups_generated"] + m.row_counts["groups_reused"];
+
+    let quant = tiny_pipeline(&d, "arith", &section("arithmetic = \"quantized\""));
+    let dir = mosr_eval::run_pipeline_stage(&quant, &repo, false).unwrap();
+    let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
+    assert_eq!(m.config["section"]["arithmetic"], "quantized");
+    assert_ne!(m.key, key_exact);
+    assert_eq!(
+        m.row_counts["groups_reused"], 0,
+        "exact groups must not be reused"
+    );
+    assert_eq!(m.row_counts["groups_generated"], n_groups);
+    let gens = read_generations(&dir.join("generations.parquet")).unwrap();
+    assert_eq!(gens.len(), 4);
+    assert!(gens.iter().all(|g| !g.outcome.is_empty()));
+
+    // Quantized arithmetic multiplies a GGUF's codes: an HF folder is refused by name.
+    let hf = d.join("hf-folder");
+    std::fs::create_dir_all(&hf).unwrap();
+    let e = LanguageModel::open_with(
+        &hf,
+        &mosr_lm::Device::flex(),
+        mosr_lm::Arithmetic::Quantized,
+    )
+    .err()
+    .expect("refused");
+    assert!(
+        e.to_string().contains("hf-folder") && e.to_string().contains("quantized"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
