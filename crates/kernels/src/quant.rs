@@ -192,6 +192,22 @@ pub fn product(x: &[f32], rows: usize, w: &QuantWeight, out: &mut [f32]) {
 /// [`product`] for several weights sharing `x` (a block's q/k/v, or gate/up): `x` is
 /// quantized once per group size, and one parallel region serves all of them.
 pub fn product_many(x: &[f32], rows: usize, products: &mut [(&QuantWeight, &mut [f32])]) {
+    products_on(x, rows, products, Path::Fastest);
+}
+
+/// [`product`] on the portable path whatever the CPU has: what a machine without AVX-512 VNNI
+/// computes (the tests compare the two bit for bit).
+pub fn product_portable(x: &[f32], rows: usize, w: &QuantWeight, out: &mut [f32]) {
+    products_on(x, rows, &mut [(w, out)], Path::Portable);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Fastest,
+    Portable,
+}
+
+fn products_on(x: &[f32], rows: usize, products: &mut [(&QuantWeight, &mut [f32])], path: Path) {
     let Some(k) = products.first().map(|(w, _)| w.k) else {
         return;
     };
@@ -232,7 +248,7 @@ pub fn product_many(x: &[f32], rows: usize, products: &mut [(&QuantWeight, &mut 
             .expect("rounded per group");
         for t in t0..t1 {
             // SAFETY: each tile writes its own columns of `out`, which is [rows, w.n].
-            unsafe { tile(w, t, xq, rows, out.0) };
+            unsafe { tile(w, t, xq, rows, out.0, path) };
         }
     });
 }
@@ -247,7 +263,7 @@ unsafe impl Sync for SharedOut {}
 ///
 /// # Safety
 /// `out` must point to a `[rows, w.n]` row-major buffer; only this tile's columns are written.
-unsafe fn tile(w: &QuantWeight, t: usize, xq: &QuantRows, rows: usize, out: *mut f32) {
+unsafe fn tile(w: &QuantWeight, t: usize, xq: &QuantRows, rows: usize, out: *mut f32, path: Path) {
     let (groups, cell_len) = (w.k / w.group, cell_bytes(w.group));
     let cells = &w.cells[t * groups * cell_len..][..groups * cell_len];
     let cols = TILE.min(w.n - t * TILE);
@@ -264,7 +280,10 @@ unsafe fn tile(w: &QuantWeight, t: usize, xq: &QuantRows, rows: usize, out: *mut
             sums: &xq.sums[r0 * groups..],
         };
         let mut acc = [[0f32; TILE]; ROWS];
-        block.run(r, &mut acc);
+        match path {
+            Path::Fastest => block.run(r, &mut acc),
+            Path::Portable => block.portable(r, &mut acc),
+        }
         for (i, row) in acc.iter().take(r).enumerate() {
             // SAFETY: row r0 + i < rows, columns t*TILE .. t*TILE + cols < n.
             let dst = unsafe { out.add((r0 + i) * w.n + t * TILE) };

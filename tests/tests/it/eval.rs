@@ -1077,7 +1077,11 @@ fn eval_quantized_arithmetic_generates_its_own_groups() {
     mosr_data::stage::run_pipeline_stage(&exact, &repo, false).unwrap();
     let dir = mosr_eval::run_pipeline_stage(&exact, &repo, false).unwrap();
     let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
-    assert!(m.config["section"].get("arithmetic").is_none(), "{:?}", m.config);
+    assert!(
+        m.config["section"].get("arithmetic").is_none(),
+        "{:?}",
+        m.config
+    );
     let key_exact = m.key.clone();
     let spelled = tiny_pipeline(&d, "arith", &section("arithmetic = \"exact\""));
     mosr_eval::run_pipeline_stage(&spelled, &repo, false).unwrap();

@@ -3,7 +3,7 @@
 //! on every tile, row-block and group shape, and stays within the activation rounding of the
 //! f32 product; the quantized forward stays near the exact one.
 
-use mosr_kernels::quant::{GROUPS, QuantWeight, product, product_many};
+use mosr_kernels::quant::{GROUPS, QuantWeight, product, product_many, product_portable};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -73,6 +73,14 @@ fn quant_product_matches_its_arithmetic_on_every_shape() {
                 .collect();
             let mut out = vec![f32::NAN; rows * n];
             product(&x, rows, &w, &mut out);
+            // A machine without VNNI computes the same bits.
+            let mut portable = vec![f32::NAN; rows * n];
+            product_portable(&x, rows, &w, &mut portable);
+            assert_eq!(
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "group {group}, {rows}x{k}x{n}: VNNI and portable paths differ"
+            );
             let rounded = reference(&quantized_activations(&x, group), rows, &w);
             let exact = reference(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), rows, &w);
             let norm = exact.iter().map(|v| v.abs()).fold(0f64, f64::max).max(1e-3);
