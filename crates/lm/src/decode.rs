@@ -145,7 +145,7 @@ struct HostLinear {
 impl HostLinear {
     fn new(l: &LoraLinear, adapter: bool) -> Option<Self> {
         let w = l.weight.val();
-        let [_, n] = w.dims();
+        let n = l.d_out();
         let bias = match &l.bias {
             Some(b) => Some(b.val().into_data().try_into_vec::<f32>().ok()?),
             None => None,
@@ -200,28 +200,24 @@ fn project<const N: usize>(
     lins: [&HostLinear; N],
 ) -> [Vec<f32>; N] {
     let mut outs = lins.map(|l| vec![0f32; rows * l.n]);
-    if let Some(quants) = lins
-        .iter()
-        .map(|l| l.quant.as_deref())
-        .collect::<Option<Vec<_>>>()
-    {
-        let mut products: Vec<(&QuantWeight, &mut [f32])> = quants
-            .into_iter()
-            .zip(outs.iter_mut())
-            .map(|(q, out)| (q, out.as_mut_slice()))
-            .collect();
-        mosr_kernels::quant::product_many(x, rows, &mut products);
-    } else {
-        let mut products: Vec<mosr_kernels::Product<'_>> = lins
-            .iter()
-            .zip(outs.iter_mut())
-            .map(|(l, out)| mosr_kernels::Product {
+    // Projections with codes (quantized loads) and those without, each kind in one call.
+    let mut quant: Vec<(&QuantWeight, &mut [f32])> = Vec::new();
+    let mut exact: Vec<mosr_kernels::Product<'_>> = Vec::new();
+    for (l, out) in lins.iter().zip(outs.iter_mut()) {
+        match l.quant.as_deref() {
+            Some(q) => quant.push((q, out.as_mut_slice())),
+            None => exact.push(mosr_kernels::Product {
                 w: l.w(k),
                 n: l.n,
                 out,
-            })
-            .collect();
-        mosr_kernels::few_rows_many(x, rows, k, &mut products);
+            }),
+        }
+    }
+    if !quant.is_empty() {
+        mosr_kernels::quant::product_many(x, rows, &mut quant);
+    }
+    if !exact.is_empty() {
+        mosr_kernels::few_rows_many(x, rows, k, &mut exact);
     }
     for (l, out) in lins.iter().zip(outs.iter_mut()) {
         l.finish(x, rows, k, out);

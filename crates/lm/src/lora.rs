@@ -87,10 +87,23 @@ impl LoraLinear {
     }
 
     pub fn d_in(&self) -> usize {
-        self.weight.val().dims()[0]
+        self.quant
+            .as_ref()
+            .map_or_else(|| self.weight.val().dims()[0], |q| q.k())
     }
     pub fn d_out(&self) -> usize {
-        self.weight.val().dims()[1]
+        self.quant
+            .as_ref()
+            .map_or_else(|| self.weight.val().dims()[1], |q| q.n())
+    }
+
+    /// Panics where a pass needs the f32 weight of a projection loaded as codes only.
+    fn f32_weight(&self) -> Tensor<2> {
+        assert!(
+            self.quant.is_none(),
+            "a model opened with quantized arithmetic keeps no f32 weights: training, merging and training-arithmetic passes need an exact load"
+        );
+        self.weight.val()
     }
 
     /// `adapter`: add the low-rank update; `train`: apply LoRA dropout on its input;
@@ -106,7 +119,7 @@ impl LoraLinear {
             Some(mut ys) => ys.pop().expect("one product"),
             None => crate::cpu::projector(fast)(
                 x.clone(),
-                self.weight.val(),
+                self.f32_weight(),
                 self.bias.as_ref().map(|b| b.val()),
             ),
         };
@@ -145,7 +158,7 @@ impl LoraLinear {
     pub fn merge(self) -> Self {
         match (&self.lora_a, &self.lora_b) {
             (Some(a), Some(b)) => {
-                let w = self.weight.val() + a.val().matmul(b.val()) * self.scale;
+                let w = self.f32_weight() + a.val().matmul(b.val()) * self.scale;
                 Self {
                     weight: Param::from_tensor(w.detach()).set_require_grad(false),
                     bias: self.bias,

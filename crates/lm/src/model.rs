@@ -300,7 +300,8 @@ impl CausalLm {
         let pack = crate::cpu::applies(device) && mosr_kernels::amx::available();
         let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<LoraLinear> {
             let host = fetch(&format!("{name}.weight"), &[out, inp])?;
-            let packed = if pack {
+            let quant = codes(&format!("{name}.weight"), out, inp)?;
+            let packed = if pack && quant.is_none() {
                 let p = match src.block_affine(&format!("{name}.weight"))? {
                     Some(a) => PackedWeight::pack(&a.scaled, out, inp, Some(&a.offsets)),
                     None => PackedWeight::pack(&host.data, out, inp, None),
@@ -309,8 +310,11 @@ impl CausalLm {
             } else {
                 None
             };
-            let quant = codes(&format!("{name}.weight"), out, inp)?;
-            let w = to_tensor2_transposed(host, device);
+            // With codes, the f32 copy is not kept: the codes are the weight (LoraLinear::quant).
+            let w = match quant {
+                Some(_) => Tensor::zeros([0, 0], device),
+                None => to_tensor2_transposed(host, device),
+            };
             let b = if bias {
                 Some(to_tensor1(fetch(&format!("{name}.bias"), &[out])?, device))
             } else {
@@ -414,8 +418,11 @@ impl CausalLm {
             embed_tokens: Param::from_tensor(embed_t).set_require_grad(false),
             layers,
             norm: norm("model.norm.weight")?,
-            lm_head: Param::from_tensor(to_tensor2_transposed(head, device))
-                .set_require_grad(false),
+            lm_head: Param::from_tensor(match head_quant {
+                Some(_) => Tensor::zeros([0, 0], device),
+                None => to_tensor2_transposed(head, device),
+            })
+            .set_require_grad(false),
             inv_freq: cfg.rope_inv_freq(),
             config: cfg.clone(),
             head_quant,
@@ -588,21 +595,8 @@ impl CausalLm {
         } else {
             match opts.logits {
                 Logits::None => None,
-                Logits::Last => {
-                    let last = self.norm.forward(x.narrow(1, t - 1, 1));
-                    let quant = self
-                        .head_quant
-                        .as_deref()
-                        .filter(|_| !opts.training_arithmetic);
-                    quant
-                        .and_then(|q| crate::cpu::quant_many(&last, &[q], &[None]))
-                        .and_then(|mut ys| ys.pop())
-                        .or_else(|| {
-                            let unembed = crate::cpu::projector(!opts.training_arithmetic);
-                            Some(unembed(last, self.lm_head.val(), None))
-                        })
-                }
-                Logits::All => Some(linear(self.norm.forward(x), self.lm_head.val(), None)),
+                Logits::Last => Some(self.logits_of(x.narrow(1, t - 1, 1), opts, true)),
+                Logits::All => Some(self.logits_of(x, opts, false)),
             }
         };
         ForwardOutput { logits, hidden }
@@ -610,7 +604,32 @@ impl CausalLm {
 
     /// Final norm + unembedding of any residual-stream state (the LogitLens).
     pub fn unembed(&self, h: Tensor<3>) -> Tensor<3> {
-        crate::cpu::project(self.norm.forward(h), self.lm_head.val(), None)
+        match self.quant_logits(&self.norm.forward(h.clone())) {
+            Some(y) => y,
+            None => crate::cpu::project(self.norm.forward(h), self.lm_head.val(), None),
+        }
+    }
+
+    /// Final norm + unembedding of the forward's last states: the head's codes when the model
+    /// was loaded quantized (outside `training_arithmetic`), else the f32 head (`few`: the
+    /// last position only, where the CPU fast paths may apply).
+    fn logits_of(&self, x: Tensor<3>, opts: ForwardOptions, few: bool) -> Tensor<3> {
+        let h = self.norm.forward(x);
+        if !opts.training_arithmetic
+            && let Some(y) = self.quant_logits(&h)
+        {
+            return y;
+        }
+        if few {
+            crate::cpu::projector(!opts.training_arithmetic)(h, self.lm_head.val(), None)
+        } else {
+            linear(h, self.lm_head.val(), None)
+        }
+    }
+
+    fn quant_logits(&self, h: &Tensor<3>) -> Option<Tensor<3>> {
+        let q = self.head_quant.as_deref()?;
+        crate::cpu::quant_many(h, &[q], &[None]).and_then(|mut ys| ys.pop())
     }
 }
 

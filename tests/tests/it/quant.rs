@@ -257,3 +257,112 @@ fn quant_forward_stays_near_the_exact_one_and_greedy_agreement_is_reported() {
         eprintln!("{model}: max |Δ logit| {diff} (tolerance {tolerance})");
     }
 }
+
+/// A LoRA adapter on a quantized load: its update is added in f32 beside the codes on the
+/// prefill (burn) path and the decode step alike, moving the logits as it moves the exact
+/// model's; the f32 weights are not kept.
+#[test]
+fn quant_adapter_update_is_added_beside_the_codes() {
+    use burn::module::Param;
+    use burn::tensor::{Distribution, Tensor};
+    use mosr_lm::generate::{GenerateConfig, generate};
+    use mosr_lm::{Arithmetic, ForwardOptions, LanguageModel, Logits, LoraConfig, TokenBatch};
+    let dev = mosr_lm::Device::flex();
+    let model = "smollm2-135m-instruct";
+    let path = mosr_tests::model_path(model);
+    let exact = LanguageModel::open(&path, &dev).unwrap();
+    let quant = LanguageModel::open_with(&path, &dev, Arithmetic::Quantized).unwrap();
+    let q0 = &quant.net.layers[0].self_attn.q_proj;
+    assert_eq!(q0.weight.val().dims(), [0, 0], "codes only, no f32 copy");
+    assert_eq!((q0.d_in(), q0.d_out()), (576, 576));
+    // An adapter with a non-zero B on the first blocks, saved and loaded into both.
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        layers: vec![0, 1, 2],
+        ..Default::default()
+    };
+    let mut net = exact.net.clone().attach_lora(&cfg).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    for block in net.layers.iter_mut().take(3) {
+        for (_, l) in block.linears_mut() {
+            let dims = l.lora_b.as_ref().unwrap().val().dims();
+            let b: Vec<f32> = (0..dims[0] * dims[1])
+                .map(|_| rng.random_range(-0.3f32..0.3))
+                .collect();
+            let t = Tensor::from_data(burn::tensor::TensorData::new(b, dims), &dev);
+            l.lora_b = Some(Param::from_tensor(t));
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-adapter");
+    mosr_lm::adapter::save(&net, &cfg, &dir, Some(model), None).unwrap();
+    let with = |lm: &LanguageModel| {
+        let (net, _) = mosr_lm::adapter::load(lm.net.clone(), &dir, None).unwrap();
+        LanguageModel {
+            net,
+            tokenizer: lm.tokenizer.clone(),
+            chat: lm.chat.clone(),
+            config: lm.config.clone(),
+            path: lm.path.clone(),
+            pad_id: lm.pad_id,
+        }
+    };
+    let (exact_ad, quant_ad) = (with(&exact), with(&quant));
+    let fx = mosr_tests::fixture(model, "generate");
+    let prompts: Vec<Vec<u32>> = fx["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| mosr_tests::ids(&g["input_ids"]))
+        .collect();
+    let logits = |lm: &LanguageModel| {
+        let batch = TokenBatch::left_padded(&prompts, lm.pad_id);
+        let opts = ForwardOptions {
+            logits: Logits::Last,
+            ..Default::default()
+        };
+        lm.net
+            .forward(&batch, None, opts)
+            .logits
+            .unwrap()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let (e0, e1, q0, q1) = (
+        logits(&exact),
+        logits(&exact_ad),
+        logits(&quant),
+        logits(&quant_ad),
+    );
+    let (shift_exact, shift_quant) = (max_diff(&e0, &e1), max_diff(&q0, &q1));
+    assert!(
+        shift_exact > 2.0 && shift_quant > 2.0,
+        "the adapter moves the logits: {shift_exact} / {shift_quant}"
+    );
+    let gap = max_diff(&e1, &q1);
+    assert!(gap <= LOGIT_TOLERANCE[0].1, "adapted: max |Δ logit| {gap}");
+    // The decode step (host path) with the adapter on a quantized load generates.
+    let cfg = GenerateConfig {
+        max_new_tokens: 8,
+        ..Default::default()
+    };
+    let (ge, gq) = (
+        generate(&exact_ad, &prompts, &cfg).unwrap(),
+        generate(&quant_ad, &prompts, &cfg).unwrap(),
+    );
+    for (e, q) in ge.iter().zip(&gq) {
+        assert!(!q.tokens.is_empty());
+        eprintln!("adapted: exact {:?} / quantized {:?}", e.text, q.text);
+    }
+    eprintln!(
+        "adapter shifts logits by {shift_exact} (exact) / {shift_quant} (quantized); adapted gap {gap}"
+    );
+}
