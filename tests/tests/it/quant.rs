@@ -264,7 +264,7 @@ fn quant_forward_stays_near_the_exact_one_and_greedy_agreement_is_reported() {
 #[test]
 fn quant_adapter_update_is_added_beside_the_codes() {
     use burn::module::Param;
-    use burn::tensor::{Distribution, Tensor};
+    use burn::tensor::Tensor;
     use mosr_lm::generate::{GenerateConfig, generate};
     use mosr_lm::{Arithmetic, ForwardOptions, LanguageModel, Logits, LoraConfig, TokenBatch};
     let dev = mosr_lm::Device::flex();
