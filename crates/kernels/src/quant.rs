@@ -150,35 +150,47 @@ fn quantize_rows(x: &[f32], group: usize) -> QuantRows {
     let mut q = vec![0i8; x.len()];
     let mut scale = vec![0f32; groups];
     let mut sums = vec![0f32; groups];
-    for (gi, (xs, qs)) in x
-        .chunks_exact(group)
-        .zip(q.chunks_exact_mut(group))
-        .enumerate()
-    {
-        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        // A NaN or infinity anywhere makes the group's scale non-finite, so the outputs it
-        // reaches are too (and generation stops with a clear error).
-        let amax = if xs.iter().all(|v| v.is_finite()) {
-            amax
-        } else {
-            f32::NAN
-        };
-        let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut s = 0i32;
-        for (qv, &v) in qs.iter_mut().zip(xs) {
-            *qv = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-            s += i32::from(*qv);
-        }
-        scale[gi] = d;
-        sums[gi] = d * s as f32;
-    }
+    // Each group is rounded on its own, so splitting the work changes no bit.
+    let per = QUANTIZE_CHUNK_GROUPS;
+    x.par_chunks(per * group)
+        .zip(q.par_chunks_mut(per * group))
+        .zip(scale.par_chunks_mut(per).zip(sums.par_chunks_mut(per)))
+        .for_each(|((xc, qc), (sc, su))| {
+            let groups = xc.chunks_exact(group).zip(qc.chunks_exact_mut(group));
+            for ((xs, qs), (d, s)) in groups.zip(sc.iter_mut().zip(su.iter_mut())) {
+                (*d, *s) = quantize_group(xs, qs);
+            }
+        });
     QuantRows {
         group,
         q,
         scale,
         sums,
     }
+}
+
+/// Groups per parallel task of [`quantize_rows`] (small inputs, a decode step's rows, stay on
+/// one task).
+const QUANTIZE_CHUNK_GROUPS: usize = 4096;
+
+/// One group rounded to int8: returns its scale `d` and `d · Σ q`.
+fn quantize_group(xs: &[f32], qs: &mut [i8]) -> (f32, f32) {
+    let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // A NaN or infinity anywhere makes the group's scale non-finite, so the outputs it
+    // reaches are too (and generation stops with a clear error).
+    let amax = if xs.iter().all(|v| v.is_finite()) {
+        amax
+    } else {
+        f32::NAN
+    };
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut s = 0i32;
+    for (qv, &v) in qs.iter_mut().zip(xs) {
+        *qv = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        s += i32::from(*qv);
+    }
+    (d, d * s as f32)
 }
 
 /// `out [rows, n] = x [rows, k] · Wᵀ`, row-major, for any number of rows.

@@ -66,6 +66,8 @@ fn quant_product_matches_its_arithmetic_on_every_shape() {
             (9, 96, 16, 32),
             (17, 128, 40, 16),
             (40, 96, 70, 64),
+            // Enough groups for several parallel rounding tasks.
+            (300, 512, 17, 16),
         ] {
             let w = random_weight(&mut rng, n, k, group, levels);
             let x: Vec<f32> = (0..rows * k)
