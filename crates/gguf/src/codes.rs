@@ -9,6 +9,7 @@
 //! dequantizer subtracts the bias before multiplying (Q4_0, Q5_0, Q8_0, Q6_K).
 
 use crate::GgmlType;
+use crate::dequant::{f16_at, scale_min_k4};
 
 /// A tensor's codes (one byte per element) with one scale and offset per group of `group`
 /// consecutive elements.
@@ -56,10 +57,6 @@ pub(crate) fn group_codes(ty: GgmlType, bytes: &[u8], n: usize) -> Option<GroupC
         split(b, c, s, o);
     }
     Some(out)
-}
-
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
 /// Q4_0/Q4_1's nibble layout: element `i < 16` is the low nibble of `qs[i]`, `16 + i` its
@@ -112,18 +109,6 @@ fn q8_0(b: &[u8], c: &mut [u8], s: &mut [f32], o: &mut [f32]) {
     }
     s.fill(d);
     o.fill(-128.0 * d);
-}
-
-/// ggml's `get_scale_min_k4` (see the dequantizer).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    }
 }
 
 /// Q4_K (`high = None`) and Q5_K: sub-block `j` of 32 is group `j`.

@@ -149,7 +149,7 @@ fn f16_to_f32(h: u16) -> f32 {
 }
 
 #[inline(always)]
-fn f16_at(b: &[u8], at: usize) -> f32 {
+pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
@@ -305,7 +305,7 @@ fn q3_k(b: &[u8], y: &mut [f32]) {
 /// Pairs 0-3 are the low 6 bits of bytes 0-3 / 4-7; pairs 4-7 take their low nibbles from
 /// bytes 8-11 and their top two bits from the spare top bits of bytes 0-3 / 4-7.
 #[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

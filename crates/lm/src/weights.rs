@@ -102,6 +102,13 @@ pub struct GgufWeights<'a> {
 }
 
 impl GgufWeights<'_> {
+    /// The GGUF name and shape of the tensor an HF name refers to, if the file holds it.
+    fn locate(&self, hf_name: &str) -> Option<(String, Vec<usize>)> {
+        let name = hf_to_gguf_name(hf_name)?;
+        let shape = self.file.tensor_info(&name).ok()?.shape();
+        Some((name, shape))
+    }
+
     /// llama.cpp's converter interleaves the two RoPE halves of each Q/K head for Llama-arch
     /// models (it uses GPT-J style rotation); HF rotates halves, so undo it here. `shape` is
     /// `[rows, ..]` of `data`.
@@ -120,24 +127,16 @@ impl GgufWeights<'_> {
 
 impl WeightSource for GgufWeights<'_> {
     fn get(&self, hf_name: &str) -> Result<Option<HostTensor>> {
-        let Some(name) = hf_to_gguf_name(hf_name) else {
+        let Some((name, shape)) = self.locate(hf_name) else {
             return Ok(None);
         };
-        let Ok(info) = self.file.tensor_info(&name) else {
-            return Ok(None);
-        };
-        let shape = info.shape();
         let data = self.unpermute(&name, self.file.dequantize(&name)?, &shape);
         Ok(Some(HostTensor { shape, data }))
     }
     fn block_affine(&self, hf_name: &str) -> Result<Option<mosr_gguf::BlockAffine>> {
-        let Some(name) = hf_to_gguf_name(hf_name) else {
+        let Some((name, shape)) = self.locate(hf_name) else {
             return Ok(None);
         };
-        let Ok(info) = self.file.tensor_info(&name) else {
-            return Ok(None);
-        };
-        let shape = info.shape();
         let Some(a) = self.file.block_affine(&name)? else {
             return Ok(None);
         };
@@ -148,13 +147,9 @@ impl WeightSource for GgufWeights<'_> {
         }))
     }
     fn group_codes(&self, hf_name: &str) -> Result<Option<mosr_gguf::GroupCodes>> {
-        let Some(name) = hf_to_gguf_name(hf_name) else {
+        let Some((name, shape)) = self.locate(hf_name) else {
             return Ok(None);
         };
-        let Ok(info) = self.file.tensor_info(&name) else {
-            return Ok(None);
-        };
-        let shape = info.shape();
         let Some(c) = self.file.group_codes(&name)? else {
             return Ok(None);
         };

@@ -178,6 +178,34 @@ fn quant_group_codes_reproduce_the_dequantizer_on_real_files() {
     }
 }
 
+/// The fixture's greedy-generation prompts (token ids) of `model`.
+fn fixture_prompts(model: &str) -> Vec<Vec<u32>> {
+    let fx = mosr_tests::fixture(model, "generate");
+    let gens = fx["generations"].as_array().unwrap();
+    gens.iter()
+        .map(|g| mosr_tests::ids(&g["input_ids"]))
+        .collect()
+}
+
+/// Last-position logits of `prompts`, one batch, left-padded.
+fn last_logits(lm: &mosr_lm::LanguageModel, prompts: &[Vec<u32>]) -> Vec<f32> {
+    use mosr_lm::{ForwardOptions, Logits, TokenBatch};
+    let batch = TokenBatch::left_padded(prompts, lm.pad_id);
+    let opts = ForwardOptions {
+        logits: Logits::Last,
+        ..Default::default()
+    };
+    let out = lm.net.forward(&batch, None, opts).logits.unwrap();
+    out.into_data().try_into_vec::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 /// Largest |Δ logit| allowed between the quantized and the exact forward on the fixture
 /// prompts (docs/performance.md): measured 1.40 on SmolLM2-135M (Q4_1, the most sensitive
 /// model we have) and 0.26 on Qwen2.5-Coder-0.5B (Q4_K/Q6_K), 2026-12-04.
@@ -189,7 +217,7 @@ const LOGIT_TOLERANCE: [(&str, f32); 2] = [
 #[test]
 fn quant_forward_stays_near_the_exact_one_and_greedy_agreement_is_reported() {
     use mosr_lm::generate::{GenerateConfig, generate};
-    use mosr_lm::{Arithmetic, ForwardOptions, LanguageModel, Logits, TokenBatch};
+    use mosr_lm::{Arithmetic, LanguageModel};
     let dev = mosr_lm::Device::flex();
     for (model, tolerance) in LOGIT_TOLERANCE {
         let path = mosr_tests::model_path(model);
@@ -210,25 +238,11 @@ fn quant_forward_stays_near_the_exact_one_and_greedy_agreement_is_reported() {
         assert!(quant.net.head_quant.is_some() && exact.net.head_quant.is_none());
         let fx = mosr_tests::fixture(model, "generate");
         let gens = fx["generations"].as_array().unwrap();
-        let prompts: Vec<Vec<u32>> = gens
-            .iter()
-            .map(|g| mosr_tests::ids(&g["input_ids"]))
-            .collect();
-        let logits = |lm: &LanguageModel| {
-            let batch = TokenBatch::left_padded(&prompts, lm.pad_id);
-            let opts = ForwardOptions {
-                logits: Logits::Last,
-                ..Default::default()
-            };
-            let out = lm.net.forward(&batch, None, opts).logits.unwrap();
-            out.into_data().try_into_vec::<f32>().unwrap()
-        };
-        let (a, b) = (logits(&exact), logits(&quant));
-        let diff = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let prompts = fixture_prompts(model);
+        let diff = max_abs_diff(
+            &last_logits(&exact, &prompts),
+            &last_logits(&quant, &prompts),
+        );
         assert!(
             diff <= tolerance,
             "{model}: max |Δ logit| {diff} > {tolerance}"
@@ -268,7 +282,7 @@ fn quant_adapter_update_is_added_beside_the_codes() {
     use burn::module::Param;
     use burn::tensor::Tensor;
     use mosr_lm::generate::{GenerateConfig, generate};
-    use mosr_lm::{Arithmetic, ForwardOptions, LanguageModel, Logits, LoraConfig, TokenBatch};
+    use mosr_lm::{Arithmetic, LanguageModel, LoraConfig};
     let dev = mosr_lm::Device::flex();
     let model = "smollm2-135m-instruct";
     let path = mosr_tests::model_path(model);
@@ -311,33 +325,9 @@ fn quant_adapter_update_is_added_beside_the_codes() {
         }
     };
     let (exact_ad, quant_ad) = (with(&exact), with(&quant));
-    let fx = mosr_tests::fixture(model, "generate");
-    let prompts: Vec<Vec<u32>> = fx["generations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| mosr_tests::ids(&g["input_ids"]))
-        .collect();
-    let logits = |lm: &LanguageModel| {
-        let batch = TokenBatch::left_padded(&prompts, lm.pad_id);
-        let opts = ForwardOptions {
-            logits: Logits::Last,
-            ..Default::default()
-        };
-        lm.net
-            .forward(&batch, None, opts)
-            .logits
-            .unwrap()
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap()
-    };
-    let max_diff = |a: &[f32], b: &[f32]| {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max)
-    };
+    let prompts = fixture_prompts(model);
+    let logits = |lm: &LanguageModel| last_logits(lm, &prompts);
+    let max_diff = max_abs_diff;
     let (e0, e1, q0, q1) = (
         logits(&exact),
         logits(&exact_ad),
