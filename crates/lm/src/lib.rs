@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod fused;
 pub mod generate;
 pub mod identity;
+mod load;
 pub mod lora;
 pub mod memory;
 pub mod model;

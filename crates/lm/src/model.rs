@@ -7,9 +7,8 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
 use crate::lora::{LoraConfig, LoraLinear, attach};
-use crate::weights::{HostTensor, WeightSource};
-use crate::{Arithmetic, LmError, Result};
-use mosr_kernels::amx::PackedWeight;
+use crate::weights::WeightSource;
+use crate::{Arithmetic, Result};
 use mosr_kernels::quant::QuantWeight;
 
 #[derive(Module, Debug)]
@@ -237,17 +236,6 @@ impl KvCache {
     }
 }
 
-fn to_tensor1(h: HostTensor, device: &Device) -> Tensor<1> {
-    let n = h.data.len();
-    Tensor::from_data(TensorData::new(h.data, [n]), device)
-}
-
-fn to_tensor2_transposed(h: HostTensor, device: &Device) -> Tensor<2> {
-    let (rows, cols) = (h.shape[0], h.shape[1]);
-    let t = crate::lora::host_transpose(&h.data, rows, cols);
-    Tensor::from_data(TensorData::new(t, [cols, rows]), device)
-}
-
 impl CausalLm {
     /// Builds the network from any weight source, checking every shape against the config.
     pub fn load(src: &dyn WeightSource, cfg: &ModelConfig, device: &Device) -> Result<Self> {
@@ -263,170 +251,7 @@ impl CausalLm {
         device: &Device,
         arithmetic: Arithmetic,
     ) -> Result<Self> {
-        let quantized = !arithmetic.is_exact() && crate::cpu::applies(device);
-        let codes =
-            |name: &str, n: usize, k: usize| -> Result<Option<std::sync::Arc<QuantWeight>>> {
-                if !quantized {
-                    return Ok(None);
-                }
-                Ok(src
-                    .group_codes(name)?
-                    .filter(|c| k.is_multiple_of(c.group))
-                    .map(|c| {
-                        let w = QuantWeight::new(n, k, c.group, &c.codes, &c.scale, &c.offset);
-                        std::sync::Arc::new(w)
-                    }))
-            };
-        let fetch = |name: &str, shape: &[usize]| -> Result<HostTensor> {
-            let t = src.get(name)?.ok_or_else(|| LmError::MissingTensor {
-                file: src.origin().to_path_buf(),
-                tensor: name.to_string(),
-            })?;
-            if t.shape != shape {
-                return Err(LmError::ShapeMismatch {
-                    file: src.origin().to_path_buf(),
-                    tensor: name.to_string(),
-                    expected: shape.to_vec(),
-                    found: t.shape,
-                });
-            }
-            crate::weights::check_values(src.origin(), name, &t)?;
-            Ok(t)
-        };
-        let d = cfg.hidden_size;
-        let q_out = cfg.num_heads * cfg.head_dim;
-        let kv_out = cfg.num_kv_heads * cfg.head_dim;
-        // The AMX tile layout of each projection, for plain CPU passes over many rows.
-        let pack = crate::cpu::applies(device) && mosr_kernels::amx::available();
-        let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<LoraLinear> {
-            let host = fetch(&format!("{name}.weight"), &[out, inp])?;
-            let quant = codes(&format!("{name}.weight"), out, inp)?;
-            let packed = if pack && quant.is_none() {
-                let p = match src.block_affine(&format!("{name}.weight"))? {
-                    Some(a) => PackedWeight::pack(&a.scaled, out, inp, Some(&a.offsets)),
-                    None => PackedWeight::pack(&host.data, out, inp, None),
-                };
-                Some(std::sync::Arc::new(p))
-            } else {
-                None
-            };
-            // With codes, the f32 copy is not kept: the codes are the weight (LoraLinear::quant).
-            let w = match quant {
-                Some(_) => Tensor::zeros([0, 0], device),
-                None => to_tensor2_transposed(host, device),
-            };
-            let b = if bias {
-                Some(to_tensor1(fetch(&format!("{name}.bias"), &[out])?, device))
-            } else {
-                None
-            };
-            Ok(LoraLinear {
-                packed,
-                quant,
-                ..LoraLinear::frozen(w, b)
-            })
-        };
-        let norm = |name: &str| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                weight: Param::from_tensor(to_tensor1(fetch(name, &[d])?, device))
-                    .set_require_grad(false),
-                eps: cfg.rms_norm_eps,
-            })
-        };
-        let embed = fetch("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(Block {
-                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
-                self_attn: Attention {
-                    q_proj: lin(
-                        &format!("{p}.self_attn.q_proj"),
-                        q_out,
-                        d,
-                        cfg.attention_bias,
-                    )?,
-                    k_proj: lin(
-                        &format!("{p}.self_attn.k_proj"),
-                        kv_out,
-                        d,
-                        cfg.attention_bias,
-                    )?,
-                    v_proj: lin(
-                        &format!("{p}.self_attn.v_proj"),
-                        kv_out,
-                        d,
-                        cfg.attention_bias,
-                    )?,
-                    o_proj: lin(&format!("{p}.self_attn.o_proj"), d, q_out, false)?,
-                    num_heads: cfg.num_heads,
-                    num_kv_heads: cfg.num_kv_heads,
-                    head_dim: cfg.head_dim,
-                },
-                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
-                mlp: Mlp {
-                    gate_proj: lin(
-                        &format!("{p}.mlp.gate_proj"),
-                        cfg.intermediate_size,
-                        d,
-                        false,
-                    )?,
-                    up_proj: lin(&format!("{p}.mlp.up_proj"), cfg.intermediate_size, d, false)?,
-                    down_proj: lin(
-                        &format!("{p}.mlp.down_proj"),
-                        d,
-                        cfg.intermediate_size,
-                        false,
-                    )?,
-                },
-            });
-        }
-        const TIED: &str = "model.embed_tokens.weight";
-        let (head, head_name) = if cfg.tie_word_embeddings {
-            (embed.clone(), TIED)
-        } else {
-            match src.get("lm_head.weight")? {
-                Some(h) => {
-                    if h.shape != [cfg.vocab_size, d] {
-                        return Err(LmError::ShapeMismatch {
-                            file: src.origin().to_path_buf(),
-                            tensor: "lm_head.weight".into(),
-                            expected: vec![cfg.vocab_size, d],
-                            found: h.shape,
-                        });
-                    }
-                    crate::weights::check_values(src.origin(), "lm_head.weight", &h)?;
-                    (h, "lm_head.weight")
-                }
-                None => (embed.clone(), TIED),
-            }
-        };
-        let head_quant = codes(head_name, cfg.vocab_size, d)?;
-        if quantized
-            && head_quant.is_none()
-            && layers
-                .iter()
-                .all(|b: &Block| b.linears().iter().all(|(_, l)| l.quant.is_none()))
-        {
-            return Err(LmError::Weights {
-                file: src.origin().to_path_buf(),
-                problem: "quantized arithmetic: no tensor of this file has integer codes (Q4_0-Q8_0, Q4_K-Q6_K); use arithmetic = \"exact\"".into(),
-            });
-        }
-        let embed_t = Tensor::from_data(TensorData::new(embed.data, [cfg.vocab_size, d]), device);
-        Ok(Self {
-            embed_tokens: Param::from_tensor(embed_t).set_require_grad(false),
-            layers,
-            norm: norm("model.norm.weight")?,
-            lm_head: Param::from_tensor(match head_quant {
-                Some(_) => Tensor::zeros([0, 0], device),
-                None => to_tensor2_transposed(head, device),
-            })
-            .set_require_grad(false),
-            inv_freq: cfg.rope_inv_freq(),
-            config: cfg.clone(),
-            head_quant,
-        })
+        crate::load::network(src, cfg, device, arithmetic)
     }
 
     pub fn device(&self) -> Device {
