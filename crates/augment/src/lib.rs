@@ -638,6 +638,9 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
     inputs.insert("data".to_string(), data.key.clone());
     inputs.insert("model".to_string(), model_sha);
     inputs.insert("seed".to_string(), file.run.seed.to_string());
+    if let Some(a) = cfg.arithmetic.key() {
+        inputs.insert("arithmetic".to_string(), a);
+    }
     let key = mosr_artifacts::stage_key(&serde_json::to_value(&cfg)?, &inputs);
     if !force && run_dir.is_up_to_date("augment", &key) {
         info!(stage = "augment", "up to date");

@@ -344,8 +344,8 @@ pub(crate) fn gen_settings(s: &EvalSection) -> serde_json::Value {
 /// arithmetic when it is not exact (absent while exact, so earlier runs' groups stay valid).
 pub(crate) fn variant_key(cfg: &EvalConfig, adapter: &impl serde::Serialize) -> serde_json::Value {
     let mut v = serde_json::json!({"model": cfg.model_sha256, "adapter": adapter});
-    if !cfg.section.arithmetic.is_exact() {
-        v["arithmetic"] = serde_json::to_value(cfg.section.arithmetic).expect("json");
+    if let Some(a) = cfg.section.arithmetic.key() {
+        v["arithmetic"] = a.into();
     }
     v
 }
@@ -1092,6 +1092,9 @@ pub fn run_pipeline_stage_with(
             repo_root.join(t)
         };
         inputs.insert("templates".into(), sha256_file(&p)?);
+    }
+    if let Some(a) = cfg.section.arithmetic.key() {
+        inputs.insert("arithmetic".into(), a);
     }
     let key = mosr_artifacts::stage_key(&resolved_config(&cfg), &inputs);
     if !force && run_dir.is_up_to_date("eval", &key) {

@@ -19,6 +19,11 @@
 
 use rayon::prelude::*;
 
+/// Version of the quantized arithmetic (activation rounding, group layout, float order):
+/// bumped whenever a change can alter a result, and part of the keys of everything computed
+/// with it, so answers of an older arithmetic are never reused.
+pub const VERSION: u32 = 1;
+
 /// The group sizes a [`QuantWeight`] may have (weights sharing one scale and offset).
 pub const GROUPS: [usize; 2] = [16, 32];
 /// Output columns per tile: one AVX-512 register of f32 lanes.

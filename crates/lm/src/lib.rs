@@ -139,6 +139,17 @@ impl Arithmetic {
     pub fn is_exact(&self) -> bool {
         *self == Arithmetic::Exact
     }
+
+    /// What stage and group keys record of the arithmetic: nothing while exact (keys made
+    /// before the option existed stay valid), else its name and the version of its kernels
+    /// (`mosr_kernels::quant::VERSION`), so answers of an older quantized arithmetic are
+    /// never reused.
+    pub fn key(&self) -> Option<String> {
+        match self {
+            Arithmetic::Exact => None,
+            Arithmetic::Quantized => Some(format!("quantized-v{}", mosr_kernels::quant::VERSION)),
+        }
+    }
 }
 
 impl std::str::FromStr for Arithmetic {

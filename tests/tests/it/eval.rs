@@ -1093,6 +1093,9 @@ fn eval_quantized_arithmetic_generates_its_own_groups() {
     let dir = mosr_eval::run_pipeline_stage(&quant, &repo, false).unwrap();
     let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
     assert_eq!(m.config["section"]["arithmetic"], "quantized");
+    // The key covers the kernels' version: a changed quantized arithmetic reruns.
+    let version = format!("quantized-v{}", mosr_kernels::quant::VERSION);
+    assert_eq!(m.inputs.get("arithmetic"), Some(&version));
     assert_ne!(m.key, key_exact);
     assert_eq!(
         m.row_counts["groups_reused"], 0,
