@@ -228,35 +228,30 @@ impl GgufFile {
     /// block-affine types (Q4_1, Q5_1); `None` for every other type. `scaled[i] +
     /// offsets[i / 32]` equals [`Self::dequantize`] bit for bit.
     pub fn block_affine(&self, name: &str) -> Result<Option<crate::BlockAffine>, GgufError> {
-        let info = self.tensor_info(name)?;
-        let bytes = self.bytes_of(info);
-        if info.ggml_type.bytes_for(info.n_elements()) != Some(bytes.len()) {
-            // The full dequantizer names the problem.
-            self.dequantize(name)?;
-            return Ok(None);
-        }
-        Ok(crate::dequant::block_affine(
-            info.ggml_type,
-            bytes,
-            info.n_elements(),
-        ))
+        self.split(name, crate::dequant::block_affine)
     }
 
     /// The tensor as integer codes with one scale and offset per group of 16 or 32
     /// ([`crate::GroupCodes`]); `None` for types without such codes (floats, Q2_K, Q3_K, the
     /// codebook types).
     pub fn group_codes(&self, name: &str) -> Result<Option<crate::GroupCodes>, GgufError> {
+        self.split(name, crate::codes::group_codes)
+    }
+
+    /// A tensor's bytes through `split(type, bytes, elements)`, once their size is checked
+    /// (a wrong size is reported by the full dequantizer, which names the problem).
+    fn split<T>(
+        &self,
+        name: &str,
+        split: fn(GgmlType, &[u8], usize) -> Option<T>,
+    ) -> Result<Option<T>, GgufError> {
         let info = self.tensor_info(name)?;
         let bytes = self.bytes_of(info);
         if info.ggml_type.bytes_for(info.n_elements()) != Some(bytes.len()) {
             self.dequantize(name)?;
             return Ok(None);
         }
-        Ok(crate::codes::group_codes(
-            info.ggml_type,
-            bytes,
-            info.n_elements(),
-        ))
+        Ok(split(info.ggml_type, bytes, info.n_elements()))
     }
 
     /// Dequantise a whole tensor into `out`, which must hold exactly `n_elements` values.
