@@ -187,8 +187,11 @@ enum Task {
     },
 }
 
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint ranges (see `few_rows_many`).
+/// An output buffer shared by parallel tasks that each write their own part of it.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: every user's tasks write disjoint ranges (`few_rows_many`: column slabs or its own
+// partial; `quant::product_many`: a tile's columns).
 unsafe impl Sync for SharedOut {}
 unsafe impl Send for SharedOut {}
 

@@ -19,6 +19,8 @@
 
 use rayon::prelude::*;
 
+use crate::SharedOut;
+
 /// Version of the quantized arithmetic (activation rounding, group layout, float order):
 /// bumped whenever a change can alter a result, and part of the keys of everything computed
 /// with it, so answers of an older arithmetic are never reused.
@@ -269,12 +271,6 @@ fn products_on(x: &[f32], rows: usize, products: &mut [(&QuantWeight, &mut [f32]
         }
     });
 }
-
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: tasks write disjoint columns of the output.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
 
 /// One tile's 16 output columns for every row.
 ///

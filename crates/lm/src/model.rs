@@ -429,10 +429,9 @@ impl CausalLm {
 
     /// Final norm + unembedding of any residual-stream state (the LogitLens).
     pub fn unembed(&self, h: Tensor<3>) -> Tensor<3> {
-        match self.quant_logits(&self.norm.forward(h.clone())) {
-            Some(y) => y,
-            None => crate::cpu::project(self.norm.forward(h), self.lm_head.val(), None),
-        }
+        let h = self.norm.forward(h);
+        self.quant_logits(&h)
+            .unwrap_or_else(|| crate::cpu::project(h, self.lm_head.val(), None))
     }
 
     /// Final norm + unembedding of the forward's last states: the head's codes when the model

@@ -327,19 +327,18 @@ fn quant_adapter_update_is_added_beside_the_codes() {
     let (exact_ad, quant_ad) = (with(&exact), with(&quant));
     let prompts = fixture_prompts(model);
     let logits = |lm: &LanguageModel| last_logits(lm, &prompts);
-    let max_diff = max_abs_diff;
     let (e0, e1, q0, q1) = (
         logits(&exact),
         logits(&exact_ad),
         logits(&quant),
         logits(&quant_ad),
     );
-    let (shift_exact, shift_quant) = (max_diff(&e0, &e1), max_diff(&q0, &q1));
+    let (shift_exact, shift_quant) = (max_abs_diff(&e0, &e1), max_abs_diff(&q0, &q1));
     assert!(
         shift_exact > 2.0 && shift_quant > 2.0,
         "the adapter moves the logits: {shift_exact} / {shift_quant}"
     );
-    let gap = max_diff(&e1, &q1);
+    let gap = max_abs_diff(&e1, &q1);
     assert!(gap <= LOGIT_TOLERANCE[0].1, "adapted: max |Δ logit| {gap}");
     // The decode step (host path) with the adapter on a quantized load generates.
     let cfg = GenerateConfig {
