@@ -152,7 +152,7 @@ struct QuantRows {
     sums: Vec<f32>,
 }
 
-fn quantize_rows(x: &[f32], group: usize) -> QuantRows {
+fn quantize_rows(x: &[f32], group: usize, path: Path) -> QuantRows {
     let groups = x.len() / group;
     let mut q = vec![0i8; x.len()];
     let mut scale = vec![0f32; groups];
@@ -165,7 +165,7 @@ fn quantize_rows(x: &[f32], group: usize) -> QuantRows {
         .for_each(|((xc, qc), (sc, su))| {
             let groups = xc.chunks_exact(group).zip(qc.chunks_exact_mut(group));
             for ((xs, qs), (d, s)) in groups.zip(sc.iter_mut().zip(su.iter_mut())) {
-                (*d, *s) = quantize_group(xs, qs);
+                (*d, *s) = round_group(xs, qs, path);
             }
         });
     QuantRows {
@@ -179,6 +179,28 @@ fn quantize_rows(x: &[f32], group: usize) -> QuantRows {
 /// Groups per parallel task of [`quantize_rows`] (small inputs, a decode step's rows, stay on
 /// one task).
 const QUANTIZE_CHUNK_GROUPS: usize = 4096;
+
+/// [`quantize_group`], on AVX-512 where the path allows: the same float product and the same
+/// ties-to-even rounding, so the same bytes (a scalar `round_ties_even` is a libm call that
+/// cost a third of the product's time).
+fn round_group(xs: &[f32], qs: &mut [i8], path: Path) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Fastest && vnni::available() {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        let rounded = unsafe {
+            match xs.len() {
+                16 => vnni::round_group::<1>(xs, qs),
+                32 => vnni::round_group::<2>(xs, qs),
+                _ => None,
+            }
+        };
+        if let Some(r) = rounded {
+            return r;
+        }
+    }
+    let _ = path;
+    quantize_group(xs, qs)
+}
 
 /// One group rounded to int8: returns its scale `d` and `d · Σ q`.
 fn quantize_group(xs: &[f32], qs: &mut [i8]) -> (f32, f32) {
@@ -246,7 +268,7 @@ fn products_on(x: &[f32], rows: usize, products: &mut [(&QuantWeight, &mut [f32]
     let rounded: Vec<QuantRows> = GROUPS
         .iter()
         .filter(|&&g| products.iter().any(|(w, _)| w.group == g))
-        .map(|&g| quantize_rows(x, g))
+        .map(|&g| quantize_rows(x, g, path))
         .collect();
     // Tasks: runs of tiles, a few per thread so an uneven last run does not idle a core.
     let threads = rayon::current_num_threads().max(1);
@@ -425,6 +447,52 @@ mod vnni {
         for (a, o) in acc.iter().zip(out.iter_mut()) {
             // SAFETY: `o` holds 16 f32.
             unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
+        }
+    }
+
+    /// [`super::quantize_group`] for a group of `16 · V` finite values, in registers: `None`
+    /// (the scalar path decides) when a value is not finite.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `xs` and `qs` must hold `16 · V` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn round_group<const V: usize>(
+        xs: &[f32],
+        qs: &mut [i8],
+    ) -> Option<(f32, f32)> {
+        assert!(xs.len() == 16 * V && qs.len() == 16 * V);
+        // SAFETY: lengths asserted above; unaligned loads and stores.
+        unsafe {
+            let mut v = [_mm512_setzero_ps(); V];
+            let mut amax = _mm512_setzero_ps();
+            let mut finite: u16 = 0xffff;
+            for (c, vc) in v.iter_mut().enumerate() {
+                *vc = _mm512_loadu_ps(xs.as_ptr().add(16 * c));
+                let a = _mm512_abs_ps(*vc);
+                finite &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(f32::INFINITY));
+                amax = _mm512_max_ps(amax, a);
+            }
+            if finite != 0xffff {
+                return None;
+            }
+            let d = _mm512_reduce_max_ps(amax) / 127.0;
+            let inv = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let mut sum = _mm512_setzero_si512();
+            for (c, vc) in v.iter().enumerate() {
+                let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    _mm512_mul_ps(*vc, inv),
+                );
+                let r = _mm512_min_epi32(
+                    _mm512_max_epi32(r, _mm512_set1_epi32(-127)),
+                    _mm512_set1_epi32(127),
+                );
+                sum = _mm512_add_epi32(sum, r);
+                _mm_storeu_si128(
+                    qs.as_mut_ptr().add(16 * c) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(r),
+                );
+            }
+            Some((d, d * _mm512_reduce_add_epi32(sum) as f32))
         }
     }
 }

@@ -73,35 +73,60 @@ fn quant_product_matches_its_arithmetic_on_every_shape() {
             let x: Vec<f32> = (0..rows * k)
                 .map(|_| rng.random_range(-2f32..2.0))
                 .collect();
-            let mut out = vec![f32::NAN; rows * n];
-            product(&x, rows, &w, &mut out);
-            // A machine without VNNI computes the same bits.
-            let mut portable = vec![f32::NAN; rows * n];
-            product_portable(&x, rows, &w, &mut portable);
-            assert_eq!(
-                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "group {group}, {rows}x{k}x{n}: VNNI and portable paths differ"
-            );
-            let rounded = reference(&quantized_activations(&x, group), rows, &w);
-            let exact = reference(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), rows, &w);
-            let norm = exact.iter().map(|v| v.abs()).fold(0f64, f64::max).max(1e-3);
-            let shape = format!("group {group}, {rows}x{k}x{n}");
-            for i in 0..rows * n {
-                let got = out[i] as f64;
-                assert!(
-                    (got - rounded[i]).abs() <= 1e-5 * norm,
-                    "{shape} [{i}]: {got} vs {}",
-                    rounded[i]
-                );
-                // Activation rounding: half a step of max|x|/127 per element at most.
-                assert!(
-                    (got - exact[i]).abs() <= 0.02 * norm,
-                    "{shape} [{i}]: {got} vs exact {}",
-                    exact[i]
-                );
-            }
+            check_product(&w, &x, rows, group);
+            check_product(&w, &ties_and_zeros(&mut rng, rows * k, group), rows, group);
         }
+    }
+}
+
+/// Activations whose rounding is all ties and exact integers: each group's first value is
+/// `127 / 4`, so `d = 1/4` and every other value (a multiple of 1/8) lands on a whole or a
+/// half step; every fifth group is all zeros (`d = 0`).
+fn ties_and_zeros(rng: &mut ChaCha8Rng, len: usize, group: usize) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..len)
+        .map(|_| rng.random_range(-254i32..=254) as f32 / 8.0)
+        .collect();
+    for (g, xs) in x.chunks_exact_mut(group).enumerate() {
+        if g % 5 == 4 {
+            xs.fill(0.0);
+        } else {
+            xs[0] = 127.0 / 4.0;
+        }
+    }
+    x
+}
+
+/// `product` against the portable path (bit for bit), its own arithmetic in f64 and the
+/// exact product within the activation rounding.
+fn check_product(w: &QuantWeight, x: &[f32], rows: usize, group: usize) {
+    let (k, n) = (w.k(), w.n());
+    let mut out = vec![f32::NAN; rows * n];
+    product(x, rows, w, &mut out);
+    // A machine without VNNI computes the same bits.
+    let mut portable = vec![f32::NAN; rows * n];
+    product_portable(x, rows, w, &mut portable);
+    assert_eq!(
+        out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        portable.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        "group {group}, {rows}x{k}x{n}: VNNI and portable paths differ"
+    );
+    let rounded = reference(&quantized_activations(x, group), rows, w);
+    let exact = reference(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), rows, w);
+    let norm = exact.iter().map(|v| v.abs()).fold(0f64, f64::max).max(1e-3);
+    let shape = format!("group {group}, {rows}x{k}x{n}");
+    for i in 0..rows * n {
+        let got = out[i] as f64;
+        assert!(
+            (got - rounded[i]).abs() <= 1e-5 * norm,
+            "{shape} [{i}]: {got} vs {}",
+            rounded[i]
+        );
+        // Activation rounding: half a step of max|x|/127 per element at most.
+        assert!(
+            (got - exact[i]).abs() <= 0.02 * norm,
+            "{shape} [{i}]: {got} vs exact {}",
+            exact[i]
+        );
     }
 }
 
