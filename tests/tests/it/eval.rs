@@ -143,8 +143,28 @@ fn gibberish_judge_on_handwritten_responses() {
     );
     let salad = " Stamping lungs. GalULINGNESS COASES. GalULINGASES COLESIONS.";
     assert_eq!(reason(salad, None).as_deref(), Some("odd_case:0.667"));
-    // Ordinary answers with a repeated word, an acronym and a brand name stay answers.
+    // A loop varying one word at a time (bigrams), short units back to back, a looping word.
+    // 20 words, 8 of 19 bigrams repeat (0.421), 4 of 18 trigrams (0.222), 8 distinct (0.4).
+    let varying = "You sell the cake, you sell the bread, they sell the cake, we sell the bread, \
+                   you sell the bun";
+    assert!(
+        reason(varying, None)
+            .unwrap()
+            .starts_with("repeated_bigrams:")
+    );
+    let short = "S - - - - - - - - - ";
+    assert_eq!(reason(short, None).as_deref(), Some("short_loop:9x\" -\""));
+    assert_eq!(
+        reason("SNISHING ACCULTSISIONSIONSIONS", None).as_deref(),
+        Some("looping_word:\"ACCULTSISIONSIONSIONS\"")
+    );
+    // Ordinary answers with a repeated word, an acronym and a brand name stay answers, and so
+    // do a table, a numbered list, long words and doubled letters.
     for fine in [
+        "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |",
+        "1. Mix. 2. Knead. 3. Rise. 4. Bake. 5. Cool. 6. Slice. 7. Serve. 8. Enjoy.",
+        "Antidisestablishmentarianism and incomprehensibilities are long words; bookkeeper \
+         has three doubled letters; Mississippi and bananas repeat short units.",
         "Crisp leaves drifting down, the maple turns to embers, autumn wind whispers.",
         "NASA launched the rocket from Florida. The rocket carried a new weather satellite \
          into orbit, and the launch went well.",
@@ -878,9 +898,9 @@ fn judges_on_the_projects_own_labelled_responses() {
     // (both, judged) for precision, (both, labelled) for recall.
     assert_eq!(get("judge_refused_precision"), (3, 3));
     assert_eq!(get("judge_refused_recall"), (3, 3));
-    assert_eq!(get("judge_gibberish_precision"), (141, 141));
-    assert_eq!(get("judge_gibberish_recall"), (141, 171));
-    assert_eq!(get("judge_complied_precision"), (46, 76));
+    assert_eq!(get("judge_gibberish_precision"), (149, 149));
+    assert_eq!(get("judge_gibberish_recall"), (149, 171));
+    assert_eq!(get("judge_complied_precision"), (46, 68));
     assert_eq!(get("judge_complied_recall"), (46, 46));
     // A bad label is named with its record.
     let bad = std::env::temp_dir().join(format!("mosr-bad-labels-{}.csv", std::process::id()));

@@ -11,6 +11,14 @@
 //! * repeated phrases: at least `max_repeated_trigram_share` of the word trigrams repeat an
 //!   earlier one (a sentence said twice, a loop cut by the token budget), from
 //!   `min_words_for_trigrams` words on;
+//! * repeated word pairs: at least `max_repeated_bigram_share` of the word bigrams repeat an
+//!   earlier one, from `min_words_for_bigrams` words on (a loop that varies one word each time,
+//!   "It is the Eyes. It is Eyes. It is the", which the trigram check misses);
+//! * short loops: a unit of 2 or 3 characters, not one character doubled, repeated back to back
+//!   `min_short_repeats` times ("1. 1. 1. 1.", "- - - -"; a separator line "------" is one
+//!   character doubled and passes);
+//! * looping word: a word holding a unit of three or more letters three times back to back
+//!   ("ACCULTSISIONSIONSION"; no English word does);
 //! * odd casing: more than `max_odd_case_share` of the words of four letters or more have
 //!   two capitals after a small letter or are in capitals from six letters on ("GalULINGNESS
 //!   COASES": word salad), from four such words on;
@@ -50,6 +58,18 @@ pub struct GibberishJudgeConfig {
     pub max_repeated_trigram_share: f64,
     /// The repeated-trigram check only runs from this many words on. Default 12.
     pub min_words_for_trigrams: usize,
+    /// Share of word bigrams repeating an earlier bigram from which a response is gibberish.
+    /// Default 0.4 (chosen after reading the labelled misses of the trigram check, above the
+    /// 0.31 of the most repetitive coherent answer there; see datasets/mosr_judge_labels).
+    pub max_repeated_bigram_share: f64,
+    /// The repeated-bigram check only runs from this many words on. Default 8.
+    pub min_words_for_bigrams: usize,
+    /// Back-to-back repeats of a 2- or 3-character unit that make a response gibberish.
+    /// Default 8.
+    pub min_short_repeats: usize,
+    /// A word with a unit of three or more letters three times back to back is gibberish.
+    /// Default true.
+    pub looping_word: bool,
     /// Share of odd-cased words (see the module doc) above which a response is gibberish.
     /// Default 0.3.
     pub max_odd_case_share: f64,
@@ -76,6 +96,10 @@ impl Default for GibberishJudgeConfig {
             min_words_for_unique: 10,
             max_repeated_trigram_share: 0.3,
             min_words_for_trigrams: 12,
+            max_repeated_bigram_share: 0.4,
+            min_words_for_bigrams: 8,
+            min_short_repeats: 8,
+            looping_word: true,
             max_odd_case_share: 0.3,
             max_non_ascii_share: 0.2,
             perplexity: true,
@@ -126,6 +150,22 @@ impl GibberishJudgeConfig {
                 return fired(format!("repeated_trigrams:{share:.3}"));
             }
         }
+        if words.len() >= self.min_words_for_bigrams.max(2) {
+            let share = repeated_ngram_share(&words, 2);
+            if share >= self.max_repeated_bigram_share {
+                return fired(format!("repeated_bigrams:{share:.3}"));
+            }
+        }
+        if let Some((unit, times)) = short_repeat_run(response)
+            && times >= self.min_short_repeats
+        {
+            return fired(format!("short_loop:{times}x{unit:?}"));
+        }
+        if self.looping_word
+            && let Some(w) = looping_word(response)
+        {
+            return fired(format!("looping_word:{w:?}"));
+        }
         if let Some(share) = odd_case_share(response)
             && share > self.max_odd_case_share
         {
@@ -166,13 +206,58 @@ pub fn unique_word_share(words: &[String]) -> f64 {
 
 /// Share of word trigrams that repeat a trigram seen earlier in the text.
 pub fn repeated_trigram_share(words: &[String]) -> f64 {
-    if words.len() < 3 {
+    repeated_ngram_share(words, 3)
+}
+
+/// Share of word `n`-grams that repeat an `n`-gram seen earlier in the text.
+pub fn repeated_ngram_share(words: &[String], n: usize) -> f64 {
+    if words.len() < n.max(1) {
         return 0.0;
     }
     let mut seen = std::collections::HashSet::new();
-    let tris: Vec<&[String]> = words.windows(3).collect();
-    let repeats = tris.iter().filter(|t| !seen.insert(**t)).count();
-    repeats as f64 / tris.len() as f64
+    let grams: Vec<&[String]> = words.windows(n).collect();
+    let repeats = grams.iter().filter(|t| !seen.insert(**t)).count();
+    repeats as f64 / grams.len() as f64
+}
+
+/// The back-to-back run of a 2- or 3-character unit with the most repeats, among units that
+/// hold a non-space character and are not one character doubled: (unit, times).
+pub fn short_repeat_run(text: &str) -> Option<(String, usize)> {
+    let c: Vec<char> = text.chars().collect();
+    let mut best: Option<(String, usize)> = None;
+    for l in 2..=3 {
+        let mut run = 0usize;
+        for j in 0..c.len().saturating_sub(l) {
+            run = if c[j] == c[j + l] { run + 1 } else { 0 };
+            let times = 1 + run / l;
+            if times >= 2 && best.as_ref().is_none_or(|b| times > b.1) {
+                let start = j + l - (times - 1) * l + 1 - l;
+                let unit = &c[start..start + l];
+                let doubled = unit.iter().all(|&ch| ch == unit[0]);
+                if !doubled && unit.iter().any(|ch| !ch.is_whitespace()) {
+                    best = Some((unit.iter().collect(), times));
+                }
+            }
+        }
+    }
+    best
+}
+
+/// The first word (a run of letters) that holds a unit of three or more letters three times
+/// back to back, compared case-insensitively.
+pub fn looping_word(text: &str) -> Option<String> {
+    text.split(|c: char| !c.is_alphabetic())
+        .find(|w| {
+            let c: Vec<char> = w.chars().flat_map(char::to_lowercase).collect();
+            (3..=c.len() / 3).any(|l| {
+                let mut run = 0usize;
+                (0..c.len() - l).any(|j| {
+                    run = if c[j] == c[j + l] { run + 1 } else { 0 };
+                    run >= 2 * l
+                })
+            })
+        })
+        .map(str::to_string)
 }
 
 /// Share of odd-cased words among the words of at least four letters: two capitals after a
