@@ -5,7 +5,10 @@
 //! Checks, first match wins (each one a config key):
 //! * empty: nothing but whitespace;
 //! * repetition: a unit of at least `min_repeat_unit_chars` characters (with a letter or
-//!   digit in it) repeated back to back `min_repeats` times or more;
+//!   digit in it) repeated back to back `min_repeats` times or more, with every run of
+//!   whitespace read as one space ("lene\n\nlene\n\n\nlene" repeats "lene ");
+//! * blank: more than `max_whitespace_share` of the characters are whitespace (a word or two
+//!   lost among empty lines), from `min_chars_for_whitespace` characters on;
 //! * unique words: fewer than `min_unique_word_share` distinct words among at least
 //!   `min_words_for_unique` words;
 //! * repeated phrases: at least `max_repeated_trigram_share` of the word trigrams repeat an
@@ -49,6 +52,11 @@ pub struct GibberishJudgeConfig {
     pub min_repeats: usize,
     /// Shortest repeated unit considered, in characters. Default 4.
     pub min_repeat_unit_chars: usize,
+    /// Share of whitespace among the characters above which a response is gibberish.
+    /// Default 0.5 (chosen on the labelled sets, see datasets/mosr_judge_labels).
+    pub max_whitespace_share: f64,
+    /// The whitespace check only runs from this many characters on. Default 20.
+    pub min_chars_for_whitespace: usize,
     /// Share of distinct words below which a response is gibberish. Default 0.3.
     pub min_unique_word_share: f64,
     /// The unique-word check only runs from this many words on. Default 10.
@@ -92,6 +100,8 @@ impl Default for GibberishJudgeConfig {
             empty: true,
             min_repeats: 5,
             min_repeat_unit_chars: 4,
+            max_whitespace_share: 0.5,
+            min_chars_for_whitespace: 20,
             min_unique_word_share: 0.3,
             min_words_for_unique: 10,
             max_repeated_trigram_share: 0.3,
@@ -132,10 +142,19 @@ impl GibberishJudgeConfig {
                 }
             };
         }
-        if let Some((unit, times)) = longest_repeat_run(response, self.min_repeat_unit_chars)
+        let spaced = collapse_whitespace(response);
+        if let Some((unit, times)) = longest_repeat_run(&spaced, self.min_repeat_unit_chars)
             && times >= self.min_repeats
         {
             return fired(format!("repetition:{times}x{:?}", unit));
+        }
+        let chars = response.chars().count();
+        if chars >= self.min_chars_for_whitespace {
+            let blank = response.chars().filter(|c| c.is_whitespace()).count();
+            let share = blank as f64 / chars as f64;
+            if share > self.max_whitespace_share {
+                return fired(format!("blank:{share:.3}"));
+            }
         }
         let words = words(response);
         if words.len() >= self.min_words_for_unique.max(1) {
@@ -186,6 +205,19 @@ impl GibberishJudgeConfig {
             reason: None,
         }
     }
+}
+
+/// Every run of whitespace as one space (ends kept).
+fn collapse_whitespace(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if !c.is_whitespace() {
+            out.push(c);
+        } else if !out.ends_with(' ') {
+            out.push(' ');
+        }
+    }
+    out
 }
 
 /// Lower-cased words (runs of letters, digits and apostrophes).
