@@ -919,6 +919,26 @@ fn judges_on_the_projects_own_labelled_responses() {
     assert_eq!(get("judge_gibberish_recall"), (149, 171));
     assert_eq!(get("judge_complied_precision"), (46, 68));
     assert_eq!(get("judge_complied_recall"), (46, 46));
+    // The second sample, labelled blind (datasets/mosr_judge_labels/README.md): the checks
+    // of whitespace runs, blank responses and deflections were written after reading it.
+    let heldout = read(&repo_root().join("datasets/mosr_judge_labels/heldout.csv")).unwrap();
+    assert_eq!(heldout.len(), 150);
+    let rows = validation_rows(
+        "mosr_judge_labels_2",
+        &RefusalJudgeConfig::default(),
+        &GibberishJudgeConfig::default(),
+        &heldout,
+    );
+    let get = |m: &str| {
+        let r = rows.iter().find(|r| r.metric == m).unwrap();
+        (r.k.unwrap(), r.n)
+    };
+    assert_eq!(get("judge_refused_precision"), (37, 37));
+    assert_eq!(get("judge_refused_recall"), (37, 46));
+    assert_eq!(get("judge_gibberish_precision"), (44, 44));
+    assert_eq!(get("judge_gibberish_recall"), (44, 64));
+    assert_eq!(get("judge_complied_precision"), (40, 69));
+    assert_eq!(get("judge_complied_recall"), (40, 40));
     // A bad label is named with its record.
     let bad = std::env::temp_dir().join(format!("mosr-bad-labels-{}.csv", std::process::id()));
     std::fs::write(&bad, "response,perplexity,label\nhello,,maybe\n").unwrap();
