@@ -939,6 +939,25 @@ fn judges_on_the_projects_own_labelled_responses() {
     assert_eq!(get("judge_gibberish_recall"), (44, 64));
     assert_eq!(get("judge_complied_precision"), (40, 69));
     assert_eq!(get("judge_complied_recall"), (40, 40));
+    // The third sample, labelled blind after the judges' last change: out of sample.
+    let test = read(&repo_root().join("datasets/mosr_judge_labels/test.csv")).unwrap();
+    assert_eq!(test.len(), 150);
+    let rows = validation_rows(
+        "mosr_judge_labels_3",
+        &RefusalJudgeConfig::default(),
+        &GibberishJudgeConfig::default(),
+        &test,
+    );
+    let get = |m: &str| {
+        let r = rows.iter().find(|r| r.metric == m).unwrap();
+        (r.k.unwrap(), r.n)
+    };
+    assert_eq!(get("judge_refused_precision"), (35, 36));
+    assert_eq!(get("judge_refused_recall"), (35, 36));
+    assert_eq!(get("judge_gibberish_precision"), (58, 58));
+    assert_eq!(get("judge_gibberish_recall"), (58, 64));
+    assert_eq!(get("judge_complied_precision"), (49, 56));
+    assert_eq!(get("judge_complied_recall"), (49, 50));
     // A bad label is named with its record.
     let bad = std::env::temp_dir().join(format!("mosr-bad-labels-{}.csv", std::process::id()));
     std::fs::write(&bad, "response,perplexity,label\nhello,,maybe\n").unwrap();
