@@ -10,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-fn run_json(cmd: &mut Command) -> Result<serde_json::Value> {
+pub(crate) fn run_json(cmd: &mut Command) -> Result<serde_json::Value> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -63,14 +63,9 @@ fn torch_python(repo: &Path, given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(py)
 }
 
-pub fn run(
-    repo: &Path,
-    python: Option<PathBuf>,
-    rounds: usize,
-    workloads: &[String],
-) -> Result<()> {
-    let gguf = mosr_lm::fetch::fetch("smollm2-135m-instruct")?;
-    let py = torch_python(repo, python)?;
+/// Builds the bench binaries (dev profile, as `reproduce` uses); returns `mosr-lm` and
+/// `mosr-finetune`.
+pub(crate) fn binaries(repo: &Path) -> Result<(PathBuf, PathBuf)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ok = Command::new(&cargo)
         .args(["build", "-q", "-p", "mosr-lm", "-p", "mosr-finetune"])
@@ -83,8 +78,44 @@ pub fn run(
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo.join("target"));
-    let mosr_lm = target.join("debug/mosr-lm");
-    let mosr_finetune = target.join("debug/mosr-finetune");
+    Ok((
+        target.join("debug/mosr-lm"),
+        target.join("debug/mosr-finetune"),
+    ))
+}
+
+/// Replaces one anchor's rows in `results/bench/latest.json` (an object keyed by anchor;
+/// an older file holding only the PyTorch rows as an array is read as such), with the
+/// machine's kernels beside them.
+pub(crate) fn record(repo: &Path, anchor: &str, rows: serde_json::Value) -> Result<()> {
+    let out = repo.join("results/bench/latest.json");
+    let mut all = match std::fs::read_to_string(&out) {
+        Ok(text) => match serde_json::from_str::<serde_json::Value>(&text)? {
+            serde_json::Value::Array(rows) => serde_json::json!({ "pytorch": { "rows": rows } }),
+            v => v,
+        },
+        Err(_) => serde_json::json!({}),
+    };
+    all[anchor] = serde_json::json!({
+        "kernels": mosr_kernels::arithmetic(),
+        "amx": mosr_kernels::amx::available(),
+        "rows": rows,
+    });
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    std::fs::write(&out, serde_json::to_string_pretty(&all)?)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+pub fn run(
+    repo: &Path,
+    python: Option<PathBuf>,
+    rounds: usize,
+    workloads: &[String],
+) -> Result<()> {
+    let gguf = mosr_lm::fetch::fetch("smollm2-135m-instruct")?;
+    let py = torch_python(repo, python)?;
+    let (mosr_lm, mosr_finetune) = binaries(repo)?;
     let mut rows = Vec::new();
     for w in workloads {
         let mut results: Vec<(serde_json::Value, serde_json::Value)> = Vec::new();
@@ -167,9 +198,17 @@ pub fn run(
             r["pytorch_peak_rss_mb"].as_f64().unwrap(),
         );
     }
-    let out = repo.join("results/bench/latest.json");
-    std::fs::create_dir_all(out.parent().unwrap())?;
-    std::fs::write(&out, serde_json::to_string_pretty(&rows)?)?;
-    eprintln!("wrote {}", out.display());
-    Ok(())
+    record(repo, "pytorch", serde_json::Value::Array(rows))
+}
+
+/// The llama.cpp comparison (`--anchor llama`), skipped with a message when llama.cpp
+/// cannot be built here.
+pub fn run_llama(repo: &Path, plan: &crate::anchors::Plan) -> Result<()> {
+    let Some(llama) = crate::anchors::llama_batched_bench()? else {
+        return Ok(());
+    };
+    let (mosr_lm, _) = binaries(repo)?;
+    let cells = crate::anchors::measure(&mosr_lm, &llama, plan)?;
+    println!("{}", crate::anchors::table(&cells));
+    record(repo, "llama_cpp", serde_json::to_value(&cells)?)
 }

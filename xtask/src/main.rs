@@ -3,6 +3,7 @@
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
+mod anchors;
 mod bench;
 mod e2e;
 mod models;
@@ -49,9 +50,14 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         models: Vec<String>,
     },
-    /// mosr vs PyTorch + transformers (+ PEFT), A/B interleaved on SmolLM2 (f32, 2 threads):
-    /// matmul, prefill 8x128, generate 8x64, train (one LoRA step, 4+4 x 128 tokens).
+    /// mosr against its anchors, A/B interleaved, 2 threads. `pytorch` (default): PyTorch +
+    /// transformers (+ PEFT) on SmolLM2 in f32: matmul, prefill 8x128, generate 8x64, train
+    /// (one LoRA step, 4+4 x 128 tokens). `llama`: llama.cpp on the same GGUF files, prefill
+    /// and decode per batch size, peak memory (llama.cpp built into the cache on first use).
     Bench {
+        /// Which anchor: pytorch, llama, or all.
+        #[arg(long, default_value = "pytorch")]
+        anchor: String,
         /// Python with torch + transformers + peft + gguf (default: a venv created under the cache).
         #[arg(long)]
         python: Option<std::path::PathBuf>,
@@ -63,6 +69,25 @@ enum Cmd {
             default_value = "matmul,matmul-amx,prefill,generate,train"
         )]
         workloads: Vec<String>,
+        /// llama: registry models compared.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct,qwen2.5-coder-1.5b-instruct"
+        )]
+        models: Vec<String>,
+        /// llama: sequences per batch.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        batches: Vec<usize>,
+        /// llama: mosr's arithmetic(s) compared (exact, quantized).
+        #[arg(long, value_delimiter = ',', default_value = "quantized")]
+        arithmetic: Vec<String>,
+        /// llama: prompt tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        prompt: usize,
+        /// llama: generated tokens per sequence.
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
     },
     /// The test suite as CI runs it: fetch the models and datasets the tests use, run
     /// `cargo test --workspace`, then the smoke pipeline end to end (tables checked, a no-change
@@ -143,11 +168,36 @@ fn main() -> Result<()> {
             models::run(&mosr_data::paths::repo_root(), &models)?;
         }
         Cmd::Bench {
+            anchor,
             python,
             rounds,
             workloads,
+            models,
+            batches,
+            arithmetic,
+            prompt,
+            new_tokens,
         } => {
-            bench::run(&mosr_data::paths::repo_root(), python, rounds, &workloads)?;
+            let repo = mosr_data::paths::repo_root();
+            anyhow::ensure!(
+                ["pytorch", "llama", "all"].contains(&anchor.as_str()),
+                "--anchor `{anchor}`: pytorch, llama or all"
+            );
+            if anchor != "llama" {
+                bench::run(&repo, python, rounds, &workloads)?;
+            }
+            if anchor != "pytorch" {
+                let plan = anchors::Plan {
+                    models,
+                    batches,
+                    arithmetic,
+                    prompt,
+                    new_tokens,
+                    rounds,
+                    threads: 2,
+                };
+                bench::run_llama(&repo, &plan)?;
+            }
         }
         Cmd::Test {
             no_smoke,

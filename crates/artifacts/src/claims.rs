@@ -163,7 +163,7 @@ pub const BOUNDARY_TESTS: TableSchema = TableSchema {
 /// `claim_tests.parquet`: every test a claim's verdict rests on.
 pub const CLAIM_TESTS: TableSchema = TableSchema {
     name: "claim_tests",
-    version: 1,
+    version: 2,
     columns: &[
         col!("claim", Utf8, false, "C1 .. C4b"),
         col!("part", Utf8, false, "what this test checks"),
@@ -218,6 +218,18 @@ pub const CLAIM_TESTS: TableSchema = TableSchema {
             Int64,
             true,
             "inconclusive tests: pairs (C1: prompts per group) for 80% power if the observed effect and discordance were the truth (non-inferiority: to show the effect stays inside the margin); null when not inconclusive or when no n would decide (no effect observed)"
+        ),
+        col!(
+            "discordance",
+            Float64,
+            true,
+            "paired tests: share of the pairs whose two responses disagree; null for C1 and the frontier"
+        ),
+        col!(
+            "max_discordance",
+            Float64,
+            true,
+            "paired tests: the largest discordance at which `n` pairs give 80% power (two-sided, α) for the design's target difference ([claims] target_effect); null when none does"
         ),
     ],
 };

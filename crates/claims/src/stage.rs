@@ -292,6 +292,8 @@ fn write_tests(path: &Path, r: &[ClaimTest]) -> Result<()> {
                 .map(|x| x.n_needed.map(|n| n.min(i64::MAX as u64) as i64))
                 .collect(),
         ),
+        Column::OptF64(r.iter().map(|x| x.discordance).collect()),
+        Column::OptF64(r.iter().map(|x| x.max_discordance).collect()),
     ];
     Ok(write_columns(path, &CLAIM_TESTS, cols)?)
 }

@@ -22,7 +22,9 @@ pub fn claims(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
         return Ok(None);
     }
     let md_claims = w.table("claims", &mut read_df(&claims)?)?;
-    let md_tests = w.table("claim_tests", &mut read_df(&tests)?)?;
+    let mut tests_df = read_df(&tests)?;
+    let power = power_sentence(&tests_df, &dir)?;
+    let md_tests = w.table("claim_tests", &mut tests_df)?;
     Ok(Some(format!(
         "Each verdict follows from the numbers by the rules in `docs/claims.md`: a test is \
          *supported* when its 95% interval lies on the claimed side (and p < α), *contradicted* \
@@ -30,9 +32,53 @@ pub fn claims(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
          prompts per group for 80% power if the observed effect were the truth); \
          a claim is contradicted if any of its tests is, supported if all are. Over-refusal here \
          means refusals (the paper's notion); gibberish is a column of its own below. C1 is tested \
-         on held-out prompts at the layer chosen on separate selection prompts.\n\n{md_claims}\n\
+         on held-out prompts at the layer chosen on separate selection prompts. {power}\n\n{md_claims}\n\
          ### Tests behind the verdicts\n\n{md_tests}\n"
     )))
+}
+
+/// The design's power as run: over the paired tests, the pairs per test, the largest share
+/// of disagreeing pairs at which they give the design's power for its target difference
+/// (the claims stage's `[claims]` values, from its manifest), and the share observed.
+fn power_sentence(tests: &DataFrame, dir: &std::path::Path) -> Result<String> {
+    let cfg = mosr_artifacts::StageManifest::read(&dir.join("manifest.json"))?.config;
+    let (target, power, alpha) = (
+        cfg["target_effect"].as_f64().unwrap_or(f64::NAN),
+        cfg["power"].as_f64().unwrap_or(f64::NAN),
+        cfg["alpha"].as_f64().unwrap_or(f64::NAN),
+    );
+    let (n, disc, maxd) = (
+        f64s(tests, "n")?,
+        f64s(tests, "discordance")?,
+        f64s(tests, "max_discordance")?,
+    );
+    let paired: Vec<usize> = (0..tests.height())
+        .filter(|&i| disc[i].is_finite())
+        .collect();
+    let range = |v: &[f64]| {
+        let xs = paired.iter().map(|&i| v[i]).filter(|x| x.is_finite());
+        let (lo, hi) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+        if lo > hi {
+            "–".to_string()
+        } else if lo == hi {
+            format!("{lo:.3}")
+        } else {
+            format!("{lo:.3}–{hi:.3}")
+        }
+    };
+    if paired.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(format!(
+        "Power as run: the paired tests compare {} pairs each; that many give {:.0}% power \
+         (two-sided, α = {alpha}) for a paired difference of {target} while at most {} of the \
+         pairs disagree; the share that disagreed was {} (`discordance` and `max_discordance` \
+         in `claim_tests.parquet`).",
+        range(&n),
+        100.0 * power,
+        range(&maxd),
+        range(&disc)
+    ))
 }
 
 /// The paired comparisons of every variant with `rr` and `base` on the columns the claims
