@@ -55,15 +55,13 @@ fn power_sentence(tests: &DataFrame, dir: &std::path::Path) -> Result<String> {
     let paired: Vec<usize> = (0..tests.height())
         .filter(|&i| disc[i].is_finite())
         .collect();
-    let range = |v: &[f64]| {
+    let range = |v: &[f64], digits: usize| {
         let xs = paired.iter().map(|&i| v[i]).filter(|x| x.is_finite());
         let (lo, hi) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-        if lo > hi {
-            "–".to_string()
-        } else if lo == hi {
-            format!("{lo:.3}")
-        } else {
-            format!("{lo:.3}–{hi:.3}")
+        match (lo > hi, lo == hi) {
+            (true, _) => "–".to_string(),
+            (_, true) => format!("{lo:.digits$}"),
+            _ => format!("{lo:.digits$}–{hi:.digits$}"),
         }
     };
     if paired.is_empty() {
@@ -74,10 +72,10 @@ fn power_sentence(tests: &DataFrame, dir: &std::path::Path) -> Result<String> {
          (two-sided, α = {alpha}) for a paired difference of {target} while at most {} of the \
          pairs disagree; the share that disagreed was {} (`discordance` and `max_discordance` \
          in `claim_tests.parquet`).",
-        range(&n),
+        range(&n, 0),
         100.0 * power,
-        range(&maxd),
-        range(&disc)
+        range(&maxd, 3),
+        range(&disc, 3)
     ))
 }
 
