@@ -898,71 +898,58 @@ fn docs_list_the_eval_tables_as_defined() {
 /// README are the ones this test measures (through the rows the eval stage writes).
 #[test]
 fn judges_on_the_projects_own_labelled_responses() {
-    use mosr_eval::outcome_labels::{read, validation_rows};
-    let path = repo_root().join("datasets/mosr_judge_labels/labels.csv");
-    let labelled = read(&path).unwrap();
-    assert_eq!(labelled.len(), 220);
-    let rows = validation_rows(
-        "mosr_judge_labels",
-        &RefusalJudgeConfig::default(),
-        &GibberishJudgeConfig::default(),
-        &labelled,
-    );
-    let get = |m: &str| {
-        let r = rows.iter().find(|r| r.metric == m).unwrap();
-        (r.k.unwrap(), r.n)
-    };
-    // (both, judged) for precision, (both, labelled) for recall.
-    assert_eq!(get("judge_refused_precision"), (3, 3));
-    assert_eq!(get("judge_refused_recall"), (3, 3));
-    assert_eq!(get("judge_gibberish_precision"), (149, 149));
-    assert_eq!(get("judge_gibberish_recall"), (149, 171));
-    assert_eq!(get("judge_complied_precision"), (46, 68));
-    assert_eq!(get("judge_complied_recall"), (46, 46));
-    // The second sample, labelled blind (datasets/mosr_judge_labels/README.md): the checks
-    // of whitespace runs, blank responses and deflections were written after reading it.
-    let heldout = read(&repo_root().join("datasets/mosr_judge_labels/heldout.csv")).unwrap();
-    assert_eq!(heldout.len(), 150);
-    let rows = validation_rows(
-        "mosr_judge_labels_2",
-        &RefusalJudgeConfig::default(),
-        &GibberishJudgeConfig::default(),
-        &heldout,
-    );
-    let get = |m: &str| {
-        let r = rows.iter().find(|r| r.metric == m).unwrap();
-        (r.k.unwrap(), r.n)
-    };
-    assert_eq!(get("judge_refused_precision"), (37, 37));
-    assert_eq!(get("judge_refused_recall"), (37, 46));
-    assert_eq!(get("judge_gibberish_precision"), (44, 44));
-    assert_eq!(get("judge_gibberish_recall"), (44, 64));
-    assert_eq!(get("judge_complied_precision"), (40, 69));
-    assert_eq!(get("judge_complied_recall"), (40, 40));
-    // The third sample, labelled blind after the judges' last change: out of sample.
-    let test = read(&repo_root().join("datasets/mosr_judge_labels/test.csv")).unwrap();
-    assert_eq!(test.len(), 150);
-    let rows = validation_rows(
-        "mosr_judge_labels_3",
-        &RefusalJudgeConfig::default(),
-        &GibberishJudgeConfig::default(),
-        &test,
-    );
-    let get = |m: &str| {
-        let r = rows.iter().find(|r| r.metric == m).unwrap();
-        (r.k.unwrap(), r.n)
-    };
-    assert_eq!(get("judge_refused_precision"), (35, 36));
-    assert_eq!(get("judge_refused_recall"), (35, 36));
-    assert_eq!(get("judge_gibberish_precision"), (58, 58));
-    assert_eq!(get("judge_gibberish_recall"), (58, 64));
-    assert_eq!(get("judge_complied_precision"), (49, 56));
-    assert_eq!(get("judge_complied_recall"), (49, 50));
+    use mosr_eval::outcome_labels::read;
+    // Per sample (datasets/mosr_judge_labels/README.md): its size, then (both, judged) for
+    // precision and (both, labelled) for recall of refused, gibberish and complied. The
+    // first two samples were read while writing the judges' later checks; the third was
+    // drawn and labelled blind after the last change, so it is out of sample.
+    let samples: [(&str, usize, [(i64, i64); 6]); 3] = [
+        (
+            "labels.csv",
+            220,
+            [(3, 3), (3, 3), (149, 149), (149, 171), (46, 68), (46, 46)],
+        ),
+        (
+            "heldout.csv",
+            150,
+            [(37, 37), (37, 46), (44, 44), (44, 64), (40, 69), (40, 40)],
+        ),
+        (
+            "test.csv",
+            150,
+            [(35, 36), (35, 36), (58, 58), (58, 64), (49, 56), (49, 50)],
+        ),
+    ];
+    for (file, size, expected) in samples {
+        let labelled = read(&repo_root().join("datasets/mosr_judge_labels").join(file)).unwrap();
+        assert_eq!(labelled.len(), size, "{file}");
+        assert_eq!(judge_counts(&labelled), expected, "{file}");
+    }
     // A bad label is named with its record.
     let bad = std::env::temp_dir().join(format!("mosr-bad-labels-{}.csv", std::process::id()));
     std::fs::write(&bad, "response,perplexity,label\nhello,,maybe\n").unwrap();
     let err = format!("{:#}", read(&bad).unwrap_err());
     assert!(err.contains("record 1") && err.contains("`maybe`"), "{err}");
+}
+
+/// `(both, judged)` and `(both, labelled)` for refused, gibberish and complied, in that order.
+fn judge_counts(labelled: &[mosr_eval::outcome_labels::Labelled]) -> [(i64, i64); 6] {
+    let rows = mosr_eval::outcome_labels::validation_rows(
+        "labels",
+        &RefusalJudgeConfig::default(),
+        &GibberishJudgeConfig::default(),
+        labelled,
+    );
+    let get = |m: String| {
+        let r = rows.iter().find(|r| r.metric == m).unwrap();
+        (r.k.unwrap(), r.n)
+    };
+    let mut out = [(0, 0); 6];
+    for (i, o) in ["refused", "gibberish", "complied"].into_iter().enumerate() {
+        out[2 * i] = get(format!("judge_{o}_precision"));
+        out[2 * i + 1] = get(format!("judge_{o}_recall"));
+    }
+    out
 }
 
 /// A prompt that with `max_new_tokens` would overflow the model's context window is refused
