@@ -130,6 +130,12 @@ enum FetchWhat {
 }
 
 fn main() -> Result<()> {
+    // The code that runs is the code this binary was built from (`build.rs`); an explicit
+    // MOSR_CODE_VERSION still wins.
+    if std::env::var_os("MOSR_CODE_VERSION").is_none() && !env!("MOSR_BUILD_VERSION").is_empty() {
+        // SAFETY: first statement of `main`, before any thread exists.
+        unsafe { std::env::set_var("MOSR_CODE_VERSION", env!("MOSR_BUILD_VERSION")) };
+    }
     mosr_lm::memory::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
