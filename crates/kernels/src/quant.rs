@@ -287,24 +287,42 @@ fn products_on(x: &[f32], rows: usize, products: &mut [(&QuantWeight, &mut [f32]
             .iter()
             .find(|r| r.group == w.group)
             .expect("rounded per group");
-        for t in t0..t1 {
-            // SAFETY: each tile writes its own columns of `out`, which is [rows, w.n].
-            unsafe { tile(w, t, xq, rows, out.0, path) };
+        // Rows in chunks whose int8 activations stay in cache while the task's tiles pass
+        // over them (a tile re-reads every row of its chunk); the order of the arithmetic
+        // within an output is unchanged.
+        let chunk = (ACTIVATION_CHUNK_BYTES / w.k).max(1).next_multiple_of(ROWS);
+        for r0 in (0..rows).step_by(chunk) {
+            let r1 = (r0 + chunk).min(rows);
+            for t in t0..t1 {
+                // SAFETY: each tile writes its own columns of `out`, which is [rows, w.n].
+                unsafe { tile(w, t, xq, r0..r1, out.0, path) };
+            }
         }
     });
 }
 
-/// One tile's 16 output columns for every row.
+/// Bytes of int8 activations one task keeps hot while it passes its tiles over them.
+const ACTIVATION_CHUNK_BYTES: usize = 256 * 1024;
+
+/// One tile's 16 output columns for the rows `rows`.
 ///
 /// # Safety
-/// `out` must point to a `[rows, w.n]` row-major buffer; only this tile's columns are written.
-unsafe fn tile(w: &QuantWeight, t: usize, xq: &QuantRows, rows: usize, out: *mut f32, path: Path) {
+/// `out` must point to a row-major buffer of `w.n` columns holding every row of `rows`; only
+/// this tile's columns of those rows are written.
+unsafe fn tile(
+    w: &QuantWeight,
+    t: usize,
+    xq: &QuantRows,
+    rows: std::ops::Range<usize>,
+    out: *mut f32,
+    path: Path,
+) {
     let (groups, cell_len) = (w.k / w.group, cell_bytes(w.group));
     let cells = &w.cells[t * groups * cell_len..][..groups * cell_len];
     let cols = TILE.min(w.n - t * TILE);
-    let mut r0 = 0;
-    while r0 < rows {
-        let r = ROWS.min(rows - r0);
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let r = ROWS.min(rows.end - r0);
         let block = Block {
             cells,
             group: w.group,
@@ -320,7 +338,7 @@ unsafe fn tile(w: &QuantWeight, t: usize, xq: &QuantRows, rows: usize, out: *mut
             Path::Portable => block.portable(r, &mut acc),
         }
         for (i, row) in acc.iter().take(r).enumerate() {
-            // SAFETY: row r0 + i < rows, columns t*TILE .. t*TILE + cols < n.
+            // SAFETY: row r0 + i < rows.end, columns t*TILE .. t*TILE + cols < n.
             let dst = unsafe { out.add((r0 + i) * w.n + t * TILE) };
             unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols) };
         }

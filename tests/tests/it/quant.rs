@@ -68,6 +68,8 @@ fn quant_product_matches_its_arithmetic_on_every_shape() {
             (40, 96, 70, 64),
             // Enough groups for several parallel rounding tasks.
             (300, 512, 17, 16),
+            // Enough rows for several cache chunks of activations (64 rows at k = 4096).
+            (150, 4096, 17, 16),
         ] {
             let w = random_weight(&mut rng, n, k, group, levels);
             let x: Vec<f32> = (0..rows * k)
