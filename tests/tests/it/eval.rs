@@ -903,7 +903,7 @@ fn judges_on_the_projects_own_labelled_responses() {
     // precision and (both, labelled) for recall of refused, gibberish and complied. The
     // first two samples were read while writing the judges' later checks; the third was
     // drawn and labelled blind after the last change, so it is out of sample.
-    let samples: [(&str, usize, [(i64, i64); 6]); 3] = [
+    let samples: [(&str, usize, JudgeCounts); 3] = [
         (
             "labels.csv",
             220,
@@ -933,7 +933,10 @@ fn judges_on_the_projects_own_labelled_responses() {
 }
 
 /// `(both, judged)` and `(both, labelled)` for refused, gibberish and complied, in that order.
-fn judge_counts(labelled: &[mosr_eval::outcome_labels::Labelled]) -> [(i64, i64); 6] {
+type JudgeCounts = [(i64, i64); 6];
+
+/// The judges' [`JudgeCounts`] on a labelled sample.
+fn judge_counts(labelled: &[mosr_eval::outcome_labels::Labelled]) -> JudgeCounts {
     let rows = mosr_eval::outcome_labels::validation_rows(
         "labels",
         &RefusalJudgeConfig::default(),
