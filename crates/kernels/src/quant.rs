@@ -23,8 +23,9 @@ use crate::SharedOut;
 
 /// Version of the quantized arithmetic (activation rounding, group layout, float order):
 /// bumped whenever a change can alter a result, and part of the keys of everything computed
-/// with it, so answers of an older arithmetic are never reused.
-pub const VERSION: u32 = 1;
+/// with it, so answers of an older arithmetic are never reused. 2: the embedding is looked
+/// up from the codes ([`QuantWeight::rows`]) instead of the file's f32 dequantization.
+pub const VERSION: u32 = 2;
 
 /// The group sizes a [`QuantWeight`] may have (weights sharing one scale and offset).
 pub const GROUPS: [usize; 2] = [16, 32];
@@ -136,6 +137,31 @@ impl QuantWeight {
             }
         }
         w
+    }
+}
+
+impl QuantWeight {
+    /// Rows `ids` of the weight's values, one after another (`ids.len() × k`): an embedding
+    /// looked up from its codes, so a quantized load keeps no f32 copy of it.
+    ///
+    /// # Panics
+    /// If an id is not below `n`.
+    pub fn rows(&self, ids: &[usize]) -> Vec<f32> {
+        let (group, groups, cell_len) = (self.group, self.k / self.group, cell_bytes(self.group));
+        let mut out = vec![0f32; ids.len() * self.k];
+        for (&o, row) in ids.iter().zip(out.chunks_exact_mut(self.k)) {
+            assert!(o < self.n, "QuantWeight::rows: row {o} of {}", self.n);
+            let (tile, j) = (&self.cells[(o / TILE) * groups * cell_len..], o % TILE);
+            for (g, xs) in row.chunks_exact_mut(group).enumerate() {
+                let cell = &tile[g * cell_len..][..cell_len];
+                let s = f32_at(cell, TILE * group + 4 * j);
+                let m = f32_at(cell, TILE * group + 4 * (TILE + j));
+                for (i, x) in xs.iter_mut().enumerate() {
+                    *x = s * f32::from(cell[(i / 4) * 64 + j * 4 + i % 4]) + m;
+                }
+            }
+        }
+        out
     }
 }
 

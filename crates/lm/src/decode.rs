@@ -303,7 +303,6 @@ fn step_in_pool(
     if batch.ids.iter().any(|&id| id as usize >= vocab) {
         return None;
     }
-    let embed = flex_f32(&lm.embed_tokens.val())?;
     let final_norm = flex_f32(&lm.norm.weight.val())?;
     let head = flex_f32(&lm.lm_head.val())?;
     let blocks: Vec<HostBlock> = lm
@@ -329,12 +328,7 @@ fn step_in_pool(
     let half = d / 2;
     let (cos, sin) = lm.rope_angles(&positions);
 
-    let table = contiguous(&embed, vocab * hidden);
-    let mut x: Vec<f32> = batch
-        .ids
-        .iter()
-        .flat_map(|&id| table[id as usize * hidden..][..hidden].iter().copied())
-        .collect();
+    let mut x = lm.embed_rows(&batch.ids)?;
     let mut h = vec![0f32; rows * hidden];
     let mut attn = vec![0f32; rows * heads * d];
     let key_mask = &cache.key_mask;

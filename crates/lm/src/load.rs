@@ -35,11 +35,18 @@ pub(crate) fn network(
         pack: cpu && mosr_kernels::amx::available(),
     };
     let d = cfg.hidden_size;
-    let embed = l.fetch(TIED, &[cfg.vocab_size, d])?;
+    // Checked in f32 either way; a quantized load then keeps only the codes (dropping the
+    // f32 table before the blocks load, so their buffers reuse its memory).
+    let embed = Some(l.fetch(TIED, &[cfg.vocab_size, d])?).filter(|_| !l.quantized);
+    let embed_quant = l.codes(TIED, cfg.vocab_size, d)?;
+    let embed = match (embed, &embed_quant) {
+        (None, None) => Some(l.fetch(TIED, &[cfg.vocab_size, d])?),
+        (e, _) => e,
+    };
     let layers = (0..cfg.num_layers)
         .map(|i| l.block(i))
         .collect::<Result<Vec<_>>>()?;
-    let (head, head_quant) = l.head(&embed)?;
+    let (head, head_quant) = l.head(embed.as_ref(), embed_quant.as_ref())?;
     let coded = |b: &Block| b.linears().iter().any(|(_, lin)| lin.quant.is_some());
     if l.quantized && head_quant.is_none() && !layers.iter().any(coded) {
         return Err(LmError::Weights {
@@ -47,9 +54,13 @@ pub(crate) fn network(
             problem: "quantized arithmetic: no tensor of this file has integer codes (Q4_0-Q8_0, Q4_K-Q6_K); use arithmetic = \"exact\"".into(),
         });
     }
-    let embed = Tensor::from_data(TensorData::new(embed.data, [cfg.vocab_size, d]), device);
+    let embed = match embed {
+        Some(e) => Tensor::from_data(TensorData::new(e.data, [cfg.vocab_size, d]), device),
+        None => Tensor::zeros([0, 0], device),
+    };
     Ok(CausalLm {
         embed_tokens: Param::from_tensor(embed).set_require_grad(false),
+        embed_quant,
         layers,
         norm: l.norm("model.norm.weight")?,
         lm_head: Param::from_tensor(head).set_require_grad(false),
@@ -178,8 +189,13 @@ impl Loader<'_> {
     }
 
     /// The unembedding, stored `[hidden, vocab]` (a copy of the embedding for tied models),
-    /// or its codes and an empty tensor when loading quantized.
-    fn head(&self, embed: &HostTensor) -> Result<(Tensor<2>, Option<Arc<QuantWeight>>)> {
+    /// or its codes and an empty tensor when loading quantized (a tied model's are the
+    /// embedding's, `embed_quant`; `embed` is the f32 table when there are no codes).
+    fn head(
+        &self,
+        embed: Option<&HostTensor>,
+        embed_quant: Option<&Arc<QuantWeight>>,
+    ) -> Result<(Tensor<2>, Option<Arc<QuantWeight>>)> {
         let (vocab, d) = (self.cfg.vocab_size, self.cfg.hidden_size);
         let own = if self.cfg.tie_word_embeddings {
             None
@@ -202,10 +218,18 @@ impl Loader<'_> {
         } else {
             TIED
         };
-        if let Some(q) = self.codes(name, vocab, d)? {
+        let codes = match (&own, embed_quant) {
+            (None, Some(q)) => Some(q.clone()),
+            _ => self.codes(name, vocab, d)?,
+        };
+        if let Some(q) = codes {
             return Ok((Tensor::zeros([0, 0], self.device), Some(q)));
         }
-        let head = own.unwrap_or_else(|| embed.clone());
+        let head = match (own, embed) {
+            (Some(h), _) => h,
+            (None, Some(e)) => e.clone(),
+            (None, None) => unreachable!("a tied model without codes keeps its f32 embedding"),
+        };
         Ok((transposed(head, self.device), None))
     }
 }

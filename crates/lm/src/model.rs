@@ -69,6 +69,10 @@ pub struct CausalLm {
     /// `lm_head`'s integer codes for quantized passes (see [`LoraLinear::quant`]).
     #[module(skip)]
     pub head_quant: Option<std::sync::Arc<QuantWeight>>,
+    /// The embedding's integer codes on a quantized load (then `embed_tokens` is empty and
+    /// rows are looked up from the codes; the same codes as `head_quant` when tied).
+    #[module(skip)]
+    pub embed_quant: Option<std::sync::Arc<QuantWeight>>,
 }
 
 /// Which logits to compute: the unembedding of a 49k-150k vocabulary dominates small models.
@@ -255,7 +259,23 @@ impl CausalLm {
     }
 
     pub fn device(&self) -> Device {
-        self.embed_tokens.val().device()
+        self.norm.weight.val().device()
+    }
+
+    /// The embeddings of `ids`, `[ids.len() × hidden]`, from the codes or the f32 table.
+    pub fn embed_rows(&self, ids: &[u32]) -> Option<Vec<f32>> {
+        let ids: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
+        if let Some(q) = &self.embed_quant {
+            return Some(q.rows(&ids));
+        }
+        let h = self.config.hidden_size;
+        let table = crate::cpu::flex_f32(&self.embed_tokens.val())?;
+        let table = crate::cpu::contiguous(&table, self.config.vocab_size * h);
+        Some(
+            ids.iter()
+                .flat_map(|&i| table[i * h..][..h].iter().copied())
+                .collect(),
+        )
     }
 
     /// Adds fresh LoRA adapters where the config says.
@@ -398,7 +418,14 @@ impl CausalLm {
 
         let ids: Vec<i64> = batch.ids.iter().map(|&x| x as i64).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &dev);
-        let mut x = embedding(self.embed_tokens.val(), ids);
+        let mut x = match &self.embed_quant {
+            Some(q) => {
+                let rows: Vec<usize> = batch.ids.iter().map(|&i| i as usize).collect();
+                let h = self.config.hidden_size;
+                Tensor::from_data(TensorData::new(q.rows(&rows), [b, t, h]), &dev)
+            }
+            None => embedding(self.embed_tokens.val(), ids),
+        };
         let mut hidden = Vec::new();
         if opts.hidden {
             hidden.push(x.clone());
