@@ -121,26 +121,9 @@ impl QuantWeight {
     /// The weight's values `[n, k]`, `scale · code + offset` in f32 (what the file's
     /// dequantizer gives, up to its rounding).
     pub fn dequantize(&self) -> Vec<f32> {
-        let (group, groups, cell_len) = (self.group, self.k / self.group, cell_bytes(self.group));
-        let mut w = vec![0f32; self.n * self.k];
-        for o in 0..self.n {
-            let tile = &self.cells[(o / TILE) * groups * cell_len..];
-            let j = o % TILE;
-            for g in 0..groups {
-                let cell = &tile[g * cell_len..][..cell_len];
-                let s = f32_at(cell, TILE * group + 4 * j);
-                let m = f32_at(cell, TILE * group + 4 * (TILE + j));
-                for i in 0..group {
-                    let c = cell[(i / 4) * 64 + j * 4 + i % 4];
-                    w[o * self.k + g * group + i] = s * f32::from(c) + m;
-                }
-            }
-        }
-        w
+        self.rows(&(0..self.n).collect::<Vec<_>>())
     }
-}
 
-impl QuantWeight {
     /// Rows `ids` of the weight's values, one after another (`ids.len() × k`): an embedding
     /// looked up from its codes, so a quantized load keeps no f32 copy of it.
     ///
