@@ -40,7 +40,7 @@ pub fn smoke(repo: &Path) -> Result<()> {
     reproduce::run(repo, &options(&a))?;
     let first = t.elapsed();
     println!("e2e: smoke run A finished in {:.1} s", first.as_secs_f64());
-    check_tables(&a.join("results").join(PIPELINE), repo)?;
+    check_tables(&a.join("results").join(PIPELINE), repo, PIPELINE)?;
     println!("e2e: report tables of run A pass their checks");
 
     let before = snapshot(&a)?;
@@ -89,6 +89,91 @@ pub fn smoke(repo: &Path) -> Result<()> {
     let compared = same_artifacts(&a.join("runs"), &b.join("runs"))?;
     println!("e2e: run B (killed, resumed) equals run A in all {compared} artifacts");
 
+    std::fs::remove_dir_all(&root).ok();
+    Ok(())
+}
+
+/// The pipeline `cargo xtask test --wgpu` runs on the wgpu device.
+const WGPU_PIPELINE: &str = "smoke-wgpu";
+
+/// `cargo xtask test --wgpu`: the wgpu comparisons of the integration tests
+/// (`tests/it/wgpu.rs`), then (with `pipeline`) the smoke-wgpu pipeline end to end by an
+/// xtask built with the feature, its report checked as smoke's is. Both need a Vulkan driver (on a machine without
+/// a GPU, Mesa's software one: Debian's `mesa-vulkan-drivers`).
+pub fn wgpu(repo: &Path, cargo: &str, env: &[(&str, PathBuf)], pipeline: bool) -> Result<()> {
+    let icds = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
+    ensure!(
+        icds.iter()
+            .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some())),
+        "no Vulkan driver installed (nothing in {icds:?}); on a machine without a GPU install \
+         Mesa's software driver (Debian: apt-get install mesa-vulkan-drivers)"
+    );
+    let cargo_ok = |args: &[&str], what: &str| -> Result<()> {
+        let mut cmd = Command::new(cargo);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let status = cmd.args(args).status()?;
+        ensure!(status.success(), "{what} failed ({status})");
+        Ok(())
+    };
+    let t = Instant::now();
+    cargo_ok(
+        &[
+            "test",
+            "-p",
+            "mosr-tests",
+            "--features",
+            "wgpu",
+            "--test",
+            "it",
+            "--",
+            "wgpu_",
+            "--test-threads=1",
+        ],
+        "the wgpu comparisons",
+    )?;
+    println!(
+        "e2e: wgpu comparisons passed ({:.0} s with their build)",
+        t.elapsed().as_secs_f64()
+    );
+    if !pipeline {
+        return Ok(());
+    }
+    cargo_ok(
+        &["build", "-q", "-p", "xtask", "--features", "wgpu"],
+        "building xtask with wgpu",
+    )?;
+    let root = std::env::temp_dir().join("mosr-e2e-wgpu");
+    clear_e2e_dir(&root)?;
+    let (runs, results) = (root.join("runs"), root.join("results"));
+    let t = Instant::now();
+    let (runs_s, results_s) = (runs.display().to_string(), results.display().to_string());
+    cargo_ok(
+        &[
+            "run",
+            "-q",
+            "-p",
+            "xtask",
+            "--features",
+            "wgpu",
+            "--",
+            "reproduce",
+            "--pipeline",
+            WGPU_PIPELINE,
+            "--runs-dir",
+            &runs_s,
+            "--results-dir",
+            &results_s,
+        ],
+        "the smoke-wgpu pipeline",
+    )?;
+    println!(
+        "e2e: smoke-wgpu finished in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    check_tables(&results.join(WGPU_PIPELINE), repo, WGPU_PIPELINE)?;
+    println!("e2e: report tables of smoke-wgpu pass their checks");
     std::fs::remove_dir_all(&root).ok();
     Ok(())
 }
@@ -361,7 +446,7 @@ fn without_wall_clock(mut df: DataFrame) -> Result<DataFrame> {
 }
 
 /// The report of a smoke run: every table present, every number in its range.
-fn check_tables(results: &Path, repo: &Path) -> Result<()> {
+fn check_tables(results: &Path, repo: &Path, pipeline: &str) -> Result<()> {
     let table = |name: &str| mosr_report::read_df(&results.join(format!("{name}.parquet")));
     let readme_path = results.join("README.md");
     let readme = std::fs::read_to_string(&readme_path)
@@ -403,7 +488,7 @@ fn check_tables(results: &Path, repo: &Path) -> Result<()> {
         }
         rate_columns += 1;
     }
-    let file = mosr_artifacts::PipelineFile::load(&reproduce::pipeline_path(repo, PIPELINE))?;
+    let file = mosr_artifacts::PipelineFile::load(&reproduce::pipeline_path(repo, pipeline))?;
     let eval: mosr_eval::EvalSection = file.section("eval")?;
     let capability = eval.capability.benchmarks.len();
     ensure!(

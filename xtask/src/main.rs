@@ -99,6 +99,11 @@ enum Cmd {
         /// Only the smoke pipeline end to end (skip `cargo test`).
         #[arg(long, conflicts_with = "no_smoke")]
         smoke_only: bool,
+        /// Instead, the wgpu checks: the integration tests' wgpu comparisons and (unless
+        /// `--no-smoke`) the smoke-wgpu pipeline, each built with `--features wgpu`; needs a
+        /// Vulkan driver (Mesa's software one where there is no GPU).
+        #[arg(long, conflicts_with = "smoke_only")]
+        wgpu: bool,
         /// Extra arguments passed to `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -208,6 +213,7 @@ fn main() -> Result<()> {
         Cmd::Test {
             no_smoke,
             smoke_only,
+            wgpu,
             args,
         } => {
             let smol = mosr_lm::fetch::fetch("smollm2-135m-instruct")?;
@@ -215,6 +221,10 @@ fn main() -> Result<()> {
             let repo = mosr_data::paths::repo_root();
             mosr_data::fetch_default(&repo, false, false)?;
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            if wgpu {
+                let env = [("MOSR_SMOLLM2_GGUF", smol), ("MOSR_QWEN05_GGUF", qwen)];
+                return e2e::wgpu(&repo, &cargo, &env, !no_smoke);
+            }
             let status = if smoke_only {
                 std::process::ExitStatus::default()
             } else {

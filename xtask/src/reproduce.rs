@@ -89,15 +89,12 @@ fn stages() -> Vec<Stage> {
 /// `[run] model` is a registry id or an existing GGUF file / HF folder, and `[run] device` a
 /// device this build knows.
 fn check_model(file: &PipelineFile) -> Result<()> {
-    let d = &file.run.device;
-    if !["cpu", "flex", "cuda", "wgpu"].contains(&d.as_str()) {
-        return Err(file
-            .key_error(
-                "run",
-                "device",
-                format!("unknown device `{d}` (cpu, cuda, wgpu)"),
-            )
-            .into());
+    if let Err(e) = mosr_lm::device_from_name(&file.run.device) {
+        let problem = match e {
+            mosr_lm::LmError::Config { problem, .. } => problem,
+            other => other.to_string(),
+        };
+        return Err(file.key_error("run", "device", problem).into());
     }
     let m = &file.run.model;
     let ids: Vec<String> = mosr_lm::fetch::registry()

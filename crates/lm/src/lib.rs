@@ -189,9 +189,17 @@ pub fn device_from_name(name: &str) -> Result<Device> {
         "cuda" => Ok(Device::cuda(0)),
         #[cfg(feature = "wgpu")]
         "wgpu" => Ok(Device::wgpu(Default::default())),
+        // The arm of a compiled-in device above takes its name first.
+        #[allow(unreachable_patterns)]
+        gpu @ ("cuda" | "wgpu") => Err(LmError::Config {
+            file: PathBuf::from("<device>"),
+            problem: format!(
+                "device `{gpu}` is not compiled into this build (build with `--features {gpu}`)"
+            ),
+        }),
         other => Err(LmError::Config {
             file: PathBuf::from("<device>"),
-            problem: format!("unknown or not compiled-in device `{other}` (cpu, cuda, wgpu)"),
+            problem: format!("unknown device `{other}` (cpu, cuda, wgpu)"),
         }),
     }
 }

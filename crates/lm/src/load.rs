@@ -27,6 +27,16 @@ pub(crate) fn network(
     arithmetic: Arithmetic,
 ) -> Result<CausalLm> {
     let cpu = crate::cpu::applies(device);
+    if !arithmetic.is_exact() && !cpu {
+        // The integer-code kernels are host kernels: on another device (a GPU, or the
+        // training device) the load would silently be exact while its keys said quantized.
+        return Err(LmError::Config {
+            file: src.origin().to_path_buf(),
+            problem: format!(
+                "quantized arithmetic runs on the plain CPU device only (this is {device:?}); use arithmetic = \"exact\""
+            ),
+        });
+    }
     let l = Loader {
         src,
         cfg,

@@ -10,3 +10,5 @@ mod lm_reference;
 mod pipelines;
 mod quant;
 mod training;
+#[cfg(feature = "wgpu")]
+mod wgpu;
