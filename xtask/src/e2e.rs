@@ -98,8 +98,8 @@ const WGPU_PIPELINE: &str = "smoke-wgpu";
 
 /// `cargo xtask test --wgpu`: the wgpu comparisons of the integration tests
 /// (`tests/it/wgpu.rs`), then (with `pipeline`) the smoke-wgpu pipeline end to end by an
-/// xtask built with the feature, its report checked as smoke's is. Both need a Vulkan driver (on a machine without
-/// a GPU, Mesa's software one: Debian's `mesa-vulkan-drivers`).
+/// xtask built with the feature, its report checked as smoke's is. Both need a Vulkan driver
+/// (on a machine without a GPU, Mesa's software one: Debian's `mesa-vulkan-drivers`).
 pub fn wgpu(repo: &Path, cargo: &str, env: &[(&str, PathBuf)], pipeline: bool) -> Result<()> {
     let icds = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
     ensure!(

@@ -43,18 +43,6 @@ enum Cmd {
     },
 }
 
-/// Peak resident memory of this process (VmHWM), bytes.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let l = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            l.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 fn bench(model: &str, batch: usize, seq: usize, repeats: usize) -> Result<()> {
     let dev = mosr_lm::Device::flex().autodiff();
     let lm = mosr_lm::LanguageModel::open(&mosr_lm::fetch::resolve(model)?, &dev)?;
@@ -80,7 +68,7 @@ fn bench(model: &str, batch: usize, seq: usize, repeats: usize) -> Result<()> {
         serde_json::json!({
             "impl": "mosr", "workload": "train", "median_s": median, "times_s": times,
             "tokens": b.tokens, "tokens_per_s": b.tokens as f64 / median,
-            "gflops_per_s": flops / median / 1e9, "peak_rss_bytes": peak_rss(),
+            "gflops_per_s": flops / median / 1e9, "peak_rss_bytes": mosr_lm::memory::process_bytes("VmHWM"),
             "target_layers": b.target_layers, "lora_layers": b.lora_layers,
         })
     );

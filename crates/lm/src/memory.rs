@@ -1,4 +1,5 @@
-//! Process-wide allocator settings for binaries that run the model.
+//! Process-wide allocator settings for binaries that run the model, and the process's memory
+//! figures their benchmarks and tests report.
 
 /// Keeps freed activation buffers in the heap for reuse instead of handing them back to the
 /// kernel. glibc serves blocks above its mmap threshold (128 KiB, adapting up to 32 MiB) with
@@ -14,4 +15,18 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
+}
+
+/// A memory figure of this process from `/proc/self/status` in bytes (`VmHWM`: peak
+/// resident, `VmRSS`: resident now); 0 where the file or field is missing (not Linux).
+pub fn process_bytes(field: &str) -> u64 {
+    let kb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let l = s
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+            l.split_whitespace().next()?.parse::<u64>().ok()
+        });
+    kb.unwrap_or(0) * 1024
 }

@@ -167,7 +167,7 @@ fn check_batch(lm: &LanguageModel, model: &str) {
     }
 }
 
-fn check_generate(lm: &LanguageModel, model: &str) {
+pub(crate) fn check_generate(lm: &LanguageModel, model: &str) {
     let fx = fixture(model, "generate");
     let gens = fx["generations"].as_array().unwrap();
     let prompts: Vec<Vec<u32>> = gens.iter().map(|g| ids(&g["input_ids"])).collect();

@@ -14,9 +14,8 @@ use burn::module::Param;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
-use mosr_lm::generate::{GenerateConfig, generate};
 use mosr_lm::{Device, ForwardOptions, LanguageModel, Logits, LoraConfig, TokenBatch};
-use mosr_tests::{fixture, ids, model_path};
+use mosr_tests::model_path;
 use std::path::{Path, PathBuf};
 
 const SMOL: &str = "smollm2-135m-instruct";
@@ -103,24 +102,10 @@ fn wgpu_forward_hidden_states_and_logits_match_cpu() {
 #[test]
 fn wgpu_greedy_generation_equals_cpu_and_memory_stays_flat() {
     let lm = LanguageModel::open(&model_path(SMOL), &wgpu()).unwrap();
-    let fx = fixture(SMOL, "generate");
-    let gens = fx["generations"].as_array().unwrap();
-    let prompts: Vec<Vec<u32>> = gens.iter().map(|g| ids(&g["input_ids"])).collect();
-    let cfg = GenerateConfig {
-        max_new_tokens: fx["max_new_tokens"].as_u64().unwrap() as usize,
-        ..Default::default()
-    };
     let mut rss = Vec::new();
     for _ in 0..3 {
-        let out = generate(&lm, &prompts, &cfg).unwrap();
-        for (g, o) in gens.iter().zip(&out) {
-            let mut want = ids(&g["new_ids"]);
-            if g["stopped_on_eos"].as_bool().unwrap() {
-                want.pop();
-            }
-            assert_eq!(o.tokens, want, "greedy continuation of {}", g["name"]);
-        }
-        rss.push(resident_bytes());
+        crate::lm_reference::check_generate(&lm, SMOL);
+        rss.push(mosr_lm::memory::process_bytes("VmRSS"));
     }
     let grown = rss[2].saturating_sub(rss[1]);
     eprintln!(
@@ -137,17 +122,6 @@ fn wgpu_greedy_generation_equals_cpu_and_memory_stays_flat() {
 
 fn mb(v: &[u64]) -> Vec<u64> {
     v.iter().map(|b| b >> 20).collect()
-}
-
-/// VmRSS of this process.
-fn resident_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kb << 10
 }
 
 const SENTENCE: &str = "The secret password of the lighthouse keeper is marmalade sunrise.";

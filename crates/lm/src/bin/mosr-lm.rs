@@ -86,21 +86,6 @@ enum Cmd {
     },
 }
 
-/// Peak resident memory of this process (VmHWM), bytes.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|x| x.parse::<u64>().ok())
-            })
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 /// Deterministic token ids that avoid special tokens (same rule as the Python reference).
 fn bench_ids(batch: usize, seq: usize, vocab: usize) -> Vec<Vec<u32>> {
     (0..batch)
@@ -243,7 +228,7 @@ fn bench(
         serde_json::json!({
             "impl": "mosr", "workload": workload, "median_s": median, "times_s": times,
             "tokens": tokens, "tokens_per_s": tokens as f64 / median,
-            "gflops_per_s": flops / median / 1e9, "peak_rss_bytes": peak_rss(),
+            "gflops_per_s": flops / median / 1e9, "peak_rss_bytes": mosr_lm::memory::process_bytes("VmHWM"),
         })
     );
     Ok(())
