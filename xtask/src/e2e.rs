@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use mosr_artifacts::StageManifest;
-use mosr_report::sections::{f64s, strs};
+use mosr_report::columns::{f64s, strs};
 use polars::prelude::DataFrame;
 
 use crate::reproduce;

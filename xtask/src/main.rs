@@ -1,5 +1,8 @@
 //! `cargo xtask`: project tasks. Thin: each subcommand calls a library.
 
+// Unsafe: `set_var` before any thread starts (edition 2024 marks it unsafe).
+#![allow(unsafe_code)]
+
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
@@ -207,7 +210,7 @@ fn main() -> Result<()> {
                     rounds,
                     threads: 2,
                 };
-                bench::run_llama(&repo, &plan)?;
+                anchors::run_llama(&repo, &plan)?;
             }
         }
         Cmd::Test {
@@ -233,8 +236,9 @@ fn main() -> Result<()> {
                     .env("MOSR_QWEN05_GGUF", &qwen)
                     .args(["test", "--workspace"])
                     .args(&args)
-                    // One test at a time: LoRA dropout draws from burn-flex's process-wide RNG,
-                    // so a concurrent test's draws would break the bit-identical resume test.
+                    // One test at a time: dropout masks (`mosr_lm::lora::seed_dropout`) and
+                    // adapter initialisation (burn's RNG) draw from process-wide streams, so a
+                    // concurrent training would break the bit-identical resume test.
                     .args(["--", "--test-threads=1"])
                     .status()?
             };

@@ -3,8 +3,8 @@
 use mosr_stats::{max_discordance_for_power, paired_n_for_power, two_sample_n_for_power};
 
 use crate::boundary::BoundaryTest;
+use crate::config::ClaimsSection;
 use crate::paired::{ALL_ATTACKS, HARMFUL_SET, POOLED_OVERREFUSAL, PairedRow};
-use crate::stage::ClaimsSection;
 use crate::verdict::{Evidence, Kind, Verdict, combine, test_verdict};
 
 /// One test a claim rests on (a row of `claim_tests`).

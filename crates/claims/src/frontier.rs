@@ -16,8 +16,8 @@ use mosr_artifacts::eval::FrontierGenerationRow;
 use mosr_stats::{FrontierEffect, LineOutcomes, NoOverlap, frontier_effect};
 
 use crate::claims::ClaimTest;
+use crate::config::ClaimsSection;
 use crate::paired::{HARMFUL_SET, stream_seed};
-use crate::stage::ClaimsSection;
 use crate::verdict::{Evidence, Kind, Verdict, test_verdict};
 
 /// ASR values the difference of two lines is averaged over.

@@ -16,11 +16,13 @@
 
 pub mod boundary;
 pub mod claims;
+pub mod config;
 pub mod frontier;
 pub mod paired;
 pub mod stage;
 pub mod verdict;
 
 pub use claims::{ClaimRow, ClaimTest, assemble};
-pub use stage::{ClaimsSection, run, run_pipeline_stage};
+pub use config::ClaimsSection;
+pub use stage::{run, run_pipeline_stage};
 pub use verdict::{Evidence, Kind, Verdict, combine, test_verdict};

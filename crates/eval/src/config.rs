@@ -1,15 +1,16 @@
 //! `[eval]` section of a pipeline file. Every key has a default (documented here and in
-//! docs/stages.md); sub-tables configure attacks, judges and capability.
+//! docs/stages.md); sub-tables configure attacks, judges, capability and the frontier.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::attacks::prefill::PrefillConfig;
 use crate::attacks::template::TemplateConfig;
 use crate::attacks::tense::TenseConfig;
+use crate::attacks::{Attack, KNOWN, direct, prefill, template, tense};
 use crate::capability::CapabilityConfig;
-use crate::frontier::FrontierSection;
 use crate::judges::{GibberishJudgeConfig, RefusalJudgeConfig};
 use mosr_artifacts::Size;
 
@@ -71,10 +72,7 @@ pub struct EvalSection {
 impl Default for EvalSection {
     fn default() -> Self {
         Self {
-            attacks: crate::attacks::KNOWN
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            attacks: KNOWN.iter().map(|s| s.to_string()).collect(),
             sets: vec![
                 "overrefusal_safe".into(),
                 "overrefusal_unsafe_contrast".into(),
@@ -98,5 +96,52 @@ impl Default for EvalSection {
             frontier: FrontierSection::default(),
             arithmetic: mosr_lm::Arithmetic::Exact,
         }
+    }
+}
+
+/// `[eval.frontier]`: the prompts every point of the frontier answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FrontierSection {
+    /// Harmful prompts per point, sent as direct requests: the first of the main evaluation's
+    /// seeded sample (at most `[eval] harmful_n`), or `"all"` of that sample. Default 50.
+    pub harmful_n: Size,
+    /// Prompts per over-refusal set per point, chosen as `harmful_n`, or `"all"`. Default 50.
+    pub set_n: Size,
+    /// Over-refusal sets (data-stage roles, each also in `[eval] sets`). Default
+    /// overrefusal_safe, overrefusal_borderline (the claims' pooled sets).
+    pub sets: Vec<String>,
+}
+
+impl Default for FrontierSection {
+    fn default() -> Self {
+        FrontierSection {
+            harmful_n: Size::Count(50),
+            set_n: Size::Count(50),
+            sets: ["overrefusal_safe", "overrefusal_borderline"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+impl FrontierSection {
+    /// Default settings stay out of the stage key (pipelines without snapshots keep theirs).
+    pub fn is_default(&self) -> bool {
+        *self == FrontierSection::default()
+    }
+}
+
+impl EvalSection {
+    /// The attack called `name`, configured from this section.
+    pub fn attack(&self, name: &str, repo_root: &Path) -> Result<Box<dyn Attack>> {
+        Ok(match name {
+            "direct" => Box::new(direct::Direct),
+            "prefill" => Box::new(prefill::Prefill::new(&self.prefill)?),
+            "past_tense" => Box::new(tense::Tense::past(&self.tense)),
+            "future_tense" => Box::new(tense::Tense::future(&self.tense)),
+            "template" => Box::new(template::Template::load(&self.template, repo_root)?),
+            other => bail!("unknown attack `{other}`; known: {}", KNOWN.join(", ")),
+        })
     }
 }

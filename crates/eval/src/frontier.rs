@@ -15,79 +15,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use mosr_artifacts::PromptRow;
 use mosr_artifacts::eval::{FrontierGenerationRow, FrontierRow, GenerationRow};
-use mosr_artifacts::{PromptRow, Size};
 use mosr_stats::{Z95, wilson};
-use serde::{Deserialize, Serialize};
 
 use crate::attacks::AttackPrompt;
-use crate::sets;
-use crate::stage::{
-    EvalConfig, GenGroup, GroupAt, GroupCounts, Model, Variant, check_adapter, gen_group,
-    gen_settings, harmful_pool, model_generations, set_pool,
+use crate::generation::{
+    EvalConfig, FrontierInputs, GenGroup, GroupAt, GroupCounts, Model, Snapshot, Variant,
+    check_adapter, gen_group, gen_settings, harmful_pool, model_generations, set_pool,
 };
+use crate::sets;
 
 /// The set name of the harmful prompts (direct requests), as in `generations`.
 pub const HARMFUL: &str = "harmful";
 /// Every frontier over-refusal set pooled (the claims stage's name for its pooled sets).
 pub const POOLED: &str = "overrefusal";
-
-/// `[eval.frontier]`: the prompts every point of the frontier answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FrontierSection {
-    /// Harmful prompts per point, sent as direct requests: the first of the main evaluation's
-    /// seeded sample (at most `[eval] harmful_n`), or `"all"` of that sample. Default 50.
-    pub harmful_n: Size,
-    /// Prompts per over-refusal set per point, chosen as `harmful_n`, or `"all"`. Default 50.
-    pub set_n: Size,
-    /// Over-refusal sets (data-stage roles, each also in `[eval] sets`). Default
-    /// overrefusal_safe, overrefusal_borderline (the claims' pooled sets).
-    pub sets: Vec<String>,
-}
-
-impl Default for FrontierSection {
-    fn default() -> Self {
-        FrontierSection {
-            harmful_n: Size::Count(50),
-            set_n: Size::Count(50),
-            sets: ["overrefusal_safe", "overrefusal_borderline"]
-                .map(String::from)
-                .to_vec(),
-        }
-    }
-}
-
-impl FrontierSection {
-    /// Default settings stay out of the stage key (pipelines without snapshots keep theirs).
-    pub fn is_default(&self) -> bool {
-        *self == FrontierSection::default()
-    }
-}
-
-/// One adapter snapshot: a point of its variant's line.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Snapshot {
-    /// The variant and seed it belongs to, with the snapshot's adapter folder.
-    pub model: Variant,
-    pub step: u64,
-}
-
-impl Snapshot {
-    /// `<variant>.seed-<seed>.step-<step>`: unique per snapshot (file names, keys, logs).
-    pub fn label(&self) -> String {
-        format!("{}.step-{}", self.model.label(), self.step)
-    }
-}
-
-/// What the frontier takes from the finetune stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct FrontierInputs {
-    /// Every snapshot of the evaluated instances, by variant, seed and step.
-    pub snapshots: Vec<Snapshot>,
-    /// Training steps (the final adapter's step) of each evaluated instance, by label.
-    pub final_steps: BTreeMap<String, u64>,
-}
 
 /// The snapshots beside the adapters of the evaluated instances
 /// (`finetune/<variant>/seed-<seed>/step-<t>/adapter`) and each instance's training steps
@@ -212,7 +154,7 @@ pub fn plan(
     for (si, snap) in cfg.frontier.snapshots.iter().enumerate() {
         let label = snap.label();
         let key = keys[&format!("adapter/{label}")].clone();
-        let vkey = crate::stage::variant_key(cfg, &key);
+        let vkey = crate::generation::variant_key(cfg, &key);
         let at = GroupAt {
             variant: si,
             label: &label,

@@ -10,7 +10,8 @@
 //!   [`outcome_labels`]: both judges against hand-labelled responses of this project's models.
 //! * [`likelihood`], [`capability`]: continuation log-likelihoods, option scoring.
 //! * [`sets`]: seeded sampling and custom JSONL/Parquet sets.
-//! * [`stage`]: [`run`] and [`run_pipeline_stage`] (the `[eval]` section, resumable groups).
+//! * [`stage`]: [`run`] and [`run_pipeline_stage`] (the `[eval]` section, planning, metrics).
+//! * [`generation`]: generation groups, their keys and their resumable generation.
 //! * [`frontier`]: the safety/over-refusal frontier over the finetune stage's adapter
 //!   snapshots (`[eval.frontier]`).
 
@@ -18,6 +19,7 @@ pub mod attacks;
 pub mod capability;
 pub mod config;
 pub mod frontier;
+pub mod generation;
 pub mod judges;
 pub mod likelihood;
 pub mod metrics;
@@ -26,6 +28,5 @@ pub mod sets;
 pub mod stage;
 
 pub use config::EvalSection;
-pub use stage::{
-    EvalConfig, EvalOutputs, Overrides, Variant, run, run_pipeline_stage, run_pipeline_stage_with,
-};
+pub use generation::{EvalConfig, Variant};
+pub use stage::{EvalOutputs, Overrides, run, run_pipeline_stage, run_pipeline_stage_with};

@@ -4,7 +4,7 @@
 //! files (weights, tokenizer, templates) and an error such as "truncated" is useless without
 //! knowing which one. Buffers that did not come from disk are named by a placeholder path.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::GgmlType;
 
@@ -117,5 +117,17 @@ impl GgufError {
             | GgufError::ShapeMismatch { file, .. }
             | GgufError::Invalid { file, .. } => file,
         }
+    }
+}
+
+impl GgmlType {
+    /// Like [`GgmlType::from_code`], but an unknown code becomes
+    /// [`GgufError::UnknownType`] naming the tensor and file.
+    pub fn from_u32(code: u32, tensor: &str, file: &Path) -> Result<GgmlType, GgufError> {
+        GgmlType::from_code(code).ok_or_else(|| GgufError::UnknownType {
+            code,
+            tensor: tensor.to_owned(),
+            file: file.to_owned(),
+        })
     }
 }

@@ -1,5 +1,8 @@
 //! Parsing and validating a GGUF file, and typed access to it.
 
+// Unsafe: the read-only memory map of the file.
+#![allow(unsafe_code)]
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 

@@ -6,9 +6,6 @@
 //! than silently misread.
 
 use std::fmt;
-use std::path::Path;
-
-use crate::GgufError;
 
 /// A ggml tensor element type. Discriminants are the on-disk type codes.
 #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
@@ -96,16 +93,6 @@ impl GgmlType {
     /// The type with this on-disk code, if ggml currently assigns it.
     pub fn from_code(code: u32) -> Option<GgmlType> {
         GgmlType::ALL.iter().copied().find(|t| t.code() == code)
-    }
-
-    /// Like [`GgmlType::from_code`], but an unknown code becomes
-    /// [`GgufError::UnknownType`] naming the tensor and file.
-    pub fn from_u32(code: u32, tensor: &str, file: &Path) -> Result<GgmlType, GgufError> {
-        GgmlType::from_code(code).ok_or_else(|| GgufError::UnknownType {
-            code,
-            tensor: tensor.to_owned(),
-            file: file.to_owned(),
-        })
     }
 
     /// The on-disk code.

@@ -297,6 +297,7 @@ fn product(xs: &Aligned, m: usize, m_pad: usize, x_chunks: usize, w: &PackedWeig
 struct SendPtr(*mut f32);
 // SAFETY: the jobs write disjoint columns through it (see `matmul`).
 unsafe impl Sync for SendPtr {}
+// SAFETY: as for `Sync`: the pointer is only written at disjoint places.
 unsafe impl Send for SendPtr {}
 
 /// Rows of `x` as `[16-row tile][chunk][part][16 rows][32]` bf16 (each tile's loads one
@@ -430,6 +431,8 @@ mod imp {
             let start = half * 16;
             let len = src.len().saturating_sub(start).min(16);
             let mask: __mmask16 = ((1u32 << len) - 1) as u16;
+            // SAFETY: the features are enabled on this function; the masked load reads `len`
+            // lanes from `start` inside `src`, the stores stay inside `dst` (asserted by the caller).
             unsafe {
                 let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(start.min(src.len())));
                 sum = _mm512_add_ps(sum, v);
@@ -502,6 +505,8 @@ mod imp {
                 .as_ptr()
         };
         let o_stride = ld * 4;
+        // SAFETY: the caller's contract (# Safety above): AMX is enabled, every tile pointer
+        // lies inside `xs` or the packed weight, and every store inside `out`.
         unsafe {
             asm!("ldtilecfg [{0}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
             // A block of column pairs' weight tiles (`PAIR_BLOCK_BYTES`) stays in L2 while

@@ -107,11 +107,13 @@ pub fn attention(
             let qg = &q[task * n_rep * d..][..n_rep * d];
             let keep = |j: usize| j + 1 == len || attend(r, j);
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: CPU support checked; the shapes were asserted above.
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && unsafe { crate::avx512::attention_group(qg, kh, vh, len, d, scale, &keep, o) }
-            {
-                return;
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: CPU support checked; the shapes were asserted above.
+                let done =
+                    unsafe { crate::avx512::attention_group(qg, kh, vh, len, d, scale, &keep, o) };
+                if done {
+                    return;
+                }
             }
             for (qh, oh) in qg.chunks_exact(d).zip(o.chunks_exact_mut(d)) {
                 attend_one(qh, kh, vh, scale, &keep, oh);

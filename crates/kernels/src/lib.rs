@@ -7,6 +7,10 @@
 //! the dev profile (see the workspace Cargo.toml): either one inside the inner loop stops it
 //! from vectorizing, and the callers check every shape before coming here.
 
+// The kernels are SIMD intrinsics and tile-unit instructions on raw slices: unsafe by nature,
+// each block with its SAFETY comment.
+#![allow(unsafe_code)]
+
 use rayon::prelude::*;
 
 pub mod amx;
@@ -193,6 +197,7 @@ pub(crate) struct SharedOut(pub(crate) *mut f32);
 // SAFETY: every user's tasks write disjoint ranges (`few_rows_many`: column slabs or its own
 // partial; `quant::product_many`: a tile's columns).
 unsafe impl Sync for SharedOut {}
+// SAFETY: as for `Sync`: the pointer is only written at disjoint places.
 unsafe impl Send for SharedOut {}
 
 /// `out[r, c0..c1] = x[r, ..k] · w[..k, c0..c1]` for every row `r < rows`; `x` has row
@@ -465,7 +470,7 @@ mod avx512 {
         debug_assert!(k.len() >= len * d && v.len() >= len * d);
         let mut scores = vec![f32::NEG_INFINITY; G * len];
         let kept: Vec<bool> = (0..len).map(keep).collect();
-        // SAFETY (whole body): every offset is within the lengths above; masked lanes are
+        // SAFETY: (whole body) every offset is within the lengths above; masked lanes are
         // neither read nor written.
         unsafe {
             let (qp, kp, vp) = (q.as_ptr(), k.as_ptr(), v.as_ptr());

@@ -159,6 +159,7 @@ impl OutPtr {
 }
 // SAFETY: tasks write disjoint rows through it (see `causal_attention`).
 unsafe impl Sync for OutPtr {}
+// SAFETY: as for `Sync`: the pointer is only written at disjoint places.
 unsafe impl Send for OutPtr {}
 
 #[cfg(target_arch = "x86_64")]
@@ -186,7 +187,7 @@ mod avx512 {
         let tp = seq.next_multiple_of(16);
         let scale = _mm512_set1_ps(1.0 / (d as f32).sqrt());
         let mut scores = vec![0f32; QUERY_BLOCK * tp];
-        // SAFETY (whole body): offsets stay inside the padded lengths documented above.
+        // SAFETY: (whole body) offsets stay inside the padded lengths documented above.
         unsafe {
             for i0 in (0..seq).step_by(QUERY_BLOCK) {
                 let block = (seq - i0).min(QUERY_BLOCK);

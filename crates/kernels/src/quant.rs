@@ -348,8 +348,10 @@ unsafe fn tile(
         }
         for (i, row) in acc.iter().take(r).enumerate() {
             // SAFETY: row r0 + i < rows.end, columns t*TILE .. t*TILE + cols < n.
-            let dst = unsafe { out.add((r0 + i) * w.n + t * TILE) };
-            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols) };
+            unsafe {
+                let dst = out.add((r0 + i) * w.n + t * TILE);
+                std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
+            }
         }
         r0 += r;
     }

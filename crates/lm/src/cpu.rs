@@ -14,6 +14,9 @@
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_flex::{Flex, FlexTensor};
+use mosr_kernels::amx::PackedWeight;
+
+use crate::flex::{contiguous, flex_f32};
 pub use mosr_kernels::MAX_ROWS;
 
 /// Whether tensors on this device may take the few-row path.
@@ -112,25 +115,9 @@ fn output<const D: usize>(
 }
 
 /// `x · W_i (+ bias_i)` for each frozen projection from its integer codes
-/// ([`mosr_kernels::quant`], any number of rows), `x` quantized once for all of them. `None`
-/// unless every projection has codes for this `k` and the device is the plain CPU one.
-pub fn project_quant<const D: usize>(
-    x: &Tensor<D>,
-    lins: &[&crate::lora::LoraLinear],
-) -> Option<Vec<Tensor<D>>> {
-    let quants: Vec<&mosr_kernels::quant::QuantWeight> = lins
-        .iter()
-        .map(|l| l.quant.as_deref())
-        .collect::<Option<_>>()?;
-    let biases: Vec<Option<Tensor<1>>> = lins
-        .iter()
-        .map(|l| l.bias.as_ref().map(|b| b.val()))
-        .collect();
-    quant_many(x, &quants, &biases)
-}
-
-/// `x · W_i (+ bias_i)` through [`mosr_kernels::quant::product_many`]; `None` where it does
-/// not apply (see [`project_quant`]).
+/// ([`mosr_kernels::quant::product_many`], any number of rows), `x` quantized once for all of
+/// them. `None` unless every projection has codes for this `k` and the device is the plain CPU
+/// one.
 pub fn quant_many<const D: usize>(
     x: &Tensor<D>,
     quants: &[&mosr_kernels::quant::QuantWeight],
@@ -160,32 +147,26 @@ pub fn quant_many<const D: usize>(
 
 /// `x · W_i (+ bias_i)` for each frozen projection on the AMX tile unit
 /// ([`mosr_kernels::amx`], f32-exact parts, two to three times `gemm`'s rate on the prefill
-/// shapes), the rows split once for all of them. `None` unless every projection has its
-/// packed weight, the device is the plain CPU one and there are more than [`MAX_ROWS`] rows
-/// (fewer rows stream the weights: [`linear_many`]).
-pub fn project_packed<const D: usize>(
+/// shapes), the rows split once for all of them. `None` unless every weight is packed for
+/// this `k`, the device is the plain CPU one and there are more than [`MAX_ROWS`] rows (fewer
+/// rows stream the weights: [`linear_many`]).
+pub fn packed_many<const D: usize>(
     x: &Tensor<D>,
-    lins: &[&crate::lora::LoraLinear],
+    packed: &[&PackedWeight],
+    biases: &[Option<Tensor<1>>],
 ) -> Option<Vec<Tensor<D>>> {
     let dims = x.dims();
     let k = dims[D - 1];
     let rows: usize = dims[..D - 1].iter().product();
-    if rows <= MAX_ROWS || !applies(&x.device()) {
+    if rows <= MAX_ROWS || !applies(&x.device()) || packed.iter().any(|p| p.k() != k) {
         return None;
     }
-    let packed: Vec<&mosr_kernels::amx::PackedWeight> = lins
-        .iter()
-        .map(|l| l.packed.as_deref().filter(|p| p.k() == k))
-        .collect::<Option<_>>()?;
     let outs = with_rows(x, rows * k, |xs| {
-        mosr_kernels::amx::matmul_many(xs, rows, &packed)
+        mosr_kernels::amx::matmul_many(xs, rows, packed)
     })?;
     outs.into_iter()
-        .zip(lins)
-        .map(|(out, lin)| {
-            let bias = lin.bias.as_ref().map(|b| b.val());
-            output(out, lin.d_out(), bias.as_ref(), dims, &x.device())
-        })
+        .zip(packed.iter().zip(biases))
+        .map(|(out, (p, bias))| output(out, p.n(), bias.as_ref(), dims, &x.device()))
         .collect()
 }
 
@@ -234,77 +215,4 @@ pub fn projector(fast: bool) -> fn(Tensor<3>, Tensor<2>, Option<Tensor<1>>) -> T
     } else {
         project_gemm::<3>
     }
-}
-
-/// The flex primitive of a contiguous f32 tensor (shares its storage), else `None`.
-pub(crate) fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
-    let p: FlexTensor = t.clone().try_into_primitive::<Flex>().ok()?;
-    (p.is_contiguous() && p.dtype() == DType::F32).then_some(p)
-}
-
-/// The `len` elements of a contiguous flex tensor, in place.
-pub(crate) fn contiguous(t: &FlexTensor, len: usize) -> &[f32] {
-    &t.storage::<f32>()[t.layout().start_offset()..][..len]
-}
-
-/// Products smaller than this many multiply-adds run on one thread (burn-flex's threshold).
-const GEMM_PARALLEL_FROM: usize = 192 * 192 * 192;
-
-/// `a [m, k] · b [k, n]` into a new row-major buffer. Each operand is `(data from its first
-/// element, row stride, column stride)`. gemm writes the output without reading it, so the
-/// buffer is not zero-filled first.
-pub(crate) fn gemm_new(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: (&[f32], isize, isize),
-    b: (&[f32], isize, isize),
-) -> Vec<f32> {
-    let reach = |(d, rs, cs): (&[f32], isize, isize), rows: usize, cols: usize| {
-        rows == 0
-            || cols == 0
-            || (rs >= 0
-                && cs >= 0
-                && (rows - 1) * (rs as usize) + (cols - 1) * (cs as usize) < d.len())
-    };
-    assert!(
-        reach(a, m, k) && reach(b, k, n),
-        "gemm_new: an operand's strides leave its data"
-    );
-    if k == 0 {
-        return vec![0f32; m * n];
-    }
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= GEMM_PARALLEL_FROM {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    let mut out = Vec::<f32>::with_capacity(m * n);
-    // SAFETY: the operands' strides stay inside their slices (checked above); the output is
-    // m × n row-major in `out`'s capacity, written in full (read_dst = false) before set_len.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.0.as_ptr(),
-            a.2,
-            a.1,
-            b.0.as_ptr(),
-            b.2,
-            b.1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-        out.set_len(m * n);
-    }
-    out
 }

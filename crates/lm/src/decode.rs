@@ -14,122 +14,18 @@
 //! hidden states requested, a truncated forward, training (LoRA dropout), or a weight that is
 //! not a plain contiguous f32 tensor.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use burn_flex::FlexTensor;
 use mosr_kernels::MAX_ROWS;
 use mosr_kernels::decode::{AttentionShape, attention, rms_norm, rope};
 use mosr_kernels::quant::QuantWeight;
 
-use crate::cpu::{applies, contiguous, flex_f32};
+use crate::batch::TokenBatch;
+use crate::cpu::applies;
+use crate::flex::{contiguous, flex_f32};
+use crate::kv::{HostKv, KvCache};
 use crate::lora::LoraLinear;
-use crate::model::{Block, CausalLm, ForwardOptions, ForwardOutput, KvCache, Logits, TokenBatch};
-
-/// Keys and values held on the host, `[rows, kv_heads, capacity, head_dim]` per layer, with
-/// room for `capacity - len` more positions: a step writes its key and value in place.
-#[derive(Debug, Clone)]
-pub(crate) struct HostKv {
-    rows: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
-    len: usize,
-    layers: Vec<(Vec<f32>, Vec<f32>)>,
-}
-
-/// Positions of room added when the cache moves to the host or fills up (at least doubling).
-const GROWTH: usize = 64;
-
-impl HostKv {
-    fn empty(rows: usize, kv_heads: usize, head_dim: usize, n_layers: usize) -> Self {
-        Self {
-            rows,
-            kv_heads,
-            head_dim,
-            capacity: 0,
-            len: 0,
-            layers: vec![(Vec::new(), Vec::new()); n_layers],
-        }
-    }
-
-    /// Room for `extra` more positions, moving each row's keys to the wider stride.
-    fn reserve(&mut self, extra: usize) {
-        if self.len + extra <= self.capacity {
-            return;
-        }
-        let cap = (self.len + extra)
-            .max(2 * self.capacity)
-            .max(self.len + GROWTH);
-        let (old, d, len) = (self.capacity, self.head_dim, self.len);
-        let heads = self.rows * self.kv_heads;
-        for (k, v) in &mut self.layers {
-            for buf in [k, v] {
-                let mut wide = vec![0f32; heads * cap * d];
-                for hd in 0..heads {
-                    wide[hd * cap * d..][..len * d]
-                        .copy_from_slice(&buf[hd * old * d..][..len * d]);
-                }
-                *buf = wide;
-            }
-        }
-        self.capacity = cap;
-    }
-
-    /// The burn cache's tensors (`[rows, kv_heads, t, head_dim]` per layer), copied in.
-    fn from_tensors(cache: &KvCache, kv_heads: usize, head_dim: usize) -> Option<Self> {
-        let rows = cache.key_mask.len();
-        let len = cache.len();
-        let mut host = Self::empty(rows, kv_heads, head_dim, cache.layers.len());
-        host.capacity = len;
-        host.len = len;
-        for (slot, layer) in host.layers.iter_mut().zip(&cache.layers) {
-            let (k, v) = layer.as_ref()?;
-            if k.dims() != [rows, kv_heads, len, head_dim] || v.dims() != k.dims() {
-                return None;
-            }
-            let k = k.clone().into_data().try_into_vec::<f32>().ok()?;
-            let v = v.clone().into_data().try_into_vec::<f32>().ok()?;
-            *slot = (k, v);
-        }
-        Some(host)
-    }
-
-    /// Back to burn tensors, for a forward the host path does not take.
-    pub(crate) fn to_tensors(&self, device: &Device) -> Vec<Option<(Tensor<4>, Tensor<4>)>> {
-        let (heads, d, len, cap) = (
-            self.rows * self.kv_heads,
-            self.head_dim,
-            self.len,
-            self.capacity,
-        );
-        let dims = [self.rows, self.kv_heads, len, d];
-        let pack = |buf: &[f32]| {
-            let mut out = Vec::with_capacity(heads * len * d);
-            for h in 0..heads {
-                out.extend_from_slice(&buf[h * cap * d..][..len * d]);
-            }
-            Tensor::<4>::from_data(TensorData::new(out, dims), device)
-        };
-        self.layers
-            .iter()
-            .map(|(k, v)| Some((pack(k), pack(v))))
-            .collect()
-    }
-
-    /// Keeps the given rows (in that order, repeats allowed).
-    pub(crate) fn select_rows(&mut self, rows: &[usize]) {
-        let per_row = self.kv_heads * self.capacity * self.head_dim;
-        for (k, v) in &mut self.layers {
-            for buf in [k, v] {
-                let mut out = Vec::with_capacity(rows.len() * per_row);
-                for &r in rows {
-                    out.extend_from_slice(&buf[r * per_row..][..per_row]);
-                }
-                *buf = out;
-            }
-        }
-        self.rows = rows.len();
-    }
-}
+use crate::model::{Block, CausalLm, ForwardOptions, ForwardOutput, Logits};
 
 /// A projection's parts as host slices: the frozen weight `[k, n]`, its bias, and the LoRA
 /// pair with its scale when the adapter is on.

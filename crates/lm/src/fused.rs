@@ -21,6 +21,8 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension, tensor
 use burn::tensor::{DType, Device, Tensor};
 use burn_flex::FlexTensor;
 
+use crate::flex::{flex_from, gemm_new, values};
+
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: Backend {
     /// `silu(gate) · up`, element-wise.
@@ -43,21 +45,6 @@ pub trait FusedOps: Backend {
         grad: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self>;
-}
-
-/// A flex tensor's f32 values in row-major order (its storage when contiguous).
-fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    let n = t.layout().shape().num_elements();
-    if t.is_contiguous() {
-        std::borrow::Cow::Borrowed(&t.storage::<f32>()[t.layout().start_offset()..][..n])
-    } else {
-        std::borrow::Cow::Owned(t.to_contiguous().storage::<f32>()[..n].to_vec())
-    }
-}
-
-fn flex_from(values: Vec<f32>, like: &FlexTensor) -> FlexTensor {
-    let shape = like.layout().shape().clone();
-    FlexTensor::from_data(burn::tensor::TensorData::new(values, shape))
 }
 
 impl FusedOps for Flex {
@@ -98,7 +85,7 @@ impl FusedOps for Flex {
             let st = l.strides();
             (&t.storage::<f32>()[l.start_offset()..], st[0], st[1])
         }
-        let out = crate::cpu::gemm_new(m, k, n, view(&lhs), view(&rhs));
+        let out = gemm_new(m, k, n, view(&lhs), view(&rhs));
         FlexTensor::from_data(burn::tensor::TensorData::new(out, [m, n]))
     }
 

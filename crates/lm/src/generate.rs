@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ForwardOptions, KvCache, Logits, TokenBatch};
+use crate::{ForwardOptions, KvCache, Logits, TokenBatch};
 use crate::{LanguageModel, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -19,8 +19,27 @@ use crate::{Arithmetic, LmError, Result};
 /// The tied head's name: the embedding.
 const TIED: &str = "model.embed_tokens.weight";
 
+impl CausalLm {
+    /// Builds the network from any weight source, checking every shape against the config.
+    pub fn load(src: &dyn WeightSource, cfg: &ModelConfig, device: &Device) -> Result<Self> {
+        Self::load_with(src, cfg, device, Arithmetic::Exact)
+    }
+
+    /// [`Self::load`], keeping the source's integer codes of every projection and the head
+    /// for `quantized` arithmetic (on the plain CPU device). Errors on another device, and
+    /// if the source has codes for none of them.
+    pub fn load_with(
+        src: &dyn WeightSource,
+        cfg: &ModelConfig,
+        device: &Device,
+        arithmetic: Arithmetic,
+    ) -> Result<Self> {
+        network(src, cfg, device, arithmetic)
+    }
+}
+
 /// The whole network (see [`CausalLm::load_with`]).
-pub(crate) fn network(
+fn network(
     src: &dyn WeightSource,
     cfg: &ModelConfig,
     device: &Device,

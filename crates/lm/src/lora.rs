@@ -72,6 +72,27 @@ fn next_dropout_key() -> u64 {
     key ^ n.wrapping_add(1).wrapping_mul(0xd6e8_feb8_6659_fd93)
 }
 
+/// `x · W_i (+ bias_i)` of each frozen weight on the CPU's kernels that need a layout made at
+/// load: the file's integer codes, else the AMX tiles; `None` where neither applies to all of
+/// them (see [`crate::cpu::quant_many`] and [`crate::cpu::packed_many`]).
+pub fn frozen_many<const D: usize>(x: &Tensor<D>, lins: &[&LoraLinear]) -> Option<Vec<Tensor<D>>> {
+    // Most passes (exact loads without AMX) have neither layout: answer before any allocation.
+    let biases = || -> Vec<Option<Tensor<1>>> {
+        lins.iter()
+            .map(|l| l.bias.as_ref().map(|b| b.val()))
+            .collect()
+    };
+    let quants: Option<Vec<&QuantWeight>> = lins.iter().map(|l| l.quant.as_deref()).collect();
+    if let Some(y) = quants.and_then(|q| crate::cpu::quant_many(x, &q, &biases())) {
+        return Some(y);
+    }
+    let packed: Vec<&PackedWeight> = lins
+        .iter()
+        .map(|l| l.packed.as_deref())
+        .collect::<Option<_>>()?;
+    crate::cpu::packed_many(x, &packed, &biases())
+}
+
 impl LoraLinear {
     pub fn frozen(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
         Self {
@@ -109,12 +130,7 @@ impl LoraLinear {
     /// `adapter`: add the low-rank update; `train`: apply LoRA dropout on its input;
     /// `fast`: allow the CPU few-row kernel (off for `ForwardOptions::training_arithmetic`).
     pub fn forward(&self, x: Tensor<3>, adapter: bool, train: bool, fast: bool) -> Tensor<3> {
-        let packed = fast
-            .then(|| {
-                crate::cpu::project_quant(&x, &[self])
-                    .or_else(|| crate::cpu::project_packed(&x, &[self]))
-            })
-            .flatten();
+        let packed = fast.then(|| frozen_many(&x, &[self])).flatten();
         let y = match packed {
             Some(mut ys) => ys.pop().expect("one product"),
             None => crate::cpu::projector(fast)(

@@ -1,6 +1,9 @@
 //! Process-wide allocator settings for binaries that run the model, and the process's memory
 //! figures their benchmarks and tests report.
 
+// Unsafe: one libc call tuning the allocator (mallopt).
+#![allow(unsafe_code)]
+
 /// Keeps freed activation buffers in the heap for reuse instead of handing them back to the
 /// kernel. glibc serves blocks above its mmap threshold (128 KiB, adapting up to 32 MiB) with
 /// fresh mappings and trims the heap top above 128 KiB, so every forward and backward pass

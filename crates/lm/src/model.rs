@@ -5,10 +5,11 @@ use burn::tensor::module::{attention, embedding, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
+use crate::Result;
+use crate::batch::TokenBatch;
 use crate::config::ModelConfig;
+use crate::kv::KvCache;
 use crate::lora::{LoraConfig, LoraLinear, attach};
-use crate::weights::WeightSource;
-use crate::{Arithmetic, Result};
 use mosr_kernels::quant::QuantWeight;
 
 #[derive(Module, Debug)]
@@ -121,143 +122,7 @@ pub struct ForwardOutput {
     pub hidden: Vec<Tensor<3>>,
 }
 
-/// Left-padded token batch. Left padding keeps every row's last real token in the last column,
-/// which is where next-token logits and the "last prompt token" representation are read.
-#[derive(Debug, Clone)]
-pub struct TokenBatch {
-    pub ids: Vec<u32>,
-    pub mask: Vec<bool>,
-    pub batch: usize,
-    pub seq: usize,
-}
-
-impl TokenBatch {
-    pub fn left_padded(seqs: &[Vec<u32>], pad_id: u32) -> Self {
-        let seq = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(seqs.len() * seq);
-        let mut mask = Vec::with_capacity(seqs.len() * seq);
-        for s in seqs {
-            let pad = seq - s.len();
-            ids.extend(std::iter::repeat_n(pad_id, pad));
-            mask.extend(std::iter::repeat_n(false, pad));
-            ids.extend_from_slice(s);
-            mask.extend(std::iter::repeat_n(true, s.len()));
-        }
-        Self {
-            ids,
-            mask,
-            batch: seqs.len(),
-            seq,
-        }
-    }
-    /// Per-row position ids: count of real tokens before each one (pads get 0).
-    pub fn positions(&self) -> Vec<usize> {
-        let mut pos = Vec::with_capacity(self.ids.len());
-        for b in 0..self.batch {
-            let mut n = 0usize;
-            for t in 0..self.seq {
-                pos.push(n.saturating_sub(0));
-                if self.mask[b * self.seq + t] {
-                    n += 1;
-                    *pos.last_mut().unwrap() = n - 1;
-                }
-            }
-        }
-        pos
-    }
-}
-
-/// Keys and values of earlier positions, per layer, `[batch, kv_heads, t, head_dim]`.
-///
-/// Decode steps on the CPU device keep them on the host instead (`crate::decode`), where a
-/// step appends in place; `layers` then holds `None` until a forward of the burn path moves
-/// them back. Use [`KvCache::select_rows`] rather than editing `layers` directly.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
-    /// Key validity (false for padding) over all cached positions, row-major `[batch, t]`.
-    pub key_mask: Vec<Vec<bool>>,
-    /// Real tokens seen so far per row (next position id).
-    pub next_pos: Vec<usize>,
-    /// The keys and values while decode steps hold them on the host.
-    pub(crate) host: Option<crate::decode::HostKv>,
-}
-
-impl KvCache {
-    pub fn len(&self) -> usize {
-        self.key_mask.first().map(|m| m.len()).unwrap_or(0)
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Keeps the given rows, in that order (repeats allowed): one cached context per
-    /// continuation that follows it.
-    pub fn select_rows(&mut self, rows: &[usize]) {
-        if let Some(host) = &mut self.host {
-            host.select_rows(rows);
-        } else if let Some(dev) = self.layers.iter().flatten().map(|(k, _)| k.device()).next() {
-            let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-            let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &dev);
-            for layer in self.layers.iter_mut() {
-                if let Some((k, v)) = layer.take() {
-                    *layer = Some((k.select(0, idx.clone()), v.select(0, idx.clone())));
-                }
-            }
-        }
-        self.key_mask = rows.iter().map(|&r| self.key_mask[r].clone()).collect();
-        self.next_pos = rows.iter().map(|&r| self.next_pos[r]).collect();
-    }
-
-    /// Moves host-held keys and values back into `layers` for the burn path.
-    fn move_to_device(&mut self, device: &Device) {
-        if let Some(host) = self.host.take() {
-            self.layers = host.to_tensors(device);
-        }
-    }
-
-    /// Records a batch's key validity and returns its position ids (padding gets 0).
-    pub(crate) fn advance(&mut self, batch: &TokenBatch) -> Vec<usize> {
-        let (b, t) = (batch.batch, batch.seq);
-        if self.key_mask.is_empty() {
-            self.key_mask = vec![Vec::new(); b];
-            self.next_pos = vec![0; b];
-        }
-        let mut positions = Vec::with_capacity(b * t);
-        for row in 0..b {
-            let mut n = self.next_pos[row];
-            for col in 0..t {
-                let real = batch.mask[row * t + col];
-                positions.push(if real { n } else { 0 });
-                if real {
-                    n += 1;
-                }
-                self.key_mask[row].push(real);
-            }
-            self.next_pos[row] = n;
-        }
-        positions
-    }
-}
-
 impl CausalLm {
-    /// Builds the network from any weight source, checking every shape against the config.
-    pub fn load(src: &dyn WeightSource, cfg: &ModelConfig, device: &Device) -> Result<Self> {
-        Self::load_with(src, cfg, device, Arithmetic::Exact)
-    }
-
-    /// [`Self::load`], keeping the source's integer codes of every projection and the head
-    /// for `quantized` arithmetic (on the plain CPU device; elsewhere it runs exact). Errors
-    /// if the source has codes for none of them.
-    pub fn load_with(
-        src: &dyn WeightSource,
-        cfg: &ModelConfig,
-        device: &Device,
-        arithmetic: Arithmetic,
-    ) -> Result<Self> {
-        crate::load::network(src, cfg, device, arithmetic)
-    }
-
     pub fn device(&self) -> Device {
         self.norm.weight.val().device()
     }
@@ -269,8 +134,8 @@ impl CausalLm {
             return Some(q.rows(&ids));
         }
         let h = self.config.hidden_size;
-        let table = crate::cpu::flex_f32(&self.embed_tokens.val())?;
-        let table = crate::cpu::contiguous(&table, self.config.vocab_size * h);
+        let table = crate::flex::flex_f32(&self.embed_tokens.val())?;
+        let table = crate::flex::contiguous(&table, self.config.vocab_size * h);
         Some(
             ids.iter()
                 .flat_map(|&i| table[i * h..][..h].iter().copied())
@@ -341,19 +206,10 @@ impl CausalLm {
         (c, s)
     }
 
-    /// Forward over a left-padded batch, optionally extending a KV cache.
-    pub fn forward(
-        &self,
-        batch: &TokenBatch,
-        cache: Option<&mut KvCache>,
-        opts: ForwardOptions,
-    ) -> ForwardOutput {
-        let mut out = None;
-        rayon::scope(|_| out = Some(self.forward_in_pool(batch, cache, opts)));
-        out.expect("the scope ran the forward")
-    }
-
-    fn forward_in_pool(
+    /// The forward in burn's ops (any device; host attention on the plain CPU when no cache
+    /// is filled), extending `cache` when given: its keys and values must be tensors
+    /// ([`KvCache::move_to_device`]). Entered through [`CausalLm::forward`].
+    pub(crate) fn forward_burn(
         &self,
         batch: &TokenBatch,
         cache: Option<&mut KvCache>,
@@ -370,13 +226,7 @@ impl CausalLm {
         let keep_cache = cache.is_some();
         let mut local_cache = KvCache::default();
         let cache = match cache {
-            Some(c) => {
-                if let Some(out) = crate::decode::step(self, batch, c, opts) {
-                    return out;
-                }
-                c.move_to_device(&dev);
-                c
-            }
+            Some(c) => c,
             None => &mut local_cache,
         };
         if cache.layers.is_empty() {
@@ -688,17 +538,15 @@ fn project_shared<const N: usize>(
     fast: bool,
 ) -> [Tensor<3>; N] {
     let shared = if fast {
-        crate::cpu::project_quant(x, &lins)
-            .or_else(|| crate::cpu::project_packed(x, &lins))
-            .or_else(|| {
-                let ws: Vec<(Tensor<2>, Option<Tensor<1>>)> = lins
-                    .iter()
-                    .map(|l| (l.weight.val(), l.bias.as_ref().map(|b| b.val())))
-                    .collect();
-                let refs: Vec<(&Tensor<2>, Option<&Tensor<1>>)> =
-                    ws.iter().map(|(w, b)| (w, b.as_ref())).collect();
-                crate::cpu::linear_many(x, &refs)
-            })
+        crate::lora::frozen_many(x, &lins).or_else(|| {
+            let ws: Vec<(Tensor<2>, Option<Tensor<1>>)> = lins
+                .iter()
+                .map(|l| (l.weight.val(), l.bias.as_ref().map(|b| b.val())))
+                .collect();
+            let refs: Vec<(&Tensor<2>, Option<&Tensor<1>>)> =
+                ws.iter().map(|(w, b)| (w, b.as_ref())).collect();
+            crate::cpu::linear_many(x, &refs)
+        })
     } else {
         None
     };

@@ -1,6 +1,9 @@
 //! Where tensors come from: a GGUF file or an HF safetensors folder, both seen through
 //! HF tensor names and PyTorch shapes so the model code has one vocabulary.
 
+// Unsafe: read-only memory maps of the safetensors files.
+#![allow(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -5,7 +5,7 @@ use anyhow::Result;
 use mosr_artifacts::RunDir;
 use polars::prelude::{BooleanChunked, DataFrame};
 
-use crate::sections::{f64s, strs};
+use crate::columns::{f64s, strs};
 use crate::{ReportSection, Writer, read_df};
 
 /// Keep the rows of `df` for which `keep(row)` holds.

@@ -8,6 +8,7 @@
 //! listed as missing in the README.
 
 pub mod claims;
+pub mod columns;
 pub mod frontier;
 pub mod markdown;
 pub mod models;

@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use mosr_artifacts::{RunDir, StageManifest};
 use polars::df;
 
-use crate::sections::{Metric, eval_metrics, f64s};
+use crate::columns::f64s;
+use crate::sections::{Metric, eval_metrics};
 use crate::{Writer, read_df};
 
 /// Direct ASR at or below this marks a model that refuses most harmful requests, the study's

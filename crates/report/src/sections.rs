@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context, Result, bail};
 use mosr_artifacts::RunDir;
 use polars::df;
-use polars::prelude::{AnyValue, BooleanChunked, Column, DataFrame, DataType};
+use polars::prelude::{BooleanChunked, Column, DataFrame};
 
+use crate::columns::{f64s, strs};
 use crate::{ReportSection, Writer, read_df};
 use mosr_artifacts::svg::{LinePlot, Series};
 
@@ -77,39 +78,6 @@ pub fn all() -> Vec<Section> {
             build: training,
         },
     ]
-}
-
-/// Column `name` of `df` as strings (any string encoding), naming the column on error.
-pub fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>> {
-    let c = df
-        .column(name)
-        .with_context(|| format!("column `{name}` missing"))?;
-    let c = c.cast(&DataType::String)?;
-    (0..c.len())
-        .map(|i| {
-            Ok(match c.get(i)? {
-                AnyValue::String(v) => v.to_string(),
-                AnyValue::StringOwned(v) => v.to_string(),
-                _ => String::new(),
-            })
-        })
-        .collect()
-}
-
-/// Column `name` as f64 (nulls as NaN).
-pub fn f64s(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
-    let c = df
-        .column(name)
-        .with_context(|| format!("column `{name}` missing"))?;
-    let c = c.cast(&DataType::Float64)?;
-    (0..c.len())
-        .map(|i| {
-            Ok(match c.get(i)? {
-                AnyValue::Float64(v) => v,
-                _ => f64::NAN,
-            })
-        })
-        .collect()
 }
 
 /// One row of the eval stage's `metrics.parquet`.

@@ -645,14 +645,14 @@ fn adapter_of_another_base_model_is_refused() {
     assert_ne!(ours, other);
     let e = format!(
         "{:#}",
-        mosr_eval::stage::check_adapter(&d, &ours).unwrap_err()
+        mosr_eval::generation::check_adapter(&d, &ours).unwrap_err()
     );
     assert!(
         e.contains("adapter_config.json") && e.contains("trained on base model"),
         "{e}"
     );
     // The same adapter checked against the base it names is fine.
-    assert!(mosr_eval::stage::check_adapter(&d, &other).is_ok());
+    assert!(mosr_eval::generation::check_adapter(&d, &other).is_ok());
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -4,6 +4,7 @@ mod analysis;
 mod claims;
 mod eval;
 mod kernels;
+mod layering;
 mod lm_errors;
 mod lm_lora;
 mod lm_reference;

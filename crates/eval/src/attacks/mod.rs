@@ -4,19 +4,15 @@
 //!
 //! One file per attack. Adding one means a file with a type implementing [`Attack`], its
 //! config struct as a field of [`crate::config::EvalSection`] (if it has options), and one arm
-//! in [`build`].
+//! in [`crate::config::EvalSection::attack`].
 
 pub mod direct;
 pub mod prefill;
 pub mod template;
 pub mod tense;
 
-use std::path::Path;
-
-use anyhow::{Result, bail};
+use anyhow::Result;
 use mosr_artifacts::PromptRow;
-
-use crate::config::EvalSection;
 
 /// One prompt as the attack sends it.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +54,7 @@ pub trait Attack {
     fn prompts(&self, input: &AttackInput) -> Result<Vec<AttackPrompt>>;
 }
 
-/// Names [`build`] knows.
+/// Names [`crate::config::EvalSection::attack`] knows.
 pub const KNOWN: [&str; 5] = [
     "direct",
     "prefill",
@@ -66,18 +62,6 @@ pub const KNOWN: [&str; 5] = [
     "future_tense",
     "template",
 ];
-
-/// The attack called `name`, configured from the `[eval]` section.
-pub fn build(name: &str, cfg: &EvalSection, repo_root: &Path) -> Result<Box<dyn Attack>> {
-    Ok(match name {
-        "direct" => Box::new(direct::Direct),
-        "prefill" => Box::new(prefill::Prefill::new(&cfg.prefill)?),
-        "past_tense" => Box::new(tense::Tense::past(&cfg.tense)),
-        "future_tense" => Box::new(tense::Tense::future(&cfg.tense)),
-        "template" => Box::new(template::Template::load(&cfg.template, repo_root)?),
-        other => bail!("unknown attack `{other}`; known: {}", KNOWN.join(", ")),
-    })
-}
 
 /// A prompt row sent as it is.
 pub fn plain(p: &PromptRow) -> AttackPrompt {

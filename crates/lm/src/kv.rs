@@ -1,0 +1,186 @@
+//! The KV cache: keys and values of earlier positions, as burn tensors for the burn path or
+//! on the host for decode steps (`crate::decode`), one representation at a time.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::batch::TokenBatch;
+
+/// Keys and values of earlier positions, per layer, `[batch, kv_heads, t, head_dim]`.
+///
+/// Decode steps on the CPU device keep them on the host instead (`crate::decode`), where a
+/// step appends in place; `layers` then holds `None` until a forward of the burn path moves
+/// them back. Use [`KvCache::select_rows`] rather than editing `layers` directly.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Key validity (false for padding) over all cached positions, row-major `[batch, t]`.
+    pub key_mask: Vec<Vec<bool>>,
+    /// Real tokens seen so far per row (next position id).
+    pub next_pos: Vec<usize>,
+    /// The keys and values while decode steps hold them on the host.
+    pub(crate) host: Option<HostKv>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.key_mask.first().map(|m| m.len()).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps the given rows, in that order (repeats allowed): one cached context per
+    /// continuation that follows it.
+    pub fn select_rows(&mut self, rows: &[usize]) {
+        if let Some(host) = &mut self.host {
+            host.select_rows(rows);
+        } else if let Some(dev) = self.layers.iter().flatten().map(|(k, _)| k.device()).next() {
+            let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &dev);
+            for layer in self.layers.iter_mut() {
+                if let Some((k, v)) = layer.take() {
+                    *layer = Some((k.select(0, idx.clone()), v.select(0, idx.clone())));
+                }
+            }
+        }
+        self.key_mask = rows.iter().map(|&r| self.key_mask[r].clone()).collect();
+        self.next_pos = rows.iter().map(|&r| self.next_pos[r]).collect();
+    }
+
+    /// Moves host-held keys and values back into `layers` for the burn path.
+    pub(crate) fn move_to_device(&mut self, device: &Device) {
+        if let Some(host) = self.host.take() {
+            self.layers = host.to_tensors(device);
+        }
+    }
+
+    /// Records a batch's key validity and returns its position ids (padding gets 0).
+    pub(crate) fn advance(&mut self, batch: &TokenBatch) -> Vec<usize> {
+        let (b, t) = (batch.batch, batch.seq);
+        if self.key_mask.is_empty() {
+            self.key_mask = vec![Vec::new(); b];
+            self.next_pos = vec![0; b];
+        }
+        let mut positions = Vec::with_capacity(b * t);
+        for row in 0..b {
+            let mut n = self.next_pos[row];
+            for col in 0..t {
+                let real = batch.mask[row * t + col];
+                positions.push(if real { n } else { 0 });
+                if real {
+                    n += 1;
+                }
+                self.key_mask[row].push(real);
+            }
+            self.next_pos[row] = n;
+        }
+        positions
+    }
+}
+
+/// Keys and values held on the host, `[rows, kv_heads, capacity, head_dim]` per layer, with
+/// room for `capacity - len` more positions: a step writes its key and value in place.
+#[derive(Debug, Clone)]
+pub(crate) struct HostKv {
+    rows: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    pub(crate) capacity: usize,
+    pub(crate) len: usize,
+    pub(crate) layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Positions of room added when the cache moves to the host or fills up (at least doubling).
+const GROWTH: usize = 64;
+
+impl HostKv {
+    pub(crate) fn empty(rows: usize, kv_heads: usize, head_dim: usize, n_layers: usize) -> Self {
+        Self {
+            rows,
+            kv_heads,
+            head_dim,
+            capacity: 0,
+            len: 0,
+            layers: vec![(Vec::new(), Vec::new()); n_layers],
+        }
+    }
+
+    /// Room for `extra` more positions, moving each row's keys to the wider stride.
+    pub(crate) fn reserve(&mut self, extra: usize) {
+        if self.len + extra <= self.capacity {
+            return;
+        }
+        let cap = (self.len + extra)
+            .max(2 * self.capacity)
+            .max(self.len + GROWTH);
+        let (old, d, len) = (self.capacity, self.head_dim, self.len);
+        let heads = self.rows * self.kv_heads;
+        for (k, v) in &mut self.layers {
+            for buf in [k, v] {
+                let mut wide = vec![0f32; heads * cap * d];
+                for hd in 0..heads {
+                    wide[hd * cap * d..][..len * d]
+                        .copy_from_slice(&buf[hd * old * d..][..len * d]);
+                }
+                *buf = wide;
+            }
+        }
+        self.capacity = cap;
+    }
+
+    /// The burn cache's tensors (`[rows, kv_heads, t, head_dim]` per layer), copied in.
+    pub(crate) fn from_tensors(cache: &KvCache, kv_heads: usize, head_dim: usize) -> Option<Self> {
+        let rows = cache.key_mask.len();
+        let len = cache.len();
+        let mut host = Self::empty(rows, kv_heads, head_dim, cache.layers.len());
+        host.capacity = len;
+        host.len = len;
+        for (slot, layer) in host.layers.iter_mut().zip(&cache.layers) {
+            let (k, v) = layer.as_ref()?;
+            if k.dims() != [rows, kv_heads, len, head_dim] || v.dims() != k.dims() {
+                return None;
+            }
+            let k = k.clone().into_data().try_into_vec::<f32>().ok()?;
+            let v = v.clone().into_data().try_into_vec::<f32>().ok()?;
+            *slot = (k, v);
+        }
+        Some(host)
+    }
+
+    /// Back to burn tensors, for a forward the host path does not take.
+    pub(crate) fn to_tensors(&self, device: &Device) -> Vec<Option<(Tensor<4>, Tensor<4>)>> {
+        let (heads, d, len, cap) = (
+            self.rows * self.kv_heads,
+            self.head_dim,
+            self.len,
+            self.capacity,
+        );
+        let dims = [self.rows, self.kv_heads, len, d];
+        let pack = |buf: &[f32]| {
+            let mut out = Vec::with_capacity(heads * len * d);
+            for h in 0..heads {
+                out.extend_from_slice(&buf[h * cap * d..][..len * d]);
+            }
+            Tensor::<4>::from_data(TensorData::new(out, dims), device)
+        };
+        self.layers
+            .iter()
+            .map(|(k, v)| Some((pack(k), pack(v))))
+            .collect()
+    }
+
+    /// Keeps the given rows (in that order, repeats allowed).
+    pub(crate) fn select_rows(&mut self, rows: &[usize]) {
+        let per_row = self.kv_heads * self.capacity * self.head_dim;
+        for (k, v) in &mut self.layers {
+            for buf in [k, v] {
+                let mut out = Vec::with_capacity(rows.len() * per_row);
+                for &r in rows {
+                    out.extend_from_slice(&buf[r * per_row..][..per_row]);
+                }
+                *buf = out;
+            }
+        }
+        self.rows = rows.len();
+    }
+}
