@@ -1,11 +1,13 @@
 //! The end-to-end half of `cargo xtask test`: the `smoke` pipeline run for real, as a user
-//! would, then checked three ways.
+//! would, then checked four ways.
 //!
 //! 1. Run A, uninterrupted: every table of the report exists and holds sane numbers (rates in
 //!    [0, 1], every variant present, finite losses, intervals around their values).
 //! 2. Run A again with no change: it finishes in seconds and changes no file.
 //! 3. Run B in a child process, killed once the fine-tune has written its first checkpoint
 //!    (mid-stage), then rerun: every artifact equals run A's, except wall-clock columns.
+//! 4. Run H on an HF folder converted from the same GGUF: end to end, adapters accepted by
+//!    eval, the report tables checked as in 1.
 //!
 //! It lives here rather than in the integration-test crate because it needs a process to
 //! kill and the pipeline runner, which is xtask's.
@@ -88,6 +90,8 @@ pub fn smoke(repo: &Path) -> Result<()> {
     );
     let compared = same_artifacts(&a.join("runs"), &b.join("runs"))?;
     println!("e2e: run B (killed, resumed) equals run A in all {compared} artifacts");
+
+    hf_folder_run(repo, &root.join("hf"))?;
 
     std::fs::remove_dir_all(&root).ok();
     Ok(())
@@ -240,6 +244,28 @@ fn options(dir: &Path) -> reproduce::Options<'static> {
     }
 }
 
+/// The smoke pipeline on an HF folder (`mosr-lm convert` of the smoke model's GGUF) end to
+/// end: every stage identifies the folder the same way, so eval accepts the adapters the
+/// finetune stage trained on it, and the report's tables pass the same checks.
+fn hf_folder_run(repo: &Path, dir: &Path) -> Result<()> {
+    let file = mosr_artifacts::PipelineFile::load(&reproduce::pipeline_path(repo, PIPELINE))?;
+    let gguf = mosr_lm::fetch::fetch(&file.run.model)?;
+    let model = dir.join("model");
+    mosr_lm::convert::gguf_to_hf(&gguf, &model)?;
+    let t = Instant::now();
+    let opts = reproduce::Options {
+        model: Some(model.display().to_string()),
+        ..options(dir)
+    };
+    reproduce::run(repo, &opts)?;
+    check_tables(&dir.join("results").join(PIPELINE), repo, PIPELINE)?;
+    println!(
+        "e2e: smoke on an HF folder finished in {:.1} s; its report tables pass their checks",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn log(dir: &Path) -> PathBuf {
     dir.join("reproduce.log")
 }
@@ -347,7 +373,7 @@ fn files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Run folders `a` and `b` hold the same files with the same content. Parquet tables are
 /// compared as frames and JSON files as values, both without wall-clock fields; manifests
 /// also without the hashes of the files that hold such fields; everything else byte for byte.
-fn same_artifacts(a: &Path, b: &Path) -> Result<usize> {
+pub fn same_artifacts(a: &Path, b: &Path) -> Result<usize> {
     let (fa, fb) = (files(a)?, files(b)?);
     let rel = |root: &Path, v: &[PathBuf]| -> Vec<String> {
         v.iter()
@@ -356,10 +382,10 @@ fn same_artifacts(a: &Path, b: &Path) -> Result<usize> {
     };
     let (ra, rb) = (rel(a, &fa), rel(b, &fb));
     for r in &ra {
-        ensure!(rb.contains(r), "{r}: in the uninterrupted run only");
+        ensure!(rb.contains(r), "{r}: in {} only", a.display());
     }
     for r in &rb {
-        ensure!(ra.contains(r), "{r}: in the killed-and-resumed run only");
+        ensure!(ra.contains(r), "{r}: in {} only", b.display());
     }
     // Files whose bytes may differ because they record time; their manifest hashes too.
     let mut timed: Vec<String> = Vec::new();

@@ -111,6 +111,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Whether two run folders hold the same artifacts: the same files, equal bytes or, for
+    /// Parquet and JSON that record time, equal apart from wall-clock columns; manifests equal
+    /// in key, config, inputs, outputs, row counts and seed. Checks that a change of code kept
+    /// every artifact (`--runs-dir` of two `reproduce` runs).
+    Same {
+        a: std::path::PathBuf,
+        b: std::path::PathBuf,
+    },
     /// Fetch pinned external inputs into the cache ($MOSR_CACHE, default <repo>/.cache/mosr).
     Fetch {
         #[command(subcommand)]
@@ -218,36 +226,14 @@ fn main() -> Result<()> {
             smoke_only,
             wgpu,
             args,
-        } => {
-            let smol = mosr_lm::fetch::fetch("smollm2-135m-instruct")?;
-            let qwen = mosr_lm::fetch::fetch("qwen2.5-coder-0.5b-instruct")?;
-            let repo = mosr_data::paths::repo_root();
-            mosr_data::fetch_default(&repo, false, false)?;
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            if wgpu {
-                let env = [("MOSR_SMOLLM2_GGUF", smol), ("MOSR_QWEN05_GGUF", qwen)];
-                return e2e::wgpu(&repo, &cargo, &env, !no_smoke);
-            }
-            let status = if smoke_only {
-                std::process::ExitStatus::default()
-            } else {
-                std::process::Command::new(cargo)
-                    .env("MOSR_SMOLLM2_GGUF", &smol)
-                    .env("MOSR_QWEN05_GGUF", &qwen)
-                    .args(["test", "--workspace"])
-                    .args(&args)
-                    // One test at a time: dropout masks (`mosr_lm::lora::seed_dropout`) and
-                    // adapter initialisation (burn's RNG) draw from process-wide streams, so a
-                    // concurrent training would break the bit-identical resume test.
-                    .args(["--", "--test-threads=1"])
-                    .status()?
-            };
-            if !status.success() {
-                bail!("cargo test failed ({status})");
-            }
-            if !no_smoke {
-                e2e::smoke(&repo)?;
-            }
+        } => test(no_smoke, smoke_only, wgpu, &args)?,
+        Cmd::Same { a, b } => {
+            let n = e2e::same_artifacts(&a, &b)?;
+            println!(
+                "{} and {}: the same in all {n} artifacts",
+                a.display(),
+                b.display()
+            );
         }
         Cmd::Fetch { what } => match what {
             FetchWhat::Datasets {
@@ -275,6 +261,39 @@ fn main() -> Result<()> {
                 }
             }
         },
+    }
+    Ok(())
+}
+
+/// `cargo xtask test`: the models and datasets the tests use, then `cargo test`, the smoke
+/// pipeline end to end, or the wgpu checks.
+fn test(no_smoke: bool, smoke_only: bool, wgpu: bool, args: &[String]) -> Result<()> {
+    let smol = mosr_lm::fetch::fetch("smollm2-135m-instruct")?;
+    let qwen = mosr_lm::fetch::fetch("qwen2.5-coder-0.5b-instruct")?;
+    let repo = mosr_data::paths::repo_root();
+    mosr_data::fetch_default(&repo, false, false)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if wgpu {
+        let env = [("MOSR_SMOLLM2_GGUF", smol), ("MOSR_QWEN05_GGUF", qwen)];
+        return e2e::wgpu(&repo, &cargo, &env, !no_smoke);
+    }
+    if !smoke_only {
+        let status = std::process::Command::new(cargo)
+            .env("MOSR_SMOLLM2_GGUF", &smol)
+            .env("MOSR_QWEN05_GGUF", &qwen)
+            .args(["test", "--workspace"])
+            .args(args)
+            // One test at a time: dropout masks (`mosr_lm::lora::seed_dropout`) and adapter
+            // initialisation (burn's RNG) draw from process-wide streams, so a concurrent
+            // training would break the bit-identical resume test.
+            .args(["--", "--test-threads=1"])
+            .status()?;
+        if !status.success() {
+            bail!("cargo test failed ({status})");
+        }
+    }
+    if !no_smoke {
+        e2e::smoke(&repo)?;
     }
     Ok(())
 }

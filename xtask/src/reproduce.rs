@@ -8,81 +8,37 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use mosr_artifacts::PipelineFile;
 
-/// One stage: its name (= pipeline section and run-folder name) and how to run it.
+/// One stage of the list: its name (= pipeline section and run-folder name), its checks and
+/// its run, all from its [`mosr_stage::Stage`] implementation.
 struct Stage {
     name: &'static str,
-    run: fn(&PipelineFile, &Path, bool) -> Result<std::path::PathBuf>,
-    /// Parses the stage's section, so a typo in `[eval]` fails before hours of extraction.
+    run: fn(&mosr_stage::Ctx, bool) -> Result<std::path::PathBuf>,
+    /// Parses and validates the stage's section, so a bad `[eval]` value fails before hours of
+    /// extraction.
     check: fn(&PipelineFile) -> Result<()>,
 }
 
-fn parses<T: serde::de::DeserializeOwned + Default>(f: &PipelineFile, section: &str) -> Result<()> {
-    f.section::<T>(section)?;
-    Ok(())
+fn stage<S: mosr_stage::Stage>() -> Stage {
+    Stage {
+        name: S::NAME,
+        run: S::execute,
+        check: |f| mosr_stage::section::<S>(f).map(|_| ()),
+    }
 }
 
-/// Parses a section and runs its value validation, naming the file and section on error.
-fn validates<T: serde::de::DeserializeOwned + Default>(
-    f: &PipelineFile,
-    section: &str,
-    validate: fn(&T) -> Result<()>,
-) -> Result<()> {
-    let s: T = f.section(section)?;
-    validate(&s).map_err(|e| anyhow::anyhow!("{}: [{section}]: {e:#}", f.path.display()))
-}
-
+/// The pipeline, in order: adding a stage is one line here.
 fn stages() -> Vec<Stage> {
     vec![
-        Stage {
-            name: "data",
-            run: |f, r, force| mosr_data::stage::run_pipeline_stage(f, r, force),
-            check: |f| parses::<mosr_data::stage::DataSection>(f, "data"),
-        },
-        Stage {
-            name: "extract",
-            run: |f, r, force| mosr_extract::run_pipeline_stage(f, r, force),
-            check: |f| validates(f, "extract", mosr_extract::ExtractSection::validate),
-        },
-        Stage {
-            name: "probe",
-            run: |f, r, force| mosr_probe::run_pipeline_stage(f, r, force),
-            check: |f| parses::<mosr_probe::ProbeSection>(f, "probe"),
-        },
-        Stage {
-            name: "logit_lens",
-            run: |f, r, force| mosr_logit_lens::run_pipeline_stage(f, r, force),
-            check: |f| parses::<mosr_logit_lens::LogitLensSection>(f, "logit_lens"),
-        },
-        Stage {
-            name: "augment",
-            run: |f, r, force| mosr_augment::run_pipeline_stage(f, r, force),
-            check: |f| validates(f, "augment", mosr_augment::AugmentConfig::validate),
-        },
-        Stage {
-            name: "weights",
-            run: |f, r, force| mosr_weights::run_pipeline_stage(f, r, force),
-            check: |f| validates(f, "weights", mosr_weights::WeightsConfig::validate),
-        },
-        Stage {
-            name: "finetune",
-            run: |f, r, force| mosr_finetune::run_pipeline_stage(f, r, force),
-            check: |f| validates(f, "finetune", mosr_finetune::FinetuneConfig::validate),
-        },
-        Stage {
-            name: "eval",
-            run: |f, r, force| mosr_eval::stage::run_pipeline_stage(f, r, force),
-            check: |f| parses::<mosr_eval::EvalSection>(f, "eval"),
-        },
-        Stage {
-            name: "claims",
-            run: |f, r, force| mosr_claims::run_pipeline_stage(f, r, force),
-            check: |f| validates(f, "claims", mosr_claims::ClaimsSection::validate),
-        },
-        Stage {
-            name: "report",
-            run: |f, r, force| mosr_report::run_pipeline_stage(f, r, force),
-            check: |f| parses::<mosr_report::ReportSection>(f, "report"),
-        },
+        stage::<mosr_data::stage::Data>(),
+        stage::<mosr_extract::Extract>(),
+        stage::<mosr_probe::Probe>(),
+        stage::<mosr_logit_lens::LogitLens>(),
+        stage::<mosr_augment::Augment>(),
+        stage::<mosr_weights::Weights>(),
+        stage::<mosr_finetune::Finetune>(),
+        stage::<mosr_eval::Eval>(),
+        stage::<mosr_claims::Claims>(),
+        stage::<mosr_report::Report>(),
     ]
 }
 
@@ -192,6 +148,8 @@ pub fn run(repo: &Path, opts: &Options) -> Result<mosr_artifacts::RunDir> {
     // One run per run folder at a time, held until every stage is done.
     let _lock = file.run_dir(repo).lock()?;
     let started = Instant::now();
+    // One context for every stage: the model's identity is resolved once.
+    let ctx = mosr_stage::Ctx::new(&file, repo);
     let mut reached = from.is_none();
     for (i, s) in all.iter().enumerate() {
         reached |= Some(s.name) == from;
@@ -202,8 +160,7 @@ pub fn run(repo: &Path, opts: &Options) -> Result<mosr_artifacts::RunDir> {
         let t0 = Instant::now();
         tracing::info!(stage = s.name, "stage {}/{}", i + 1, all.len());
         let out = (s.run)(
-            &file,
-            repo,
+            &ctx,
             force && (only.is_some() || Some(s.name) == from || from.is_none()),
         )?;
         tracing::info!(stage = s.name, secs = t0.elapsed().as_secs_f64(), out = %out.display(), "stage done");

@@ -20,10 +20,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use mosr_artifacts::StageWork;
 use mosr_artifacts::training::{TrainingExample, write_training_examples};
-use mosr_artifacts::{PipelineFile, PromptRow, Role, Size, Split, StageManifest, read_prompts};
+use mosr_artifacts::{PromptRow, Role, Size, Split, StageManifest, read_prompts};
 use mosr_lm::generate::{GenerateConfig, generate};
 use mosr_lm::{LanguageModel, Message};
+use mosr_stage::{Ctx, Planned};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -621,54 +623,63 @@ pub fn run(
     })
 }
 
-/// Runs the augment stage into `runs/<pipeline>/augment/` unless it is up to date. Inputs:
-/// `data/prompts.parquet` and the `[run]` model; the key covers the `[augment]` section, the
-/// data stage key, the model file's sha256 and the seed.
-pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
-    let cfg: AugmentConfig = file.section("augment")?;
-    cfg.validate()
-        .with_context(|| format!("{}: [augment]", file.path.display()))?;
-    let run_dir = file.run_dir(repo_root);
-    let data = run_dir.manifest("data")?;
-    let mosr_lm::ModelIdentity {
-        path: model_path,
-        sha256: model_sha,
-    } = mosr_lm::identify(&file.run.model)?;
-    let mut inputs = BTreeMap::new();
-    inputs.insert("data".to_string(), data.key.clone());
-    inputs.insert("model".to_string(), model_sha);
-    inputs.insert("seed".to_string(), file.run.seed.to_string());
-    if let Some(a) = cfg.arithmetic.key() {
-        inputs.insert("arithmetic".to_string(), a);
+/// The augment stage. Inputs: `data/prompts.parquet` and the `[run]` model; the key covers the
+/// `[augment]` section, the data stage key, the model file's sha256 and the seed.
+pub struct Augment;
+
+impl mosr_stage::Stage for Augment {
+    const NAME: &'static str = "augment";
+    type Section = AugmentConfig;
+    type Plan = AugmentConfig;
+
+    fn validate(section: &AugmentConfig) -> Result<()> {
+        section.validate()
     }
-    let key = mosr_artifacts::stage_key(&serde_json::to_value(&cfg)?, &inputs);
-    if !force && run_dir.is_up_to_date("augment", &key) {
-        info!(stage = "augment", "up to date");
-        return Ok(run_dir.stage_dir("augment"));
-    }
-    let started = Instant::now();
-    let prompts_path = run_dir.stage_dir("data").join("prompts.parquet");
-    let prompts = read_prompts(&prompts_path)?;
-    let device = mosr_lm::device_from_name(&file.run.device)?;
-    let lm = LanguageModel::open_with(&model_path, &device, cfg.arithmetic)?;
-    let work = run_dir.begin("augment", &key)?;
-    let out = run(&cfg, &lm, &prompts, file.run.seed, work.dir())?;
-    let mut manifest = StageManifest::new("augment", serde_json::to_value(&cfg)?);
-    manifest.inputs = inputs;
-    manifest.inputs.insert(
-        "data/prompts.parquet".into(),
-        mosr_artifacts::sha256_file(&prompts_path)?,
-    );
-    manifest.outputs.insert(
-        "training_examples.parquet".into(),
-        mosr_artifacts::sha256_file(&out.examples)?,
-    );
-    manifest.seed = Some(file.run.seed);
-    if let serde_json::Value::Object(m) = serde_json::to_value(&out.counts)? {
-        for (k, v) in m {
-            manifest.row_counts.insert(k, v.as_u64().unwrap_or(0));
+
+    fn plan(ctx: &Ctx, cfg: AugmentConfig) -> Result<Planned<AugmentConfig>> {
+        let mut inputs = BTreeMap::new();
+        inputs.insert("data".to_string(), ctx.upstream("data")?.key);
+        inputs.insert("model".to_string(), ctx.model()?.sha256.clone());
+        inputs.insert("seed".to_string(), ctx.seed().to_string());
+        if let Some(a) = cfg.arithmetic.key() {
+            inputs.insert("arithmetic".to_string(), a);
         }
+        let config = serde_json::to_value(&cfg)?;
+        Ok(Planned {
+            config,
+            inputs,
+            plan: cfg,
+        })
     }
-    manifest.wall_time_s = started.elapsed().as_secs_f64();
-    Ok(work.commit(manifest)?)
+
+    fn compute(
+        ctx: &Ctx,
+        planned: Planned<AugmentConfig>,
+        work: &StageWork,
+    ) -> Result<StageManifest> {
+        let started = Instant::now();
+        let cfg = &planned.plan;
+        let prompts_path = ctx.upstream_file("data", "prompts.parquet");
+        let prompts = read_prompts(&prompts_path)?;
+        let device = mosr_lm::device_from_name(&ctx.file.run.device)?;
+        let lm = LanguageModel::open_with(&ctx.model()?.path, &device, cfg.arithmetic)?;
+        let out = run(cfg, &lm, &prompts, ctx.seed(), work.dir())?;
+        let mut manifest = planned.manifest(Self::NAME);
+        manifest.inputs.insert(
+            "data/prompts.parquet".into(),
+            mosr_artifacts::sha256_file(&prompts_path)?,
+        );
+        manifest.outputs.insert(
+            "training_examples.parquet".into(),
+            mosr_artifacts::sha256_file(&out.examples)?,
+        );
+        manifest.seed = Some(ctx.seed());
+        if let serde_json::Value::Object(m) = serde_json::to_value(&out.counts)? {
+            for (k, v) in m {
+                manifest.row_counts.insert(k, v.as_u64().unwrap_or(0));
+            }
+        }
+        manifest.wall_time_s = started.elapsed().as_secs_f64();
+        Ok(manifest)
+    }
 }

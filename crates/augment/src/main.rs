@@ -1,41 +1,7 @@
-//! `mosr-augment --pipeline FILE`: the augment stage alone.
+//! `mosr-augment --pipeline FILE [--set KEY=VALUE]... [--force]`: the augment stage alone.
 
-use std::path::PathBuf;
-
-use anyhow::Result;
-use clap::Parser;
-
-#[derive(Parser)]
-#[command(
-    name = "mosr-augment",
-    about = "Training sets: harmful completions, retain answers, context-aware augmentation (reads data/prompts.parquet)"
-)]
-struct Cli {
-    /// Pipeline TOML file (`[run]` and `[augment]` sections).
-    #[arg(long)]
-    pipeline: PathBuf,
-    /// Repository root; relative run folders are taken from here.
-    #[arg(long, default_value = ".")]
-    repo: PathBuf,
-    /// Recompute even when the stage is up to date.
-    #[arg(long)]
-    force: bool,
-}
-
-fn main() -> Result<()> {
-    mosr_lm::memory::keep_freed_memory();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    let file = mosr_artifacts::PipelineFile::load(&cli.pipeline)?;
-    // A stage run alone holds the run folder like `reproduce` does.
-    let _lock = file.run_dir(&cli.repo).lock()?;
-    let out = mosr_augment::run_pipeline_stage(&file, &cli.repo, cli.force)?;
-    println!("{}", out.display());
-    Ok(())
+fn main() -> anyhow::Result<()> {
+    mosr_stage::cli::main::<mosr_augment::Augment>(
+        "Training sets: harmful completions, retain answers, context-aware augmentation (reads data/prompts.parquet)",
+    )
 }

@@ -24,5 +24,5 @@ pub mod verdict;
 
 pub use claims::{ClaimRow, ClaimTest, assemble};
 pub use config::ClaimsSection;
-pub use stage::{run, run_pipeline_stage};
+pub use stage::{Claims, run};
 pub use verdict::{Evidence, Kind, Verdict, combine, test_verdict};

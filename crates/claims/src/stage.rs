@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use mosr_artifacts::StageWork;
 use mosr_artifacts::claims::{
     BOUNDARY_TESTS, CLAIM_TESTS, CLAIMS, Column, DISCRIMINATION, FRONTIER_TESTS, PAIRED_TESTS,
     write_columns,
 };
 use mosr_artifacts::eval::{read_frontier_generations, read_generations};
-use mosr_artifacts::{PipelineFile, StageManifest, sha256_file};
+use mosr_artifacts::{StageManifest, sha256_file};
+use mosr_stage::{Ctx, Planned};
 use tracing::info;
 
 use crate::boundary::{self, BoundaryTest};
@@ -255,71 +257,84 @@ fn write_claims(path: &Path, r: &[ClaimRow]) -> Result<()> {
     Ok(write_columns(path, &CLAIMS, cols)?)
 }
 
-/// Runs the claims stage into `runs/<pipeline>/claims/` unless it is up to date. Inputs:
-/// `eval/generations.parquet` and `probe/probe_scores.parquet`; the key covers the
-/// `[claims]` section, both upstream keys and the run's seed (it seeds the bootstrap).
-pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
-    let cfg: ClaimsSection = file.section("claims")?;
-    cfg.validate()
-        .with_context(|| format!("{}: [claims]", file.path.display()))?;
-    let run_dir = file.run_dir(repo_root);
-    let mut inputs = BTreeMap::new();
-    for stage in ["eval", "probe"] {
-        inputs.insert(stage.to_string(), run_dir.manifest(stage)?.key);
+/// The claims stage. Inputs: `eval/generations.parquet` and `probe/probe_scores.parquet`; the
+/// key covers the `[claims]` section, both upstream keys and the run's seed (it seeds the
+/// bootstrap).
+pub struct Claims;
+
+impl mosr_stage::Stage for Claims {
+    const NAME: &'static str = "claims";
+    type Section = ClaimsSection;
+    type Plan = ClaimsSection;
+
+    fn validate(section: &ClaimsSection) -> Result<()> {
+        section.validate()
     }
-    inputs.insert("seed".to_string(), file.run.seed.to_string());
-    let key = mosr_artifacts::stage_key(&serde_json::to_value(&cfg)?, &inputs);
-    if !force && run_dir.is_up_to_date("claims", &key) {
-        info!(stage = "claims", "up to date");
-        return Ok(run_dir.stage_dir("claims"));
+
+    fn plan(ctx: &Ctx, cfg: ClaimsSection) -> Result<Planned<ClaimsSection>> {
+        let mut inputs = BTreeMap::new();
+        for stage in ["eval", "probe"] {
+            inputs.insert(stage.to_string(), ctx.upstream(stage)?.key);
+        }
+        inputs.insert("seed".to_string(), ctx.seed().to_string());
+        let config = serde_json::to_value(&cfg)?;
+        Ok(Planned {
+            config,
+            inputs,
+            plan: cfg,
+        })
     }
-    let started = Instant::now();
-    let generations = run_dir.stage_dir("eval").join("generations.parquet");
-    let frontier = frontier_generations_path(&generations);
-    let scores = run_dir.stage_dir("probe").join("probe_scores.parquet");
-    let work = run_dir.begin("claims", &key)?;
-    let out = run(
-        &cfg,
-        &generations,
-        &scores,
-        file.run.seed as i64,
-        work.dir(),
-    )?;
-    let mut manifest = StageManifest::new("claims", serde_json::to_value(&cfg)?);
-    manifest.inputs = inputs;
-    manifest.inputs.insert(
-        "eval/generations.parquet".into(),
-        sha256_file(&generations)?,
-    );
-    manifest
-        .inputs
-        .insert("probe/probe_scores.parquet".into(), sha256_file(&scores)?);
-    if frontier.is_file() {
-        let h = sha256_file(&frontier)?;
+
+    fn compute(
+        ctx: &Ctx,
+        planned: Planned<ClaimsSection>,
+        work: &StageWork,
+    ) -> Result<StageManifest> {
+        let started = Instant::now();
+        let generations = ctx.upstream_file("eval", "generations.parquet");
+        let frontier = frontier_generations_path(&generations);
+        let scores = ctx.upstream_file("probe", "probe_scores.parquet");
+        let out = run(
+            &planned.plan,
+            &generations,
+            &scores,
+            ctx.seed() as i64,
+            work.dir(),
+        )?;
+        let mut manifest = planned.manifest(Self::NAME);
+        manifest.inputs.insert(
+            "eval/generations.parquet".into(),
+            sha256_file(&generations)?,
+        );
         manifest
             .inputs
-            .insert("eval/frontier_generations.parquet".into(), h);
-    }
-    for t in mosr_artifacts::claims::CLAIMS_TABLES {
-        let name = format!("{}.parquet", t.name);
-        let path = work.dir().join(&name);
-        // `frontier_tests` exists only when the evaluation has a frontier.
-        if t.name != FRONTIER_TESTS.name || path.is_file() {
-            manifest.outputs.insert(name, sha256_file(&path)?);
+            .insert("probe/probe_scores.parquet".into(), sha256_file(&scores)?);
+        if frontier.is_file() {
+            let h = sha256_file(&frontier)?;
+            manifest
+                .inputs
+                .insert("eval/frontier_generations.parquet".into(), h);
         }
+        for t in mosr_artifacts::claims::CLAIMS_TABLES {
+            let name = format!("{}.parquet", t.name);
+            let path = work.dir().join(&name);
+            // `frontier_tests` exists only when the evaluation has a frontier.
+            if t.name != FRONTIER_TESTS.name || path.is_file() {
+                manifest.outputs.insert(name, sha256_file(&path)?);
+            }
+        }
+        let counts = [
+            ("paired_tests", Some(out.paired.len())),
+            ("claim_tests", Some(out.tests.len())),
+            ("frontier_tests", out.frontier.as_ref().map(|f| f.len())),
+        ];
+        for (name, n) in counts {
+            if let Some(n) = n {
+                manifest.row_counts.insert(name.into(), n as u64);
+            }
+        }
+        manifest.seed = Some(ctx.seed());
+        manifest.wall_time_s = started.elapsed().as_secs_f64();
+        Ok(manifest)
     }
-    manifest
-        .row_counts
-        .insert("paired_tests".into(), out.paired.len() as u64);
-    manifest
-        .row_counts
-        .insert("claim_tests".into(), out.tests.len() as u64);
-    if let Some(f) = &out.frontier {
-        manifest
-            .row_counts
-            .insert("frontier_tests".into(), f.len() as u64);
-    }
-    manifest.seed = Some(file.run.seed);
-    manifest.wall_time_s = started.elapsed().as_secs_f64();
-    Ok(work.commit(manifest)?)
 }

@@ -17,10 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use mosr_artifacts::StageWork;
 use mosr_artifacts::{
     CapabilityRow, JudgeLabelRow, PromptRow, Role, Split, StageManifest, sha256_file,
     write_bytes_atomic, write_capability, write_judge_labels, write_prompts,
 };
+use mosr_stage::{Ctx, Planned};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -562,50 +564,50 @@ pub struct DataSection {
     pub split: Option<SplitConfig>,
 }
 
-/// Runs the data stage into `runs/<pipeline>/data/` unless it is up to date; returns the
-/// stage folder. The key covers the config and the sha256 of the sources manifest and the
+/// The data stage. The key covers the config and the sha256 of the sources manifest and the
 /// curated files, so editing a curated prompt rebuilds the tables.
-pub fn run_pipeline_stage(
-    file: &mosr_artifacts::PipelineFile,
-    repo_root: &Path,
-    force: bool,
-) -> Result<PathBuf> {
-    let section: DataSection = file.section("data")?;
-    let run_dir = file.run_dir(repo_root);
-    let mut cfg = BuildConfig::new(repo_root, Path::new(""));
-    if let Some(s) = section.split {
-        cfg.split = s;
-    }
-    let mut inputs = BTreeMap::new();
-    inputs.insert(
-        "datasets/sources.toml".to_string(),
-        sha256_file(&cfg.sources_file)?,
-    );
-    let curated = repo_root.join("datasets/curated");
-    if let Ok(rd) = std::fs::read_dir(&curated) {
-        let mut files: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-            .collect();
-        files.sort();
-        for f in files {
-            inputs.insert(
-                format!(
-                    "datasets/curated/{}",
-                    f.file_name().unwrap().to_string_lossy()
-                ),
-                sha256_file(&f)?,
-            );
+pub struct Data;
+
+impl mosr_stage::Stage for Data {
+    const NAME: &'static str = "data";
+    type Section = DataSection;
+    type Plan = BuildConfig;
+
+    fn plan(ctx: &Ctx, section: DataSection) -> Result<Planned<BuildConfig>> {
+        let repo_root = ctx.repo_root;
+        let mut cfg = BuildConfig::new(repo_root, Path::new(""));
+        if let Some(s) = section.split {
+            cfg.split = s;
         }
+        let mut inputs = BTreeMap::new();
+        inputs.insert(
+            "datasets/sources.toml".to_string(),
+            sha256_file(&cfg.sources_file)?,
+        );
+        let curated = repo_root.join("datasets/curated");
+        if let Ok(rd) = std::fs::read_dir(&curated) {
+            let mut files: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+                .collect();
+            files.sort();
+            for f in files {
+                let name = f.file_name().unwrap().to_string_lossy().into_owned();
+                inputs.insert(format!("datasets/curated/{name}"), sha256_file(&f)?);
+            }
+        }
+        let config = serde_json::to_value(&cfg)?;
+        Ok(Planned {
+            config,
+            inputs,
+            plan: cfg,
+        })
     }
-    let key = mosr_artifacts::stage_key(&serde_json::to_value(&cfg)?, &inputs);
-    if !force && run_dir.is_up_to_date("data", &key) {
-        info!(stage = "data", "up to date");
-        return Ok(run_dir.stage_dir("data"));
+
+    fn compute(_: &Ctx, planned: Planned<BuildConfig>, work: &StageWork) -> Result<StageManifest> {
+        let mut cfg = planned.plan;
+        cfg.out_dir = work.dir().to_path_buf();
+        let out = run(&cfg)?;
+        Ok(StageManifest::read(&out.manifest)?)
     }
-    let work = run_dir.begin("data", &key)?;
-    cfg.out_dir = work.dir().to_path_buf();
-    let out = run(&cfg)?;
-    let manifest = StageManifest::read(&out.manifest)?;
-    Ok(work.commit(manifest)?)
 }

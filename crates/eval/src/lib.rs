@@ -10,7 +10,7 @@
 //!   [`outcome_labels`]: both judges against hand-labelled responses of this project's models.
 //! * [`likelihood`], [`capability`]: continuation log-likelihoods, option scoring.
 //! * [`sets`]: seeded sampling and custom JSONL/Parquet sets.
-//! * [`stage`]: [`run`] and [`run_pipeline_stage`] (the `[eval]` section, planning, metrics).
+//! * [`stage`]: [`run`] and the [`Eval`] stage (the `[eval]` section, planning, metrics).
 //! * [`generation`]: generation groups, their keys and their resumable generation.
 //! * [`frontier`]: the safety/over-refusal frontier over the finetune stage's adapter
 //!   snapshots (`[eval.frontier]`).
@@ -29,4 +29,4 @@ pub mod stage;
 
 pub use config::EvalSection;
 pub use generation::{EvalConfig, Variant};
-pub use stage::{EvalOutputs, Overrides, run, run_pipeline_stage, run_pipeline_stage_with};
+pub use stage::{Eval, EvalOutputs, Overrides, plan_with, run};

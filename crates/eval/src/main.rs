@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Parser;
 use mosr_artifacts::PipelineFile;
-use mosr_eval::Overrides;
+use mosr_eval::{Eval, Overrides};
 
 #[derive(Parser)]
 #[command(
@@ -65,7 +65,10 @@ fn main() -> Result<()> {
         adapters: cli.adapters,
         sets: cli.sets,
     };
-    let dir = mosr_eval::run_pipeline_stage_with(&file, &repo, cli.force, &ov)?;
+    let ctx = mosr_stage::Ctx::new(&file, &repo);
+    let section = mosr_stage::section::<Eval>(&file)?;
+    let planned = mosr_eval::plan_with(&ctx, section, &ov)?;
+    let dir = mosr_stage::drive::<Eval>(&ctx, planned, cli.force)?;
     let metrics = mosr_artifacts::eval::read_metrics(&dir.join("metrics.parquet"))?;
     println!("| variant | set | attack | metric | value | k/n | 95% CI |");
     println!("|---|---|---|---|---|---|---|");

@@ -13,14 +13,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use mosr_artifacts::StageWork;
 use mosr_artifacts::eval::{
     CapabilityItemRow, GenerationRow, MetricRow, read_capability_items, write_capability_items,
     write_generations, write_metrics,
 };
 use mosr_artifacts::{
-    CapabilityRow, PipelineFile, PromptRow, Role, StageManifest, read_capability,
-    read_judge_labels, read_prompts, sha256_file,
+    CapabilityRow, PromptRow, Role, StageManifest, read_capability, read_judge_labels,
+    read_prompts, sha256_file,
 };
+use mosr_stage::{Ctx, Planned};
 use tracing::{info, warn};
 
 use crate::attacks::{self, AttackInput, AttackPrompt, plain};
@@ -526,30 +528,44 @@ fn variant_name_of(dir: &Path) -> String {
     }
 }
 
-/// Runs the evaluation stage into `runs/<pipeline>/eval/` unless it is up to date; returns
-/// the stage folder.
-pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
-    run_pipeline_stage_with(file, repo_root, force, &Overrides::default())
+/// The evaluation stage: the base model and every adapter the finetune stage trained (or the
+/// variants `[eval] variants` names). The key covers the resolved configuration, the data
+/// stage key, each adapter's sha256, the custom sets, the outcome labels and the templates.
+pub struct Eval;
+
+impl mosr_stage::Stage for Eval {
+    const NAME: &'static str = "eval";
+    type Section = EvalSection;
+    type Plan = EvalConfig;
+
+    fn plan(ctx: &Ctx, section: EvalSection) -> Result<Planned<EvalConfig>> {
+        plan_with(ctx, section, &Overrides::default())
+    }
+
+    fn compute(_: &Ctx, planned: Planned<EvalConfig>, work: &StageWork) -> Result<StageManifest> {
+        let mut cfg = planned.plan;
+        cfg.out_dir = work.dir().to_path_buf();
+        let out = run(&cfg)?;
+        let mut manifest = StageManifest::read(&out.manifest)?;
+        manifest.inputs.extend(planned.inputs);
+        Ok(manifest)
+    }
 }
 
-/// [`run_pipeline_stage`] with command-line overrides.
-pub fn run_pipeline_stage_with(
-    file: &PipelineFile,
-    repo_root: &Path,
-    force: bool,
+/// [`Eval`]'s plan with command-line overrides.
+pub fn plan_with(
+    ctx: &Ctx,
+    mut section: EvalSection,
     ov: &Overrides,
-) -> Result<PathBuf> {
-    let mut section: EvalSection = file.section("eval")?;
+) -> Result<Planned<EvalConfig>> {
+    let (file, repo_root, run_dir) = (ctx.file, ctx.repo_root, &ctx.run_dir);
     section.custom_sets.extend(ov.sets.iter().cloned());
     if !ov.variants.is_empty() {
         section.variants = ov.variants.clone();
     }
-    let run_dir = file.run_dir(repo_root);
-    let data = run_dir.manifest("data")?;
-    let mosr_lm::ModelIdentity {
-        path: model_path,
-        sha256: model_sha,
-    } = mosr_lm::identify(&file.run.model)?;
+    let data = ctx.upstream("data")?;
+    let model = ctx.model()?;
+    let (model_path, model_sha) = (model.path.clone(), model.sha256.clone());
 
     let found = discover_variants(&run_dir.stage_dir("finetune"));
     let mut variants = vec![Variant::base()];
@@ -638,18 +654,10 @@ pub fn run_pipeline_stage_with(
     if let Some(a) = cfg.section.arithmetic.key() {
         inputs.insert("arithmetic".into(), a);
     }
-    let key = mosr_artifacts::stage_key(&resolved_config(&cfg), &inputs);
-    if !force && run_dir.is_up_to_date("eval", &key) {
-        info!(stage = "eval", "up to date");
-        return Ok(run_dir.stage_dir("eval"));
-    }
-    let work = run_dir.begin("eval", &key)?;
-    if work.resumed() {
-        info!(stage = "eval", dir = %work.dir().display(), "resuming an interrupted evaluation");
-    }
-    cfg.out_dir = work.dir().to_path_buf();
-    let out = run(&cfg)?;
-    let mut manifest = StageManifest::read(&out.manifest)?;
-    manifest.inputs.extend(inputs);
-    Ok(work.commit(manifest)?)
+    let config = resolved_config(&cfg);
+    Ok(Planned {
+        config,
+        inputs,
+        plan: cfg,
+    })
 }

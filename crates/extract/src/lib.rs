@@ -17,13 +17,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
+use mosr_artifacts::StageWork;
 use mosr_artifacts::analysis::{
     Parts, REPRESENTATIONS, i32_column, table_batch, utf8_column, vector_column,
 };
-use mosr_artifacts::{
-    PipelineFile, PromptRow, StageManifest, read_prompts, sha256_bytes, sha256_file,
-};
+use mosr_artifacts::{PromptRow, StageManifest, read_prompts, sha256_bytes, sha256_file};
 use mosr_lm::{ForwardOptions, LanguageModel, Logits, TokenBatch};
+use mosr_stage::{Ctx, Planned};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -453,46 +453,48 @@ pub fn pick_positions(
     Ok(out)
 }
 
-/// Runs the stage into `runs/<pipeline>/extract/` unless up to date; returns the folder.
-pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
-    let section: ExtractSection = file.section("extract")?;
-    run_pipeline_stage_with(file, repo_root, force, section)
-}
+/// The extract stage: its key covers the section, the model (file and sha256), the seed, the
+/// device and the data stage's key.
+pub struct Extract;
 
-/// [`run_pipeline_stage`] with a section already read (the binary applies its flags to it).
-pub fn run_pipeline_stage_with(
-    file: &PipelineFile,
-    repo_root: &Path,
-    force: bool,
-    section: ExtractSection,
-) -> Result<PathBuf> {
-    let run_dir = file.run_dir(repo_root);
-    let data = run_dir.manifest("data")?;
-    let model_sha = mosr_lm::identify(&file.run.model)?.sha256;
-    let cfg = ExtractConfig {
-        section,
-        prompts: run_dir.stage_dir("data").join("prompts.parquet"),
-        model: file.run.model.clone(),
-        device: file.run.device.clone(),
-        seed: file.run.seed,
-    };
-    let inputs = BTreeMap::from([
-        ("data".to_string(), data.key.clone()),
-        ("model".to_string(), model_sha),
-    ]);
-    let key_config = serde_json::json!({
-        "section": cfg.section, "model": cfg.model, "seed": cfg.seed, "device": cfg.device
-    });
-    let key = mosr_artifacts::stage_key(&key_config, &inputs);
-    if !force && run_dir.is_up_to_date("extract", &key) {
-        info!(stage = "extract", "up to date");
-        return Ok(run_dir.stage_dir("extract"));
+impl mosr_stage::Stage for Extract {
+    const NAME: &'static str = "extract";
+    type Section = ExtractSection;
+    type Plan = ExtractConfig;
+
+    fn validate(section: &ExtractSection) -> Result<()> {
+        section.validate()
     }
-    let work = run_dir.begin("extract", &key)?;
-    if work.resumed() {
-        info!(stage = "extract", "resuming a killed run");
+
+    fn plan(ctx: &Ctx, section: ExtractSection) -> Result<Planned<ExtractConfig>> {
+        let file = ctx.file;
+        let cfg = ExtractConfig {
+            section,
+            prompts: ctx.upstream_file("data", "prompts.parquet"),
+            model: file.run.model.clone(),
+            device: file.run.device.clone(),
+            seed: file.run.seed,
+        };
+        let inputs = BTreeMap::from([
+            ("data".to_string(), ctx.upstream("data")?.key),
+            ("model".to_string(), ctx.model()?.sha256.clone()),
+        ]);
+        let config = serde_json::json!({
+            "section": cfg.section, "model": cfg.model, "seed": cfg.seed, "device": cfg.device
+        });
+        Ok(Planned {
+            config,
+            inputs,
+            plan: cfg,
+        })
     }
-    let out = run(&cfg, work.dir())?;
-    let manifest = StageManifest::read(&out.manifest)?;
-    Ok(work.commit(manifest)?)
+
+    fn compute(
+        _: &Ctx,
+        planned: Planned<ExtractConfig>,
+        work: &StageWork,
+    ) -> Result<StageManifest> {
+        let out = run(&planned.plan, work.dir())?;
+        Ok(StageManifest::read(&out.manifest)?)
+    }
 }

@@ -30,8 +30,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use mosr_artifacts::{PipelineFile, StageManifest, sha256_file};
+use mosr_artifacts::StageWork;
+use mosr_artifacts::{StageManifest, sha256_file};
 use mosr_lm::LanguageModel;
+use mosr_stage::{Ctx, Planned};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -532,93 +534,122 @@ fn reuse_instance(from: &Path, dir: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs the finetune stage into `runs/<pipeline>/finetune/<variant>/` unless it is up to
-/// date. Inputs: `augment/training_examples.parquet` and, for weighted variants,
+/// The finetune stage, into `runs/<pipeline>/finetune/<variant>/seed-<seed>/`. Inputs:
+/// `augment/training_examples.parquet` and, for weighted variants,
 /// `weights/overlap_weights.parquet`, which must have been computed from the same augment
-/// output. A killed run resumes from each variant's last checkpoint.
-pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
-    let cfg: FinetuneConfig = file.section("finetune")?;
-    cfg.validate()
-        .with_context(|| format!("{}: [finetune]", file.path.display()))?;
-    let run_dir = file.run_dir(repo_root);
-    let augment = run_dir.manifest("augment")?;
-    let mosr_lm::ModelIdentity {
-        path: model_path,
-        sha256: base_sha,
-    } = mosr_lm::identify(&file.run.model)?;
-    let mut inputs = BTreeMap::new();
-    inputs.insert("augment".to_string(), augment.key.clone());
-    inputs.insert("model".to_string(), base_sha.clone());
-    inputs.insert("seed".to_string(), file.run.seed.to_string());
-    let weights_path = run_dir.stage_dir("weights").join("overlap_weights.parquet");
-    let needs_weights = cfg.variants.iter().any(|v| v.uses_weights());
-    if needs_weights {
-        let w = run_dir.manifest("weights")?;
-        if w.inputs.get("augment") != Some(&augment.key) {
-            bail!(
-                "{}: the overlap weights were computed for augment output {}, but augment is now {}; re-run the weights stage",
-                weights_path.display(),
-                w.inputs.get("augment").map(String::as_str).unwrap_or("?"),
-                augment.key
-            );
+/// output. A killed run resumes from each instance's last checkpoint.
+pub struct Finetune;
+
+/// What the finetune stage trains from.
+pub struct FinetunePlan {
+    pub cfg: FinetuneConfig,
+    /// Whether any variant reads the overlap weights.
+    pub needs_weights: bool,
+}
+
+impl mosr_stage::Stage for Finetune {
+    const NAME: &'static str = "finetune";
+    type Section = FinetuneConfig;
+    type Plan = FinetunePlan;
+
+    fn validate(section: &FinetuneConfig) -> Result<()> {
+        section.validate()
+    }
+
+    fn plan(ctx: &Ctx, cfg: FinetuneConfig) -> Result<Planned<FinetunePlan>> {
+        let augment = ctx.upstream("augment")?;
+        let mut inputs = BTreeMap::new();
+        inputs.insert("augment".to_string(), augment.key.clone());
+        inputs.insert("model".to_string(), ctx.model()?.sha256.clone());
+        inputs.insert("seed".to_string(), ctx.seed().to_string());
+        let needs_weights = cfg.variants.iter().any(|v| v.uses_weights());
+        if needs_weights {
+            let w = ctx.upstream("weights")?;
+            if w.inputs.get("augment") != Some(&augment.key) {
+                bail!(
+                    "{}: the overlap weights were computed for augment output {}, but augment is now {}; re-run the weights stage",
+                    ctx.upstream_file("weights", "overlap_weights.parquet")
+                        .display(),
+                    w.inputs.get("augment").map(String::as_str).unwrap_or("?"),
+                    augment.key
+                );
+            }
+            inputs.insert("weights".to_string(), w.key);
         }
-        inputs.insert("weights".to_string(), w.key);
+        let config = serde_json::to_value(&cfg)?;
+        let plan = FinetunePlan { cfg, needs_weights };
+        Ok(Planned {
+            config,
+            inputs,
+            plan,
+        })
     }
-    let key = mosr_artifacts::stage_key(&serde_json::to_value(&cfg)?, &inputs);
-    if !force && run_dir.is_up_to_date("finetune", &key) {
-        info!(stage = "finetune", "up to date");
-        return Ok(run_dir.stage_dir("finetune"));
-    }
-    let started = Instant::now();
-    let examples = run_dir
-        .stage_dir("augment")
-        .join("training_examples.parquet");
-    let device = mosr_lm::device_from_name(&file.run.device)?.autodiff();
-    let lm = LanguageModel::open(&model_path, &device)?;
-    let work = run_dir.begin("finetune", &key)?;
-    if work.resumed() {
-        info!(
-            stage = "finetune",
-            "resuming a killed run from its checkpoints"
-        );
-    }
-    let fin = FinetuneInputs {
-        examples: examples.clone(),
-        weights: needs_weights.then(|| weights_path.clone()),
-    };
-    let seeds = cfg.seeds_or(file.run.seed);
-    let upstream: BTreeMap<String, String> = inputs
-        .iter()
-        .filter(|(k, _)| k.as_str() != "seed")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let committed = run_dir.stage_dir("finetune");
-    let out = run(
-        &cfg,
-        &lm,
-        &file.run.model,
-        &base_sha,
-        &seeds,
-        &fin,
-        work.dir(),
-        &RunOptions {
+
+    fn compute(
+        ctx: &Ctx,
+        planned: Planned<FinetunePlan>,
+        work: &StageWork,
+    ) -> Result<StageManifest> {
+        let started = Instant::now();
+        let FinetunePlan { cfg, needs_weights } = &planned.plan;
+        let model = ctx.model()?;
+        let examples = ctx.upstream_file("augment", "training_examples.parquet");
+        let weights_path = ctx.upstream_file("weights", "overlap_weights.parquet");
+        let device = mosr_lm::device_from_name(&ctx.file.run.device)?.autodiff();
+        let lm = LanguageModel::open(&model.path, &device)?;
+        let fin = FinetuneInputs {
+            examples: examples.clone(),
+            weights: needs_weights.then(|| weights_path.clone()),
+        };
+        let upstream: BTreeMap<String, String> = planned
+            .inputs
+            .iter()
+            .filter(|(k, _)| k.as_str() != "seed")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let committed = ctx.run_dir.stage_dir(Self::NAME);
+        let options = RunOptions {
             reuse_from: committed.is_dir().then_some(committed),
             upstream,
             ..RunOptions::default()
-        },
-    )?;
-    let mut manifest = StageManifest::new("finetune", serde_json::to_value(&cfg)?);
-    manifest.inputs = inputs;
-    manifest.inputs.insert(
-        "augment/training_examples.parquet".into(),
-        sha256_file(&examples)?,
-    );
-    if needs_weights {
+        };
+        let seeds = cfg.seeds_or(ctx.seed());
+        let (model_name, sha) = (&ctx.file.run.model, &model.sha256);
+        let out = run(
+            cfg,
+            &lm,
+            model_name,
+            sha,
+            &seeds,
+            &fin,
+            work.dir(),
+            &options,
+        )?;
+        let mut manifest = planned.manifest(Self::NAME);
         manifest.inputs.insert(
-            "weights/overlap_weights.parquet".into(),
-            sha256_file(&weights_path)?,
+            "augment/training_examples.parquet".into(),
+            sha256_file(&examples)?,
         );
+        if *needs_weights {
+            manifest.inputs.insert(
+                "weights/overlap_weights.parquet".into(),
+                sha256_file(&weights_path)?,
+            );
+        }
+        record_instances(&mut manifest, cfg, &out, work.dir())?;
+        manifest.seed = Some(ctx.seed());
+        manifest.wall_time_s = started.elapsed().as_secs_f64();
+        Ok(manifest)
     }
+}
+
+/// Each trained instance's adapter, log and snapshots (by sha256) and its counts.
+fn record_instances(
+    manifest: &mut StageManifest,
+    cfg: &FinetuneConfig,
+    out: &FinetuneOutputs,
+    dir: &Path,
+) -> Result<()> {
     for s in &out.variants {
         let rel = instance_dir(s.variant.name(), s.seed);
         let snapshots = cfg
@@ -630,7 +661,7 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
             .into_iter()
             .chain(snapshots);
         for f in files {
-            let p = work.dir().join(&rel).join(&f);
+            let p = dir.join(&rel).join(&f);
             manifest
                 .outputs
                 .insert(format!("{rel}/{f}"), sha256_file(&p)?);
@@ -646,7 +677,5 @@ pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) ->
                 .insert(format!("{rel}/{name}"), n as u64);
         }
     }
-    manifest.seed = Some(file.run.seed);
-    manifest.wall_time_s = started.elapsed().as_secs_f64();
-    Ok(work.commit(manifest)?)
+    Ok(())
 }

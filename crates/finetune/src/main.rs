@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
+use mosr_finetune::Finetune;
 
 #[derive(Parser)]
 #[command(
@@ -97,9 +98,7 @@ fn main() -> Result<()> {
         ) => bench(&model, batch, seq, repeats),
         (None, Some(pipeline)) => {
             let file = mosr_artifacts::PipelineFile::load(&pipeline)?;
-            // A stage run alone holds the run folder like `reproduce` does.
-            let _lock = file.run_dir(&cli.repo).lock()?;
-            let out = mosr_finetune::run_pipeline_stage(&file, &cli.repo, cli.force)?;
+            let out = mosr_stage::run_alone::<Finetune>(&file, &cli.repo, cli.force)?;
             println!("{}", out.display());
             Ok(())
         }

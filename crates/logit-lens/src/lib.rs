@@ -15,15 +15,17 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
+use mosr_artifacts::StageWork;
 use mosr_artifacts::analysis::{
     BatchView, LOGIT_LENS_SUMMARY, LOGIT_LENS_TONE, LOGIT_LENS_TOPK, Parts, f32_column, f64_column,
     for_each_batch, i32_column, i64_column, table_batch, utf8_column, write_table,
 };
 use mosr_artifacts::svg::{LinePlot, Series};
-use mosr_artifacts::{PipelineFile, StageManifest, read_prompts, sha256_bytes, sha256_file};
+use mosr_artifacts::{StageManifest, read_prompts, sha256_bytes, sha256_file};
 use mosr_extract::OnOverflow;
 use mosr_extract::prompts;
 use mosr_lm::{ForwardOptions, LanguageModel, Logits, TokenBatch};
+use mosr_stage::{Ctx, Planned};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -645,43 +647,44 @@ fn plot(summary: &[RoleLayer], path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs the stage into `runs/<pipeline>/logit_lens/` unless up to date; returns the folder.
-pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
-    let section: LogitLensSection = file.section("logit_lens")?;
-    run_pipeline_stage_with(file, repo_root, force, section)
-}
+/// The logit-lens stage: its key covers the section, the model (file and sha256), the seed,
+/// the device and the data stage's key.
+pub struct LogitLens;
 
-/// [`run_pipeline_stage`] with a section already read (the binary applies its flags to it).
-pub fn run_pipeline_stage_with(
-    file: &PipelineFile,
-    repo_root: &Path,
-    force: bool,
-    section: LogitLensSection,
-) -> Result<PathBuf> {
-    let run_dir = file.run_dir(repo_root);
-    let data = run_dir.manifest("data")?;
-    let model_sha = mosr_lm::identify(&file.run.model)?.sha256;
-    let cfg = LogitLensConfig {
-        section,
-        prompts: run_dir.stage_dir("data").join("prompts.parquet"),
-        model: file.run.model.clone(),
-        device: file.run.device.clone(),
-        seed: file.run.seed,
-    };
-    let inputs = BTreeMap::from([
-        ("data".to_string(), data.key.clone()),
-        ("model".to_string(), model_sha),
-    ]);
-    let key_config = serde_json::json!({
-        "section": cfg.section, "model": cfg.model, "seed": cfg.seed, "device": cfg.device
-    });
-    let key = mosr_artifacts::stage_key(&key_config, &inputs);
-    if !force && run_dir.is_up_to_date("logit_lens", &key) {
-        info!(stage = "logit_lens", "up to date");
-        return Ok(run_dir.stage_dir("logit_lens"));
+impl mosr_stage::Stage for LogitLens {
+    const NAME: &'static str = "logit_lens";
+    type Section = LogitLensSection;
+    type Plan = LogitLensConfig;
+
+    fn plan(ctx: &Ctx, section: LogitLensSection) -> Result<Planned<LogitLensConfig>> {
+        let file = ctx.file;
+        let cfg = LogitLensConfig {
+            section,
+            prompts: ctx.upstream_file("data", "prompts.parquet"),
+            model: file.run.model.clone(),
+            device: file.run.device.clone(),
+            seed: file.run.seed,
+        };
+        let inputs = BTreeMap::from([
+            ("data".to_string(), ctx.upstream("data")?.key),
+            ("model".to_string(), ctx.model()?.sha256.clone()),
+        ]);
+        let config = serde_json::json!({
+            "section": cfg.section, "model": cfg.model, "seed": cfg.seed, "device": cfg.device
+        });
+        Ok(Planned {
+            config,
+            inputs,
+            plan: cfg,
+        })
     }
-    let work = run_dir.begin("logit_lens", &key)?;
-    let out = run(&cfg, work.dir())?;
-    let manifest = StageManifest::read(&out.manifest)?;
-    Ok(work.commit(manifest)?)
+
+    fn compute(
+        _: &Ctx,
+        planned: Planned<LogitLensConfig>,
+        work: &StageWork,
+    ) -> Result<StageManifest> {
+        let out = run(&planned.plan, work.dir())?;
+        Ok(StageManifest::read(&out.manifest)?)
+    }
 }

@@ -18,13 +18,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use mosr_artifacts::StageWork;
 use mosr_artifacts::analysis::{
     BOUNDARY, BatchView, PROBE_METRICS, PROBE_SCORES, PROBE_WEIGHTS, REPRESENTATIONS, bool_column,
     f64_column, for_each_batch, i32_column, i64_column, opt_f64_column, utf8_column, vector_column,
     write_table,
 };
 use mosr_artifacts::svg::{LinePlot, Series};
-use mosr_artifacts::{PipelineFile, Role, Split, StageManifest, sha256_file, write_bytes_atomic};
+use mosr_artifacts::{Role, Split, StageManifest, sha256_file, write_bytes_atomic};
+use mosr_stage::{Ctx, Planned};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -956,34 +958,31 @@ fn summary_markdown(
     s
 }
 
-/// Runs the stage into `runs/<pipeline>/probe/` unless up to date; returns the folder.
-pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
-    let section: ProbeSection = file.section("probe")?;
-    run_pipeline_stage_with(file, repo_root, force, section)
-}
+/// The probe stage: its key covers the section and the extract stage's key.
+pub struct Probe;
 
-/// [`run_pipeline_stage`] with a section already read (the binary applies its flags to it).
-pub fn run_pipeline_stage_with(
-    file: &PipelineFile,
-    repo_root: &Path,
-    force: bool,
-    section: ProbeSection,
-) -> Result<PathBuf> {
-    let run_dir = file.run_dir(repo_root);
-    let extract = run_dir.manifest("extract")?;
-    let cfg = ProbeConfig {
-        section,
-        representations: run_dir.stage_dir("extract").join("representations.parquet"),
-        seed: file.run.seed,
-    };
-    let inputs = BTreeMap::from([("extract".to_string(), extract.key.clone())]);
-    let key = mosr_artifacts::stage_key(&serde_json::to_value(&cfg.section)?, &inputs);
-    if !force && run_dir.is_up_to_date("probe", &key) {
-        info!(stage = "probe", "up to date");
-        return Ok(run_dir.stage_dir("probe"));
+impl mosr_stage::Stage for Probe {
+    const NAME: &'static str = "probe";
+    type Section = ProbeSection;
+    type Plan = ProbeConfig;
+
+    fn plan(ctx: &Ctx, section: ProbeSection) -> Result<Planned<ProbeConfig>> {
+        let cfg = ProbeConfig {
+            section,
+            representations: ctx.upstream_file("extract", "representations.parquet"),
+            seed: ctx.seed(),
+        };
+        let inputs = BTreeMap::from([("extract".to_string(), ctx.upstream("extract")?.key)]);
+        let config = serde_json::to_value(&cfg.section)?;
+        Ok(Planned {
+            config,
+            inputs,
+            plan: cfg,
+        })
     }
-    let work = run_dir.begin("probe", &key)?;
-    let out = run(&cfg, work.dir())?;
-    let manifest = StageManifest::read(&out.manifest)?;
-    Ok(work.commit(manifest)?)
+
+    fn compute(_: &Ctx, planned: Planned<ProbeConfig>, work: &StageWork) -> Result<StageManifest> {
+        let out = run(&planned.plan, work.dir())?;
+        Ok(StageManifest::read(&out.manifest)?)
+    }
 }

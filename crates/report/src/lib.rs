@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use mosr_artifacts::{PipelineFile, RunDir, StageManifest, write_bytes_atomic};
+use mosr_artifacts::{RunDir, StageManifest, write_bytes_atomic};
 use polars::prelude::{DataFrame, ParquetReader, ParquetWriter, SerReader};
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -253,19 +253,39 @@ fn reuse_note(ms: &BTreeMap<String, StageManifest>) -> Option<String> {
     })
 }
 
-/// Runs the report for a pipeline file into `[run] results_dir` (default
-/// `results/<pipeline>/`). Cheap, so it always reruns (no key).
-pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, _force: bool) -> Result<PathBuf> {
-    let cfg: ReportSection = file.section("report")?;
-    let run_dir = file.run_dir(repo_root);
-    let out_dir = file.results_dir(repo_root);
-    let rel = file
-        .path
-        .strip_prefix(repo_root)
-        .unwrap_or(&file.path)
-        .display()
-        .to_string();
-    let command = format!("cargo xtask reproduce --pipeline {rel}");
-    run(&cfg, &run_dir, &out_dir, &command)?;
-    Ok(out_dir)
+/// The report stage: reads every stage folder and writes `[run] results_dir` (default
+/// `results/<pipeline>/`). Cheap, so it has no key and always reruns.
+pub struct Report;
+
+impl mosr_stage::Stage for Report {
+    const NAME: &'static str = "report";
+    type Section = ReportSection;
+    type Plan = ();
+
+    fn plan(_: &mosr_stage::Ctx, _: ReportSection) -> Result<mosr_stage::Planned<()>> {
+        unreachable!("the report has no key: `execute` runs it")
+    }
+
+    fn compute(
+        _: &mosr_stage::Ctx,
+        _: mosr_stage::Planned<()>,
+        _: &mosr_artifacts::StageWork,
+    ) -> Result<StageManifest> {
+        unreachable!("the report has no key: `execute` runs it")
+    }
+
+    fn execute(ctx: &mosr_stage::Ctx, _force: bool) -> Result<PathBuf> {
+        let (file, repo_root) = (ctx.file, ctx.repo_root);
+        let cfg = mosr_stage::section::<Self>(file)?;
+        let out_dir = file.results_dir(repo_root);
+        let rel = file
+            .path
+            .strip_prefix(repo_root)
+            .unwrap_or(&file.path)
+            .display()
+            .to_string();
+        let command = format!("cargo xtask reproduce --pipeline {rel}");
+        run(&cfg, &ctx.run_dir, &out_dir, &command)?;
+        Ok(out_dir)
+    }
 }

@@ -18,8 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use mosr_artifacts::StageWork;
 use mosr_artifacts::training::{OverlapWeightRow, read_training_examples, write_overlap_weights};
-use mosr_artifacts::{PipelineFile, StageManifest, sha256_file};
+use mosr_artifacts::{StageManifest, sha256_file};
+use mosr_stage::{Ctx, Planned};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -383,53 +385,64 @@ pub fn run(
     })
 }
 
-/// Runs the weights stage into `runs/<pipeline>/weights/` unless it is up to date. Inputs:
-/// `augment/training_examples.parquet` and `extract/representations.parquet`; the key covers
-/// the `[weights]` section and both upstream keys.
-pub fn run_pipeline_stage(file: &PipelineFile, repo_root: &Path, force: bool) -> Result<PathBuf> {
-    let cfg: WeightsConfig = file.section("weights")?;
-    cfg.validate()
-        .with_context(|| format!("{}: [weights]", file.path.display()))?;
-    let run_dir = file.run_dir(repo_root);
-    let mut inputs = BTreeMap::new();
-    for stage in ["augment", "extract"] {
-        let m = run_dir.manifest(stage)?;
-        inputs.insert(stage.to_string(), m.key);
+/// The weights stage. Inputs: `augment/training_examples.parquet` and
+/// `extract/representations.parquet`; the key covers the `[weights]` section and both upstream
+/// keys.
+pub struct Weights;
+
+impl mosr_stage::Stage for Weights {
+    const NAME: &'static str = "weights";
+    type Section = WeightsConfig;
+    type Plan = WeightsConfig;
+
+    fn validate(section: &WeightsConfig) -> Result<()> {
+        section.validate()
     }
-    let key = mosr_artifacts::stage_key(&serde_json::to_value(&cfg)?, &inputs);
-    if !force && run_dir.is_up_to_date("weights", &key) {
-        info!(stage = "weights", "up to date");
-        return Ok(run_dir.stage_dir("weights"));
+
+    fn plan(ctx: &Ctx, cfg: WeightsConfig) -> Result<Planned<WeightsConfig>> {
+        let mut inputs = BTreeMap::new();
+        for stage in ["augment", "extract"] {
+            inputs.insert(stage.to_string(), ctx.upstream(stage)?.key);
+        }
+        let config = serde_json::to_value(&cfg)?;
+        Ok(Planned {
+            config,
+            inputs,
+            plan: cfg,
+        })
     }
-    let started = Instant::now();
-    let examples = run_dir
-        .stage_dir("augment")
-        .join("training_examples.parquet");
-    let reps = run_dir.stage_dir("extract").join("representations.parquet");
-    let work = run_dir.begin("weights", &key)?;
-    let out = run(&cfg, &examples, &reps, work.dir())?;
-    let mut manifest = StageManifest::new("weights", serde_json::to_value(&cfg)?);
-    manifest.inputs = inputs;
-    manifest.inputs.insert(
-        "augment/training_examples.parquet".into(),
-        sha256_file(&examples)?,
-    );
-    manifest.inputs.insert(
-        "extract/representations.parquet".into(),
-        sha256_file(&reps)?,
-    );
-    manifest
-        .outputs
-        .insert("overlap_weights.parquet".into(), sha256_file(&out.weights)?);
-    manifest.seed = Some(file.run.seed);
-    manifest
-        .row_counts
-        .insert("overlap_weights".into(), out.rows.len() as u64);
-    manifest
-        .row_counts
-        .insert("bank".into(), out.bank_size as u64);
-    manifest.wall_time_s = started.elapsed().as_secs_f64();
-    Ok(work.commit(manifest)?)
+
+    fn compute(
+        ctx: &Ctx,
+        planned: Planned<WeightsConfig>,
+        work: &StageWork,
+    ) -> Result<StageManifest> {
+        let started = Instant::now();
+        let examples = ctx.upstream_file("augment", "training_examples.parquet");
+        let reps = ctx.upstream_file("extract", "representations.parquet");
+        let out = run(&planned.plan, &examples, &reps, work.dir())?;
+        let mut manifest = planned.manifest(Self::NAME);
+        manifest.inputs.insert(
+            "augment/training_examples.parquet".into(),
+            sha256_file(&examples)?,
+        );
+        manifest.inputs.insert(
+            "extract/representations.parquet".into(),
+            sha256_file(&reps)?,
+        );
+        manifest
+            .outputs
+            .insert("overlap_weights.parquet".into(), sha256_file(&out.weights)?);
+        manifest.seed = Some(ctx.seed());
+        manifest
+            .row_counts
+            .insert("overlap_weights".into(), out.rows.len() as u64);
+        manifest
+            .row_counts
+            .insert("bank".into(), out.bank_size as u64);
+        manifest.wall_time_s = started.elapsed().as_secs_f64();
+        Ok(manifest)
+    }
 }
 
 /// Mean of a set of weights (tests and logs).

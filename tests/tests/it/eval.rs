@@ -695,8 +695,8 @@ n = 1
 "#,
     );
     let repo = repo_root();
-    mosr_data::stage::run_pipeline_stage(&file, &repo, false).unwrap();
-    let dir = mosr_eval::run_pipeline_stage(&file, &repo, false).unwrap();
+    mosr_stage::run::<mosr_data::stage::Data>(&file, &repo, false).unwrap();
+    let dir = mosr_stage::run::<mosr_eval::Eval>(&file, &repo, false).unwrap();
     assert_eq!(dir, d.join("runs/eval-e2e/eval"));
 
     let gens = read_generations(&dir.join("generations.parquet")).unwrap();
@@ -754,7 +754,7 @@ n = 1
 
     // Second call: up to date, nothing recomputed.
     let manifest_before = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
-    mosr_eval::run_pipeline_stage(&file, &repo, false).unwrap();
+    mosr_stage::run::<mosr_eval::Eval>(&file, &repo, false).unwrap();
     assert_eq!(
         manifest_before,
         std::fs::read_to_string(dir.join("manifest.json")).unwrap()
@@ -775,7 +775,7 @@ n = 1
     }
     write_generations(&groups[0], &marked).unwrap();
     std::fs::remove_file(&groups[1]).unwrap();
-    let dir2 = mosr_eval::run_pipeline_stage(&file, &repo, true).unwrap();
+    let dir2 = mosr_stage::run::<mosr_eval::Eval>(&file, &repo, true).unwrap();
     let m = mosr_artifacts::StageManifest::read(&dir2.join("manifest.json")).unwrap();
     assert_eq!(m.row_counts["groups_generated"], 1);
     assert_eq!(m.row_counts["groups_reused"], n_groups as u64 - 1);
@@ -797,7 +797,7 @@ n = 1
     };
     let e = format!(
         "{:#}",
-        mosr_eval::run_pipeline_stage_with(&file, &repo, false, &ov).unwrap_err()
+        eval_with_overrides(&file, &repo, false, &ov).unwrap_err()
     );
     assert!(e.contains("empty.jsonl") && e.contains("empty"), "{e}");
     // A variant that was asked for but has no adapter.
@@ -807,7 +807,7 @@ n = 1
     };
     let e = format!(
         "{:#}",
-        mosr_eval::run_pipeline_stage_with(&file, &repo, false, &ov).unwrap_err()
+        eval_with_overrides(&file, &repo, false, &ov).unwrap_err()
     );
     assert!(e.contains("variant `mosr` has no adapter"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
@@ -987,10 +987,10 @@ n = 1
         ),
     );
     let repo = repo_root();
-    mosr_data::stage::run_pipeline_stage(&file, &repo, false).unwrap();
+    mosr_stage::run::<mosr_data::stage::Data>(&file, &repo, false).unwrap();
     let e = format!(
         "{:#}",
-        mosr_eval::run_pipeline_stage(&file, &repo, false).unwrap_err()
+        mosr_stage::run::<mosr_eval::Eval>(&file, &repo, false).unwrap_err()
     );
     assert!(
         e.contains("prompt `huge`") && e.contains("exceed the model's context window (8192)"),
@@ -1029,7 +1029,7 @@ fn eval_frontier_over_snapshots_reuses_the_main_answers() {
     };
     let file = tiny_pipeline(&d, "frontier", &section(""));
     let repo = repo_root();
-    mosr_data::stage::run_pipeline_stage(&file, &repo, false).unwrap();
+    mosr_stage::run::<mosr_data::stage::Data>(&file, &repo, false).unwrap();
     let lm = LanguageModel::open(&model_path(SMOL), &mosr_lm::Device::flex()).unwrap();
     let finetune = d.join("runs/frontier/finetune");
     for v in ["rr", "mosr"] {
@@ -1037,7 +1037,7 @@ fn eval_frontier_over_snapshots_reuses_the_main_answers() {
         fake_adapter(&lm, &instance.join("adapter"));
         std::fs::write(instance.join("summary.json"), "{\"steps\": 4}").unwrap();
     }
-    let dir = mosr_eval::run_pipeline_stage(&file, &repo, false).unwrap();
+    let dir = mosr_stage::run::<mosr_eval::Eval>(&file, &repo, false).unwrap();
     assert!(!dir.join("frontier.parquet").exists());
     let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
     assert!(m.config.get("frontier").is_none(), "{}", m.config);
@@ -1048,7 +1048,7 @@ fn eval_frontier_over_snapshots_reuses_the_main_answers() {
         let instance = finetune.join(v).join("seed-5");
         fake_adapter(&lm, &instance.join(mosr_artifacts::snapshot_dir(2)));
     }
-    let dir = mosr_eval::run_pipeline_stage(&file, &repo, false).unwrap();
+    let dir = mosr_stage::run::<mosr_eval::Eval>(&file, &repo, false).unwrap();
     let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
     // Only the two snapshots x (harmful, safe, borderline) were generated.
     assert_eq!(m.row_counts["groups_generated"], 6, "{:?}", m.row_counts);
@@ -1118,7 +1118,7 @@ fn eval_frontier_over_snapshots_reuses_the_main_answers() {
     let file = tiny_pipeline(&d, "frontier", &section("sets = [\"benign\"]\n"));
     let e = format!(
         "{:#}",
-        mosr_eval::run_pipeline_stage(&file, &repo, false).unwrap_err()
+        mosr_stage::run::<mosr_eval::Eval>(&file, &repo, false).unwrap_err()
     );
     assert!(
         e.contains("[eval.frontier]") && e.contains("`benign`"),
@@ -1140,8 +1140,8 @@ fn eval_quantized_arithmetic_generates_its_own_groups() {
     };
     let repo = repo_root();
     let exact = tiny_pipeline(&d, "arith", &section(""));
-    mosr_data::stage::run_pipeline_stage(&exact, &repo, false).unwrap();
-    let dir = mosr_eval::run_pipeline_stage(&exact, &repo, false).unwrap();
+    mosr_stage::run::<mosr_data::stage::Data>(&exact, &repo, false).unwrap();
+    let dir = mosr_stage::run::<mosr_eval::Eval>(&exact, &repo, false).unwrap();
     let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
     assert!(
         m.config["section"].get("arithmetic").is_none(),
@@ -1150,13 +1150,13 @@ fn eval_quantized_arithmetic_generates_its_own_groups() {
     );
     let key_exact = m.key.clone();
     let spelled = tiny_pipeline(&d, "arith", &section("arithmetic = \"exact\""));
-    mosr_eval::run_pipeline_stage(&spelled, &repo, false).unwrap();
+    mosr_stage::run::<mosr_eval::Eval>(&spelled, &repo, false).unwrap();
     let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
     assert_eq!(m.key, key_exact, "an explicit exact keeps the key");
     let n_groups = m.row_counts["groups_generated"] + m.row_counts["groups_reused"];
 
     let quant = tiny_pipeline(&d, "arith", &section("arithmetic = \"quantized\""));
-    let dir = mosr_eval::run_pipeline_stage(&quant, &repo, false).unwrap();
+    let dir = mosr_stage::run::<mosr_eval::Eval>(&quant, &repo, false).unwrap();
     let m = mosr_artifacts::StageManifest::read(&dir.join("manifest.json")).unwrap();
     assert_eq!(m.config["section"]["arithmetic"], "quantized");
     // The key covers the kernels' version: a changed quantized arithmetic reruns.
@@ -1187,4 +1187,17 @@ fn eval_quantized_arithmetic_generates_its_own_groups() {
         "{e}"
     );
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The eval stage with command-line overrides, as `mosr-eval --variant/--adapter/--set` runs it.
+fn eval_with_overrides(
+    file: &mosr_artifacts::PipelineFile,
+    repo: &std::path::Path,
+    force: bool,
+    ov: &mosr_eval::Overrides,
+) -> anyhow::Result<std::path::PathBuf> {
+    let ctx = mosr_stage::Ctx::new(file, repo);
+    let section = mosr_stage::section::<mosr_eval::Eval>(file)?;
+    let planned = mosr_eval::plan_with(&ctx, section, ov)?;
+    mosr_stage::drive::<mosr_eval::Eval>(&ctx, planned, force)
 }

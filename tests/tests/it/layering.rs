@@ -24,14 +24,14 @@ const LONG_FNS: &[(&str, &str, usize)] = &[
     ("crates/probe/src/lib.rs", "run", 226),
     ("crates/extract/src/lib.rs", "run", 220),
     ("crates/gguf/src/file.rs", "parse", 167),
-    ("xtask/src/main.rs", "main", 141),
+    ("xtask/src/main.rs", "main", 119),
     ("crates/weights/src/lib.rs", "run", 140),
     ("crates/probe/src/lib.rs", "probe_layer", 140),
     ("crates/lm/src/bin/mosr-lm.rs", "bench", 137),
     ("crates/lm/src/decode.rs", "step_in_pool", 134),
     ("crates/lm/src/adapter.rs", "load", 133),
     ("crates/eval/src/generation.rs", "generate_wave", 127),
-    ("crates/eval/src/stage.rs", "run_pipeline_stage_with", 122),
+    ("crates/eval/src/stage.rs", "plan_with", 122),
 ];
 
 fn workspace() -> PathBuf {
