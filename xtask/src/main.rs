@@ -153,14 +153,7 @@ fn main() -> Result<()> {
         unsafe { std::env::set_var("MOSR_CODE_VERSION", env!("MOSR_BUILD_VERSION")) };
     }
     mosr_lm::memory::keep_freed_memory();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    mosr_stage::cli::init_tracing();
     match Cli::parse().cmd {
         Cmd::Reproduce {
             pipeline,

@@ -47,14 +47,7 @@ fn repo_root() -> PathBuf {
 
 fn main() -> Result<()> {
     mosr_lm::memory::keep_freed_memory();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    mosr_stage::cli::init_tracing();
     let cli = Cli::parse();
     let repo = cli.repo.clone().unwrap_or_else(repo_root);
     let file = PipelineFile::load(&cli.pipeline)?;

@@ -78,7 +78,8 @@ pub fn set_key(file: &mut PipelineFile, section: &str, assignment: &str) -> Resu
     bail!("--set {assignment}: empty key")
 }
 
-fn init_tracing() {
+/// Logs to stderr at `info` (or `RUST_LOG`), coloured only on a terminal: every binary's.
+pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
