@@ -665,13 +665,7 @@ impl mosr_stage::Stage for LogitLens {
             device: file.run.device.clone(),
             seed: file.run.seed,
         };
-        let inputs = BTreeMap::from([
-            ("data".to_string(), ctx.upstream("data")?.key),
-            ("model".to_string(), ctx.model()?.sha256.clone()),
-        ]);
-        let config = serde_json::json!({
-            "section": cfg.section, "model": cfg.model, "seed": cfg.seed, "device": cfg.device
-        });
+        let (config, inputs) = ctx.prompt_stage_key(&cfg.section)?;
         Ok(Planned {
             config,
             inputs,

@@ -57,6 +57,24 @@ impl<'a> Ctx<'a> {
         self.run_dir.stage_dir(stage).join(name)
     }
 
+    /// Key material of a stage that runs the data stage's prompts through the `[run]` model
+    /// (extract, logit lens): its section, model, seed and device; the data key and the model's
+    /// sha256.
+    pub fn prompt_stage_key(
+        &self,
+        section: &impl Serialize,
+    ) -> Result<(serde_json::Value, BTreeMap<String, String>)> {
+        let run = &self.file.run;
+        let config = serde_json::json!({
+            "section": section, "model": run.model, "seed": run.seed, "device": run.device
+        });
+        let inputs = BTreeMap::from([
+            ("data".to_string(), self.upstream("data")?.key),
+            ("model".to_string(), self.model()?.sha256.clone()),
+        ]);
+        Ok((config, inputs))
+    }
+
     pub fn seed(&self) -> u64 {
         self.file.run.seed
     }
