@@ -133,7 +133,6 @@ pub fn wgpu(repo: &Path, cargo: &str, env: &[(&str, PathBuf)], pipeline: bool) -
             "it",
             "--",
             "wgpu_",
-            "--test-threads=1",
         ],
         "the wgpu comparisons",
     )?;

@@ -276,10 +276,6 @@ fn test(no_smoke: bool, smoke_only: bool, wgpu: bool, args: &[String]) -> Result
             .env("MOSR_QWEN05_GGUF", &qwen)
             .args(["test", "--workspace"])
             .args(args)
-            // One test at a time: dropout masks (`mosr_lm::lora::seed_dropout`) and adapter
-            // initialisation (burn's RNG) draw from process-wide streams, so a concurrent
-            // training would break the bit-identical resume test.
-            .args(["--", "--test-threads=1"])
             .status()?;
         if !status.success() {
             bail!("cargo test failed ({status})");

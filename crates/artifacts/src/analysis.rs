@@ -499,6 +499,19 @@ impl Parts {
             table,
         })
     }
+    /// Parts of one computation, named by `fingerprint` (a hash of everything the parts
+    /// depend on), kept in `<dir>/.config`: parts a different computation left are wiped
+    /// first, so a resumed run only ever merges its own.
+    pub fn keyed(dir: &Path, table: &'static TableSchema, fingerprint: &str) -> Result<Self> {
+        let tag = dir.join(".config");
+        let stale = !std::fs::read_to_string(&tag).is_ok_and(|t| t == fingerprint);
+        if dir.exists() && stale {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let parts = Self::new(dir, table)?;
+        crate::write_bytes_atomic(&tag, fingerprint.as_bytes())?;
+        Ok(parts)
+    }
     pub fn path(&self, n: usize) -> PathBuf {
         self.dir.join(format!("part-{n:06}.parquet"))
     }

@@ -366,7 +366,8 @@ fn generate_all(
 }
 
 /// Builds the training sets from `prompts` with `lm` and writes
-/// `<out_dir>/training_examples.parquet`.
+/// `<out_dir>/training_examples.parquet`: the harmful (erasure) set, the retain set and the
+/// augmented set, in that order.
 pub fn run(
     cfg: &AugmentConfig,
     lm: &LanguageModel,
@@ -376,10 +377,43 @@ pub fn run(
 ) -> Result<AugmentOutputs> {
     cfg.validate()?;
     let mut counts = AugmentCounts::default();
-    let bs = cfg.generation_batch_size;
+    let harmful = harmful_set(cfg, lm, prompts, seed, &mut counts)?;
+    let mut rows = harmful.rows;
+    rows.extend(retain_set(cfg, lm, prompts, seed, &mut counts)?);
+    let augmented = augmented_set(cfg, lm, &harmful.prompts, &harmful.kept, seed, &mut counts)?;
+    rows.extend(augmented);
 
-    // Harmful set, then (disjoint augmentation) as many further prompts of the same ranking
-    // whose responses only give augmented examples their harmful prefixes.
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let path = out_dir.join("training_examples.parquet");
+    write_training_examples(&path, &rows)?;
+    info!(?counts, "training examples written");
+    Ok(AugmentOutputs {
+        examples: path,
+        rows,
+        counts,
+    })
+}
+
+/// The harmful set and what augmentation draws its harmful prefixes from.
+struct HarmfulSet {
+    /// The sampled harmful prompts: the erasure prompts, then (disjoint augmentation) as many
+    /// further ones of the same ranking.
+    prompts: Vec<PromptRow>,
+    /// (prompt index, response) of the prompts whose responses augmentation prefixes.
+    kept: Vec<(usize, String)>,
+    /// The erasure rows.
+    rows: Vec<TrainingExample>,
+}
+
+/// Harmful prompts with harmful responses: the erasure set, plus the responses of the prompts
+/// augmentation uses (the further prompts when disjoint, the erasure ones when shared).
+fn harmful_set(
+    cfg: &AugmentConfig,
+    lm: &LanguageModel,
+    prompts: &[PromptRow],
+    seed: u64,
+    counts: &mut AugmentCounts,
+) -> Result<HarmfulSet> {
     let mut harmful = sample_prompts(prompts, Role::Harmful, usize::MAX, seed, 1);
     let erasure_n = cfg.harmful_count.at_most().min(harmful.len());
     let extra = match cfg.augmentation.prompts {
@@ -389,6 +423,51 @@ pub fn run(
     harmful.truncate(erasure_n + extra);
     counts.harmful_prompts = erasure_n;
     counts.augment_prompts = harmful.len() - erasure_n;
+    let (responses, source) = harmful_responses(cfg, lm, &harmful, counts)?;
+    let mut rows: Vec<TrainingExample> = Vec::new();
+    let mut kept: Vec<(usize, String)> = Vec::new();
+    for (i, p) in harmful.iter().enumerate() {
+        let Some(r) = &responses[i] else {
+            continue;
+        };
+        if i >= erasure_n || cfg.augmentation.prompts == AugmentPrompts::Shared {
+            kept.push((i, r.clone()));
+        }
+        if i >= erasure_n {
+            continue;
+        }
+        counts.harmful_kept += 1;
+        rows.push(TrainingExample {
+            example_id: format!("harmful-{}", p.id),
+            set: "harmful".into(),
+            prompt_id: p.id.clone(),
+            prompt_role: p.role.as_str().into(),
+            prompt: p.text.clone(),
+            response: r.clone(),
+            response_source: source[i].clone(),
+            harmful_prefix: None,
+            prefix_tokens: None,
+            refusal: None,
+            loss_branch: "erasure".into(),
+        });
+    }
+    Ok(HarmfulSet {
+        prompts: harmful,
+        kept,
+        rows,
+    })
+}
+
+/// Each harmful prompt's response (`None`: empty, or refused on every attempt) and its source
+/// (`self`, or `prefill:<k>` for the k-th prefill prefix). A refusal is regenerated with the
+/// next prefill prefix while `on_refusal = "regenerate"` has one left.
+#[allow(clippy::type_complexity)]
+fn harmful_responses(
+    cfg: &AugmentConfig,
+    lm: &LanguageModel,
+    harmful: &[PromptRow],
+    counts: &mut AugmentCounts,
+) -> Result<(Vec<Option<String>>, Vec<String>)> {
     let first_prefill = match cfg.response_source {
         ResponseSource::SelfAnswer => None,
         ResponseSource::Prefill => Some(0usize),
@@ -403,12 +482,11 @@ pub fn run(
         let items: Vec<(String, String)> = pending
             .iter()
             .map(|&i| {
-                (
-                    harmful[i].text.clone(),
-                    prefill_of(attempt[i]).unwrap_or_default(),
-                )
+                let prefill = prefill_of(attempt[i]).unwrap_or_default();
+                (harmful[i].text.clone(), prefill)
             })
             .collect();
+        let bs = cfg.generation_batch_size;
         let texts = generate_all(lm, &items, cfg.harmful_max_new_tokens, bs, "harmful")?;
         let mut next = Vec::new();
         for (&i, text) in pending.iter().zip(texts) {
@@ -422,10 +500,7 @@ pub fn run(
                 if first_round {
                     counts.harmful_refusals += 1;
                 }
-                let nxt = match attempt[i] {
-                    None => 0,
-                    Some(k) => k + 1,
-                };
+                let nxt = attempt[i].map_or(0, |k| k + 1);
                 if cfg.on_refusal == OnRefusal::Regenerate && nxt < cfg.prefill_prefixes.len() {
                     attempt[i] = Some(nxt);
                     next.push(i);
@@ -446,43 +521,21 @@ pub fn run(
         pending = next;
         first_round = false;
     }
-    let mut rows: Vec<TrainingExample> = Vec::new();
-    let mut kept: Vec<(usize, String)> = Vec::new();
-    for (i, p) in harmful.iter().enumerate() {
-        if let Some(r) = &responses[i] {
-            if i >= erasure_n || cfg.augmentation.prompts == AugmentPrompts::Shared {
-                kept.push((i, r.clone()));
-            }
-            if i >= erasure_n {
-                continue;
-            }
-            counts.harmful_kept += 1;
-            rows.push(TrainingExample {
-                example_id: format!("harmful-{}", p.id),
-                set: "harmful".into(),
-                prompt_id: p.id.clone(),
-                prompt_role: p.role.as_str().into(),
-                prompt: p.text.clone(),
-                response: r.clone(),
-                response_source: source[i].clone(),
-                harmful_prefix: None,
-                prefix_tokens: None,
-                refusal: None,
-                loss_branch: "erasure".into(),
-            });
-        }
-    }
+    Ok((responses, source))
+}
 
-    // Retain set: benign (and optionally pseudo-malicious) prompts with the model's answers.
+/// Retain set: benign (and optionally pseudo-malicious) prompts with the model's answers.
+fn retain_set(
+    cfg: &AugmentConfig,
+    lm: &LanguageModel,
+    prompts: &[PromptRow],
+    seed: u64,
+    counts: &mut AugmentCounts,
+) -> Result<Vec<TrainingExample>> {
     let benign = sample_prompts(prompts, Role::Benign, cfg.retain_count.at_most(), seed, 2);
     let pseudo = if cfg.pseudo_malicious_retain_count > 0 {
-        sample_prompts(
-            prompts,
-            Role::PseudoMalicious,
-            cfg.pseudo_malicious_retain_count,
-            seed,
-            3,
-        )
+        let n = cfg.pseudo_malicious_retain_count;
+        sample_prompts(prompts, Role::PseudoMalicious, n, seed, 3)
     } else {
         vec![]
     };
@@ -491,7 +544,9 @@ pub fn run(
         .iter()
         .map(|p| (p.text.clone(), String::new()))
         .collect();
+    let bs = cfg.generation_batch_size;
     let answers = generate_all(lm, &items, cfg.retain_max_new_tokens, bs, "retain")?;
+    let mut rows = Vec::new();
     for (p, a) in retain_prompts.iter().zip(answers) {
         // A pseudo-malicious prompt enters the retain set only with a compliant answer.
         let bad = a.trim().is_empty()
@@ -518,19 +573,32 @@ pub fn run(
             loss_branch: "retain".into(),
         });
     }
+    Ok(rows)
+}
 
-    // Context-aware augmentation: x ⊕ y_{<=k} ⊕ r.
+/// One augmented example before its refusal is chosen: a prefix of `k` tokens of the
+/// `harmful`-th prompt's response, its `n`-th draw, and the template drawn for it.
+struct Aug {
+    harmful: usize,
+    n: usize,
+    k: usize,
+    prefix: String,
+    template: usize,
+}
+
+/// Context-aware augmentation: x ⊕ y_{<=k} ⊕ r, a refusal after a harmful prefix.
+fn augmented_set(
+    cfg: &AugmentConfig,
+    lm: &LanguageModel,
+    harmful: &[PromptRow],
+    kept: &[(usize, String)],
+    seed: u64,
+    counts: &mut AugmentCounts,
+) -> Result<Vec<TrainingExample>> {
     let a = &cfg.augmentation;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xA5A5_5A5A_0F0F_F0F0);
-    struct Aug {
-        harmful: usize,
-        n: usize,
-        k: usize,
-        prefix: String,
-        template: usize,
-    }
     let mut augs = Vec::new();
-    for (i, resp) in &kept {
+    for (i, resp) in kept {
         let toks = lm.encode(resp, false)?;
         for n in 0..a.per_harmful {
             let k = sample_prefix_len(&mut rng, a.p_zero, a.max_prefix_tokens, toks.len());
@@ -545,35 +613,9 @@ pub fn run(
             });
         }
     }
-    let sep = |prefix: &str| {
-        if prefix.is_empty() || prefix.ends_with(char::is_whitespace) {
-            ""
-        } else {
-            " "
-        }
-    };
-    let model_refusals: Vec<Option<String>> = match a.refusal_source {
-        RefusalSource::Templates => vec![None; augs.len()],
-        RefusalSource::Model => {
-            let items: Vec<(String, String)> = augs
-                .iter()
-                .map(|g| {
-                    (
-                        harmful[g.harmful].text.clone(),
-                        format!("{}{}{}", g.prefix, sep(&g.prefix), a.model_refusal_prefix),
-                    )
-                })
-                .collect();
-            generate_all(lm, &items, a.refusal_max_new_tokens, bs, "refusals")?
-                .into_iter()
-                .map(|t| {
-                    let r = format!("{}{}", a.model_refusal_prefix, t);
-                    is_refusal(&r, &cfg.refusal_markers).then_some(r)
-                })
-                .collect()
-        }
-    };
+    let model_refusals = model_refusals(cfg, lm, harmful, &augs)?;
     let branch = a.target.loss_branch();
+    let mut rows = Vec::new();
     for (g, model_r) in augs.iter().zip(model_refusals) {
         let p = &harmful[g.harmful];
         let (refusal, src) = match model_r {
@@ -582,10 +624,8 @@ pub fn run(
                 if a.refusal_source == RefusalSource::Model {
                     counts.model_refusals_fallback_to_template += 1;
                 }
-                (
-                    a.refusal_templates[g.template].clone(),
-                    format!("template:{}", g.template),
-                )
+                let template = a.refusal_templates[g.template].clone();
+                (template, format!("template:{}", g.template))
             }
         };
         if g.k == 0 {
@@ -611,16 +651,48 @@ pub fn run(
         });
     }
     counts.augmented = augs.len();
+    Ok(rows)
+}
 
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let path = out_dir.join("training_examples.parquet");
-    write_training_examples(&path, &rows)?;
-    info!(?counts, "training examples written");
-    Ok(AugmentOutputs {
-        examples: path,
-        rows,
-        counts,
-    })
+/// The space between a harmful prefix and what follows it, unless the prefix is empty or ends
+/// in whitespace.
+fn sep(prefix: &str) -> &'static str {
+    if prefix.is_empty() || prefix.ends_with(char::is_whitespace) {
+        ""
+    } else {
+        " "
+    }
+}
+
+/// The model's own refusal after each augmented prefix (`refusal_source = "model"`; `None`
+/// where it did not refuse, so the template is used); all `None` with templates.
+fn model_refusals(
+    cfg: &AugmentConfig,
+    lm: &LanguageModel,
+    harmful: &[PromptRow],
+    augs: &[Aug],
+) -> Result<Vec<Option<String>>> {
+    let a = &cfg.augmentation;
+    if a.refusal_source == RefusalSource::Templates {
+        return Ok(vec![None; augs.len()]);
+    }
+    let items: Vec<(String, String)> = augs
+        .iter()
+        .map(|g| {
+            let prefill = format!("{}{}{}", g.prefix, sep(&g.prefix), a.model_refusal_prefix);
+            (harmful[g.harmful].text.clone(), prefill)
+        })
+        .collect();
+    let bs = cfg.generation_batch_size;
+    Ok(
+        generate_all(lm, &items, a.refusal_max_new_tokens, bs, "refusals")?
+            .into_iter()
+            .map(|t| {
+                let r = format!("{}{}", a.model_refusal_prefix, t);
+                is_refusal(&r, &cfg.refusal_markers).then_some(r)
+            })
+            .collect(),
+    )
 }
 
 /// The augment stage. Inputs: `data/prompts.parquet` and the `[run]` model; the key covers the

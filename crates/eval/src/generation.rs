@@ -321,36 +321,7 @@ fn generate_wave(
     for chunk in jobs.chunks(s.batch_size.max(1)) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|j| j.2.clone()).collect();
         let gens = generate(lm, &batch, &gen_cfg)?;
-        let ppl: Vec<Option<f32>> = if s.gibberish.perplexity {
-            let mut items = Vec::new();
-            let mut at = Vec::new();
-            for (j, gn) in gens.iter().enumerate() {
-                let item = match s.gibberish.perplexity_context {
-                    PerplexityContext::Prompt => Item {
-                        context: batch[j].clone(),
-                        continuation: gn.tokens.clone(),
-                    },
-                    PerplexityContext::ResponseOnly if gn.tokens.len() >= 2 => Item {
-                        context: gn.tokens[..1].to_vec(),
-                        continuation: gn.tokens[1..].to_vec(),
-                    },
-                    PerplexityContext::ResponseOnly => continue,
-                };
-                if item.continuation.is_empty() {
-                    continue;
-                }
-                items.push(item);
-                at.push(j);
-            }
-            let lps = continuation_logprobs(lm, &items, false, s.batch_size);
-            let mut v = vec![None; gens.len()];
-            for (j, lp) in at.into_iter().zip(lps) {
-                v[j] = perplexity(&lp);
-            }
-            v
-        } else {
-            vec![None; gens.len()]
-        };
+        let ppl = response_perplexities(lm, s, &batch, &gens);
         for ((&(gi, pi, _), gn), p) in chunk.iter().zip(gens).zip(ppl) {
             tokens += gn.tokens.len();
             let g = groups[gi];
@@ -404,6 +375,45 @@ fn generate_wave(
             g
         })
         .collect())
+}
+
+/// The base model's perplexity of each response (`[eval.gibberish] perplexity`), in the
+/// configured context; `None` where it is off or the response is too short to score.
+fn response_perplexities(
+    lm: &LanguageModel,
+    s: &EvalSection,
+    batch: &[Vec<u32>],
+    gens: &[mosr_lm::generate::Generation],
+) -> Vec<Option<f32>> {
+    let mut v = vec![None; gens.len()];
+    if !s.gibberish.perplexity {
+        return v;
+    }
+    let mut items = Vec::new();
+    let mut at = Vec::new();
+    for (j, gn) in gens.iter().enumerate() {
+        let item = match s.gibberish.perplexity_context {
+            PerplexityContext::Prompt => Item {
+                context: batch[j].clone(),
+                continuation: gn.tokens.clone(),
+            },
+            PerplexityContext::ResponseOnly if gn.tokens.len() >= 2 => Item {
+                context: gn.tokens[..1].to_vec(),
+                continuation: gn.tokens[1..].to_vec(),
+            },
+            PerplexityContext::ResponseOnly => continue,
+        };
+        if item.continuation.is_empty() {
+            continue;
+        }
+        items.push(item);
+        at.push(j);
+    }
+    let lps = continuation_logprobs(lm, &items, false, s.batch_size);
+    for (j, lp) in at.into_iter().zip(lps) {
+        v[j] = perplexity(&lp);
+    }
+    v
 }
 
 /// Group files generated and reused by a run.

@@ -64,7 +64,7 @@ fn batch_logprobs(lm: &LanguageModel, items: &[&Item], adapter: bool) -> Vec<Vec
             num_layers: None,
             logits: Logits::None,
             adapter,
-            train: false,
+            dropout: None,
             training_arithmetic: false,
         },
     );
@@ -159,7 +159,7 @@ fn shared_batch(lm: &LanguageModel, items: &[&Choices], adapter: bool) -> Vec<Ve
         num_layers: None,
         logits,
         adapter,
-        train: false,
+        dropout: None,
         training_arithmetic: false,
     };
     // 1. Contexts once; the last position scores every option's first token.

@@ -19,8 +19,8 @@ use mosr_artifacts::eval::{
     write_generations, write_metrics,
 };
 use mosr_artifacts::{
-    CapabilityRow, PromptRow, Role, StageManifest, read_capability, read_judge_labels,
-    read_prompts, sha256_file,
+    CapabilityRow, JudgeLabelRow, PromptRow, Role, StageManifest, read_capability,
+    read_judge_labels, read_prompts, sha256_file,
 };
 use mosr_stage::{Ctx, Planned};
 use tracing::{info, warn};
@@ -194,97 +194,22 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
     if cfg.variants.is_empty() {
         bail!("no variants to evaluate");
     }
-    let prompts_path = cfg.data_dir.join("prompts.parquet");
-    let cap_path = cfg.data_dir.join("capability.parquet");
-    let labels_path = cfg.data_dir.join("judge_labels.parquet");
-    let prompts = read_prompts(&prompts_path)?;
-    let capability = if s.capability.benchmarks.is_empty() {
-        Vec::new()
-    } else {
-        read_capability(&cap_path)?
-    };
-    let labels = read_judge_labels(&labels_path)?;
-
+    let inputs = Inputs::read(cfg)?;
     // Adapters are checked before anything is loaded, so a wrong one fails in seconds.
-    let mut adapter_keys = Vec::new();
-    for v in &cfg.variants {
-        adapter_keys.push(match &v.adapter {
-            Some(d) => Some(check_adapter(d, &cfg.model_sha256)?),
-            None => None,
-        });
-    }
-
-    let (harmful, planned_sets) = plan_sets(cfg, &prompts_path, &prompts)?;
-    let attack_objs: Vec<Box<dyn attacks::Attack>> = s
-        .attacks
+    let adapter_keys = cfg
+        .variants
         .iter()
-        .map(|a| s.attack(a, &cfg.repo_root))
-        .collect::<Result<_>>()?;
-    // Prompts per (set, attack), the same for every variant.
-    let mut sends: Vec<(String, String, Vec<AttackPrompt>)> = Vec::new();
-    let input = AttackInput {
-        harmful: &harmful,
-        all: &prompts,
-        n: s.harmful_n.at_most(),
-        seed: cfg.seed,
-    };
-    for a in &attack_objs {
-        sends.push(("harmful".into(), a.name().to_string(), a.prompts(&input)?));
-    }
-    for set in &planned_sets {
-        if set.harmful {
-            let input = AttackInput {
-                harmful: &set.prompts,
-                all: &prompts,
-                n: 0,
-                seed: cfg.seed,
-            };
-            for a in attack_objs.iter().filter(|a| a.transforms_input()) {
-                sends.push((set.name.clone(), a.name().to_string(), a.prompts(&input)?));
-            }
-        } else {
-            sends.push((
-                set.name.clone(),
-                "direct".into(),
-                set.prompts.iter().map(plain).collect(),
-            ));
-        }
-    }
-    for (set, attack, p) in &sends {
-        if p.is_empty() {
-            bail!("set `{set}` under attack `{attack}` has no prompts to send");
-        }
-    }
-    let caps = plan_capability(cfg, &cap_path, &capability)?;
-    let frontier_plan = crate::frontier::plan(cfg, &prompts, &sends)?;
-
-    let gen_settings = gen_settings(s);
-    let mut gen_groups = Vec::new();
-    let mut cap_groups = Vec::new();
-    for (vi, v) in cfg.variants.iter().enumerate() {
-        let vkey = variant_key(cfg, &adapter_keys[vi]);
-        for (set, attack, p) in &sends {
-            let at = GroupAt {
-                variant: vi,
-                label: &v.label(),
-                vkey: &vkey,
-                settings: &gen_settings,
-            };
-            gen_groups.push(gen_group(&at, set, attack, p));
-        }
-        for (b, items) in &caps {
-            let ids: Vec<&str> = items.iter().map(|r| r.id.as_str()).collect();
-            let key = key_of(&serde_json::json!({
-                "v": vkey, "capability": s.capability, "items": ids,
-            }));
-            cap_groups.push(CapGroup {
-                variant: vi,
-                benchmark: b.clone(),
-                items: items.clone(),
-                file: format!("cap.{}.{}.{key}.parquet", sanitize(&v.label()), sanitize(b)),
-            });
-        }
-    }
+        .map(|v| {
+            v.adapter
+                .as_ref()
+                .map(|d| check_adapter(d, &cfg.model_sha256))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sends = plan_sends(cfg, &inputs)?;
+    let caps = plan_capability(cfg, &inputs.capability_path, &inputs.capability)?;
+    let frontier_plan = crate::frontier::plan(cfg, &inputs.prompts, &sends)?;
+    let (gen_groups, cap_groups) = plan_groups(cfg, &sends, &caps, &adapter_keys);
     info!(
         variants = cfg.variants.len(),
         generation_groups = gen_groups.len(),
@@ -301,43 +226,13 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
     let mut cap_items: Vec<CapabilityItemRow> = Vec::new();
     // Variant by variant, so each adapter is loaded once.
     for vi in 0..cfg.variants.len() {
-        let adapter = cfg.variants[vi].adapter.is_some();
         let mine: Vec<&GenGroup> = gen_groups.iter().filter(|g| g.variant == vi).collect();
         let got = model_generations(cfg, &mut model, &cfg.variants[vi], &mine, &mut counts)?;
         generations.extend(got.into_iter().flatten());
         for g in cap_groups.iter().filter(|g| g.variant == vi) {
-            let rows = match find_group(cfg, &g.file)? {
-                Some(p) => {
-                    counts.reused += 1;
-                    read_capability_items(&p)?
-                }
-                None => {
-                    let t0 = Instant::now();
-                    let lm = model.get(&cfg.variants[vi])?;
-                    let mut rows = crate::capability::score(
-                        lm,
-                        &s.capability,
-                        &cfg.variants[vi].name,
-                        &g.items,
-                        adapter,
-                    )?;
-                    let seed = cfg.variants[vi].seed.map(|s| s as i64);
-                    rows.iter_mut().for_each(|r| r.seed = seed);
-                    write_capability_items(&cfg.out_dir.join("groups").join(&g.file), &rows)?;
-                    counts.generated += 1;
-                    let acc = rows.iter().filter(|r| r.correct).count() as f64 / rows.len() as f64;
-                    info!(
-                        variant = %cfg.variants[vi].label(), benchmark = %g.benchmark, n = rows.len(),
-                        accuracy = format!("{acc:.3}"), secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
-                        "capability scored"
-                    );
-                    rows
-                }
-            };
-            cap_items.extend(rows);
+            cap_items.extend(capability_group(cfg, &mut model, g, &mut counts)?);
         }
     }
-
     let frontier_rows = match &frontier_plan {
         Some(p) => Some(crate::frontier::generate(
             cfg,
@@ -348,43 +243,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
         )?),
         None => None,
     };
-
-    // Metrics.
-    let mut rows = metrics::generation_metrics(&generations);
-    let mut by: BTreeMap<(String, Option<i64>, String), (u64, u64)> = BTreeMap::new();
-    for r in &cap_items {
-        let e = by
-            .entry((r.variant.clone(), r.seed, r.benchmark.clone()))
-            .or_default();
-        e.0 += r.correct as u64;
-        e.1 += 1;
-    }
-    for ((v, seed, b), (k, n)) in by {
-        let row = metrics::rate(Some(&v), &b, None, "accuracy", k, n);
-        rows.extend(row.map(|r| MetricRow { seed, ..r }));
-    }
-    if labels.is_empty() {
-        warn!(file = %labels_path.display(), "no human-labelled responses: refusal judge not validated");
-    } else {
-        let c = metrics::validate_refusal_judge(&s.refusal, &labels);
-        info!(
-            n = c.n(),
-            accuracy = format!("{:.3}", c.accuracy()),
-            precision = format!("{:.3}", c.precision()),
-            recall = format!("{:.3}", c.recall()),
-            "refusal judge on human labels"
-        );
-        rows.extend(metrics::judge_validation_rows(&c));
-    }
-    if let Some(path) = outcome_labels_path(cfg) {
-        let labelled = crate::outcome_labels::read(&path)?;
-        rows.extend(crate::outcome_labels::validation_rows(
-            "mosr_judge_labels",
-            &s.refusal,
-            &s.gibberish,
-            &labelled,
-        ));
-    }
+    let rows = metric_rows(cfg, &inputs, &generations, &cap_items)?;
 
     let out = |n: &str| cfg.out_dir.join(n);
     let (gen_path, met_path, cap_path_out) = (
@@ -396,25 +255,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
     write_metrics(&met_path, &rows)?;
     write_capability_items(&cap_path_out, &cap_items)?;
 
-    let mut manifest = StageManifest::new("eval", resolved_config(cfg));
-    manifest.seed = Some(cfg.seed);
-    manifest.inputs = BTreeMap::from([
-        ("prompts.parquet".into(), sha256_file(&prompts_path)?),
-        ("judge_labels.parquet".into(), sha256_file(&labels_path)?),
-        ("model".into(), cfg.model_sha256.clone()),
-    ]);
-    if !s.capability.benchmarks.is_empty() {
-        manifest
-            .inputs
-            .insert("capability.parquet".into(), sha256_file(&cap_path)?);
-    }
-    for (v, k) in cfg.variants.iter().zip(&adapter_keys) {
-        if let Some(k) = k {
-            manifest
-                .inputs
-                .insert(format!("adapter/{}", v.label()), k.clone());
-        }
-    }
+    let mut manifest = inputs.manifest(cfg, &adapter_keys)?;
     for (name, p) in [
         ("generations.parquet", &gen_path),
         ("metrics.parquet", &met_path),
@@ -452,6 +293,231 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutputs> {
         metric_rows: rows,
         frontier,
     })
+}
+
+/// The data stage's tables the evaluation reads, and where they are.
+struct Inputs {
+    prompts_path: PathBuf,
+    capability_path: PathBuf,
+    labels_path: PathBuf,
+    prompts: Vec<PromptRow>,
+    /// Empty when no capability benchmark is configured (the file is then not read).
+    capability: Vec<CapabilityRow>,
+    labels: Vec<JudgeLabelRow>,
+}
+
+impl Inputs {
+    fn read(cfg: &EvalConfig) -> Result<Self> {
+        let prompts_path = cfg.data_dir.join("prompts.parquet");
+        let capability_path = cfg.data_dir.join("capability.parquet");
+        let labels_path = cfg.data_dir.join("judge_labels.parquet");
+        let prompts = read_prompts(&prompts_path)?;
+        let capability = if cfg.section.capability.benchmarks.is_empty() {
+            Vec::new()
+        } else {
+            read_capability(&capability_path)?
+        };
+        Ok(Self {
+            prompts,
+            capability,
+            labels: read_judge_labels(&labels_path)?,
+            prompts_path,
+            capability_path,
+            labels_path,
+        })
+    }
+
+    /// The stage manifest with its configuration and inputs: the data tables read, the model
+    /// and each variant's adapter key.
+    fn manifest(&self, cfg: &EvalConfig, adapter_keys: &[Option<String>]) -> Result<StageManifest> {
+        let mut manifest = StageManifest::new("eval", resolved_config(cfg));
+        manifest.seed = Some(cfg.seed);
+        manifest.inputs = BTreeMap::from([
+            ("prompts.parquet".into(), sha256_file(&self.prompts_path)?),
+            (
+                "judge_labels.parquet".into(),
+                sha256_file(&self.labels_path)?,
+            ),
+            ("model".into(), cfg.model_sha256.clone()),
+        ]);
+        if !cfg.section.capability.benchmarks.is_empty() {
+            let hash = sha256_file(&self.capability_path)?;
+            manifest.inputs.insert("capability.parquet".into(), hash);
+        }
+        for (v, k) in cfg.variants.iter().zip(adapter_keys) {
+            if let Some(k) = k {
+                manifest
+                    .inputs
+                    .insert(format!("adapter/{}", v.label()), k.clone());
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+/// The prompts sent per (set, attack), the same for every variant: the harmful pool under
+/// each attack, each harmful set under the input-transforming attacks, the others `direct`.
+fn plan_sends(
+    cfg: &EvalConfig,
+    inputs: &Inputs,
+) -> Result<Vec<(String, String, Vec<AttackPrompt>)>> {
+    let s = &cfg.section;
+    let prompts = &inputs.prompts;
+    let (harmful, planned_sets) = plan_sets(cfg, &inputs.prompts_path, prompts)?;
+    let attack_objs: Vec<Box<dyn attacks::Attack>> = s
+        .attacks
+        .iter()
+        .map(|a| s.attack(a, &cfg.repo_root))
+        .collect::<Result<_>>()?;
+    let mut sends: Vec<(String, String, Vec<AttackPrompt>)> = Vec::new();
+    let input = AttackInput {
+        harmful: &harmful,
+        all: prompts,
+        n: s.harmful_n.at_most(),
+        seed: cfg.seed,
+    };
+    for a in &attack_objs {
+        sends.push(("harmful".into(), a.name().to_string(), a.prompts(&input)?));
+    }
+    for set in &planned_sets {
+        if set.harmful {
+            let input = AttackInput {
+                harmful: &set.prompts,
+                all: prompts,
+                n: 0,
+                seed: cfg.seed,
+            };
+            for a in attack_objs.iter().filter(|a| a.transforms_input()) {
+                sends.push((set.name.clone(), a.name().to_string(), a.prompts(&input)?));
+            }
+        } else {
+            let direct = set.prompts.iter().map(plain).collect();
+            sends.push((set.name.clone(), "direct".into(), direct));
+        }
+    }
+    for (set, attack, p) in &sends {
+        if p.is_empty() {
+            bail!("set `{set}` under attack `{attack}` has no prompts to send");
+        }
+    }
+    Ok(sends)
+}
+
+/// Every variant's generation groups (one per sent (set, attack)) and capability groups (one
+/// per benchmark), each named by a key of everything its rows depend on.
+fn plan_groups(
+    cfg: &EvalConfig,
+    sends: &[(String, String, Vec<AttackPrompt>)],
+    caps: &[(String, Vec<CapabilityRow>)],
+    adapter_keys: &[Option<String>],
+) -> (Vec<GenGroup>, Vec<CapGroup>) {
+    let s = &cfg.section;
+    let gen_settings = gen_settings(s);
+    let mut gen_groups = Vec::new();
+    let mut cap_groups = Vec::new();
+    for (vi, v) in cfg.variants.iter().enumerate() {
+        let vkey = variant_key(cfg, &adapter_keys[vi]);
+        for (set, attack, p) in sends {
+            let at = GroupAt {
+                variant: vi,
+                label: &v.label(),
+                vkey: &vkey,
+                settings: &gen_settings,
+            };
+            gen_groups.push(gen_group(&at, set, attack, p));
+        }
+        for (b, items) in caps {
+            let ids: Vec<&str> = items.iter().map(|r| r.id.as_str()).collect();
+            let key = key_of(&serde_json::json!({
+                "v": vkey, "capability": s.capability, "items": ids,
+            }));
+            cap_groups.push(CapGroup {
+                variant: vi,
+                benchmark: b.clone(),
+                items: items.clone(),
+                file: format!("cap.{}.{}.{key}.parquet", sanitize(&v.label()), sanitize(b)),
+            });
+        }
+    }
+    (gen_groups, cap_groups)
+}
+
+/// One capability group's scored items: reused from an earlier run's group file, else scored
+/// now and written.
+fn capability_group(
+    cfg: &EvalConfig,
+    model: &mut Model,
+    g: &CapGroup,
+    counts: &mut GroupCounts,
+) -> Result<Vec<CapabilityItemRow>> {
+    if let Some(p) = find_group(cfg, &g.file)? {
+        counts.reused += 1;
+        return Ok(read_capability_items(&p)?);
+    }
+    let v = &cfg.variants[g.variant];
+    let t0 = Instant::now();
+    let lm = model.get(v)?;
+    let capability = &cfg.section.capability;
+    let adapter = v.adapter.is_some();
+    let mut rows = crate::capability::score(lm, capability, &v.name, &g.items, adapter)?;
+    let seed = v.seed.map(|s| s as i64);
+    rows.iter_mut().for_each(|r| r.seed = seed);
+    write_capability_items(&cfg.out_dir.join("groups").join(&g.file), &rows)?;
+    counts.generated += 1;
+    let acc = rows.iter().filter(|r| r.correct).count() as f64 / rows.len() as f64;
+    info!(
+        variant = %v.label(), benchmark = %g.benchmark, n = rows.len(),
+        accuracy = format!("{acc:.3}"), secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
+        "capability scored"
+    );
+    Ok(rows)
+}
+
+/// The metrics table: rates per generation group, capability accuracy per (variant, seed,
+/// benchmark), and the judges' agreement with the human labels.
+fn metric_rows(
+    cfg: &EvalConfig,
+    inputs: &Inputs,
+    generations: &[GenerationRow],
+    cap_items: &[CapabilityItemRow],
+) -> Result<Vec<MetricRow>> {
+    let s = &cfg.section;
+    let mut rows = metrics::generation_metrics(generations);
+    let mut by: BTreeMap<(String, Option<i64>, String), (u64, u64)> = BTreeMap::new();
+    for r in cap_items {
+        let e = by
+            .entry((r.variant.clone(), r.seed, r.benchmark.clone()))
+            .or_default();
+        e.0 += r.correct as u64;
+        e.1 += 1;
+    }
+    for ((v, seed, b), (k, n)) in by {
+        let row = metrics::rate(Some(&v), &b, None, "accuracy", k, n);
+        rows.extend(row.map(|r| MetricRow { seed, ..r }));
+    }
+    if inputs.labels.is_empty() {
+        warn!(file = %inputs.labels_path.display(), "no human-labelled responses: refusal judge not validated");
+    } else {
+        let c = metrics::validate_refusal_judge(&s.refusal, &inputs.labels);
+        info!(
+            n = c.n(),
+            accuracy = format!("{:.3}", c.accuracy()),
+            precision = format!("{:.3}", c.precision()),
+            recall = format!("{:.3}", c.recall()),
+            "refusal judge on human labels"
+        );
+        rows.extend(metrics::judge_validation_rows(&c));
+    }
+    if let Some(path) = outcome_labels_path(cfg) {
+        let labelled = crate::outcome_labels::read(&path)?;
+        rows.extend(crate::outcome_labels::validation_rows(
+            "mosr_judge_labels",
+            &s.refusal,
+            &s.gibberish,
+            &labelled,
+        ));
+    }
+    Ok(rows)
 }
 
 /// The hand-labelled responses file, resolved against the repository root; none when the

@@ -1,6 +1,6 @@
 //! The extract stage: the residual stream of every layer for chat-formatted prompts.
 //!
-//! For each selected prompt (a seeded sample per role and split, see [`prompts::select`]) the
+//! For each selected prompt (a seeded sample per role and split, see [`mosr_stage::prompts::select`]) the
 //! stage renders a single user turn with the model's own chat template and generation prompt,
 //! runs batched forwards through `mosr-lm` (no adapter), and writes one row per prompt and layer
 //! to `representations.parquet` (schema in `mosr_artifacts::analysis::REPRESENTATIONS`).
@@ -9,25 +9,24 @@
 //! is computed, and a killed run skips the parts it finds; the parts are merged (streamed,
 //! one at a time) into the final table at the end.
 
-pub mod prompts;
-
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use arrow::array::RecordBatch;
 use burn::tensor::Tensor;
 use mosr_artifacts::StageWork;
 use mosr_artifacts::analysis::{
     Parts, REPRESENTATIONS, i32_column, table_batch, utf8_column, vector_column,
 };
-use mosr_artifacts::{PromptRow, StageManifest, read_prompts, sha256_bytes, sha256_file};
+use mosr_artifacts::{PromptRow, StageManifest, sha256_bytes, sha256_file};
 use mosr_lm::{ForwardOptions, LanguageModel, Logits, TokenBatch};
 use mosr_stage::{Ctx, Planned};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-pub use prompts::OnOverflow;
+use mosr_stage::prompts;
+pub use mosr_stage::prompts::OnOverflow;
 
 /// Where in the prompt the representation is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -188,25 +187,13 @@ pub fn run(cfg: &ExtractConfig, out_dir: &Path) -> Result<ExtractOutputs> {
     let started = Instant::now();
     let s = &cfg.section;
     s.validate()?;
-    let roles = prompts::parse_roles(&s.roles)?;
-    let splits = prompts::parse_splits(&s.splits)?;
-    if !cfg.prompts.is_file() {
-        bail!(
-            "{}: prompts table is missing; run the data stage first",
-            cfg.prompts.display()
-        );
-    }
-    let all = read_prompts(&cfg.prompts)?;
-    let chosen = prompts::select(
-        &all,
-        &roles,
-        &splits,
+    let chosen = prompts::read_selected(
+        &cfg.prompts,
+        &s.roles,
+        &s.splits,
         s.max_per_role_split,
         cfg.seed,
-        &cfg.prompts,
     )?;
-    drop(all);
-
     let mosr_lm::ModelIdentity {
         path: model_path,
         sha256: model_sha,
@@ -216,26 +203,7 @@ pub fn run(cfg: &ExtractConfig, out_dir: &Path) -> Result<ExtractOutputs> {
     let lm = LanguageModel::open(&model_path, &device)?;
     info!(model = %model_path.display(), secs = t0.elapsed().as_secs_f64(), "model loaded");
     let n_blocks = lm.config.num_layers;
-    let layers: Vec<usize> = match &s.layers {
-        Some(l) if l.is_empty() => bail!("[extract] layers is empty; omit it for all layers"),
-        Some(l) => {
-            let mut l = l.clone();
-            l.sort_unstable();
-            l.dedup();
-            if let Some(&bad) = l.iter().find(|&&x| x > n_blocks) {
-                bail!("[extract] layer {bad} does not exist: the model has layers 0..={n_blocks}");
-            }
-            l
-        }
-        None => (0..=n_blocks).collect(),
-    };
-    let max_ctx = lm.config.max_position_embeddings;
-    if s.max_prompt_tokens > max_ctx {
-        bail!(
-            "[extract] max_prompt_tokens = {} exceeds the model's context window ({max_ctx})",
-            s.max_prompt_tokens
-        );
-    }
+    let layers = prompts::layers("extract", s.layers.as_deref(), n_blocks)?;
     let info_model = ModelInfo {
         id: cfg.model.clone(),
         sha256: model_sha,
@@ -246,16 +214,14 @@ pub fn run(cfg: &ExtractConfig, out_dir: &Path) -> Result<ExtractOutputs> {
     };
 
     // Tokenise everything up front (cheap), then batch by length so padding stays small.
-    let mut items: Vec<(Vec<u32>, &PromptRow)> = Vec::with_capacity(chosen.len());
-    let mut truncated = 0usize;
-    for p in &chosen {
-        let (ids, cut) =
-            prompts::chat_tokens(&lm, &p.id, &p.text, s.max_prompt_tokens, s.on_overflow)
-                .with_context(|| format!("{}: prompt `{}`", cfg.prompts.display(), p.id))?;
-        truncated += cut as usize;
-        items.push((ids, p));
-    }
-    items.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.1.id.cmp(&b.1.id)));
+    let prompts::Tokenized { items, truncated } = prompts::tokenize(
+        &lm,
+        "extract",
+        &chosen,
+        s.max_prompt_tokens,
+        s.on_overflow,
+        &cfg.prompts,
+    )?;
     let n_batches = items.len().div_ceil(s.batch_size);
     info!(
         prompts = items.len(),
@@ -268,121 +234,37 @@ pub fn run(cfg: &ExtractConfig, out_dir: &Path) -> Result<ExtractOutputs> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let manifest_config =
         serde_json::json!({ "section": s, "model": info_model, "seed": cfg.seed });
-    let parts_dir = out_dir.join("parts");
     let fingerprint = sha256_bytes(serde_json::to_string(&manifest_config)?.as_bytes());
-    let tag = parts_dir.join(".config");
-    if parts_dir.exists()
-        && std::fs::read_to_string(&tag)
-            .map(|t| t != fingerprint)
-            .unwrap_or(true)
-    {
-        std::fs::remove_dir_all(&parts_dir)
-            .with_context(|| format!("removing stale {}", parts_dir.display()))?;
-    }
-    let parts = Parts::new(&parts_dir, &REPRESENTATIONS)?;
-    mosr_artifacts::write_bytes_atomic(&tag, fingerprint.as_bytes())?;
-
-    let width = lm.config.hidden_size;
-    let max_layer = *layers.last().expect("non-empty");
-    let opts = ForwardOptions {
-        hidden: true,
-        num_layers: Some(max_layer),
-        logits: Logits::None,
-        adapter: false,
-        train: false,
-        training_arithmetic: false,
-    };
-    let (mut done_prompts, mut skipped) = (0usize, 0usize);
-    let mut last_log = Instant::now();
-    let compute_started = Instant::now();
-    for (bi, chunk) in items.chunks(s.batch_size).enumerate() {
-        if parts.done(bi) {
-            skipped += 1;
-            continue;
-        }
-        let seqs: Vec<Vec<u32>> = chunk.iter().map(|(ids, _)| ids.clone()).collect();
-        let batch = TokenBatch::left_padded(&seqs, lm.pad_id);
-        let out = lm.net.forward(&batch, None, opts);
-        let vectors = pick_positions(&out.hidden, &batch, &layers, s.position, width)?;
-        if let Some(i) = vectors.iter().position(|x| !x.is_finite()) {
-            let (layer, row) = (layers[i / (chunk.len() * width)], (i / width) % chunk.len());
-            bail!(
-                "{}: non-finite hidden state ({}) at layer {layer} for prompt `{}`: the model's weights produce NaN or Inf; no representations were written for this batch",
-                model_path.display(),
-                vectors[i],
-                chunk[row].1.id
-            );
-        }
-        let rows = chunk.len() * layers.len();
-        let mut ids = Vec::with_capacity(rows);
-        let mut roles_c = Vec::with_capacity(rows);
-        let mut splits_c = Vec::with_capacity(rows);
-        let mut layer_c = Vec::with_capacity(rows);
-        for &l in &layers {
-            for (_, p) in chunk {
-                ids.push(p.id.as_str());
-                roles_c.push(p.role.as_str());
-                splits_c.push(p.split.as_str());
-                layer_c.push(l as i32);
-            }
-        }
-        let path = parts.path(bi);
-        let b = table_batch(
-            &REPRESENTATIONS,
-            &path,
-            vec![
-                utf8_column(ids),
-                utf8_column(roles_c),
-                utf8_column(splits_c),
-                i32_column(layer_c),
-                utf8_column(std::iter::repeat_n(s.position.as_str(), rows)),
-                vector_column(&path, width, vectors)?,
-            ],
-        )?;
-        parts.write(bi, &b)?;
-        done_prompts += chunk.len();
-        if last_log.elapsed().as_secs_f64() > 10.0 || bi + 1 == n_batches {
-            let secs = compute_started.elapsed().as_secs_f64();
-            info!(
-                batch = bi + 1,
-                of = n_batches,
-                prompts = done_prompts,
-                prompts_per_s = done_prompts as f64 / secs.max(1e-9),
-                "extract progress"
-            );
-            last_log = Instant::now();
-        }
-    }
-    if skipped > 0 {
-        info!(
-            batches = skipped,
-            "resumed: batches already on disk were skipped"
-        );
-    }
+    let parts = Parts::keyed(&out_dir.join("parts"), &REPRESENTATIONS, &fingerprint)?;
+    let skipped = prompts::resumable_batches(
+        &items,
+        s.batch_size,
+        "extract",
+        |bi| parts.done(bi),
+        |bi, chunk| {
+            let path = parts.path(bi);
+            let part = extract_batch(&lm, &model_path, chunk, &layers, s.position, &path)?;
+            Ok(parts.write(bi, &part)?)
+        },
+    )?;
     let rep_path = out_dir.join("representations.parquet");
     let rows = parts.merge(n_batches, &rep_path)?;
 
-    let mut manifest = StageManifest::new("extract", manifest_config);
-    manifest.seed = Some(cfg.seed);
-    manifest
-        .inputs
-        .insert("prompts.parquet".into(), sha256_file(&cfg.prompts)?);
-    manifest
-        .inputs
-        .insert("model".into(), info_model.sha256.clone());
-    manifest
-        .outputs
-        .insert("representations.parquet".into(), sha256_file(&rep_path)?);
-    let mut counts: BTreeMap<String, u64> = prompts::group_counts(&chosen)
-        .into_iter()
-        .map(|(k, v)| (format!("prompts/{k}"), v))
-        .collect();
-    counts.insert("representations".into(), rows);
-    counts.insert("prompts".into(), chosen.len() as u64);
-    counts.insert("layers".into(), layers.len() as u64);
-    counts.insert("truncated_prompts".into(), truncated as u64);
-    counts.insert("resumed_batches".into(), skipped as u64);
-    manifest.row_counts = counts;
+    let counts = [
+        ("representations", rows),
+        ("prompts", chosen.len() as u64),
+        ("layers", layers.len() as u64),
+        ("truncated_prompts", truncated as u64),
+        ("resumed_batches", skipped as u64),
+    ];
+    let mut manifest = manifest(
+        cfg,
+        manifest_config,
+        &info_model,
+        &chosen,
+        &rep_path,
+        counts,
+    )?;
     manifest.wall_time_s = started.elapsed().as_secs_f64();
     let manifest_path = out_dir.join("manifest.json");
     manifest.write(&manifest_path)?;
@@ -400,6 +282,84 @@ pub fn run(cfg: &ExtractConfig, out_dir: &Path) -> Result<ExtractOutputs> {
         layers,
         truncated,
     })
+}
+
+/// One batch's residual-stream vectors at `position`, as the `parts` record batch bound for
+/// `path`: one row per (layer, prompt), layer-major.
+fn extract_batch(
+    lm: &LanguageModel,
+    model_path: &Path,
+    chunk: &[(Vec<u32>, &PromptRow)],
+    layers: &[usize],
+    position: Position,
+    path: &Path,
+) -> Result<RecordBatch> {
+    let width = lm.config.hidden_size;
+    let opts = ForwardOptions {
+        hidden: true,
+        num_layers: Some(*layers.last().expect("non-empty")),
+        logits: Logits::None,
+        adapter: false,
+        dropout: None,
+        training_arithmetic: false,
+    };
+    let seqs: Vec<Vec<u32>> = chunk.iter().map(|(ids, _)| ids.clone()).collect();
+    let batch = TokenBatch::left_padded(&seqs, lm.pad_id);
+    let out = lm.net.forward(&batch, None, opts);
+    let vectors = pick_positions(&out.hidden, &batch, layers, position, width)?;
+    if let Some(i) = vectors.iter().position(|x| !x.is_finite()) {
+        let (layer, row) = (layers[i / (chunk.len() * width)], (i / width) % chunk.len());
+        bail!(
+            "{}: non-finite hidden state ({}) at layer {layer} for prompt `{}`: the model's weights produce NaN or Inf; no representations were written for this batch",
+            model_path.display(),
+            vectors[i],
+            chunk[row].1.id
+        );
+    }
+    let rows = chunk.len() * layers.len();
+    let each = || {
+        layers
+            .iter()
+            .flat_map(|&l| chunk.iter().map(move |(_, p)| (l, *p)))
+    };
+    Ok(table_batch(
+        &REPRESENTATIONS,
+        path,
+        vec![
+            utf8_column(each().map(|(_, p)| p.id.as_str())),
+            utf8_column(each().map(|(_, p)| p.role.as_str())),
+            utf8_column(each().map(|(_, p)| p.split.as_str())),
+            i32_column(each().map(|(l, _)| l as i32)),
+            utf8_column(std::iter::repeat_n(position.as_str(), rows)),
+            vector_column(path, width, vectors)?,
+        ],
+    )?)
+}
+
+/// The stage manifest: configuration, inputs (prompts, model), the representations' hash and
+/// the counts (per prompt group, then `counts`).
+fn manifest(
+    cfg: &ExtractConfig,
+    config: serde_json::Value,
+    model: &ModelInfo,
+    chosen: &[PromptRow],
+    representations: &Path,
+    counts: [(&str, u64); 5],
+) -> Result<StageManifest> {
+    let mut manifest = StageManifest::new("extract", config);
+    manifest.seed = Some(cfg.seed);
+    let inputs = &mut manifest.inputs;
+    inputs.insert("prompts.parquet".into(), sha256_file(&cfg.prompts)?);
+    inputs.insert("model".into(), model.sha256.clone());
+    let rep = sha256_file(representations)?;
+    manifest
+        .outputs
+        .insert("representations.parquet".into(), rep);
+    manifest.row_counts = prompts::manifest_counts(chosen);
+    for (k, v) in counts {
+        manifest.row_counts.insert(k.into(), v);
+    }
+    Ok(manifest)
 }
 
 /// Row-major `[layer][prompt][width]` vectors at the configured position. Batches are

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -15,7 +14,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use mosr_artifacts::training::{TrainLogRow, read_train_log, write_train_log};
-use mosr_lm::{CausalLm, ForwardOptions, LanguageModel, Logits, TokenBatch};
+use mosr_lm::{CausalLm, DropoutStream, ForwardOptions, LanguageModel, Logits, TokenBatch};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -25,12 +24,6 @@ use tracing::info;
 use crate::data::{Seq, TrainData, normalize_batch_weights};
 use crate::loss::{coefficients, erasure_loss, retain_loss};
 use crate::{FinetuneConfig, LossTokens, Variant, WeightNormalization};
-
-/// LoRA dropout masks come from one process-wide stream (`mosr_lm::lora::seed_dropout`) and
-/// the adapter initialization from burn's process-wide RNG; training holds this lock from
-/// seeding to the last forward of a run so concurrent trainings in one process (tests) cannot
-/// interleave their draws.
-static TRAIN_LOCK: Mutex<()> = Mutex::new(());
 
 const TAG_HARMFUL: u64 = 1;
 const TAG_RETAIN: u64 = 2;
@@ -489,9 +482,10 @@ pub fn refusal_lm_loss(
     augmented: &[&Seq],
     retain: &[&Seq],
     pad: u32,
+    dropout: Option<&DropoutStream>,
 ) -> Tensor<1> {
     if alpha >= 1.0 || retain.is_empty() {
-        return cross_entropy(net, augmented, pad);
+        return cross_entropy(net, augmented, pad, dropout);
     }
     let answers: Vec<Seq> = retain
         .iter()
@@ -500,7 +494,8 @@ pub fn refusal_lm_loss(
             ..(*s).clone()
         })
         .collect();
-    let mut ce = cross_entropies(net, &[augmented.to_vec(), answers.iter().collect()], pad);
+    let groups = [augmented.to_vec(), answers.iter().collect()];
+    let mut ce = cross_entropies(net, &groups, pad, dropout);
     let benign = ce.pop().expect("two groups");
     let refusal = ce.pop().expect("two groups");
     refusal * alpha + benign * (1.0 - alpha)
@@ -508,13 +503,23 @@ pub fn refusal_lm_loss(
 
 /// Cross-entropy of the refusal tokens of augmented sequences (Qi et al.'s recovery term):
 /// the mean over the tokens from each sequence's `ce_from` on.
-pub fn cross_entropy(net: &CausalLm, seqs: &[&Seq], pad: u32) -> Tensor<1> {
-    cross_entropies(net, &[seqs.to_vec()], pad).remove(0)
+pub fn cross_entropy(
+    net: &CausalLm,
+    seqs: &[&Seq],
+    pad: u32,
+    dropout: Option<&DropoutStream>,
+) -> Tensor<1> {
+    cross_entropies(net, &[seqs.to_vec()], pad, dropout).remove(0)
 }
 
 /// [`cross_entropy`] of several groups of sequences from one forward pass over all their rows
 /// (each group's mean over its own target tokens).
-pub fn cross_entropies(net: &CausalLm, groups: &[Vec<&Seq>], pad: u32) -> Vec<Tensor<1>> {
+pub fn cross_entropies(
+    net: &CausalLm,
+    groups: &[Vec<&Seq>],
+    pad: u32,
+    dropout: Option<&DropoutStream>,
+) -> Vec<Tensor<1>> {
     let seqs: Vec<&Seq> = groups.iter().flatten().copied().collect();
     let ids: Vec<Vec<u32>> = seqs.iter().map(|s| s.ids.clone()).collect();
     let tb = TokenBatch::left_padded(&ids, pad);
@@ -527,7 +532,7 @@ pub fn cross_entropies(net: &CausalLm, groups: &[Vec<&Seq>], pad: u32) -> Vec<Te
             num_layers: None,
             logits: Logits::All,
             adapter: true,
-            train: true,
+            dropout,
             training_arithmetic: false,
         },
     );
@@ -643,7 +648,6 @@ pub fn train_variant(
     dir: &Path,
     opts: &RunOptions,
 ) -> Result<Option<VariantSummary>> {
-    let _guard = TRAIN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let res = cfg.resolve(lm.config.num_layers)?;
     let summary_path = dir.join("summary.json");
@@ -654,75 +658,13 @@ pub fn train_variant(
         return Ok(Some(s));
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let device = lm.device();
-    if !device.is_autodiff() {
+    if !lm.device().is_autodiff() {
         bail!(
             "finetune: the model was opened on a device without autodiff; open it on `device.autodiff()` to train"
         );
     }
-    let cfg_sha = config_hash(cfg, variant, seed)?;
-
-    // Same seeded initialisation in every variant.
-    device.seed(mix(seed, TAG_INIT, 0, 0));
-    let mut net = lm.net.clone().attach_lora(&res.lora)?;
-    let slots = slots_of(&net);
-    let mut params = read_params(&net, &slots, dir)?;
-    if cfg.lora_b_init_std > 0.0 {
-        perturb_b(
-            &mut params,
-            &slots,
-            cfg.lora_b_init_std,
-            mix(seed, TAG_INIT, 1, 0),
-        );
-    }
-    let mut adam = Adam::new(&params);
-    let mut log: Vec<TrainLogRow> = Vec::new();
-    let mut start = 0usize;
-    let ck = Checkpoint {
-        dir,
-        model_ref,
-        base_sha,
-        lora: &res.lora,
-    };
-    let mut resumed_from = None;
-    if let Some(path) = ck.find() {
-        let state_path = path.join("state.json");
-        let state: CheckpointState = serde_json::from_slice(&std::fs::read(&state_path)?)
-            .with_context(|| format!("{}: invalid checkpoint state", state_path.display()))?;
-        if state.config_sha256 != cfg_sha {
-            bail!(
-                "{}: the checkpoint was written with another configuration or seed; delete {} to start over",
-                state_path.display(),
-                path.display()
-            );
-        }
-        let adapter_dir = path.join("adapter");
-        let (loaded, _) = mosr_lm::adapter::load(lm.net.clone(), &adapter_dir, Some(base_sha))
-            .with_context(|| format!("resuming {}", path.display()))?;
-        params = read_params(&loaded, &slots, &adapter_dir)?;
-        adam = read_optimizer(&path.join("optimizer.safetensors"), &slots, state.adam_step)?;
-        log = read_train_log(&path.join("train_log.parquet"))?;
-        log.truncate(state.step);
-        start = state.step;
-        resumed_from = Some(start);
-        info!(
-            variant = variant.name(),
-            step = start,
-            "resumed from checkpoint"
-        );
-    }
-    set_params(&mut net, &slots, &params);
-
-    let b = cfg.batch_size;
-    let ba = if variant.uses_augment() {
-        cfg.augment_batch_size.unwrap_or(b)
-    } else {
-        0
-    };
-    let aug_in_retain = variant.uses_augment() && !data.augment_refusal_lm;
-    let aug_in_ce = variant.uses_augment() && data.augment_refusal_lm;
-    // Augmented rows in the retain branch follow the benign retain rows of the batch.
-    let n_aug_retain = if aug_in_retain { ba } else { 0 };
+    let run = Run::new(cfg, &res, lm, data, variant, seed, model_ref, base_sha, dir)?;
+    let mut state = run.initial_state()?;
     info!(
         variant = variant.name(),
         harmful = data.harmful.len(),
@@ -733,295 +675,13 @@ pub fn train_variant(
         lora_blocks = res.lora.layers.len(),
         "training"
     );
-    let fwd = ForwardOptions {
-        hidden: true,
-        num_layers: Some(res.num_layers),
-        logits: Logits::None,
-        adapter: false,
-        train: false,
-        // The original states come from a plain-device pass that must equal the training
-        // device's arithmetic (see below).
-        training_arithmetic: true,
-    };
-    // The examples of micro-batch `micro`: harmful rows, then retain rows (augmented examples
-    // join the retain rows when they train with the retain loss), and the augmented ones.
-    let select = |micro: usize| -> (Vec<&Seq>, Vec<&Seq>, Vec<&Seq>) {
-        let pick = |n: usize, k: usize, tag: u64| -> Vec<usize> {
-            (0..k)
-                .map(|j| stream_pick(n, micro * k + j, seed, tag))
-                .collect()
-        };
-        let hs: Vec<&Seq> = pick(data.harmful.len(), b, TAG_HARMFUL)
-            .into_iter()
-            .map(|i| &data.harmful[i])
-            .collect();
-        let mut rs: Vec<&Seq> = pick(data.retain.len(), b, TAG_RETAIN)
-            .into_iter()
-            .map(|i| &data.retain[i])
-            .collect();
-        let aug: Vec<&Seq> = if ba > 0 {
-            pick(data.augmented.len(), ba, TAG_AUGMENT)
-                .into_iter()
-                .map(|i| &data.augmented[i])
-                .collect()
-        } else {
-            vec![]
-        };
-        if aug_in_retain {
-            rs.extend(aug.iter().copied());
-        }
-        (hs, rs, aug)
-    };
-    let tokens_of = |hs: &[&Seq], rs: &[&Seq]| -> TokenBatch {
-        let seqs: Vec<Vec<u32>> = hs.iter().chain(rs.iter()).map(|s| s.ids.clone()).collect();
-        TokenBatch::left_padded(&seqs, lm.pad_id)
-    };
-    // Original model: same weights, adapter off, no gradient. It runs on the plain device
-    // (`valid()` shares the weights; no graph is recorded), on threads of its own: beside the
-    // adapter forward of the first micro-batch, and for every later one beside the backward
-    // pass before it (burn's element-wise ops are single-threaded, so the two fill both cores;
-    // measured: LoRA step 4.7 -> 4.2 s beside the forward, then 4.0 -> 3.7 s ahead during the
-    // backward). The states depend only on the batch, never on the adapter, so computing them
-    // early changes nothing. `training_arithmetic` keeps their ops those of the training
-    // device, so a zero adapter reproduces them exactly; the training device's graph sees only
-    // the adapter forward, which alone draws dropout masks.
-    let plain = net.valid();
-    let spawn_orig = |tb: TokenBatch| {
-        let plain = plain.clone();
-        std::thread::spawn(move || plain.forward(&tb, None, fwd).hidden)
-    };
-    let last_micro = cfg.steps * cfg.grad_accum;
-    let mut ahead: Option<std::thread::JoinHandle<Vec<Tensor<3>>>> = None;
-    for t in start + 1..=cfg.steps {
-        let t0 = Instant::now();
-        let (c_erase, c_retain) = coefficients(cfg.alpha, t, cfg.steps);
-        let mut gsum: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
-        let (mut e_sum, mut r_sum, mut aug_sum, mut tokens) = (0f64, 0f64, 0f64, 0i64);
-        let mut total_sum = 0f64;
-        for m in 0..cfg.grad_accum {
-            let micro = (t - 1) * cfg.grad_accum + m;
-            let (hs, rs, aug) = select(micro);
-            let names = |v: &[&Seq]| {
-                v.iter()
-                    .map(|s| s.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let tb = tokens_of(&hs, &rs);
-            let (n, tl) = (tb.batch, tb.seq);
-            tokens += tb.mask.iter().filter(|&&x| x).count() as i64;
-            let nb = rs.len() - n_aug_retain;
-            let masks = BatchMasks::new(cfg, &res, &hs, &rs[..nb], &rs[nb..], tl);
-            let to_tensor = |v: Vec<f32>, rows: usize| {
-                Tensor::<2>::from_data(TensorData::new(v, [rows, tl]), &device)
-            };
-            let mask_e = to_tensor(masks.erasure, b);
-            let mask_r = to_tensor(masks.retain, nb);
-            let mask_a = to_tensor(masks.augment, n - b - nb);
-
-            let orig = ahead.take().unwrap_or_else(|| spawn_orig(tb.clone()));
-            mosr_lm::lora::seed_dropout(mix(seed, TAG_DROPOUT, t as u64, m as u64));
-            let lora = net
-                .forward(
-                    &tb,
-                    None,
-                    ForwardOptions {
-                        adapter: true,
-                        train: true,
-                        ..fwd
-                    },
-                )
-                .hidden;
-            let orig = orig.join().expect("original-model forward panicked");
-            let orig: Vec<Tensor<3>> = orig.into_iter().map(Tensor::from_inner).collect();
-            let sel = |h: &[Tensor<3>], layers: &[usize], from: usize, len: usize| {
-                layers
-                    .iter()
-                    .map(|&l| h[l].clone().narrow(0, from, len))
-                    .collect::<Vec<_>>()
-            };
-            let le = erasure_loss(
-                &sel(&lora, &res.target_layers, 0, b),
-                &sel(&orig, &res.target_layers, 0, b),
-                &mask_e,
-            );
-            let lr = retain_loss(
-                &sel(&lora, &res.retain_layers, b, nb),
-                &sel(&orig, &res.retain_layers, b, nb),
-                &mask_r,
-                cfg.retain_distance,
-            );
-            let mut total = le.clone() * c_erase + lr.clone() * c_retain;
-            let mut aug_val = None;
-            if n_aug_retain > 0 {
-                let la = retain_loss(
-                    &sel(&lora, &res.retain_layers, b + nb, n_aug_retain),
-                    &sel(&orig, &res.retain_layers, b + nb, n_aug_retain),
-                    &mask_a,
-                    cfg.retain_distance,
-                );
-                aug_val = Some(la.clone().into_scalar::<f32>() as f64);
-                total = total + la * (c_retain * cfg.augment_coeff);
-            }
-            if aug_in_ce && !aug.is_empty() {
-                let ce = refusal_lm_loss(&net, cfg.refusal_lm_alpha, &aug, &rs[..nb], lm.pad_id);
-                aug_val = Some(ce.clone().into_scalar::<f32>() as f64);
-                total = total + ce * cfg.augment_coeff;
-            }
-            let aug_term = aug_val.unwrap_or(0.0);
-            let total = total / cfg.grad_accum as f64;
-            let (ve, vr) = (
-                le.into_scalar::<f32>() as f64,
-                lr.into_scalar::<f32>() as f64,
-            );
-            let vt = total.clone().into_scalar::<f32>() as f64;
-            if !(ve.is_finite() && vr.is_finite() && vt.is_finite() && aug_term.is_finite()) {
-                return Err(TrainError {
-                    variant: variant.name().into(),
-                    what: format!("loss (erasure {ve}, retain {vr}, augmented term {aug_term})"),
-                    step: t,
-                    micro: m,
-                    harmful: names(&hs),
-                    retain: names(&rs),
-                    checkpoint: ck.describe(),
-                }
-                .into());
-            }
-            e_sum += ve / cfg.grad_accum as f64;
-            r_sum += vr / cfg.grad_accum as f64;
-            aug_sum += aug_term / cfg.grad_accum as f64;
-            total_sum += vt;
-            if micro + 1 < last_micro {
-                let (h2, r2, _) = select(micro + 1);
-                ahead = Some(spawn_orig(tokens_of(&h2, &r2)));
-            }
-            // On a pool thread, like every forward (see `CausalLm::forward`).
-            let mut grads = None;
-            rayon::scope(|_| grads = Some(total.backward()));
-            let grads = grads.expect("the scope ran the backward");
-            for (k, s) in slots.iter().enumerate() {
-                if let Some(g) = param_of(&net, s).and_then(|p| p.val().grad(&grads)) {
-                    for (acc, x) in gsum[k].iter_mut().zip(host(g)) {
-                        *acc += x;
-                    }
-                }
-            }
-            if m + 1 == cfg.grad_accum {
-                let sq: f64 = gsum
-                    .iter()
-                    .flat_map(|g| g.iter())
-                    .map(|&x| (x as f64) * (x as f64))
-                    .sum();
-                if !sq.is_finite() {
-                    return Err(TrainError {
-                        variant: variant.name().into(),
-                        what: "gradient".into(),
-                        step: t,
-                        micro: m,
-                        harmful: names(&hs),
-                        retain: names(&rs),
-                        checkpoint: ck.describe(),
-                    }
-                    .into());
-                }
-            }
-        }
-        let grad_norm = gsum
-            .iter()
-            .flat_map(|g| g.iter())
-            .map(|&x| (x as f64) * (x as f64))
-            .sum::<f64>()
-            .sqrt();
-        let scale = match cfg.max_grad_norm {
-            Some(max) if grad_norm > max => (max / (grad_norm + 1e-6)) as f32,
-            _ => 1.0,
-        };
-        adam.update(&mut params, &gsum, scale, cfg);
-        set_params(&mut net, &slots, &params);
-        let secs = t0.elapsed().as_secs_f64();
-        let row = TrainLogRow {
-            step: t as i64,
-            loss: total_sum,
-            erasure_loss: e_sum,
-            retain_loss: r_sum,
-            augment_loss: variant.uses_augment().then_some(aug_sum),
-            c_erase,
-            c_retain,
-            grad_norm,
-            learning_rate: cfg.learning_rate,
-            tokens,
-            tokens_per_s: tokens as f64 / secs.max(1e-9),
-        };
-        info!(
-            variant = variant.name(),
-            step = t,
-            of = cfg.steps,
-            loss = row.loss,
-            erasure = row.erasure_loss,
-            retain = row.retain_loss,
-            grad_norm,
-            secs,
-            tokens_per_s = row.tokens_per_s,
-            "step"
-        );
-        log.push(row);
-        // Before the checkpoint of the same step: a run resumed from that checkpoint never
-        // replays this step, so its snapshot must already be there.
-        if cfg.frontier_steps.contains(&t) {
-            save_snapshot(&ck, &net, t)?;
-        }
-        if t % cfg.checkpoint_every == 0 || t == cfg.steps {
-            let state = CheckpointState {
-                step: t,
-                adam_step: adam.step,
-                seed,
-                variant,
-                config_sha256: cfg_sha.clone(),
-                base_sha256: base_sha.to_string(),
-            };
-            ck.save(&net, &slots, &adam, &state, &log)?;
-        }
-        if opts.stop_after_step == Some(t) && t < cfg.steps {
-            info!(
-                variant = variant.name(),
-                step = t,
-                "stopped early (stop_after_step)"
-            );
-            return Ok(None);
-        }
+    if !run.train(&mut state, opts)? {
+        return Ok(None);
     }
-    mosr_lm::adapter::save(
-        &net,
-        &res.lora,
-        &dir.join("adapter"),
-        Some(model_ref),
-        Some(base_sha),
-    )?;
-    write_train_log(&dir.join("train_log.parquet"), &log)?;
-    let (first, last) = (
-        log.first().expect("steps >= 1"),
-        log.last().expect("steps >= 1"),
-    );
-    let summary = VariantSummary {
-        variant,
-        seed,
-        steps: cfg.steps,
-        loss_first: first.loss,
-        loss_last: last.loss,
-        erasure_first: first.erasure_loss,
-        erasure_last: last.erasure_loss,
-        retain_first: first.retain_loss,
-        retain_last: last.retain_loss,
-        wall_s: started.elapsed().as_secs_f64(),
-        resumed_from_step: resumed_from,
-        target_layers: res.target_layers.clone(),
-        lora_layers: res.lora.layers.clone(),
-        prompts_truncated: data.fitted.iter().map(|f| f.truncated).sum(),
-        examples_dropped: data.fitted.iter().map(|f| f.dropped).sum(),
-    };
+    let summary = run.finish(&state, started)?;
     mosr_artifacts::write_bytes_atomic(&summary_path, &serde_json::to_vec_pretty(&summary)?)?;
     // The final adapter and log are written: the checkpoint is no longer needed.
-    let _ = std::fs::remove_dir_all(ck.path());
+    let _ = std::fs::remove_dir_all(run.ck.path());
     info!(
         variant = variant.name(),
         loss_first = summary.loss_first,
@@ -1030,6 +690,493 @@ pub fn train_variant(
         "variant trained"
     );
     Ok(Some(summary))
+}
+
+/// What one training run holds fixed: the configuration, the model, the data streams and where
+/// checkpoints go.
+struct Run<'a> {
+    cfg: &'a FinetuneConfig,
+    res: &'a crate::Resolved,
+    lm: &'a LanguageModel,
+    data: &'a TrainData,
+    variant: Variant,
+    seed: u64,
+    ck: Checkpoint<'a>,
+    cfg_sha: String,
+    /// Harmful (and benign retain) rows per micro-batch.
+    b: usize,
+    /// Augmented rows per micro-batch (0 unless the variant trains on them).
+    ba: usize,
+    /// Augmented rows train with the retain loss, after the benign retain rows of the batch.
+    aug_in_retain: bool,
+    /// Augmented rows train with the refusal cross-entropy instead.
+    aug_in_ce: bool,
+    /// Options of the original model's pass; the adapter pass turns adapter and dropout on.
+    fwd: ForwardOptions<'static>,
+}
+
+/// The examples of one micro-batch: harmful rows, then retain rows (augmented examples join the
+/// retain rows when they train with the retain loss), and the augmented ones.
+struct Picked<'a> {
+    harmful: Vec<&'a Seq>,
+    retain: Vec<&'a Seq>,
+    augmented: Vec<&'a Seq>,
+}
+
+/// The trainable state: adapter weights on the network and on the host, optimizer, log.
+struct State {
+    net: CausalLm,
+    slots: Vec<Slot>,
+    params: Vec<Vec<f32>>,
+    adam: Adam,
+    log: Vec<TrainLogRow>,
+    /// Last step done (0 at the start, the checkpoint's step after a resume).
+    start: usize,
+    resumed_from: Option<usize>,
+}
+
+/// One micro-batch's losses: the graph to differentiate and the values to log.
+struct MicroLosses {
+    total: Tensor<1>,
+    erasure: f64,
+    retain: f64,
+    augment: f64,
+}
+
+/// The original model's states of a batch, computed on a thread of their own.
+type OrigPass = std::thread::JoinHandle<Vec<Tensor<3>>>;
+
+impl<'a> Run<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        cfg: &'a FinetuneConfig,
+        res: &'a crate::Resolved,
+        lm: &'a LanguageModel,
+        data: &'a TrainData,
+        variant: Variant,
+        seed: u64,
+        model_ref: &'a str,
+        base_sha: &'a str,
+        dir: &'a Path,
+    ) -> Result<Self> {
+        let augments = variant.uses_augment();
+        let ck = Checkpoint {
+            dir,
+            model_ref,
+            base_sha,
+            lora: &res.lora,
+        };
+        Ok(Self {
+            cfg,
+            res,
+            lm,
+            data,
+            variant,
+            seed,
+            ck,
+            cfg_sha: config_hash(cfg, variant, seed)?,
+            b: cfg.batch_size,
+            ba: if augments {
+                cfg.augment_batch_size.unwrap_or(cfg.batch_size)
+            } else {
+                0
+            },
+            aug_in_retain: augments && !data.augment_refusal_lm,
+            aug_in_ce: augments && data.augment_refusal_lm,
+            fwd: ForwardOptions {
+                hidden: true,
+                num_layers: Some(res.num_layers),
+                logits: Logits::None,
+                adapter: false,
+                dropout: None,
+                // The original states come from a plain-device pass that must equal the
+                // training device's arithmetic (see `train`).
+                training_arithmetic: true,
+            },
+        })
+    }
+
+    /// Augmented rows in the retain branch of each batch.
+    fn n_aug_retain(&self) -> usize {
+        if self.aug_in_retain { self.ba } else { 0 }
+    }
+
+    /// The seeded adapter (same initialisation in every variant), or the checkpoint's state.
+    fn initial_state(&self) -> Result<State> {
+        let (cfg, seed) = (self.cfg, self.seed);
+        let net = self
+            .lm
+            .net
+            .clone()
+            .attach_lora(&self.res.lora, mix(seed, TAG_INIT, 0, 0))?;
+        let slots = slots_of(&net);
+        let mut params = read_params(&net, &slots, self.ck.dir)?;
+        if cfg.lora_b_init_std > 0.0 {
+            let b_seed = mix(seed, TAG_INIT, 1, 0);
+            perturb_b(&mut params, &slots, cfg.lora_b_init_std, b_seed);
+        }
+        let mut state = State {
+            net,
+            adam: Adam::new(&params),
+            slots,
+            params,
+            log: Vec::new(),
+            start: 0,
+            resumed_from: None,
+        };
+        if let Some(path) = self.ck.find() {
+            self.resume(&mut state, &path)?;
+        }
+        set_params(&mut state.net, &state.slots, &state.params);
+        Ok(state)
+    }
+
+    fn resume(&self, state: &mut State, path: &Path) -> Result<()> {
+        let state_path = path.join("state.json");
+        let saved: CheckpointState = serde_json::from_slice(&std::fs::read(&state_path)?)
+            .with_context(|| format!("{}: invalid checkpoint state", state_path.display()))?;
+        if saved.config_sha256 != self.cfg_sha {
+            bail!(
+                "{}: the checkpoint was written with another configuration or seed; delete {} to start over",
+                state_path.display(),
+                path.display()
+            );
+        }
+        let adapter_dir = path.join("adapter");
+        let base = Some(self.ck.base_sha);
+        let (loaded, _) = mosr_lm::adapter::load(self.lm.net.clone(), &adapter_dir, base)
+            .with_context(|| format!("resuming {}", path.display()))?;
+        let slots = &state.slots;
+        state.params = read_params(&loaded, slots, &adapter_dir)?;
+        let optimizer = path.join("optimizer.safetensors");
+        state.adam = read_optimizer(&optimizer, slots, saved.adam_step)?;
+        state.log = read_train_log(&path.join("train_log.parquet"))?;
+        state.log.truncate(saved.step);
+        state.start = saved.step;
+        state.resumed_from = Some(saved.step);
+        info!(
+            variant = self.variant.name(),
+            step = saved.step,
+            "resumed from checkpoint"
+        );
+        Ok(())
+    }
+
+    /// The examples of micro-batch `micro`, from seeded streams over each set.
+    fn select(&self, micro: usize) -> Picked<'a> {
+        let (data, seed) = (self.data, self.seed);
+        let pick = |set: &'a [Seq], k: usize, tag: u64| -> Vec<&'a Seq> {
+            (0..k)
+                .map(|j| &set[stream_pick(set.len(), micro * k + j, seed, tag)])
+                .collect()
+        };
+        let harmful = pick(&data.harmful, self.b, TAG_HARMFUL);
+        let mut retain = pick(&data.retain, self.b, TAG_RETAIN);
+        let augmented = if self.ba > 0 {
+            pick(&data.augmented, self.ba, TAG_AUGMENT)
+        } else {
+            vec![]
+        };
+        if self.aug_in_retain {
+            retain.extend(augmented.iter().copied());
+        }
+        Picked {
+            harmful,
+            retain,
+            augmented,
+        }
+    }
+
+    fn tokens_of(&self, p: &Picked) -> TokenBatch {
+        let seqs: Vec<Vec<u32>> = (p.harmful.iter().chain(&p.retain))
+            .map(|s| s.ids.clone())
+            .collect();
+        TokenBatch::left_padded(&seqs, self.lm.pad_id)
+    }
+
+    /// A [`TrainError`] naming the batch and the last good checkpoint.
+    fn failure(&self, what: String, step: usize, micro: usize, p: &Picked) -> anyhow::Error {
+        let names = |v: &[&Seq]| {
+            v.iter()
+                .map(|s| s.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        TrainError {
+            variant: self.variant.name().into(),
+            what,
+            step,
+            micro,
+            harmful: names(&p.harmful),
+            retain: names(&p.retain),
+            checkpoint: self.ck.describe(),
+        }
+        .into()
+    }
+
+    /// Steps `start + 1..=steps`, checkpointing as configured; false when
+    /// [`RunOptions::stop_after_step`] stopped the run early.
+    fn train(&self, state: &mut State, opts: &RunOptions) -> Result<bool> {
+        let cfg = self.cfg;
+        // Original model: same weights, adapter off, no gradient. It runs on the plain device
+        // (`valid()` shares the weights; no graph is recorded), on threads of its own: beside
+        // the adapter forward of the first micro-batch, and for every later one beside the
+        // backward pass before it (burn's element-wise ops are single-threaded, so the two fill
+        // both cores; measured: LoRA step 4.7 -> 4.2 s beside the forward, then 4.0 -> 3.7 s
+        // ahead during the backward). The states depend only on the batch, never on the
+        // adapter, so computing them early changes nothing. `training_arithmetic` keeps their
+        // ops those of the training device, so a zero adapter reproduces them exactly; the
+        // training device's graph sees only the adapter forward, which alone draws dropout
+        // masks.
+        let plain = state.net.valid();
+        let fwd = self.fwd;
+        let spawn_orig = |tb: TokenBatch| -> OrigPass {
+            let plain = plain.clone();
+            std::thread::spawn(move || plain.forward(&tb, None, fwd).hidden)
+        };
+        let mut ahead = None;
+        for t in state.start + 1..=cfg.steps {
+            let row = self.step(state, t, &mut ahead, &spawn_orig)?;
+            info!(
+                variant = self.variant.name(),
+                step = t,
+                of = cfg.steps,
+                loss = row.loss,
+                erasure = row.erasure_loss,
+                retain = row.retain_loss,
+                grad_norm = row.grad_norm,
+                tokens_per_s = row.tokens_per_s,
+                "step"
+            );
+            state.log.push(row);
+            // Before the checkpoint of the same step: a run resumed from that checkpoint never
+            // replays this step, so its snapshot must already be there.
+            if cfg.frontier_steps.contains(&t) {
+                save_snapshot(&self.ck, &state.net, t)?;
+            }
+            if t % cfg.checkpoint_every == 0 || t == cfg.steps {
+                let saved = CheckpointState {
+                    step: t,
+                    adam_step: state.adam.step,
+                    seed: self.seed,
+                    variant: self.variant,
+                    config_sha256: self.cfg_sha.clone(),
+                    base_sha256: self.ck.base_sha.to_string(),
+                };
+                let State {
+                    net,
+                    slots,
+                    adam,
+                    log,
+                    ..
+                } = &*state;
+                self.ck.save(net, slots, adam, &saved, log)?;
+            }
+            if opts.stop_after_step == Some(t) && t < cfg.steps {
+                let variant = self.variant.name();
+                info!(variant, step = t, "stopped early (stop_after_step)");
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Optimizer step `t`: `grad_accum` micro-batches, their gradients summed, clipped, AdamW.
+    fn step(
+        &self,
+        state: &mut State,
+        t: usize,
+        ahead: &mut Option<OrigPass>,
+        spawn_orig: &dyn Fn(TokenBatch) -> OrigPass,
+    ) -> Result<TrainLogRow> {
+        let cfg = self.cfg;
+        let t0 = Instant::now();
+        let (c_erase, c_retain) = coefficients(cfg.alpha, t, cfg.steps);
+        let mut gsum: Vec<Vec<f32>> = state.params.iter().map(|p| vec![0.0; p.len()]).collect();
+        let (mut e_sum, mut r_sum, mut aug_sum, mut tokens) = (0f64, 0f64, 0f64, 0i64);
+        let mut total_sum = 0f64;
+        let last_micro = cfg.steps * cfg.grad_accum;
+        let per = cfg.grad_accum as f64;
+        for m in 0..cfg.grad_accum {
+            let micro = (t - 1) * cfg.grad_accum + m;
+            let p = self.select(micro);
+            let tb = self.tokens_of(&p);
+            tokens += tb.mask.iter().filter(|&&x| x).count() as i64;
+            let orig = ahead.take().unwrap_or_else(|| spawn_orig(tb.clone()));
+            let dropout = DropoutStream::new(mix(self.seed, TAG_DROPOUT, t as u64, m as u64));
+            let l = self.micro_losses(&state.net, &tb, &p, orig, &dropout, (c_erase, c_retain));
+            let total = l.total / per;
+            let vt = total.clone().into_scalar::<f32>() as f64;
+            if ![l.erasure, l.retain, vt, l.augment]
+                .iter()
+                .all(|x| x.is_finite())
+            {
+                let what = format!(
+                    "loss (erasure {}, retain {}, augmented term {})",
+                    l.erasure, l.retain, l.augment
+                );
+                return Err(self.failure(what, t, m, &p));
+            }
+            e_sum += l.erasure / per;
+            r_sum += l.retain / per;
+            aug_sum += l.augment / per;
+            total_sum += vt;
+            if micro + 1 < last_micro {
+                *ahead = Some(spawn_orig(self.tokens_of(&self.select(micro + 1))));
+            }
+            accumulate_grads(state, total, &mut gsum);
+            if m + 1 == cfg.grad_accum && !sum_of_squares(&gsum).is_finite() {
+                return Err(self.failure("gradient".into(), t, m, &p));
+            }
+        }
+        let grad_norm = sum_of_squares(&gsum).sqrt();
+        let scale = match cfg.max_grad_norm {
+            Some(max) if grad_norm > max => (max / (grad_norm + 1e-6)) as f32,
+            _ => 1.0,
+        };
+        state.adam.update(&mut state.params, &gsum, scale, cfg);
+        set_params(&mut state.net, &state.slots, &state.params);
+        let secs = t0.elapsed().as_secs_f64();
+        Ok(TrainLogRow {
+            step: t as i64,
+            loss: total_sum,
+            erasure_loss: e_sum,
+            retain_loss: r_sum,
+            augment_loss: self.variant.uses_augment().then_some(aug_sum),
+            c_erase,
+            c_retain,
+            grad_norm,
+            learning_rate: cfg.learning_rate,
+            tokens,
+            tokens_per_s: tokens as f64 / secs.max(1e-9),
+        })
+    }
+
+    /// One micro-batch's losses: erasure on the harmful rows, retain on the benign retain rows,
+    /// and the augmented rows' term (retain loss or refusal cross-entropy) where the variant
+    /// has one. `orig` is the original model's pass over the same batch.
+    fn micro_losses(
+        &self,
+        net: &CausalLm,
+        tb: &TokenBatch,
+        p: &Picked,
+        orig: OrigPass,
+        dropout: &DropoutStream,
+        (c_erase, c_retain): (f64, f64),
+    ) -> MicroLosses {
+        let (cfg, res, b) = (self.cfg, self.res, self.b);
+        let (n, tl) = (tb.batch, tb.seq);
+        let n_aug = self.n_aug_retain();
+        let nb = p.retain.len() - n_aug;
+        let masks = BatchMasks::new(cfg, res, &p.harmful, &p.retain[..nb], &p.retain[nb..], tl);
+        let device = self.lm.device();
+        let to_tensor = |v: Vec<f32>, rows: usize| {
+            Tensor::<2>::from_data(TensorData::new(v, [rows, tl]), &device)
+        };
+        let mask_e = to_tensor(masks.erasure, b);
+        let mask_r = to_tensor(masks.retain, nb);
+        let mask_a = to_tensor(masks.augment, n - b - nb);
+        let adapted = ForwardOptions {
+            adapter: true,
+            dropout: Some(dropout),
+            ..self.fwd
+        };
+        let lora = net.forward(tb, None, adapted).hidden;
+        let orig = orig.join().expect("original-model forward panicked");
+        let orig: Vec<Tensor<3>> = orig.into_iter().map(Tensor::from_inner).collect();
+        let sel = |h: &[Tensor<3>], layers: &[usize], from: usize, len: usize| {
+            layers
+                .iter()
+                .map(|&l| h[l].clone().narrow(0, from, len))
+                .collect::<Vec<_>>()
+        };
+        let (targets, retains) = (&res.target_layers, &res.retain_layers);
+        let le = erasure_loss(
+            &sel(&lora, targets, 0, b),
+            &sel(&orig, targets, 0, b),
+            &mask_e,
+        );
+        let retain = |from: usize, len: usize, mask: &Tensor<2>| {
+            let (l, o) = (
+                sel(&lora, retains, from, len),
+                sel(&orig, retains, from, len),
+            );
+            retain_loss(&l, &o, mask, cfg.retain_distance)
+        };
+        let lr = retain(b, nb, &mask_r);
+        let mut total = le.clone() * c_erase + lr.clone() * c_retain;
+        let mut aug_val = None;
+        if n_aug > 0 {
+            let la = retain(b + nb, n_aug, &mask_a);
+            aug_val = Some(la.clone().into_scalar::<f32>() as f64);
+            total = total + la * (c_retain * cfg.augment_coeff);
+        }
+        if self.aug_in_ce && !p.augmented.is_empty() {
+            let (alpha, pad) = (cfg.refusal_lm_alpha, self.lm.pad_id);
+            let benign = &p.retain[..nb];
+            let ce = refusal_lm_loss(net, alpha, &p.augmented, benign, pad, Some(dropout));
+            aug_val = Some(ce.clone().into_scalar::<f32>() as f64);
+            total = total + ce * cfg.augment_coeff;
+        }
+        MicroLosses {
+            total,
+            erasure: le.into_scalar::<f32>() as f64,
+            retain: lr.into_scalar::<f32>() as f64,
+            augment: aug_val.unwrap_or(0.0),
+        }
+    }
+
+    /// The final adapter, train log and summary of a completed run.
+    fn finish(&self, state: &State, started: Instant) -> Result<VariantSummary> {
+        let (cfg, res, dir) = (self.cfg, self.res, self.ck.dir);
+        let (model_ref, base) = (Some(self.ck.model_ref), Some(self.ck.base_sha));
+        let adapter = dir.join("adapter");
+        mosr_lm::adapter::save(&state.net, &res.lora, &adapter, model_ref, base)?;
+        write_train_log(&dir.join("train_log.parquet"), &state.log)?;
+        let first = state.log.first().expect("steps >= 1");
+        let last = state.log.last().expect("steps >= 1");
+        let fitted = &self.data.fitted;
+        Ok(VariantSummary {
+            variant: self.variant,
+            seed: self.seed,
+            steps: cfg.steps,
+            loss_first: first.loss,
+            loss_last: last.loss,
+            erasure_first: first.erasure_loss,
+            erasure_last: last.erasure_loss,
+            retain_first: first.retain_loss,
+            retain_last: last.retain_loss,
+            wall_s: started.elapsed().as_secs_f64(),
+            resumed_from_step: state.resumed_from,
+            target_layers: res.target_layers.clone(),
+            lora_layers: res.lora.layers.clone(),
+            prompts_truncated: fitted.iter().map(|f| f.truncated).sum(),
+            examples_dropped: fitted.iter().map(|f| f.dropped).sum(),
+        })
+    }
+}
+
+/// Backward of `total` (on a pool thread, like every forward: see `CausalLm::forward`), its
+/// adapter gradients added into `gsum`.
+fn accumulate_grads(state: &State, total: Tensor<1>, gsum: &mut [Vec<f32>]) {
+    let mut grads = None;
+    rayon::scope(|_| grads = Some(total.backward()));
+    let grads = grads.expect("the scope ran the backward");
+    for (k, s) in state.slots.iter().enumerate() {
+        if let Some(g) = param_of(&state.net, s).and_then(|p| p.val().grad(&grads)) {
+            for (acc, x) in gsum[k].iter_mut().zip(host(g)) {
+                *acc += x;
+            }
+        }
+    }
+}
+
+/// Σ x² over every gradient, in f64.
+fn sum_of_squares(g: &[Vec<f32>]) -> f64 {
+    g.iter()
+        .flat_map(|g| g.iter())
+        .map(|&x| (x as f64) * (x as f64))
+        .sum()
 }
 
 /// Reads every train log of a finetune folder by (variant, seed) (reports, tests).

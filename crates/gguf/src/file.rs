@@ -590,6 +590,34 @@ impl<'a> Parser<'a, '_> {
     }
 
     fn parse(mut self) -> Result<Header, GgufError> {
+        let (version, n_tensors, n_kv) = self.preamble()?;
+        // Counts come from the file: never pre-allocate more than the remaining bytes could
+        // possibly describe (a key-value pair takes at least 12 bytes, a tensor info 24).
+        let remaining = self.r.buf.len() - self.r.pos;
+        let metadata = self.metadata(n_kv)?;
+        let alignment = self.alignment(&metadata)?;
+        let cap = usize::try_from(n_tensors)
+            .unwrap_or(usize::MAX)
+            .min(remaining / 24);
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(cap);
+        let mut seen: HashSet<&str> = HashSet::with_capacity(cap);
+        for i in 0..n_tensors {
+            tensors.push(self.tensor_info(i, alignment, &mut seen)?);
+        }
+        let end_of_infos = self.r.pos as u64;
+        let data_offset = end_of_infos.next_multiple_of(alignment);
+        self.check_data(&tensors, data_offset)?;
+        Ok(Header {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+        })
+    }
+
+    /// Magic, version (2 or 3), tensor count and metadata count.
+    fn preamble(&mut self) -> Result<(u32, u64, u64), GgufError> {
         let magic: [u8; 4] = self
             .r
             .array()
@@ -618,10 +646,11 @@ impl<'a> Parser<'a, '_> {
             .r
             .u64()
             .map_err(|s| self.truncated(s, || "the metadata count".into()))?;
+        Ok((version, n_tensors, n_kv))
+    }
 
-        // Counts come from the file: never pre-allocate more than the remaining bytes could
-        // possibly describe (a key-value pair takes at least 12 bytes, a tensor info 24).
-        let remaining = self.r.buf.len() - self.r.pos;
+    /// The `n_kv` metadata entries; a key may appear once.
+    fn metadata(&mut self, n_kv: u64) -> Result<BTreeMap<String, MetaValue>, GgufError> {
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
             let key = self
@@ -638,96 +667,101 @@ impl<'a> Parser<'a, '_> {
                 return Err(self.invalid(format!("duplicate metadata key '{key}'")));
             }
         }
+        Ok(metadata)
+    }
 
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
+    /// `general.alignment` (a non-zero power of two), else the default.
+    fn alignment(&self, metadata: &BTreeMap<String, MetaValue>) -> Result<u64, GgufError> {
+        match metadata.get("general.alignment") {
+            None => Ok(DEFAULT_ALIGNMENT),
             Some(v) => match v.as_i128() {
                 Some(a) if a > 0 && (a as u128).is_power_of_two() && a <= u32::MAX as i128 => {
-                    a as u64
+                    Ok(a as u64)
                 }
-                _ => {
-                    return Err(self.invalid(format!(
-                        "general.alignment must be a non-zero power of two, found {v:?}"
-                    )));
-                }
+                _ => Err(self.invalid(format!(
+                    "general.alignment must be a non-zero power of two, found {v:?}"
+                ))),
             },
-        };
+        }
+    }
 
-        let cap = usize::try_from(n_tensors)
-            .unwrap_or(usize::MAX)
-            .min(remaining / 24);
-        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(cap);
-        let mut seen: HashSet<&str> = HashSet::with_capacity(cap);
-        for i in 0..n_tensors {
-            let name = self
-                .r
-                .string()
-                .map_err(|s| self.truncated(s, || format!("the name of tensor info {i}")))?;
-            let name = self.utf8(name, || format!("the name of tensor info {i}"))?;
-            let n_dims = self
-                .r
-                .u32()
-                .map_err(|s| self.truncated(s, || format!("the dimension count of '{name}'")))?;
-            if n_dims as usize > MAX_DIMS {
-                return Err(self.invalid(format!(
-                    "tensor '{name}' has {n_dims} dimensions (ggml allows at most {MAX_DIMS})"
-                )));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for d in 0..n_dims {
-                let v = self.r.u64().map_err(|s| {
-                    self.truncated(s, || format!("dimension {d} of tensor '{name}'"))
-                })?;
-                dims.push(v);
-            }
-            let code = self
-                .r
-                .u32()
-                .map_err(|s| self.truncated(s, || format!("the type of tensor '{name}'")))?;
-            let ggml_type = GgmlType::from_u32(code, name, self.file)?;
-            let offset = self
+    /// Tensor info `i`: name (unique, tracked in `seen`), dims, type and aligned offset, its
+    /// element count representable and its rows whole blocks.
+    fn tensor_info(
+        &mut self,
+        i: u64,
+        alignment: u64,
+        seen: &mut HashSet<&'a str>,
+    ) -> Result<TensorInfo, GgufError> {
+        let name = self
+            .r
+            .string()
+            .map_err(|s| self.truncated(s, || format!("the name of tensor info {i}")))?;
+        let name = self.utf8(name, || format!("the name of tensor info {i}"))?;
+        let n_dims = self
+            .r
+            .u32()
+            .map_err(|s| self.truncated(s, || format!("the dimension count of '{name}'")))?;
+        if n_dims as usize > MAX_DIMS {
+            return Err(self.invalid(format!(
+                "tensor '{name}' has {n_dims} dimensions (ggml allows at most {MAX_DIMS})"
+            )));
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for d in 0..n_dims {
+            let v = self
                 .r
                 .u64()
-                .map_err(|s| self.truncated(s, || format!("the data offset of '{name}'")))?;
-
-            if !seen.insert(name) {
-                return Err(self.invalid(format!("duplicate tensor name '{name}'")));
-            }
-            let n_elements = dims
-                .iter()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                .filter(|&n| n <= i64::MAX as u64 && usize::try_from(n).is_ok());
-            let Some(_) = n_elements else {
-                return Err(self.invalid(format!(
-                    "tensor '{name}' dims {dims:?} overflow the element count"
-                )));
-            };
-            let row = dims.first().copied().unwrap_or(1);
-            if row % ggml_type.block_size() as u64 != 0 {
-                return Err(self.invalid(format!(
-                    "tensor '{name}' has rows of {row} elements, not a multiple of the \
-                     {ggml_type} block size {}",
-                    ggml_type.block_size()
-                )));
-            }
-            if offset % alignment != 0 {
-                return Err(self.invalid(format!(
-                    "tensor '{name}' data offset {offset} is not a multiple of the alignment \
-                     {alignment}"
-                )));
-            }
-            tensors.push(TensorInfo {
-                name: name.to_owned(),
-                ggml_type,
-                dims,
-                offset,
-            });
+                .map_err(|s| self.truncated(s, || format!("dimension {d} of tensor '{name}'")))?;
+            dims.push(v);
         }
+        let code = self
+            .r
+            .u32()
+            .map_err(|s| self.truncated(s, || format!("the type of tensor '{name}'")))?;
+        let ggml_type = GgmlType::from_u32(code, name, self.file)?;
+        let offset = self
+            .r
+            .u64()
+            .map_err(|s| self.truncated(s, || format!("the data offset of '{name}'")))?;
+        if !seen.insert(name) {
+            return Err(self.invalid(format!("duplicate tensor name '{name}'")));
+        }
+        let n_elements = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= i64::MAX as u64 && usize::try_from(n).is_ok());
+        if n_elements.is_none() {
+            return Err(self.invalid(format!(
+                "tensor '{name}' dims {dims:?} overflow the element count"
+            )));
+        }
+        let row = dims.first().copied().unwrap_or(1);
+        if row % ggml_type.block_size() as u64 != 0 {
+            return Err(self.invalid(format!(
+                "tensor '{name}' has rows of {row} elements, not a multiple of the \
+                 {ggml_type} block size {}",
+                ggml_type.block_size()
+            )));
+        }
+        if offset % alignment != 0 {
+            return Err(self.invalid(format!(
+                "tensor '{name}' data offset {offset} is not a multiple of the alignment \
+                 {alignment}"
+            )));
+        }
+        Ok(TensorInfo {
+            name: name.to_owned(),
+            ggml_type,
+            dims,
+            offset,
+        })
+    }
 
-        let end_of_infos = self.r.pos as u64;
-        let data_offset = end_of_infos.next_multiple_of(alignment);
+    /// Every tensor's data lies inside the file.
+    fn check_data(&self, tensors: &[TensorInfo], data_offset: u64) -> Result<(), GgufError> {
         let file_len = self.r.buf.len() as u64;
-        for t in &tensors {
+        for t in tensors {
             let n_bytes = t.n_bytes() as u64;
             let start = data_offset.checked_add(t.offset);
             let end = start.and_then(|s| s.checked_add(n_bytes));
@@ -746,14 +780,7 @@ impl<'a> Parser<'a, '_> {
                 }
             }
         }
-
-        Ok(Header {
-            version,
-            metadata,
-            tensors,
-            alignment,
-            data_offset,
-        })
+        Ok(())
     }
 
     /// One metadata value of GGUF type `ty` belonging to `key`.

@@ -79,72 +79,14 @@ pub fn load(
     base_sha256: Option<&str>,
 ) -> Result<(CausalLm, LoraConfig)> {
     let cfg_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| LmError::io(&cfg_path, e))?;
-    let pc: PeftAdapterConfig = serde_json::from_str(&text).map_err(|e| LmError::Adapter {
-        file: cfg_path.clone(),
-        problem: format!("invalid: {e}"),
-    })?;
-    let bad = |file: &Path, problem: String| LmError::Adapter {
-        file: file.to_path_buf(),
-        problem,
-    };
-    if pc.peft_type != "LORA" {
-        return Err(bad(
-            &cfg_path,
-            format!("peft_type `{}` is not LORA", pc.peft_type),
-        ));
-    }
-    if pc.use_rslora || pc.fan_in_fan_out {
-        return Err(bad(
-            &cfg_path,
-            "use_rslora / fan_in_fan_out adapters are not supported".into(),
-        ));
-    }
-    if let (Some(want), Some(have)) = (base_sha256, pc.mosr_base_model_sha256.as_deref())
-        && want != have
-    {
-        return Err(bad(
-            &cfg_path,
-            format!("trained on base model sha256 {have}, but this base is {want}"),
-        ));
-    }
+    let pc = read_config(&cfg_path, base_sha256)?;
     let st_path = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&st_path).map_err(|e| LmError::io(&st_path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(&st_path, e.to_string()))?;
     let scale = pc.lora_alpha / pc.r as f64;
     let device = net.device();
     let mut layers_seen = Vec::new();
-    let read = |key: &str| -> Result<Option<(Vec<usize>, Vec<f32>)>> {
-        match st.tensor(key) {
-            Ok(v) => {
-                if v.dtype() != safetensors::Dtype::F32
-                    && v.dtype() != safetensors::Dtype::BF16
-                    && v.dtype() != safetensors::Dtype::F16
-                {
-                    return Err(bad(&st_path, format!("`{key}` has dtype {:?}", v.dtype())));
-                }
-                let data: Vec<f32> = match v.dtype() {
-                    safetensors::Dtype::F32 => v
-                        .data()
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
-                    safetensors::Dtype::F16 => v
-                        .data()
-                        .chunks_exact(2)
-                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect(),
-                    _ => v
-                        .data()
-                        .chunks_exact(2)
-                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect(),
-                };
-                Ok(Some((v.shape().to_vec(), data)))
-            }
-            Err(_) => Ok(None),
-        }
-    };
+    let read = |key: &str| read_f32(&st, key, &st_path);
     let mut n = 0;
     for (i, layer) in net.layers.iter_mut().enumerate() {
         for (name, lin) in layer.linears_mut() {
@@ -166,13 +108,11 @@ pub fn load(
                     ),
                 ));
             }
-            lin.lora_a = Some(Param::from_tensor(host_to_tensor(
-                host_transpose(&a, pc.r, d_in),
-                [d_in, pc.r],
-                &device,
-            )));
+            let a = host_transpose(&a, pc.r, d_in);
+            let b = host_transpose(&b, d_out, pc.r);
+            lin.lora_a = Some(Param::from_tensor(host_to_tensor(a, [d_in, pc.r], &device)));
             lin.lora_b = Some(Param::from_tensor(host_to_tensor(
-                host_transpose(&b, d_out, pc.r),
+                b,
                 [pc.r, d_out],
                 &device,
             )));
@@ -202,4 +142,66 @@ pub fn load(
         layers: layers_seen,
     };
     Ok((net, cfg))
+}
+
+fn bad(file: &Path, problem: String) -> LmError {
+    LmError::Adapter {
+        file: file.to_path_buf(),
+        problem,
+    }
+}
+
+/// `adapter_config.json`: a plain LoRA adapter, trained on `base_sha256` where both record one.
+fn read_config(cfg_path: &Path, base_sha256: Option<&str>) -> Result<PeftAdapterConfig> {
+    let text = std::fs::read_to_string(cfg_path).map_err(|e| LmError::io(cfg_path, e))?;
+    let pc: PeftAdapterConfig =
+        serde_json::from_str(&text).map_err(|e| bad(cfg_path, format!("invalid: {e}")))?;
+    if pc.peft_type != "LORA" {
+        return Err(bad(
+            cfg_path,
+            format!("peft_type `{}` is not LORA", pc.peft_type),
+        ));
+    }
+    if pc.use_rslora || pc.fan_in_fan_out {
+        return Err(bad(
+            cfg_path,
+            "use_rslora / fan_in_fan_out adapters are not supported".into(),
+        ));
+    }
+    if let (Some(want), Some(have)) = (base_sha256, pc.mosr_base_model_sha256.as_deref())
+        && want != have
+    {
+        return Err(bad(
+            cfg_path,
+            format!("trained on base model sha256 {have}, but this base is {want}"),
+        ));
+    }
+    Ok(pc)
+}
+
+/// Tensor `key` of the adapter file as (shape, f32 values), from f32, f16 or bf16; `None` when
+/// the file has no such tensor.
+fn read_f32(st: &SafeTensors, key: &str, st_path: &Path) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+    let Ok(v) = st.tensor(key) else {
+        return Ok(None);
+    };
+    let data: Vec<f32> = match v.dtype() {
+        safetensors::Dtype::F32 => v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        safetensors::Dtype::F16 => v
+            .data()
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        safetensors::Dtype::BF16 => v
+            .data()
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => return Err(bad(st_path, format!("`{key}` has dtype {other:?}"))),
+    };
+    Ok(Some((v.shape().to_vec(), data)))
 }

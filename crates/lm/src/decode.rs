@@ -159,7 +159,7 @@ pub(crate) fn step(
     lm: &CausalLm,
     batch: &TokenBatch,
     cache: &mut KvCache,
-    opts: ForwardOptions,
+    opts: ForwardOptions<'_>,
 ) -> Option<ForwardOutput> {
     // The step's ~150 parallel regions start from a pool thread: called from outside the
     // pool, each one would hand its work to the pool and put the caller to sleep.
@@ -172,21 +172,11 @@ fn step_in_pool(
     lm: &CausalLm,
     batch: &TokenBatch,
     cache: &mut KvCache,
-    opts: ForwardOptions,
+    opts: ForwardOptions<'_>,
 ) -> Option<ForwardOutput> {
     let (rows, cfg) = (batch.batch, &lm.config);
     let device = lm.device();
-    let full = opts.num_layers.is_none_or(|n| n >= lm.layers.len());
-    if batch.seq != 1
-        || rows == 0
-        || rows > MAX_ROWS
-        || opts.hidden
-        || opts.train
-        || opts.training_arithmetic
-        || !full
-        || !applies(&device)
-        || (!cache.is_empty() && cache.key_mask.len() != rows)
-    {
+    if !host_decodes(lm, batch, cache, opts) {
         return None;
     }
     let (hidden, heads, kv_heads, d) = (
@@ -196,9 +186,6 @@ fn step_in_pool(
         cfg.head_dim,
     );
     let vocab = cfg.vocab_size;
-    if batch.ids.iter().any(|&id| id as usize >= vocab) {
-        return None;
-    }
     let final_norm = flex_f32(&lm.norm.weight.val())?;
     let head = flex_f32(&lm.lm_head.val())?;
     let blocks: Vec<HostBlock> = lm
@@ -272,24 +259,7 @@ fn step_in_pool(
     let logits = match opts.logits {
         Logits::None => None,
         Logits::Last | Logits::All => {
-            rms_norm(
-                &x,
-                contiguous(&final_norm, hidden),
-                lm.norm.eps as f32,
-                &mut h,
-            );
-            let mut out = vec![0f32; rows * vocab];
-            match lm.head_quant.as_deref() {
-                Some(q) => mosr_kernels::quant::product(&h, rows, q, &mut out),
-                None => mosr_kernels::few_rows(
-                    &h,
-                    rows,
-                    hidden,
-                    contiguous(&head, hidden * vocab),
-                    vocab,
-                    &mut out,
-                ),
-            }
+            let out = host_logits(lm, &x, rows, &final_norm, &head, &mut h);
             Some(Tensor::<3>::from_data(
                 TensorData::new(out, [rows, 1, vocab]),
                 &device,
@@ -300,4 +270,57 @@ fn step_in_pool(
         logits,
         hidden: Vec::new(),
     })
+}
+
+/// Whether a pass takes the host decode step: one new token per row of a plain full-depth
+/// inference pass on the CPU device, at most [`MAX_ROWS`] rows, ids inside the vocabulary, and a
+/// cache (if any) of the same rows.
+fn host_decodes(
+    lm: &CausalLm,
+    batch: &TokenBatch,
+    cache: &KvCache,
+    opts: ForwardOptions<'_>,
+) -> bool {
+    let rows = batch.batch;
+    let full = opts.num_layers.is_none_or(|n| n >= lm.layers.len());
+    batch.seq == 1
+        && rows > 0
+        && rows <= MAX_ROWS
+        && !opts.hidden
+        && opts.dropout.is_none()
+        && !opts.training_arithmetic
+        && full
+        && applies(&lm.device())
+        && (cache.is_empty() || cache.key_mask.len() == rows)
+        && batch
+            .ids
+            .iter()
+            .all(|&id| (id as usize) < lm.config.vocab_size)
+}
+
+/// The last layer's state through the final norm (into `h`) and the unembedding: `[rows,
+/// vocab]` logits.
+fn host_logits(
+    lm: &CausalLm,
+    x: &[f32],
+    rows: usize,
+    final_norm: &FlexTensor,
+    head: &FlexTensor,
+    h: &mut [f32],
+) -> Vec<f32> {
+    let (hidden, vocab) = (lm.config.hidden_size, lm.config.vocab_size);
+    rms_norm(x, contiguous(final_norm, hidden), lm.norm.eps as f32, h);
+    let mut out = vec![0f32; rows * vocab];
+    match lm.head_quant.as_deref() {
+        Some(q) => mosr_kernels::quant::product(h, rows, q, &mut out),
+        None => mosr_kernels::few_rows(
+            h,
+            rows,
+            hidden,
+            contiguous(head, hidden * vocab),
+            vocab,
+            &mut out,
+        ),
+    }
+    out
 }

@@ -12,7 +12,7 @@ impl CausalLm {
         &self,
         batch: &TokenBatch,
         cache: Option<&mut KvCache>,
-        opts: ForwardOptions,
+        opts: ForwardOptions<'_>,
     ) -> ForwardOutput {
         let mut out = None;
         rayon::scope(|_| out = Some(self.forward_in_pool(batch, cache, opts)));
@@ -23,7 +23,7 @@ impl CausalLm {
         &self,
         batch: &TokenBatch,
         cache: Option<&mut KvCache>,
-        opts: ForwardOptions,
+        opts: ForwardOptions<'_>,
     ) -> ForwardOutput {
         let Some(cache) = cache else {
             return self.forward_burn(batch, None, opts);

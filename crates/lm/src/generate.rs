@@ -125,7 +125,7 @@ pub fn generate(
         num_layers: None,
         logits: Logits::Last,
         adapter: cfg.adapter,
-        train: false,
+        dropout: None,
         training_arithmetic: false,
     };
     let mut batch = TokenBatch::left_padded(prompts, model.pad_id);

@@ -45,5 +45,5 @@ use gemm_f32 as _;
 pub use identity::{ModelIdentity, identify};
 pub use kv::KvCache;
 pub use language_model::{LanguageModel, device_from_name};
-pub use lora::LoraConfig;
+pub use lora::{DropoutStream, LoraConfig};
 pub use model::{CausalLm, ForwardOptions, ForwardOutput, Logits};

@@ -51,25 +51,31 @@ pub struct LoraLinear {
     pub quant: Option<Arc<QuantWeight>>,
 }
 
-/// Key of the dropout stream (see [`seed_dropout`]) and the number of masks drawn from it.
-static DROPOUT_KEY: AtomicU64 = AtomicU64::new(0);
-static DROPOUT_CALLS: AtomicU64 = AtomicU64::new(0);
-
-/// Restarts the LoRA dropout stream: the n-th mask drawn after this call is a pure function of
-/// (`seed`, n), so a training step's masks depend only on its seed and the (fixed) order of the
-/// forward, whatever ran before. The stream is process-wide: trainings serialize on it (the
-/// finetune stage holds a lock from seeding to the step's last forward).
-pub fn seed_dropout(seed: u64) {
-    DROPOUT_KEY.store(seed, Ordering::SeqCst);
-    DROPOUT_CALLS.store(0, Ordering::SeqCst);
+/// A seeded stream of LoRA dropout masks, carried by [`crate::ForwardOptions::dropout`]: the
+/// n-th mask drawn from it is a pure function of (seed, n), so a training step's masks depend
+/// only on its seed and the (fixed) order of its forwards, whatever else runs in the process.
+/// One stream may serve several forwards of a step (the erasure pass, then the refusal loss);
+/// they draw in turn.
+#[derive(Debug)]
+pub struct DropoutStream {
+    key: u64,
+    calls: AtomicU64,
 }
 
-fn next_dropout_key() -> u64 {
-    let n = DROPOUT_CALLS.fetch_add(1, Ordering::SeqCst);
-    let key = DROPOUT_KEY.load(Ordering::SeqCst);
-    // Distinct masks per call: the call index goes through a different odd multiplier than
-    // the element counter inside the mask.
-    key ^ n.wrapping_add(1).wrapping_mul(0xd6e8_feb8_6659_fd93)
+impl DropoutStream {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            key: seed,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    fn next_key(&self) -> u64 {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        // Distinct masks per call: the call index goes through a different odd multiplier
+        // than the element counter inside the mask.
+        self.key ^ n.wrapping_add(1).wrapping_mul(0xd6e8_feb8_6659_fd93)
+    }
 }
 
 /// `x · W_i (+ bias_i)` of each frozen weight on the CPU's kernels that need a layout made at
@@ -127,9 +133,16 @@ impl LoraLinear {
         self.weight.val()
     }
 
-    /// `adapter`: add the low-rank update; `train`: apply LoRA dropout on its input;
-    /// `fast`: allow the CPU few-row kernel (off for `ForwardOptions::training_arithmetic`).
-    pub fn forward(&self, x: Tensor<3>, adapter: bool, train: bool, fast: bool) -> Tensor<3> {
+    /// `adapter`: add the low-rank update; `dropout`: apply LoRA dropout on its input, masks
+    /// drawn from this stream; `fast`: allow the CPU few-row kernel (off for
+    /// `ForwardOptions::training_arithmetic`).
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        adapter: bool,
+        dropout: Option<&DropoutStream>,
+        fast: bool,
+    ) -> Tensor<3> {
         let packed = fast.then(|| frozen_many(&x, &[self])).flatten();
         let y = match packed {
             Some(mut ys) => ys.pop().expect("one product"),
@@ -139,14 +152,20 @@ impl LoraLinear {
                 self.bias.as_ref().map(|b| b.val()),
             ),
         };
-        match self.delta(x, adapter, train, fast) {
+        match self.delta(x, adapter, dropout, fast) {
             Some(d) => y + d,
             None => y,
         }
     }
 
     /// The low-rank update `scale · dropout(x) A B`, when an adapter is attached and on.
-    pub fn delta(&self, x: Tensor<3>, adapter: bool, train: bool, fast: bool) -> Option<Tensor<3>> {
+    pub fn delta(
+        &self,
+        x: Tensor<3>,
+        adapter: bool,
+        dropout: Option<&DropoutStream>,
+        fast: bool,
+    ) -> Option<Tensor<3>> {
         let (Some(a), Some(b)) = (&self.lora_a, &self.lora_b) else {
             return None;
         };
@@ -154,9 +173,9 @@ impl LoraLinear {
             return None;
         }
         let project = crate::cpu::projector(fast);
-        let x = if train && self.dropout > 0.0 {
+        let x = if let Some(stream) = dropout.filter(|_| self.dropout > 0.0) {
             let mut m = vec![0f32; x.shape().num_elements()];
-            mosr_kernels::dropout_mask(&mut m, 1.0 - self.dropout, next_dropout_key());
+            mosr_kernels::dropout_mask(&mut m, 1.0 - self.dropout, stream.next_key());
             x.clone() * Tensor::from_data(TensorData::new(m, x.dims()), &x.device())
         } else {
             x

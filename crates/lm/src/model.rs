@@ -9,7 +9,7 @@ use crate::Result;
 use crate::batch::TokenBatch;
 use crate::config::ModelConfig;
 use crate::kv::KvCache;
-use crate::lora::{LoraConfig, LoraLinear, attach};
+use crate::lora::{DropoutStream, LoraConfig, LoraLinear, attach};
 use mosr_kernels::quant::QuantWeight;
 
 #[derive(Module, Debug)]
@@ -85,7 +85,7 @@ pub enum Logits {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct ForwardOptions {
+pub struct ForwardOptions<'a> {
     /// Keep the residual stream: index 0 = embedding output, index i = after block i-1.
     pub hidden: bool,
     /// Run only this many blocks (training needs the states up to the last target layer).
@@ -93,8 +93,8 @@ pub struct ForwardOptions {
     pub logits: Logits,
     /// Add the LoRA update (false gives the original model from the same weights).
     pub adapter: bool,
-    /// LoRA dropout on.
-    pub train: bool,
+    /// LoRA dropout on, masks drawn from this stream (training passes only).
+    pub dropout: Option<&'a DropoutStream>,
     /// Use the training (autodiff) device's op sequence even on the plain device: no CPU fast
     /// paths, repeated K/V, composed attention. A plain pass then reproduces a training pass
     /// bit for bit, which the representation losses need for the original model's states (a
@@ -102,14 +102,14 @@ pub struct ForwardOptions {
     pub training_arithmetic: bool,
 }
 
-impl Default for ForwardOptions {
+impl Default for ForwardOptions<'_> {
     fn default() -> Self {
         Self {
             hidden: false,
             num_layers: None,
             logits: Logits::Last,
             adapter: true,
-            train: false,
+            dropout: None,
             training_arithmetic: false,
         }
     }
@@ -143,9 +143,14 @@ impl CausalLm {
         )
     }
 
-    /// Adds fresh LoRA adapters where the config says.
-    pub fn attach_lora(mut self, cfg: &LoraConfig) -> Result<Self> {
+    /// Adds fresh LoRA adapters where the config says, their A drawn from `seed`.
+    pub fn attach_lora(mut self, cfg: &LoraConfig, seed: u64) -> Result<Self> {
         cfg.validate()?;
+        // burn's random draws come from one process-wide generator: seeding and drawing under
+        // one lock make the adapter a function of `seed` alone, whatever else runs beside it.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        self.device().seed(seed);
         for (i, layer) in self.layers.iter_mut().enumerate() {
             for (name, lin) in layer.linears_mut() {
                 if cfg.covers(i, name) {
@@ -213,7 +218,7 @@ impl CausalLm {
         &self,
         batch: &TokenBatch,
         cache: Option<&mut KvCache>,
-        opts: ForwardOptions,
+        opts: ForwardOptions<'_>,
     ) -> ForwardOutput {
         let (b, t) = (batch.batch, batch.seq);
         let dev = self.device();
@@ -314,7 +319,7 @@ impl CausalLm {
     /// Final norm + unembedding of the forward's last states: the head's codes when the model
     /// was loaded quantized (outside `training_arithmetic`), else the f32 head (`few`: the
     /// last position only, where the CPU fast paths may apply).
-    fn logits_of(&self, x: Tensor<3>, opts: ForwardOptions, few: bool) -> Tensor<3> {
+    fn logits_of(&self, x: Tensor<3>, opts: ForwardOptions<'_>, few: bool) -> Tensor<3> {
         let h = self.norm.forward(x);
         if !opts.training_arithmetic
             && let Some(y) = self.quant_logits(&h)
@@ -372,10 +377,10 @@ impl Block {
         x: Tensor<3>,
         pos: &Positions<'_>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
-        opts: ForwardOptions,
+        opts: ForwardOptions<'_>,
     ) -> Tensor<3> {
         let a = &self.self_attn;
-        let (ad, tr, fast) = (opts.adapter, opts.train, !opts.training_arithmetic);
+        let (ad, tr, fast) = (opts.adapter, opts.dropout, !opts.training_arithmetic);
         let h = self.input_layernorm.forward(x.clone());
         let [q, k, v] = project_shared(&h, [&a.q_proj, &a.k_proj, &a.v_proj], ad, tr, fast);
         let o = match pos {
@@ -400,7 +405,7 @@ impl Block {
         v: Tensor<3>,
         pos: &BurnPositions,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
-        opts: ForwardOptions,
+        opts: ForwardOptions<'_>,
     ) -> Tensor<3> {
         let (a, cos, sin) = (&self.self_attn, &pos.cos, &pos.sin);
         let [b, t, _] = q.dims();
@@ -534,7 +539,7 @@ fn project_shared<const N: usize>(
     x: &Tensor<3>,
     lins: [&LoraLinear; N],
     adapter: bool,
-    train: bool,
+    dropout: Option<&DropoutStream>,
     fast: bool,
 ) -> [Tensor<3>; N] {
     let shared = if fast {
@@ -554,11 +559,11 @@ fn project_shared<const N: usize>(
         let mut ys = ys.into_iter();
         return lins.map(|l| {
             let y = ys.next().expect("one result per projection");
-            match l.delta(x.clone(), adapter, train, fast) {
+            match l.delta(x.clone(), adapter, dropout, fast) {
                 Some(d) => y + d,
                 None => y,
             }
         });
     }
-    lins.map(|l| l.forward(x.clone(), adapter, train, fast))
+    lins.map(|l| l.forward(x.clone(), adapter, dropout, fast))
 }

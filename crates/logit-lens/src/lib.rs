@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use arrow::array::RecordBatch;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use mosr_artifacts::StageWork;
@@ -21,10 +22,9 @@ use mosr_artifacts::analysis::{
     for_each_batch, i32_column, i64_column, table_batch, utf8_column, write_table,
 };
 use mosr_artifacts::svg::{LinePlot, Series};
-use mosr_artifacts::{StageManifest, read_prompts, sha256_bytes, sha256_file};
-use mosr_extract::OnOverflow;
-use mosr_extract::prompts;
+use mosr_artifacts::{PromptRow, StageManifest, sha256_bytes, sha256_file};
 use mosr_lm::{ForwardOptions, LanguageModel, Logits, TokenBatch};
+use mosr_stage::prompts::{self, OnOverflow};
 use mosr_stage::{Ctx, Planned};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -199,7 +199,7 @@ pub fn lens_probs(
             num_layers: Some(max_layer),
             logits: Logits::None,
             adapter: false,
-            train: false,
+            dropout: None,
             training_arithmetic: false,
         },
     );
@@ -257,53 +257,20 @@ pub fn run(cfg: &LogitLensConfig, out_dir: &Path) -> Result<LogitLensOutputs> {
     if s.batch_size == 0 || s.top_k == 0 {
         bail!("[logit_lens] batch_size and top_k must be at least 1");
     }
-    let roles = prompts::parse_roles(&s.roles)?;
-    let splits = prompts::parse_splits(&s.splits)?;
-    if !cfg.prompts.is_file() {
-        bail!(
-            "{}: prompts table is missing; run the data stage first",
-            cfg.prompts.display()
-        );
-    }
-    let all = read_prompts(&cfg.prompts)?;
-    let chosen = prompts::select(
-        &all,
-        &roles,
-        &splits,
+    let chosen = prompts::read_selected(
+        &cfg.prompts,
+        &s.roles,
+        &s.splits,
         s.max_per_role_split,
         cfg.seed,
-        &cfg.prompts,
     )?;
-    drop(all);
     let mosr_lm::ModelIdentity {
         path: model_path,
         sha256: model_sha,
     } = mosr_lm::identify(&cfg.model)?;
     let device = mosr_lm::device_from_name(&cfg.device)?;
     let lm = LanguageModel::open(&model_path, &device)?;
-    let n_blocks = lm.config.num_layers;
-    let layers: Vec<usize> = match &s.layers {
-        Some(l) if l.is_empty() => bail!("[logit_lens] layers is empty; omit it for all layers"),
-        Some(l) => {
-            let mut l = l.clone();
-            l.sort_unstable();
-            l.dedup();
-            if let Some(&bad) = l.iter().find(|&&x| x > n_blocks) {
-                bail!(
-                    "[logit_lens] layer {bad} does not exist: the model has layers 0..={n_blocks}"
-                );
-            }
-            l
-        }
-        None => (0..=n_blocks).collect(),
-    };
-    if s.max_prompt_tokens > lm.config.max_position_embeddings {
-        bail!(
-            "[logit_lens] max_prompt_tokens = {} exceeds the model's context window ({})",
-            s.max_prompt_tokens,
-            lm.config.max_position_embeddings
-        );
-    }
+    let layers = prompts::layers("logit_lens", s.layers.as_deref(), lm.config.num_layers)?;
     let refusal = tone_set(&lm, &s.refusal_words).context("[logit_lens] refusal_words")?;
     let compliance = tone_set(&lm, &s.compliance_words).context("[logit_lens] compliance_words")?;
     let both: Vec<&u32> = refusal
@@ -318,16 +285,14 @@ pub fn run(cfg: &LogitLensConfig, out_dir: &Path) -> Result<LogitLensOutputs> {
     }
     info!(refusal = ?refusal.tokens, compliance = ?compliance.tokens, "tone token sets");
 
-    let mut items = Vec::with_capacity(chosen.len());
-    let mut truncated = 0usize;
-    for p in &chosen {
-        let (ids, cut) =
-            prompts::chat_tokens(&lm, &p.id, &p.text, s.max_prompt_tokens, s.on_overflow)
-                .with_context(|| format!("{}: prompt `{}`", cfg.prompts.display(), p.id))?;
-        truncated += cut as usize;
-        items.push((ids, p));
-    }
-    items.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.1.id.cmp(&b.1.id)));
+    let prompts::Tokenized { items, truncated } = prompts::tokenize(
+        &lm,
+        "logit_lens",
+        &chosen,
+        s.max_prompt_tokens,
+        s.on_overflow,
+        &cfg.prompts,
+    )?;
     let n_batches = items.len().div_ceil(s.batch_size);
 
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -336,178 +301,39 @@ pub fn run(cfg: &LogitLensConfig, out_dir: &Path) -> Result<LogitLensOutputs> {
         "refusal_tokens": refusal, "compliance_tokens": compliance,
     });
     let fingerprint = sha256_bytes(serde_json::to_string(&manifest_config)?.as_bytes());
-    let tag = out_dir.join("parts.config");
-    let (tk_dir, tone_dir) = (out_dir.join("parts_topk"), out_dir.join("parts_tone"));
-    if std::fs::read_to_string(&tag)
-        .map(|t| t != fingerprint)
-        .unwrap_or(true)
-    {
-        for d in [&tk_dir, &tone_dir] {
-            if d.exists() {
-                std::fs::remove_dir_all(d)
-                    .with_context(|| format!("removing stale {}", d.display()))?;
-            }
-        }
-    }
-    let topk_parts = Parts::new(&tk_dir, &LOGIT_LENS_TOPK)?;
-    let tone_parts = Parts::new(&tone_dir, &LOGIT_LENS_TONE)?;
-    mosr_artifacts::write_bytes_atomic(&tag, fingerprint.as_bytes())?;
-
-    let vocab = lm.config.vocab_size;
+    let topk_parts = Parts::keyed(&out_dir.join("parts_topk"), &LOGIT_LENS_TOPK, &fingerprint)?;
+    let tone_parts = Parts::keyed(&out_dir.join("parts_tone"), &LOGIT_LENS_TONE, &fingerprint)?;
     let mut token_text: HashMap<u32, String> = HashMap::new();
-    let k = s.top_k.min(vocab);
-    let compute_started = Instant::now();
-    let mut last_log = Instant::now();
-    let (mut done, mut skipped) = (0usize, 0usize);
-    for (bi, chunk) in items.chunks(s.batch_size).enumerate() {
-        if topk_parts.done(bi) && tone_parts.done(bi) {
-            skipped += 1;
-            continue;
-        }
-        let seqs: Vec<Vec<u32>> = chunk.iter().map(|(ids, _)| ids.clone()).collect();
-        let batch = TokenBatch::left_padded(&seqs, lm.pad_id);
-        let probs = lens_probs(&lm, &batch, &layers)?;
-        let mut tk = TopkCols::default();
-        let mut tone = ToneCols::default();
-        for (li, &l) in layers.iter().enumerate() {
-            for (row, (_, p)) in chunk.iter().enumerate() {
-                let pr = &probs[li][row * vocab..(row + 1) * vocab];
-                let mass =
-                    |set: &ToneSet| set.ids.iter().map(|&i| pr[i as usize] as f64).sum::<f64>();
-                let entropy: f64 = pr
-                    .iter()
-                    .filter(|&&x| x > 0.0)
-                    .map(|&x| -(x as f64) * (x as f64).ln())
-                    .sum();
-                tone.ids.push(p.id.clone());
-                tone.roles.push(p.role.as_str());
-                tone.layers.push(l as i32);
-                tone.refusal.push(mass(&refusal));
-                tone.compliance.push(mass(&compliance));
-                tone.entropy.push(entropy);
-                let mut idx: Vec<u32> = (0..vocab as u32).collect();
-                let cmp =
-                    |a: &u32, b: &u32| pr[*b as usize].total_cmp(&pr[*a as usize]).then(a.cmp(b));
-                if k < vocab {
-                    idx.select_nth_unstable_by(k - 1, cmp);
-                    idx.truncate(k);
-                }
-                idx.sort_by(cmp);
-                for (rank, &t) in idx.iter().enumerate() {
-                    let text = match token_text.get(&t) {
-                        Some(x) => x.clone(),
-                        None => {
-                            let x = lm.decode(&[t], false)?;
-                            token_text.insert(t, x.clone());
-                            x
-                        }
-                    };
-                    tk.ids.push(p.id.clone());
-                    tk.roles.push(p.role.as_str());
-                    tk.layers.push(l as i32);
-                    tk.rank.push(rank as i32 + 1);
-                    tk.token_id.push(t as i32);
-                    tk.token.push(text);
-                    tk.prob.push(pr[t as usize]);
-                }
-            }
-        }
-        let tp = topk_parts.path(bi);
-        topk_parts.write(
-            bi,
-            &table_batch(
-                &LOGIT_LENS_TOPK,
-                &tp,
-                vec![
-                    utf8_column(tk.ids.iter().map(|x| x.as_str())),
-                    utf8_column(tk.roles),
-                    i32_column(tk.layers),
-                    i32_column(tk.rank),
-                    i32_column(tk.token_id),
-                    utf8_column(tk.token.iter().map(|x| x.as_str())),
-                    f32_column(tk.prob),
-                ],
-            )?,
-        )?;
-        let op = tone_parts.path(bi);
-        tone_parts.write(
-            bi,
-            &table_batch(
-                &LOGIT_LENS_TONE,
-                &op,
-                vec![
-                    utf8_column(tone.ids.iter().map(|x| x.as_str())),
-                    utf8_column(tone.roles),
-                    i32_column(tone.layers),
-                    f64_column(tone.refusal),
-                    f64_column(tone.compliance),
-                    f64_column(tone.entropy),
-                ],
-            )?,
-        )?;
-        done += chunk.len();
-        if last_log.elapsed().as_secs_f64() > 10.0 || bi + 1 == n_batches {
-            info!(
-                batch = bi + 1,
-                of = n_batches,
-                prompts = done,
-                prompts_per_s = done as f64 / compute_started.elapsed().as_secs_f64().max(1e-9),
-                "logit-lens progress"
-            );
-            last_log = Instant::now();
-        }
-    }
-    if skipped > 0 {
-        info!(
-            batches = skipped,
-            "resumed: batches already on disk were skipped"
-        );
-    }
+    let k = s.top_k.min(lm.config.vocab_size);
+    let skipped = prompts::resumable_batches(
+        &items,
+        s.batch_size,
+        "logit-lens",
+        |bi| topk_parts.done(bi) && tone_parts.done(bi),
+        |bi, chunk| {
+            let tones = [&refusal, &compliance];
+            let (tk, tone) = lens_batch(&lm, chunk, &layers, tones, k, &mut token_text)?;
+            topk_parts.write(bi, &tk.batch(&topk_parts.path(bi))?)?;
+            Ok(tone_parts.write(bi, &tone.batch(&tone_parts.path(bi))?)?)
+        },
+    )?;
     let topk_path = out_dir.join("logit_lens_topk.parquet");
     let tone_path = out_dir.join("logit_lens_tone.parquet");
     let n_topk = topk_parts.merge(n_batches, &topk_path)?;
     let n_tone = tone_parts.merge(n_batches, &tone_path)?;
-    let _ = std::fs::remove_file(&tag);
-
     let summary = summarise(&tone_path, &topk_path)?;
-    let summary_path = out_dir.join("logit_lens_summary.parquet");
-    write_table(
-        &summary_path,
-        &LOGIT_LENS_SUMMARY,
-        vec![
-            utf8_column(summary.iter().map(|x| x.role.as_str())),
-            i32_column(summary.iter().map(|x| x.layer as i32)),
-            i64_column(summary.iter().map(|x| x.n as i64)),
-            f64_column(summary.iter().map(|x| x.refusal_mass)),
-            f64_column(summary.iter().map(|x| x.compliance_mass)),
-            f64_column(summary.iter().map(|x| x.entropy)),
-            utf8_column(summary.iter().map(|x| x.top_token.as_str())),
-            f64_column(summary.iter().map(|x| x.top_token_share)),
-        ],
-    )?;
-    plot(&summary, &out_dir.join("tone_mass.svg"))?;
+    write_summary(out_dir, &summary)?;
 
     let mut manifest = StageManifest::new("logit_lens", manifest_config);
     manifest.seed = Some(cfg.seed);
-    manifest
-        .inputs
-        .insert("prompts.parquet".into(), sha256_file(&cfg.prompts)?);
-    manifest.inputs.insert("model".into(), model_sha);
-    for (name, p) in [
-        ("logit_lens_topk.parquet", &topk_path),
-        ("logit_lens_tone.parquet", &tone_path),
-        ("logit_lens_summary.parquet", &summary_path),
-    ] {
-        manifest.outputs.insert(name.into(), sha256_file(p)?);
+    let inputs = &mut manifest.inputs;
+    inputs.insert("prompts.parquet".into(), sha256_file(&cfg.prompts)?);
+    inputs.insert("model".into(), model_sha);
+    for name in OUTPUTS {
+        let hash = sha256_file(&out_dir.join(name))?;
+        manifest.outputs.insert(name.into(), hash);
     }
-    manifest.outputs.insert(
-        "tone_mass.svg".into(),
-        sha256_file(&out_dir.join("tone_mass.svg"))?,
-    );
-    let mut counts: BTreeMap<String, u64> = prompts::group_counts(&chosen)
-        .into_iter()
-        .map(|(k, v)| (format!("prompts/{k}"), v))
-        .collect();
+    let mut counts = prompts::manifest_counts(&chosen);
     counts.insert("prompts".into(), chosen.len() as u64);
     counts.insert("layers".into(), layers.len() as u64);
     counts.insert("logit_lens_topk".into(), n_topk);
@@ -523,6 +349,99 @@ pub fn run(cfg: &LogitLensConfig, out_dir: &Path) -> Result<LogitLensOutputs> {
         manifest: mp,
         summary,
     })
+}
+
+/// The stage's outputs, as the manifest records them.
+const OUTPUTS: [&str; 4] = [
+    "logit_lens_topk.parquet",
+    "logit_lens_tone.parquet",
+    "logit_lens_summary.parquet",
+    "tone_mass.svg",
+];
+
+/// `logit_lens_summary.parquet` and its plot, `tone_mass.svg`.
+fn write_summary(out_dir: &Path, summary: &[RoleLayer]) -> Result<()> {
+    write_table(
+        &out_dir.join("logit_lens_summary.parquet"),
+        &LOGIT_LENS_SUMMARY,
+        vec![
+            utf8_column(summary.iter().map(|x| x.role.as_str())),
+            i32_column(summary.iter().map(|x| x.layer as i32)),
+            i64_column(summary.iter().map(|x| x.n as i64)),
+            f64_column(summary.iter().map(|x| x.refusal_mass)),
+            f64_column(summary.iter().map(|x| x.compliance_mass)),
+            f64_column(summary.iter().map(|x| x.entropy)),
+            utf8_column(summary.iter().map(|x| x.top_token.as_str())),
+            f64_column(summary.iter().map(|x| x.top_token_share)),
+        ],
+    )?;
+    plot(summary, &out_dir.join("tone_mass.svg"))
+}
+
+/// One batch through the lens: each (layer, prompt)'s tone masses and entropy, and its top-`k`
+/// tokens (their text decoded once per run, cached in `token_text`).
+fn lens_batch(
+    lm: &LanguageModel,
+    chunk: &[(Vec<u32>, &PromptRow)],
+    layers: &[usize],
+    [refusal, compliance]: [&ToneSet; 2],
+    k: usize,
+    token_text: &mut HashMap<u32, String>,
+) -> Result<(TopkCols, ToneCols)> {
+    let vocab = lm.config.vocab_size;
+    let seqs: Vec<Vec<u32>> = chunk.iter().map(|(ids, _)| ids.clone()).collect();
+    let batch = TokenBatch::left_padded(&seqs, lm.pad_id);
+    let probs = lens_probs(lm, &batch, layers)?;
+    let mut tk = TopkCols::default();
+    let mut tone = ToneCols::default();
+    for (li, &l) in layers.iter().enumerate() {
+        for (row, (_, p)) in chunk.iter().enumerate() {
+            let pr = &probs[li][row * vocab..(row + 1) * vocab];
+            let mass = |set: &ToneSet| set.ids.iter().map(|&i| pr[i as usize] as f64).sum::<f64>();
+            let entropy: f64 = pr
+                .iter()
+                .filter(|&&x| x > 0.0)
+                .map(|&x| -(x as f64) * (x as f64).ln())
+                .sum();
+            tone.ids.push(p.id.clone());
+            tone.roles.push(p.role.as_str());
+            tone.layers.push(l as i32);
+            tone.refusal.push(mass(refusal));
+            tone.compliance.push(mass(compliance));
+            tone.entropy.push(entropy);
+            for (rank, t) in top_k(pr, k).into_iter().enumerate() {
+                let text = match token_text.get(&t) {
+                    Some(x) => x.clone(),
+                    None => {
+                        let x = lm.decode(&[t], false)?;
+                        token_text.insert(t, x.clone());
+                        x
+                    }
+                };
+                tk.ids.push(p.id.clone());
+                tk.roles.push(p.role.as_str());
+                tk.layers.push(l as i32);
+                tk.rank.push(rank as i32 + 1);
+                tk.token_id.push(t as i32);
+                tk.token.push(text);
+                tk.prob.push(pr[t as usize]);
+            }
+        }
+    }
+    Ok((tk, tone))
+}
+
+/// The `k` most probable token ids, most probable first (ties by id).
+fn top_k(pr: &[f32], k: usize) -> Vec<u32> {
+    let vocab = pr.len();
+    let mut idx: Vec<u32> = (0..vocab as u32).collect();
+    let cmp = |a: &u32, b: &u32| pr[*b as usize].total_cmp(&pr[*a as usize]).then(a.cmp(b));
+    if k < vocab {
+        idx.select_nth_unstable_by(k - 1, cmp);
+        idx.truncate(k);
+    }
+    idx.sort_by(cmp);
+    idx
 }
 
 #[derive(Default)]
@@ -544,6 +463,41 @@ struct ToneCols {
     refusal: Vec<f64>,
     compliance: Vec<f64>,
     entropy: Vec<f64>,
+}
+
+impl TopkCols {
+    fn batch(self, path: &Path) -> Result<RecordBatch> {
+        Ok(table_batch(
+            &LOGIT_LENS_TOPK,
+            path,
+            vec![
+                utf8_column(self.ids.iter().map(|x| x.as_str())),
+                utf8_column(self.roles),
+                i32_column(self.layers),
+                i32_column(self.rank),
+                i32_column(self.token_id),
+                utf8_column(self.token.iter().map(|x| x.as_str())),
+                f32_column(self.prob),
+            ],
+        )?)
+    }
+}
+
+impl ToneCols {
+    fn batch(self, path: &Path) -> Result<RecordBatch> {
+        Ok(table_batch(
+            &LOGIT_LENS_TONE,
+            path,
+            vec![
+                utf8_column(self.ids.iter().map(|x| x.as_str())),
+                utf8_column(self.roles),
+                i32_column(self.layers),
+                f64_column(self.refusal),
+                f64_column(self.compliance),
+                f64_column(self.entropy),
+            ],
+        )?)
+    }
 }
 
 /// Means per role and layer from the tone table; the most frequent top-1 token from top-k.

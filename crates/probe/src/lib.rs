@@ -381,55 +381,94 @@ fn probe_layer(
 ) -> Result<LayerResult> {
     let ld = &reps.layers[&layer];
     let d = reps.width;
-    let meta = |k: usize| &reps.prompts[ld.rows[k]];
+    let train = TrainRows::of(reps, layer, r)?;
+    let opts = FitOptions {
+        l2: s.l2,
+        max_iter: s.max_iter,
+        tol: s.tol,
+        memory: 10,
+    };
+    let fit =
+        logistic::fit(&train.x, &train.y, d, opts).with_context(|| format!("layer {layer}"))?;
     let vec_of = |k: usize| &ld.x[k * d..(k + 1) * d];
-    let mut tx = Vec::new();
-    let mut ty = Vec::new();
-    let mut mu = [vec![0f64; d], vec![0f64; d]];
-    let mut cnt = [0usize; 2];
-    for k in 0..ld.rows.len() {
-        let m = meta(k);
-        if m.split != r.train {
-            continue;
+    let scores: Vec<f64> = (0..ld.rows.len()).map(|k| fit.prob(vec_of(k))).collect();
+    let boundary = boundary_positions(reps, layer, s, &fit, &train.centroids);
+    let metrics = layer_metrics(reps, layer, s, r, other_roles, &scores)?;
+    Ok(LayerResult {
+        layer,
+        fit,
+        n_train: train.y.len(),
+        scores,
+        boundary,
+        metrics,
+    })
+}
+
+/// One layer's probe training rows (the negative and positive roles of the training split),
+/// labelled 0 / 1, and each class's centroid.
+struct TrainRows {
+    x: Vec<f32>,
+    y: Vec<u8>,
+    centroids: [Vec<f64>; 2],
+}
+
+impl TrainRows {
+    fn of(reps: &Representations, layer: usize, r: &Resolved) -> Result<Self> {
+        let ld = &reps.layers[&layer];
+        let d = reps.width;
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        let mut mu = [vec![0f64; d], vec![0f64; d]];
+        let mut cnt = [0usize; 2];
+        for (k, &pi) in ld.rows.iter().enumerate() {
+            let m = &reps.prompts[pi];
+            if m.split != r.train {
+                continue;
+            }
+            let label = if m.role == r.pos {
+                1
+            } else if m.role == r.neg {
+                0
+            } else {
+                continue;
+            };
+            let v = &ld.x[k * d..(k + 1) * d];
+            x.extend_from_slice(v);
+            y.push(label);
+            for (a, v) in mu[label as usize].iter_mut().zip(v) {
+                *a += *v as f64;
+            }
+            cnt[label as usize] += 1;
         }
-        let label = if m.role == r.pos {
-            1
-        } else if m.role == r.neg {
-            0
-        } else {
-            continue;
-        };
-        tx.extend_from_slice(vec_of(k));
-        ty.push(label);
-        for (a, v) in mu[label as usize].iter_mut().zip(vec_of(k)) {
-            *a += *v as f64;
+        for (c, name) in [(cnt[0], r.neg), (cnt[1], r.pos)] {
+            if c == 0 {
+                bail!(
+                    "layer {layer}: role `{name}` has no {} prompts in the representations; extract it",
+                    r.train
+                );
+            }
         }
-        cnt[label as usize] += 1;
-    }
-    for (c, name) in [(cnt[0], r.neg), (cnt[1], r.pos)] {
-        if c == 0 {
-            bail!(
-                "layer {layer}: role `{name}` has no {} prompts in the representations; extract it",
-                r.train
-            );
+        for (m, c) in mu.iter_mut().zip(cnt) {
+            m.iter_mut().for_each(|v| *v /= c as f64);
         }
+        Ok(Self {
+            x,
+            y,
+            centroids: mu,
+        })
     }
-    for (m, c) in mu.iter_mut().zip(cnt) {
-        m.iter_mut().for_each(|v| *v /= c as f64);
-    }
-    let fit = logistic::fit(
-        &tx,
-        &ty,
-        d,
-        FitOptions {
-            l2: s.l2,
-            max_iter: s.max_iter,
-            tol: s.tol,
-            memory: 10,
-        },
-    )
-    .with_context(|| format!("layer {layer}"))?;
-    // Boundary axis in the chosen space.
+}
+
+/// Each prompt's position on the axis from the negative centroid (0) to the positive one (1),
+/// in the configured space; NaN for every prompt when the centroids coincide.
+fn boundary_positions(
+    reps: &Representations,
+    layer: usize,
+    s: &ProbeSection,
+    fit: &logistic::Fit,
+    mu: &[Vec<f64>; 2],
+) -> Vec<f64> {
+    let ld = &reps.layers[&layer];
+    let d = reps.width;
     let scale: Vec<f64> = match s.boundary_space {
         BoundarySpace::Raw => vec![1.0; d],
         BoundarySpace::Standardized => fit.std.clone(),
@@ -446,17 +485,29 @@ fn probe_layer(
             "class centroids coincide: boundary positions are NaN"
         );
     }
-    let mut scores = Vec::with_capacity(ld.rows.len());
-    let mut boundary = Vec::with_capacity(ld.rows.len());
-    for k in 0..ld.rows.len() {
-        let v = vec_of(k);
-        scores.push(fit.prob(v));
-        let t: f64 = (0..d)
-            .map(|j| (v[j] as f64 - mu[0][j]) / scale[j] * axis[j])
-            .sum();
-        boundary.push(if degenerate { f64::NAN } else { t / axis_sq });
-    }
-    // Metric sets.
+    (0..ld.rows.len())
+        .map(|k| {
+            let v = &ld.x[k * d..(k + 1) * d];
+            let t: f64 = (0..d)
+                .map(|j| (v[j] as f64 - mu[0][j]) / scale[j] * axis[j])
+                .sum();
+            if degenerate { f64::NAN } else { t / axis_sq }
+        })
+        .collect()
+}
+
+/// One layer's metric sets: train and test pairs, each pair role on the test split, and every
+/// evaluation (and other) role.
+fn layer_metrics(
+    reps: &Representations,
+    layer: usize,
+    s: &ProbeSection,
+    r: &Resolved,
+    other_roles: &[Role],
+    scores: &[f64],
+) -> Result<Vec<SetMetrics>> {
+    let ld = &reps.layers[&layer];
+    let meta = |k: usize| &reps.prompts[ld.rows[k]];
     let select = |f: &dyn Fn(&PromptMeta) -> bool| -> (Vec<f64>, Vec<u8>) {
         let mut sc = Vec::new();
         let mut lb = Vec::new();
@@ -485,12 +536,8 @@ fn probe_layer(
     metrics.push(set_metrics(r.test.as_str(), &a, &b, s.threshold));
     for role in [r.neg, r.pos] {
         let (a, b) = select(&|m| m.role == role && m.split == r.test);
-        metrics.push(set_metrics(
-            &format!("{role}_{}", r.test),
-            &a,
-            &b,
-            s.threshold,
-        ));
+        let name = format!("{role}_{}", r.test);
+        metrics.push(set_metrics(&name, &a, &b, s.threshold));
     }
     for &role in r.eval.iter().chain(other_roles) {
         let (a, b) = select(&|m| m.role == role);
@@ -501,14 +548,7 @@ fn probe_layer(
         }
         metrics.push(set_metrics(role.as_str(), &a, &b, s.threshold));
     }
-    Ok(LayerResult {
-        layer,
-        fit,
-        n_train: ty.len(),
-        scores,
-        boundary,
-        metrics,
-    })
+    Ok(metrics)
 }
 
 /// Everything `run` needs.
@@ -550,159 +590,14 @@ pub fn run(cfg: &ProbeConfig, out_dir: &Path) -> Result<ProbeOutputs> {
     } else {
         Vec::new()
     };
-    let layers: Vec<usize> = reps.layers.keys().copied().collect();
-    info!(
-        prompts = reps.prompts.len(),
-        layers = layers.len(),
-        width = reps.width,
-        "probing"
-    );
-    // Layers are independent: fit them on all cores.
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(layers.len());
-    let chunk = layers.len().div_ceil(threads.max(1));
-    let mut results: Vec<LayerResult> = std::thread::scope(|sc| {
-        let handles: Vec<_> = layers
-            .chunks(chunk.max(1))
-            .map(|ls| {
-                let (reps, r, others) = (&reps, &r, &others);
-                sc.spawn(move || {
-                    ls.iter()
-                        .map(|&l| probe_layer(reps, l, s, r, others))
-                        .collect::<Result<Vec<_>>>()
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for h in handles {
-            all.extend(h.join().expect("probe thread panicked")?);
-        }
-        Ok::<_, anyhow::Error>(all)
-    })?;
-    results.sort_by_key(|x| x.layer);
-    for lr in &results {
-        let test = lr.metrics.iter().find(|m| m.set == r.test.as_str());
-        info!(
-            layer = lr.layer,
-            iterations = lr.fit.iterations,
-            converged = lr.fit.converged,
-            test_accuracy = test.and_then(|m| m.accuracy),
-            test_auroc = test.and_then(|m| m.auroc),
-            "probe fitted"
-        );
-    }
-    if let Some(bad) = results.iter().find(|x| !x.fit.converged) {
-        tracing::warn!(
-            layer = bad.layer,
-            grad_norm = bad.fit.grad_norm,
-            "probe did not converge within max_iter"
-        );
-    }
-
+    let results = fit_layers(&reps, s, &r, &others)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let path = |n: &str| out_dir.join(n);
-    // probe_metrics
-    let mut m_layer = Vec::new();
-    let mut m_set: Vec<String> = Vec::new();
-    let (mut m_n, mut m_acc, mut m_auc, mut m_share, mut m_mean) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for lr in &results {
-        for m in &lr.metrics {
-            m_layer.push(lr.layer as i32);
-            m_set.push(m.set.clone());
-            m_n.push(m.n as i64);
-            m_acc.push(m.accuracy);
-            m_auc.push(m.auroc);
-            m_share.push(m.share_malicious);
-            m_mean.push(m.mean_score);
-        }
-    }
-    write_table(
-        &path("probe_metrics.parquet"),
-        &PROBE_METRICS,
-        vec![
-            i32_column(m_layer),
-            utf8_column(m_set.iter().map(|x| x.as_str())),
-            i64_column(m_n),
-            opt_f64_column(m_acc),
-            opt_f64_column(m_auc),
-            f64_column(m_share),
-            f64_column(m_mean),
-        ],
-    )?;
-    // probe_scores
-    let mut ids = Vec::new();
-    let (mut roles, mut splits, mut ls, mut sc, mut bd) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for lr in &results {
-        let ld = &reps.layers[&lr.layer];
-        for (k, &pi) in ld.rows.iter().enumerate() {
-            let p = &reps.prompts[pi];
-            ids.push(p.id.as_str());
-            roles.push(p.role.as_str());
-            splits.push(p.split.as_str());
-            ls.push(lr.layer as i32);
-            sc.push(lr.scores[k]);
-            bd.push(lr.boundary[k]);
-        }
-    }
-    let n_scores = ids.len();
-    write_table(
-        &path("probe_scores.parquet"),
-        &PROBE_SCORES,
-        vec![
-            utf8_column(ids),
-            utf8_column(roles),
-            utf8_column(splits),
-            i32_column(ls),
-            f64_column(sc),
-            f64_column(bd),
-        ],
-    )?;
-    // probe_weights
-    let wp = path("probe_weights.parquet");
-    let d = reps.width;
-    let flat = |f: &dyn Fn(&LayerResult) -> &Vec<f64>| -> Vec<f32> {
-        results
-            .iter()
-            .flat_map(|x| f(x).iter().map(|v| *v as f32))
-            .collect()
-    };
-    write_table(
-        &wp,
-        &PROBE_WEIGHTS,
-        vec![
-            i32_column(results.iter().map(|x| x.layer as i32)),
-            vector_column(&wp, d, flat(&|x| &x.fit.w))?,
-            f64_column(results.iter().map(|x| x.fit.b)),
-            vector_column(&wp, d, flat(&|x| &x.fit.mean))?,
-            vector_column(&wp, d, flat(&|x| &x.fit.std))?,
-            f64_column(results.iter().map(|_| s.l2)),
-            i32_column(results.iter().map(|x| x.fit.iterations as i32)),
-            bool_column(results.iter().map(|x| x.fit.converged)),
-            f64_column(results.iter().map(|x| x.fit.grad_norm)),
-            f64_column(results.iter().map(|x| x.fit.loss)),
-            i64_column(results.iter().map(|x| x.n_train as i64)),
-        ],
-    )?;
-    // boundary summary per role, split, layer
+    write_metrics(&path("probe_metrics.parquet"), &results)?;
+    let n_scores = write_scores(&path("probe_scores.parquet"), &reps, &results)?;
+    write_weights(&path("probe_weights.parquet"), reps.width, s.l2, &results)?;
     let boundary = boundary_summary(&reps, &results);
-    write_table(
-        &path("boundary.parquet"),
-        &BOUNDARY,
-        vec![
-            utf8_column(boundary.iter().map(|b| b.role.as_str())),
-            utf8_column(boundary.iter().map(|b| b.split.as_str())),
-            i32_column(boundary.iter().map(|b| b.layer as i32)),
-            i64_column(boundary.iter().map(|b| b.n as i64)),
-            f64_column(boundary.iter().map(|b| b.median)),
-            f64_column(boundary.iter().map(|b| b.q25)),
-            f64_column(boundary.iter().map(|b| b.q75)),
-            f64_column(boundary.iter().map(|b| b.mean)),
-        ],
-    )?;
+    write_boundary(&path("boundary.parquet"), &boundary)?;
     // Plots and the Markdown summary.
     let eval_sets: Vec<Role> = r.eval.iter().chain(&others).copied().collect();
     plots(out_dir, &results, &boundary, &r, &eval_sets)?;
@@ -750,6 +645,160 @@ pub fn run(cfg: &ProbeConfig, out_dir: &Path) -> Result<ProbeOutputs> {
         layers: results,
         summary,
     })
+}
+
+/// One probe per layer, fitted on all cores (layers are independent), in layer order.
+fn fit_layers(
+    reps: &Representations,
+    s: &ProbeSection,
+    r: &Resolved,
+    others: &[Role],
+) -> Result<Vec<LayerResult>> {
+    let layers: Vec<usize> = reps.layers.keys().copied().collect();
+    info!(
+        prompts = reps.prompts.len(),
+        layers = layers.len(),
+        width = reps.width,
+        "probing"
+    );
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(layers.len());
+    let chunk = layers.len().div_ceil(threads.max(1));
+    let mut results: Vec<LayerResult> = std::thread::scope(|sc| {
+        let handles: Vec<_> = layers
+            .chunks(chunk.max(1))
+            .map(|ls| {
+                sc.spawn(move || {
+                    ls.iter()
+                        .map(|&l| probe_layer(reps, l, s, r, others))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().expect("probe thread panicked")?);
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    results.sort_by_key(|x| x.layer);
+    for lr in &results {
+        let test = lr.metrics.iter().find(|m| m.set == r.test.as_str());
+        info!(
+            layer = lr.layer,
+            iterations = lr.fit.iterations,
+            converged = lr.fit.converged,
+            test_accuracy = test.and_then(|m| m.accuracy),
+            test_auroc = test.and_then(|m| m.auroc),
+            "probe fitted"
+        );
+    }
+    if let Some(bad) = results.iter().find(|x| !x.fit.converged) {
+        tracing::warn!(
+            layer = bad.layer,
+            grad_norm = bad.fit.grad_norm,
+            "probe did not converge within max_iter"
+        );
+    }
+    Ok(results)
+}
+
+/// `probe_metrics.parquet`: each layer's metrics per evaluation set.
+fn write_metrics(path: &Path, results: &[LayerResult]) -> Result<()> {
+    let each = || {
+        results
+            .iter()
+            .flat_map(|lr| lr.metrics.iter().map(move |m| (lr.layer, m)))
+    };
+    write_table(
+        path,
+        &PROBE_METRICS,
+        vec![
+            i32_column(each().map(|(l, _)| l as i32)),
+            utf8_column(each().map(|(_, m)| m.set.as_str())),
+            i64_column(each().map(|(_, m)| m.n as i64)),
+            opt_f64_column(each().map(|(_, m)| m.accuracy)),
+            opt_f64_column(each().map(|(_, m)| m.auroc)),
+            f64_column(each().map(|(_, m)| m.share_malicious)),
+            f64_column(each().map(|(_, m)| m.mean_score)),
+        ],
+    )?;
+    Ok(())
+}
+
+/// `probe_scores.parquet`: every prompt's score and boundary distance at every layer; returns
+/// the row count.
+fn write_scores(path: &Path, reps: &Representations, results: &[LayerResult]) -> Result<usize> {
+    let each = || {
+        results.iter().flat_map(|lr| {
+            let rows = &reps.layers[&lr.layer].rows;
+            rows.iter()
+                .enumerate()
+                .map(move |(k, &pi)| (lr, k, &reps.prompts[pi]))
+        })
+    };
+    write_table(
+        path,
+        &PROBE_SCORES,
+        vec![
+            utf8_column(each().map(|(_, _, p)| p.id.as_str())),
+            utf8_column(each().map(|(_, _, p)| p.role.as_str())),
+            utf8_column(each().map(|(_, _, p)| p.split.as_str())),
+            i32_column(each().map(|(lr, _, _)| lr.layer as i32)),
+            f64_column(each().map(|(lr, k, _)| lr.scores[k])),
+            f64_column(each().map(|(lr, k, _)| lr.boundary[k])),
+        ],
+    )?;
+    Ok(each().count())
+}
+
+/// `probe_weights.parquet`: each layer's probe (weights, bias, standardisation) and its fit.
+fn write_weights(path: &Path, width: usize, l2: f64, results: &[LayerResult]) -> Result<()> {
+    let flat = |f: &dyn Fn(&LayerResult) -> &Vec<f64>| -> Vec<f32> {
+        results
+            .iter()
+            .flat_map(|x| f(x).iter().map(|v| *v as f32))
+            .collect()
+    };
+    write_table(
+        path,
+        &PROBE_WEIGHTS,
+        vec![
+            i32_column(results.iter().map(|x| x.layer as i32)),
+            vector_column(path, width, flat(&|x| &x.fit.w))?,
+            f64_column(results.iter().map(|x| x.fit.b)),
+            vector_column(path, width, flat(&|x| &x.fit.mean))?,
+            vector_column(path, width, flat(&|x| &x.fit.std))?,
+            f64_column(results.iter().map(|_| l2)),
+            i32_column(results.iter().map(|x| x.fit.iterations as i32)),
+            bool_column(results.iter().map(|x| x.fit.converged)),
+            f64_column(results.iter().map(|x| x.fit.grad_norm)),
+            f64_column(results.iter().map(|x| x.fit.loss)),
+            i64_column(results.iter().map(|x| x.n_train as i64)),
+        ],
+    )?;
+    Ok(())
+}
+
+/// `boundary.parquet`: the boundary-distance summary per role, split and layer.
+fn write_boundary(path: &Path, boundary: &[BoundaryStat]) -> Result<()> {
+    write_table(
+        path,
+        &BOUNDARY,
+        vec![
+            utf8_column(boundary.iter().map(|b| b.role.as_str())),
+            utf8_column(boundary.iter().map(|b| b.split.as_str())),
+            i32_column(boundary.iter().map(|b| b.layer as i32)),
+            i64_column(boundary.iter().map(|b| b.n as i64)),
+            f64_column(boundary.iter().map(|b| b.median)),
+            f64_column(boundary.iter().map(|b| b.q25)),
+            f64_column(boundary.iter().map(|b| b.q75)),
+            f64_column(boundary.iter().map(|b| b.mean)),
+        ],
+    )?;
+    Ok(())
 }
 
 #[derive(Debug, Clone)]

@@ -8,6 +8,8 @@
 //! the run folder; [`Ctx`] gives them the pipeline file, the run folder and the model identity,
 //! resolved once per run so every stage hashes the same files for the same model.
 
+pub mod prompts;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -19,7 +19,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use mosr_artifacts::StageWork;
-use mosr_artifacts::training::{OverlapWeightRow, read_training_examples, write_overlap_weights};
+use mosr_artifacts::training::{
+    OverlapWeightRow, TrainingExample, read_training_examples, write_overlap_weights,
+};
 use mosr_artifacts::{StageManifest, sha256_file};
 use mosr_stage::{Ctx, Planned};
 use serde::{Deserialize, Serialize};
@@ -266,20 +268,7 @@ pub fn run(
             examples.display()
         );
     }
-    let depth = reps::max_layer(representations)?;
-    let layers = if cfg.layers.is_empty() {
-        default_layers(depth)
-    } else {
-        cfg.layers.clone()
-    };
-    for &l in &layers {
-        if l < 0 || l > depth {
-            bail!(
-                "{}: layer {l} is not extracted (layers 0..={depth})",
-                representations.display()
-            );
-        }
-    }
+    let layers = chosen_layers(cfg, representations)?;
     let table = reps::read_layers(representations, &layers, &cfg.position_kind)?;
     // Bank: every prompt of the bank role, in id order (deterministic).
     let mut bank: Vec<(&String, &reps::PromptStates)> = table
@@ -310,40 +299,7 @@ pub fn run(
             missing[..missing.len().min(5)].join(", ")
         );
     }
-    let embed = |p: &reps::PromptStates| -> Vec<Vec<f32>> {
-        match cfg.layer_combine {
-            LayerCombine::MeanCosine => p.layers.clone(),
-            LayerCombine::MeanState => {
-                let d = p.layers[0].len();
-                let mut m = vec![0f32; d];
-                for v in &p.layers {
-                    for (a, b) in m.iter_mut().zip(v) {
-                        *a += b / p.layers.len() as f32;
-                    }
-                }
-                vec![m]
-            }
-        }
-    };
-    let bank_vecs: Vec<Vec<Vec<f32>>> = bank.iter().map(|(_, p)| embed(p)).collect();
-    let mut scores = Vec::with_capacity(harmful.len());
-    let mut nearest = Vec::with_capacity(harmful.len());
-    for e in &harmful {
-        let v = embed(&table[&e.prompt_id]);
-        let sims: Vec<f64> = bank_vecs
-            .iter()
-            .map(|b| v.iter().zip(b).map(|(x, y)| cosine(x, y)).sum::<f64>() / v.len() as f64)
-            .collect();
-        scores.push(aggregate(&sims, cfg.aggregate, cfg.top_k));
-        let mut order: Vec<usize> = (0..sims.len()).collect();
-        order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]).then(a.cmp(&b)));
-        let near: Vec<String> = order
-            .iter()
-            .take(cfg.nearest.max(1))
-            .map(|&j| bank[j].0.clone())
-            .collect();
-        nearest.push((near, sims[order[0]]));
-    }
+    let (scores, nearest) = overlaps(cfg, &harmful, &table, &bank);
     let w = clip_mean_one(
         &weights_from_scores(&scores, cfg),
         cfg.clip_min,
@@ -383,6 +339,75 @@ pub fn run(
         layers,
         bank_size: bank.len(),
     })
+}
+
+/// The representation layers the weights read: `[weights] layers`, else the default; each
+/// must have been extracted.
+fn chosen_layers(cfg: &WeightsConfig, representations: &Path) -> Result<Vec<i32>> {
+    let depth = reps::max_layer(representations)?;
+    let layers = if cfg.layers.is_empty() {
+        default_layers(depth)
+    } else {
+        cfg.layers.clone()
+    };
+    for &l in &layers {
+        if l < 0 || l > depth {
+            bail!(
+                "{}: layer {l} is not extracted (layers 0..={depth})",
+                representations.display()
+            );
+        }
+    }
+    Ok(layers)
+}
+
+/// A prompt's states as the similarity compares them: one vector per layer (mean of per-layer
+/// cosines), or their mean (cosine of mean states).
+fn embed(cfg: &WeightsConfig, p: &reps::PromptStates) -> Vec<Vec<f32>> {
+    match cfg.layer_combine {
+        LayerCombine::MeanCosine => p.layers.clone(),
+        LayerCombine::MeanState => {
+            let d = p.layers[0].len();
+            let mut m = vec![0f32; d];
+            for v in &p.layers {
+                for (a, b) in m.iter_mut().zip(v) {
+                    *a += b / p.layers.len() as f32;
+                }
+            }
+            vec![m]
+        }
+    }
+}
+
+/// Each harmful example's overlap score with the bank, and its nearest bank prompts with the
+/// top similarity.
+#[allow(clippy::type_complexity)]
+fn overlaps(
+    cfg: &WeightsConfig,
+    harmful: &[TrainingExample],
+    table: &HashMap<String, reps::PromptStates>,
+    bank: &[(&String, &reps::PromptStates)],
+) -> (Vec<f64>, Vec<(Vec<String>, f64)>) {
+    let bank_vecs: Vec<Vec<Vec<f32>>> = bank.iter().map(|(_, p)| embed(cfg, p)).collect();
+    let mut scores = Vec::with_capacity(harmful.len());
+    let mut nearest = Vec::with_capacity(harmful.len());
+    for e in harmful {
+        let v = embed(cfg, &table[&e.prompt_id]);
+        let sims: Vec<f64> = bank_vecs
+            .iter()
+            .map(|b| v.iter().zip(b).map(|(x, y)| cosine(x, y)).sum::<f64>() / v.len() as f64)
+            .collect();
+        scores.push(aggregate(&sims, cfg.aggregate, cfg.top_k));
+        let mut order: Vec<usize> = (0..sims.len()).collect();
+        order.sort_by(|&a, &b| sims[b].total_cmp(&sims[a]).then(a.cmp(&b)));
+        let near: Vec<String> = order
+            .iter()
+            .take(cfg.nearest.max(1))
+            .map(|&j| bank[j].0.clone())
+            .collect();
+        nearest.push((near, sims[order[0]]));
+    }
+    (scores, nearest)
 }
 
 /// The weights stage. Inputs: `augment/training_examples.parquet` and

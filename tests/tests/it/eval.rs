@@ -637,7 +637,7 @@ fn adapter_of_another_base_model_is_refused() {
         layers: vec![0],
         ..Default::default()
     };
-    let net = lm.net.attach_lora(&cfg).unwrap();
+    let net = lm.net.attach_lora(&cfg, 7).unwrap();
     let d = tmp_dir("adapter");
     let other = "0".repeat(64);
     mosr_lm::adapter::save(&net, &cfg, &d, Some("some-other-model"), Some(&other)).unwrap();
@@ -1010,7 +1010,7 @@ fn fake_adapter(lm: &LanguageModel, dir: &Path) {
         ..Default::default()
     };
     let sha = mosr_lm::identify(SMOL).unwrap().sha256;
-    let net = lm.net.clone().attach_lora(&cfg).unwrap();
+    let net = lm.net.clone().attach_lora(&cfg, 7).unwrap();
     mosr_lm::adapter::save(&net, &cfg, dir, Some(SMOL), Some(&sha)).unwrap();
 }
 

@@ -1,7 +1,6 @@
 //! The code's shape, checked from its source: inside each crate the modules depend one way (no
 //! cycle between a crate's top-level modules; the crate root, which declares and re-exports
-//! them, aside), and no function outside tests grows past [`MAX_FN_LINES`] lines, except the
-//! ones listed in [`LONG_FNS`], which may only shrink.
+//! them, aside), and no function outside tests grows past [`MAX_FN_LINES`] lines.
 //!
 //! The scan is textual: comments and string literals are blanked, then every `crate::x` path
 //! (also inside `use crate::{x, y}`) is an edge to module `x`, or to the module whose item the
@@ -12,27 +11,6 @@ use std::path::{Path, PathBuf};
 
 /// Longest function body (signature line to closing brace) outside tests.
 const MAX_FN_LINES: usize = 120;
-
-/// Functions over the limit when the check was written, with their length then: each may
-/// shrink (lower its number here when it does), none may grow. (path, function, lines)
-const LONG_FNS: &[(&str, &str, usize)] = &[
-    ("crates/finetune/src/train.rs", "train_variant", 399),
-    ("crates/logit-lens/src/lib.rs", "run", 275),
-    ("crates/eval/src/stage.rs", "run", 270),
-    ("crates/data/src/stage.rs", "run", 268),
-    ("crates/augment/src/lib.rs", "run", 258),
-    ("crates/probe/src/lib.rs", "run", 226),
-    ("crates/extract/src/lib.rs", "run", 220),
-    ("crates/gguf/src/file.rs", "parse", 167),
-    ("xtask/src/main.rs", "main", 119),
-    ("crates/weights/src/lib.rs", "run", 140),
-    ("crates/probe/src/lib.rs", "probe_layer", 140),
-    ("crates/lm/src/bin/mosr-lm.rs", "bench", 137),
-    ("crates/lm/src/decode.rs", "step_in_pool", 134),
-    ("crates/lm/src/adapter.rs", "load", 133),
-    ("crates/eval/src/generation.rs", "generate_wave", 127),
-    ("crates/eval/src/stage.rs", "plan_with", 122),
-];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -295,33 +273,21 @@ fn functions(code: &str) -> Vec<(String, usize, usize)> {
 #[test]
 fn layering_functions_fit_on_a_screen() {
     let root = workspace();
-    let allowed: BTreeMap<(&str, &str), usize> =
-        LONG_FNS.iter().map(|&(p, f, n)| ((p, f), n)).collect();
     let mut over = Vec::new();
     for dir in source_dirs() {
         for file in rust_files(&dir) {
-            let rel = file
-                .strip_prefix(&root)
-                .unwrap()
-                .to_string_lossy()
-                .to_string();
+            let rel = file.strip_prefix(&root).unwrap().to_string_lossy();
             let code = code_only(&std::fs::read_to_string(&file).unwrap());
             for (name, line, len) in functions(&code) {
-                let limit = allowed
-                    .get(&(rel.as_str(), name.as_str()))
-                    .copied()
-                    .unwrap_or(MAX_FN_LINES);
-                if len > limit {
-                    over.push(format!(
-                        "{rel}:{line} `{name}`: {len} lines (limit {limit})"
-                    ));
+                if len > MAX_FN_LINES {
+                    over.push(format!("{rel}:{line} `{name}`: {len} lines"));
                 }
             }
         }
     }
     assert!(
         over.is_empty(),
-        "functions over their limit (split them; LONG_FNS only ever shrinks):\n{}",
+        "functions over {MAX_FN_LINES} lines (split them):\n{}",
         over.join("\n")
     );
 }

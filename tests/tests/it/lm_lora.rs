@@ -59,7 +59,7 @@ fn lora_trains_adapter_only_and_round_trips_through_peft() {
         layers: vec![0, 1, 2, 3],
         ..Default::default()
     };
-    lm.net = lm.net.attach_lora(&cfg).unwrap();
+    lm.net = lm.net.attach_lora(&cfg, 7).unwrap();
     // B = 0 at attach: the adapted model starts as the base model.
     assert!(max_abs_diff(&logits_of(&lm, &batch, true), &base_logits) < 1e-5);
 
@@ -74,7 +74,7 @@ fn lora_trains_adapter_only_and_round_trips_through_peft() {
             None,
             ForwardOptions {
                 logits: Logits::All,
-                train: true,
+                dropout: Some(&mosr_lm::DropoutStream::new(7)),
                 ..Default::default()
             },
         );
@@ -165,7 +165,7 @@ fn lora_plain_training_arithmetic_equals_the_autodiff_device_bit_for_bit() {
         num_layers: Some(20),
         logits: Logits::None,
         adapter: false,
-        train: false,
+        dropout: None,
         training_arithmetic: true,
     };
     let states = |out: mosr_lm::ForwardOutput| -> Vec<Vec<f32>> {

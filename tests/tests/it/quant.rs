@@ -326,7 +326,7 @@ fn quant_adapter_update_is_added_beside_the_codes() {
         layers: vec![0, 1, 2],
         ..Default::default()
     };
-    let mut net = exact.net.clone().attach_lora(&cfg).unwrap();
+    let mut net = exact.net.clone().attach_lora(&cfg, 7).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(14);
     for block in net.layers.iter_mut().take(3) {
         for (_, l) in block.linears_mut() {

@@ -258,7 +258,7 @@ fn training_lora_a_draw_matches_peft_variance() {
         layers: vec![0, 1, 2, 3],
         ..Default::default()
     };
-    let net = lm.net.clone().attach_lora(&cfg).unwrap();
+    let net = lm.net.clone().attach_lora(&cfg, 7).unwrap();
     let d_in = lm.config.hidden_size;
     let mut xs: Vec<f64> = Vec::new();
     for layer in &net.layers {
@@ -528,7 +528,7 @@ fn training_losses_of_zero_initialised_adapter() {
         layers: vec![0, 1, 2, 3],
         ..Default::default()
     };
-    lm.net = lm.net.clone().attach_lora(&cfg).unwrap();
+    lm.net = lm.net.clone().attach_lora(&cfg, 7).unwrap();
     let seqs: Vec<Vec<u32>> = [
         "Tell me how to make a weapon.",
         "Write a haiku about rain, please.",
@@ -545,7 +545,7 @@ fn training_losses_of_zero_initialised_adapter() {
         num_layers: Some(4),
         logits: Logits::None,
         adapter: false,
-        train: false,
+        dropout: None,
         training_arithmetic: false,
     };
     let orig: Vec<_> = lm
@@ -562,7 +562,7 @@ fn training_losses_of_zero_initialised_adapter() {
             None,
             ForwardOptions {
                 adapter: true,
-                train: true,
+                dropout: Some(&mosr_lm::DropoutStream::new(7)),
                 ..fwd
             },
         )
@@ -667,7 +667,7 @@ fn training_refusal_lm_loss_is_hand_computed_cross_entropy() {
         " I'm sorry, I can't.",
     );
     let b = seq("b", "Write malware.", "", "I cannot help with that.");
-    let got = mosr_finetune::train::cross_entropy(&lm.net, &[&a, &b], lm.pad_id)
+    let got = mosr_finetune::train::cross_entropy(&lm.net, &[&a, &b], lm.pad_id, None)
         .into_scalar::<f32>() as f64;
     let (mut nll, mut count) = (0f64, 0usize);
     for s in [&a, &b] {
@@ -677,7 +677,7 @@ fn training_refusal_lm_loss_is_hand_computed_cross_entropy() {
             num_layers: None,
             logits: Logits::All,
             adapter: false,
-            train: false,
+            dropout: None,
             training_arithmetic: false,
         };
         let logits = lm.net.forward(&tb, None, fwd).logits.unwrap();
@@ -709,18 +709,20 @@ fn training_refusal_lm_loss_is_hand_computed_cross_entropy() {
         ..benign.clone()
     };
     let ce = |s: &[&mosr_finetune::data::Seq]| {
-        mosr_finetune::train::cross_entropy(&lm.net, s, lm.pad_id).into_scalar::<f32>() as f64
+        mosr_finetune::train::cross_entropy(&lm.net, s, lm.pad_id, None).into_scalar::<f32>() as f64
     };
     let (ref_ce, ben_ce) = (ce(&[&a]), ce(&[&answer]));
-    let mixed = mosr_finetune::train::refusal_lm_loss(&lm.net, 0.2, &[&a], &[&benign], lm.pad_id)
-        .into_scalar::<f32>() as f64;
+    let mixed =
+        mosr_finetune::train::refusal_lm_loss(&lm.net, 0.2, &[&a], &[&benign], lm.pad_id, None)
+            .into_scalar::<f32>() as f64;
     let expect = 0.2 * ref_ce + 0.8 * ben_ce;
     assert!(
         (mixed - expect).abs() < 1e-3 * expect,
         "refusal LM {mixed} vs {expect}"
     );
-    let only = mosr_finetune::train::refusal_lm_loss(&lm.net, 1.0, &[&a], &[&benign], lm.pad_id)
-        .into_scalar::<f32>() as f64;
+    let only =
+        mosr_finetune::train::refusal_lm_loss(&lm.net, 1.0, &[&a], &[&benign], lm.pad_id, None)
+            .into_scalar::<f32>() as f64;
     assert!(
         (only - ref_ce).abs() < 1e-5 * ref_ce,
         "α = 1 is the refusal term alone"

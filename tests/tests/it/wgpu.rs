@@ -143,7 +143,7 @@ fn sentence_loss(lm: &LanguageModel) -> Tensor<1> {
     let b = TokenBatch::left_padded(std::slice::from_ref(&ids), lm.pad_id);
     let opts = ForwardOptions {
         logits: Logits::All,
-        train: true,
+        dropout: Some(&mosr_lm::DropoutStream::new(7)),
         ..Default::default()
     };
     let logits = lm.net.forward(&b, None, opts).logits.unwrap();
@@ -159,7 +159,7 @@ fn sentence_loss(lm: &LanguageModel) -> Tensor<1> {
 fn trained_adapter(dir: &Path) {
     let dev = Device::flex().autodiff();
     let mut lm = LanguageModel::open(&model_path(SMOL), &dev).unwrap();
-    lm.net = lm.net.attach_lora(&lora()).unwrap();
+    lm.net = lm.net.attach_lora(&lora(), 7).unwrap();
     let mut opt = AdamWConfig::new().with_weight_decay(0.0).init();
     for _ in 0..2 {
         let grads = GradientsParams::from_grads(sentence_loss(&lm).backward(), &lm.net);

@@ -86,6 +86,151 @@ enum Cmd {
     },
 }
 
+/// A workload's wall times (one per repeat), with the tokens and flops of one repeat.
+struct Timed {
+    times: Vec<f64>,
+    tokens: usize,
+    flops: f64,
+}
+
+/// `f` once to warm up, then `repeats` timed runs.
+fn timed(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
+    f()?;
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t0 = std::time::Instant::now();
+        f()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    Ok(times)
+}
+
+/// A 1024² f32 product as every projection computes it (gemm called directly on the CPU device).
+fn bench_matmul(dev: &mosr_lm::Device, repeats: usize) -> Timed {
+    let n = 1024;
+    let a = burn::tensor::Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, dev);
+    let b = burn::tensor::Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, dev);
+    let product = || match mosr_lm::fused::matmul_2d(&a, &b) {
+        Some(c) => c,
+        None => a.clone().matmul(b.clone()),
+    };
+    let times = timed(repeats.max(5), || {
+        let _ = product().into_data();
+        Ok(())
+    })
+    .expect("infallible");
+    Timed {
+        times,
+        tokens: 0,
+        flops: 2.0 * (n as f64).powi(3),
+    }
+}
+
+/// The projections' product on the AMX tile unit (`mosr_kernels::amx`), exact to f32 inputs:
+/// random f32 weights need all three bf16 parts (six part products), the most expensive case
+/// (the GGUF models' Q4_1 weights need two, five products).
+fn bench_matmul_amx(repeats: usize) -> anyhow::Result<Timed> {
+    use mosr_kernels::amx;
+    anyhow::ensure!(
+        amx::available(),
+        "matmul-amx: this machine (or MOSR_NO_AMX) has no AMX tile unit"
+    );
+    let n = 1024;
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let a: Vec<f32> = (0..n * n).map(|_| next()).collect();
+    let w: Vec<f32> = (0..n * n).map(|_| next()).collect();
+    let packed = amx::PackedWeight::pack(&w, n, n, None);
+    let times = timed(repeats.max(5), || {
+        let _ = amx::matmul(&a, n, &packed);
+        Ok(())
+    })?;
+    Ok(Timed {
+        times,
+        tokens: 0,
+        flops: 2.0 * (n as f64).powi(3),
+    })
+}
+
+/// The model workloads: a prefill pass over `batch` x `seq` tokens, or generating
+/// `new_tokens` per row.
+fn bench_model(
+    lm: &LanguageModel,
+    workload: &str,
+    batch: usize,
+    seq: usize,
+    new_tokens: usize,
+    repeats: usize,
+) -> anyhow::Result<Timed> {
+    use mosr_lm::{ForwardOptions, Logits, TokenBatch};
+    let ids = bench_ids(batch, seq, lm.config.vocab_size);
+    let c = &lm.config;
+    let params = (c.num_layers
+        * (c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+            + c.num_heads * c.head_dim * c.hidden_size
+            + 3 * c.hidden_size * c.intermediate_size)) as f64;
+    let unembed = (c.hidden_size * c.vocab_size) as f64;
+    match workload {
+        "prefill" => {
+            let tb = TokenBatch::left_padded(&ids, lm.pad_id);
+            let opts = ForwardOptions {
+                hidden: true,
+                logits: Logits::Last,
+                ..Default::default()
+            };
+            let times = timed(repeats, || {
+                let out = lm.net.forward(&tb, None, opts);
+                let _ = out.logits.unwrap().into_data();
+                let _ = out.hidden.last().unwrap().clone().into_data();
+                Ok(())
+            })?;
+            let tokens = batch * seq;
+            // 2 flops per parameter per token, plus the attention scores.
+            let attn = (c.num_layers * 2 * 2 * seq * c.num_heads * c.head_dim) as f64 / 2.0;
+            let flops = tokens as f64 * (2.0 * params + attn + 2.0 * unembed / seq as f64);
+            Ok(Timed {
+                times,
+                tokens,
+                flops,
+            })
+        }
+        "generate" => {
+            let cfg = GenerateConfig {
+                max_new_tokens: new_tokens,
+                ignore_eos: true,
+                ..Default::default()
+            };
+            let warm = GenerateConfig {
+                max_new_tokens: 2,
+                ..cfg.clone()
+            };
+            let _ = generate(lm, &ids[..1.min(ids.len())], &warm)?;
+            let mut times = Vec::with_capacity(repeats);
+            for _ in 0..repeats {
+                let t0 = std::time::Instant::now();
+                let g = generate(lm, &ids, &cfg)?;
+                times.push(t0.elapsed().as_secs_f64());
+                assert!(g.iter().all(|g| g.tokens.len() == new_tokens));
+            }
+            let tokens = batch * new_tokens;
+            let flops = tokens as f64 * (2.0 * params + 2.0 * unembed);
+            Ok(Timed {
+                times,
+                tokens,
+                flops,
+            })
+        }
+        other => {
+            anyhow::bail!("unknown workload `{other}` (prefill, generate, matmul, matmul-amx)")
+        }
+    }
+}
+
 /// Deterministic token ids that avoid special tokens (same rule as the Python reference).
 fn bench_ids(batch: usize, seq: usize, vocab: usize) -> Vec<Vec<u32>> {
     (0..batch)
@@ -106,121 +251,19 @@ fn bench(
     repeats: usize,
     arithmetic: mosr_lm::Arithmetic,
 ) -> anyhow::Result<()> {
-    use mosr_lm::{ForwardOptions, Logits, TokenBatch};
     let dev = mosr_lm::Device::flex();
-    let mut times = Vec::new();
-    let (tokens, flops);
-    if workload == "matmul" {
-        let n = 1024;
-        let a =
-            burn::tensor::Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, &dev);
-        let b =
-            burn::tensor::Tensor::<2>::random([n, n], burn::tensor::Distribution::Default, &dev);
-        // The product every projection uses (gemm called directly on the CPU device).
-        let product = || match mosr_lm::fused::matmul_2d(&a, &b) {
-            Some(c) => c,
-            None => a.clone().matmul(b.clone()),
-        };
-        let _ = product().into_data();
-        for _ in 0..repeats.max(5) {
-            let t0 = std::time::Instant::now();
-            let _ = product().into_data();
-            times.push(t0.elapsed().as_secs_f64());
+    let Timed {
+        mut times,
+        tokens,
+        flops,
+    } = match workload {
+        "matmul" => bench_matmul(&dev, repeats),
+        "matmul-amx" => bench_matmul_amx(repeats)?,
+        _ => {
+            let lm = LanguageModel::open_with(&fetch::resolve(model)?, &dev, arithmetic)?;
+            bench_model(&lm, workload, batch, seq, new_tokens, repeats)?
         }
-        tokens = 0;
-        flops = 2.0 * (n as f64).powi(3);
-    } else if workload == "matmul-amx" {
-        // The projections' product on the AMX tile unit (`mosr_kernels::amx`), exact to f32
-        // inputs: random f32 weights need all three bf16 parts (six part products), the most
-        // expensive case (the GGUF models' Q4_1 weights need two, five products).
-        use mosr_kernels::amx;
-        anyhow::ensure!(
-            amx::available(),
-            "matmul-amx: this machine (or MOSR_NO_AMX) has no AMX tile unit"
-        );
-        let n = 1024;
-        let mut s = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32
-        };
-        let a: Vec<f32> = (0..n * n).map(|_| next()).collect();
-        let w: Vec<f32> = (0..n * n).map(|_| next()).collect();
-        let packed = amx::PackedWeight::pack(&w, n, n, None);
-        let _ = amx::matmul(&a, n, &packed);
-        for _ in 0..repeats.max(5) {
-            let t0 = std::time::Instant::now();
-            let _ = amx::matmul(&a, n, &packed);
-            times.push(t0.elapsed().as_secs_f64());
-        }
-        tokens = 0;
-        flops = 2.0 * (n as f64).powi(3);
-    } else {
-        let lm = LanguageModel::open_with(&fetch::resolve(model)?, &dev, arithmetic)?;
-        let ids = bench_ids(batch, seq, lm.config.vocab_size);
-        let c = &lm.config;
-        let params = (c.num_layers
-            * (c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
-                + c.num_heads * c.head_dim * c.hidden_size
-                + 3 * c.hidden_size * c.intermediate_size)) as f64;
-        match workload {
-            "prefill" => {
-                let tb = TokenBatch::left_padded(&ids, lm.pad_id);
-                let opts = ForwardOptions {
-                    hidden: true,
-                    logits: Logits::Last,
-                    ..Default::default()
-                };
-                let run = || {
-                    let out = lm.net.forward(&tb, None, opts);
-                    let _ = out.logits.unwrap().into_data();
-                    let _ = out.hidden.last().unwrap().clone().into_data();
-                };
-                run();
-                for _ in 0..repeats {
-                    let t0 = std::time::Instant::now();
-                    run();
-                    times.push(t0.elapsed().as_secs_f64());
-                }
-                tokens = batch * seq;
-                // 2 flops per parameter per token, plus the attention scores.
-                let attn = (c.num_layers * 2 * 2 * seq * c.num_heads * c.head_dim) as f64 / 2.0;
-                flops = tokens as f64
-                    * (2.0 * params
-                        + attn
-                        + 2.0 * (c.hidden_size * c.vocab_size) as f64 / seq as f64);
-            }
-            "generate" => {
-                let cfg = GenerateConfig {
-                    max_new_tokens: new_tokens,
-                    ignore_eos: true,
-                    ..Default::default()
-                };
-                let _ = generate(
-                    &lm,
-                    &ids[..1.min(ids.len())],
-                    &GenerateConfig {
-                        max_new_tokens: 2,
-                        ..cfg.clone()
-                    },
-                )?;
-                for _ in 0..repeats {
-                    let t0 = std::time::Instant::now();
-                    let g = generate(&lm, &ids, &cfg)?;
-                    times.push(t0.elapsed().as_secs_f64());
-                    assert!(g.iter().all(|g| g.tokens.len() == new_tokens));
-                }
-                tokens = batch * new_tokens;
-                flops =
-                    tokens as f64 * (2.0 * params + 2.0 * (c.hidden_size * c.vocab_size) as f64);
-            }
-            other => {
-                anyhow::bail!("unknown workload `{other}` (prefill, generate, matmul, matmul-amx)")
-            }
-        }
-    }
+    };
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
