@@ -30,6 +30,59 @@ macro_rules! col {
     };
 }
 
+/// Declares a table once: its schema constant and its row type, whose fields are the columns in
+/// file order (`field: Type => "meaning"`; `Option` fields are the nullable columns), with
+/// [`row::Row`] implemented so [`row::write_rows`] and [`row::read_rows`] serve it.
+macro_rules! table {
+    (
+        $(#[$tmeta:meta])*
+        pub const $TABLE:ident = ($name:literal, version $version:literal);
+        $(#[$rmeta:meta])*
+        pub struct $Row:ident {
+            $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty => $doc:literal, )*
+        }
+    ) => {
+        $(#[$tmeta])*
+        pub const $TABLE: $crate::schema::TableSchema = $crate::schema::TableSchema {
+            name: $name,
+            version: $version,
+            columns: &[$(
+                $crate::schema::ColumnSpec {
+                    name: stringify!($field),
+                    ty: <$ty as $crate::row::Cell>::TY,
+                    nullable: <$ty as $crate::row::Cell>::NULLABLE,
+                    doc: $doc,
+                },
+            )*],
+        };
+
+        $(#[$rmeta])*
+        pub struct $Row {
+            $( #[doc = $doc] $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        impl $crate::row::Row for $Row {
+            const TABLE: &'static $crate::schema::TableSchema = &$TABLE;
+            fn columns(rows: &[Self]) -> Vec<arrow::array::ArrayRef> {
+                vec![$( <$ty as $crate::row::Cell>::column(rows.iter().map(|r| &r.$field)), )*]
+            }
+            fn from_batch(
+                batch: &arrow::array::RecordBatch,
+            ) -> std::result::Result<Vec<Self>, (&'static str, String)> {
+                $(
+                    let column = batch.column_by_name(stringify!($field)).expect("conformed");
+                    let mut $field = <$ty as $crate::row::Cell>::values(column.as_ref())
+                        .map_err(|e| (stringify!($field), e))?
+                        .into_iter();
+                )*
+                Ok((0..batch.num_rows())
+                    .map(|_| Self { $( $field: $field.next().expect("one value per row"), )* })
+                    .collect())
+            }
+        }
+    };
+}
+
 pub mod analysis;
 pub mod arrow_cols;
 pub mod atomic;
@@ -40,6 +93,7 @@ pub mod hash;
 pub mod manifest;
 pub mod parquet_io;
 pub mod pipeline;
+pub mod row;
 pub mod run_dir;
 pub mod schema;
 pub mod svg;

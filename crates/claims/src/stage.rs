@@ -7,10 +7,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use mosr_artifacts::StageWork;
 use mosr_artifacts::claims::{
-    BOUNDARY_TESTS, CLAIM_TESTS, CLAIMS, Column, DISCRIMINATION, FRONTIER_TESTS, PAIRED_TESTS,
-    write_columns,
+    BoundaryTestRow, ClaimTestRow, ClaimVerdictRow, DiscriminationTestRow, FRONTIER_TESTS,
+    FrontierTestRow, PairedTestRow,
 };
 use mosr_artifacts::eval::{read_frontier_generations, read_generations};
+use mosr_artifacts::row::write_rows;
 use mosr_artifacts::{StageManifest, sha256_file};
 use mosr_stage::{Ctx, Planned};
 use tracing::info;
@@ -110,151 +111,155 @@ fn write_all(o: &ClaimsOutputs, dir: &Path) -> Result<()> {
 }
 
 fn write_frontier(path: &Path, r: &[FrontierTest]) -> Result<()> {
-    let ok = |g: fn(&mosr_stats::FrontierEffect) -> f64| {
-        Column::OptF64(r.iter().map(|x| x.result.as_ref().ok().map(g)).collect())
-    };
-    let cols = vec![
-        i(r, |x| x.seed),
-        s(r, |x| x.variant.clone()),
-        s(r, |x| x.reference.clone()),
-        i(r, |x| x.points_variant as i64),
-        i(r, |x| x.points_reference as i64),
-        i(r, |x| x.harmful_n as i64),
-        i(r, |x| x.overrefusal_n as i64),
-        ok(|e| e.asr_low),
-        ok(|e| e.asr_high),
-        i(r, |_| crate::frontier::GRID as i64),
-        ok(|e| e.effect),
-        ok(|e| e.ci_low),
-        ok(|e| e.ci_high),
-        i(r, |x| x.result.as_ref().map_or(0, |e| e.resamples as i64)),
-        Column::OptStr(
-            r.iter()
-                .map(|x| x.result.as_ref().err().map(|e| e.to_string()))
-                .collect(),
-        ),
-    ];
-    Ok(write_columns(path, &FRONTIER_TESTS, cols)?)
+    let rows: Vec<FrontierTestRow> = r
+        .iter()
+        .map(|x| {
+            let ok = x.result.as_ref().ok();
+            FrontierTestRow {
+                seed: x.seed,
+                variant: x.variant.clone(),
+                reference: x.reference.clone(),
+                points_variant: x.points_variant as i64,
+                points_reference: x.points_reference as i64,
+                harmful_n: x.harmful_n as i64,
+                overrefusal_n: x.overrefusal_n as i64,
+                asr_low: ok.map(|e| e.asr_low),
+                asr_high: ok.map(|e| e.asr_high),
+                grid: crate::frontier::GRID as i64,
+                effect: ok.map(|e| e.effect),
+                ci_low: ok.map(|e| e.ci_low),
+                ci_high: ok.map(|e| e.ci_high),
+                resamples: ok.map_or(0, |e| e.resamples as i64),
+                note: x.result.as_ref().err().map(|e| e.to_string()),
+            }
+        })
+        .collect();
+    Ok(write_rows(path, &rows)?)
 }
 
 fn write_discrimination(path: &Path, r: &[DiscriminationRow]) -> Result<()> {
-    let cols = vec![
-        s(r, |x| x.variant.clone()),
-        Column::OptI64(r.iter().map(|x| x.seed).collect()),
-        i(r, |x| x.diff.n as i64),
-        f(r, |x| x.diff.rate_a),
-        f(r, |x| x.diff.rate_b),
-        f(r, |x| x.diff.diff),
-        f(r, |x| x.diff.ci_low),
-        f(r, |x| x.diff.ci_high),
-        f(r, |x| x.diff.p_value),
-    ];
-    Ok(write_columns(path, &DISCRIMINATION, cols)?)
-}
-
-fn s<T>(rows: &[T], f: impl Fn(&T) -> String) -> Column {
-    Column::Str(rows.iter().map(f).collect())
-}
-fn f<T>(rows: &[T], g: impl Fn(&T) -> f64) -> Column {
-    Column::F64(rows.iter().map(g).collect())
-}
-fn i<T>(rows: &[T], g: impl Fn(&T) -> i64) -> Column {
-    Column::I64(rows.iter().map(g).collect())
+    let rows: Vec<DiscriminationTestRow> = r
+        .iter()
+        .map(|x| DiscriminationTestRow {
+            variant: x.variant.clone(),
+            seed: x.seed,
+            n: x.diff.n as i64,
+            refused_contrast: x.diff.rate_a,
+            refused_safe: x.diff.rate_b,
+            discrimination: x.diff.diff,
+            ci_low: x.diff.ci_low,
+            ci_high: x.diff.ci_high,
+            p_value: x.diff.p_value,
+        })
+        .collect();
+    Ok(write_rows(path, &rows)?)
 }
 
 fn write_paired(path: &Path, r: &[PairedRow]) -> Result<()> {
-    let cols = vec![
-        i(r, |x| x.seed),
-        s(r, |x| x.variant.clone()),
-        s(r, |x| x.reference.clone()),
-        s(r, |x| x.column.set.clone()),
-        s(r, |x| x.column.attack.clone()),
-        s(r, |x| x.column.metric.to_string()),
-        i(r, |x| x.diff.n as i64),
-        i(r, |x| x.diff.clusters as i64),
-        f(r, |x| x.diff.rate_a),
-        f(r, |x| x.diff.rate_b),
-        f(r, |x| x.diff.diff),
-        f(r, |x| x.diff.ci_low),
-        f(r, |x| x.diff.ci_high),
-        i(r, |x| x.diff.a_only as i64),
-        i(r, |x| x.diff.b_only as i64),
-        f(r, |x| x.diff.p_value),
-    ];
-    Ok(write_columns(path, &PAIRED_TESTS, cols)?)
+    let rows: Vec<PairedTestRow> = r
+        .iter()
+        .map(|x| PairedTestRow {
+            seed: x.seed,
+            variant: x.variant.clone(),
+            reference: x.reference.clone(),
+            set: x.column.set.clone(),
+            attack: x.column.attack.clone(),
+            metric: x.column.metric.to_string(),
+            n: x.diff.n as i64,
+            clusters: x.diff.clusters as i64,
+            rate_variant: x.diff.rate_a,
+            rate_reference: x.diff.rate_b,
+            diff: x.diff.diff,
+            ci_low: x.diff.ci_low,
+            ci_high: x.diff.ci_high,
+            variant_only: x.diff.a_only as i64,
+            reference_only: x.diff.b_only as i64,
+            p_value: x.diff.p_value,
+        })
+        .collect();
+    Ok(write_rows(path, &rows)?)
 }
 
 fn write_boundary(path: &Path, r: &[BoundaryTest], chosen: Option<i32>) -> Result<()> {
-    let cols = vec![
-        Column::I32(r.iter().map(|x| x.layer).collect()),
-        s(r, |x| x.role.clone()),
-        s(r, |x| x.measure.to_string()),
-        i(r, |x| x.above_benign.n_x as i64),
-        i(r, |x| x.above_benign.n_y as i64),
-        i(r, |x| x.below_harmful.n_x as i64),
-        f(r, |x| x.above_benign.mean_x),
-        f(r, |x| x.above_benign.mean_y),
-        f(r, |x| x.below_harmful.mean_x),
-        f(r, |x| x.above_benign.diff),
-        f(r, |x| x.above_benign.ci_low),
-        f(r, |x| x.above_benign.ci_high),
-        f(r, |x| x.above_benign.p_value),
-        f(r, |x| x.below_harmful.diff),
-        f(r, |x| x.below_harmful.ci_low),
-        f(r, |x| x.below_harmful.ci_high),
-        f(r, |x| x.below_harmful.p_value),
-        f(r, |x| x.selection_accuracy),
-        Column::Bool(r.iter().map(|x| Some(x.layer) == chosen).collect()),
-    ];
-    Ok(write_columns(path, &BOUNDARY_TESTS, cols)?)
+    let rows: Vec<BoundaryTestRow> = r
+        .iter()
+        .map(|x| {
+            let (above, below) = (&x.above_benign, &x.below_harmful);
+            BoundaryTestRow {
+                layer: x.layer,
+                role: x.role.clone(),
+                measure: x.measure.to_string(),
+                n_role: above.n_x as i64,
+                n_benign: above.n_y as i64,
+                n_harmful: below.n_x as i64,
+                mean_role: above.mean_x,
+                mean_benign: above.mean_y,
+                mean_harmful: below.mean_x,
+                above_benign: above.diff,
+                above_benign_ci_low: above.ci_low,
+                above_benign_ci_high: above.ci_high,
+                above_benign_p: above.p_value,
+                below_harmful: below.diff,
+                below_harmful_ci_low: below.ci_low,
+                below_harmful_ci_high: below.ci_high,
+                below_harmful_p: below.p_value,
+                selection_accuracy: x.selection_accuracy,
+                chosen: Some(x.layer) == chosen,
+            }
+        })
+        .collect();
+    Ok(write_rows(path, &rows)?)
+}
+
+/// An n that may not fit i64 (a power calculation's "never"), capped.
+fn capped(n: Option<u64>) -> Option<i64> {
+    n.map(|n| n.min(i64::MAX as u64) as i64)
 }
 
 fn write_tests(path: &Path, r: &[ClaimTest]) -> Result<()> {
-    let cols = vec![
-        s(r, |x| x.claim.to_string()),
-        s(r, |x| x.part.clone()),
-        Column::OptI64(r.iter().map(|x| x.seed).collect()),
-        s(r, |x| x.comparison.clone()),
-        s(r, |x| x.kind.name().to_string()),
-        Column::I32(r.iter().map(|x| x.direction).collect()),
-        f(r, |x| x.kind.margin()),
-        i(r, |x| x.n as i64),
-        f(r, |x| x.effect),
-        f(r, |x| x.ci_low),
-        f(r, |x| x.ci_high),
-        Column::OptF64(r.iter().map(|x| x.p_value).collect()),
-        s(r, |x| x.verdict.as_str().to_string()),
-        Column::OptI64(
-            r.iter()
-                .map(|x| x.n_needed.map(|n| n.min(i64::MAX as u64) as i64))
-                .collect(),
-        ),
-        Column::OptF64(r.iter().map(|x| x.discordance).collect()),
-        Column::OptF64(r.iter().map(|x| x.max_discordance).collect()),
-    ];
-    Ok(write_columns(path, &CLAIM_TESTS, cols)?)
+    let rows: Vec<ClaimTestRow> = r
+        .iter()
+        .map(|x| ClaimTestRow {
+            claim: x.claim.to_string(),
+            part: x.part.clone(),
+            seed: x.seed,
+            comparison: x.comparison.clone(),
+            kind: x.kind.name().to_string(),
+            direction: x.direction,
+            margin: x.kind.margin(),
+            n: x.n as i64,
+            effect: x.effect,
+            ci_low: x.ci_low,
+            ci_high: x.ci_high,
+            p_value: x.p_value,
+            verdict: x.verdict.as_str().to_string(),
+            n_needed: capped(x.n_needed),
+            discordance: x.discordance,
+            max_discordance: x.max_discordance,
+        })
+        .collect();
+    Ok(write_rows(path, &rows)?)
 }
 
 fn write_claims(path: &Path, r: &[ClaimRow]) -> Result<()> {
-    let cols = vec![
-        s(r, |x| x.claim.to_string()),
-        s(r, |x| x.statement.to_string()),
-        s(r, |x| x.verdict.as_str().to_string()),
-        s(r, |x| x.rule.clone()),
-        i(r, |x| x.seeds as i64),
-        i(r, |x| x.tests as i64),
-        f(r, |x| x.effect),
-        f(r, |x| x.ci_low),
-        f(r, |x| x.ci_high),
-        Column::OptF64(r.iter().map(|x| x.p_value).collect()),
-        i(r, |x| x.n as i64),
-        Column::OptI64(
-            r.iter()
-                .map(|x| x.n_needed.map(|n| n.min(i64::MAX as u64) as i64))
-                .collect(),
-        ),
-    ];
-    Ok(write_columns(path, &CLAIMS, cols)?)
+    let rows: Vec<ClaimVerdictRow> = r
+        .iter()
+        .map(|x| ClaimVerdictRow {
+            claim: x.claim.to_string(),
+            statement: x.statement.to_string(),
+            verdict: x.verdict.as_str().to_string(),
+            rule: x.rule.clone(),
+            seeds: x.seeds as i64,
+            tests: x.tests as i64,
+            effect: x.effect,
+            ci_low: x.ci_low,
+            ci_high: x.ci_high,
+            p_value: x.p_value,
+            n: x.n as i64,
+            n_needed: capped(x.n_needed),
+        })
+        .collect();
+    Ok(write_rows(path, &rows)?)
 }
 
 /// The claims stage. Inputs: `eval/generations.parquet` and `probe/probe_scores.parquet`; the

@@ -566,6 +566,17 @@ pub struct ProbeOutputs {
     pub summary: String,
 }
 
+/// The files the probe stage writes beside its manifest.
+pub const OUTPUTS: [&str; 7] = [
+    "probe_metrics.parquet",
+    "probe_scores.parquet",
+    "probe_weights.parquet",
+    "boundary.parquet",
+    "probe_accuracy.svg",
+    "boundary.svg",
+    "summary.md",
+];
+
 /// Run the probe stage into `out_dir`.
 pub fn run(cfg: &ProbeConfig, out_dir: &Path) -> Result<ProbeOutputs> {
     let started = Instant::now();
@@ -613,15 +624,7 @@ pub fn run(cfg: &ProbeConfig, out_dir: &Path) -> Result<ProbeOutputs> {
         "representations.parquet".into(),
         sha256_file(&cfg.representations)?,
     );
-    for name in [
-        "probe_metrics.parquet",
-        "probe_scores.parquet",
-        "probe_weights.parquet",
-        "boundary.parquet",
-        "probe_accuracy.svg",
-        "boundary.svg",
-        "summary.md",
-    ] {
+    for name in OUTPUTS {
         manifest
             .outputs
             .insert(name.into(), sha256_file(&path(name))?);

@@ -3,9 +3,10 @@
 
 use anyhow::Result;
 use mosr_artifacts::RunDir;
+use mosr_artifacts::claims::{ClaimTestRow, PairedTestRow};
+use mosr_artifacts::row::read_rows;
 use polars::prelude::{BooleanChunked, DataFrame};
 
-use crate::columns::{f64s, strs};
 use crate::{ReportSection, Writer, read_df};
 
 /// Keep the rows of `df` for which `keep(row)` holds.
@@ -22,9 +23,8 @@ pub fn claims(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
         return Ok(None);
     }
     let md_claims = w.table("claims", &mut read_df(&claims)?)?;
-    let mut tests_df = read_df(&tests)?;
-    let power = power_sentence(&tests_df, &dir)?;
-    let md_tests = w.table("claim_tests", &mut tests_df)?;
+    let power = power_sentence(&read_rows(&tests)?, &dir)?;
+    let md_tests = w.table("claim_tests", &mut read_df(&tests)?)?;
     Ok(Some(format!(
         "Each verdict follows from the numbers by the rules in `docs/claims.md`: a test is \
          *supported* when its 95% interval lies on the claimed side (and p < α), *contradicted* \
@@ -40,23 +40,18 @@ pub fn claims(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
 /// The design's power as run: over the paired tests, the pairs per test, the largest share
 /// of disagreeing pairs at which they give the design's power for its target difference
 /// (the claims stage's `[claims]` values, from its manifest), and the share observed.
-fn power_sentence(tests: &DataFrame, dir: &std::path::Path) -> Result<String> {
+fn power_sentence(tests: &[ClaimTestRow], dir: &std::path::Path) -> Result<String> {
     let cfg = mosr_artifacts::StageManifest::read(&dir.join("manifest.json"))?.config;
     let (target, power, alpha) = (
         cfg["target_effect"].as_f64().unwrap_or(f64::NAN),
         cfg["power"].as_f64().unwrap_or(f64::NAN),
         cfg["alpha"].as_f64().unwrap_or(f64::NAN),
     );
-    let (n, disc, maxd) = (
-        f64s(tests, "n")?,
-        f64s(tests, "discordance")?,
-        f64s(tests, "max_discordance")?,
-    );
-    let paired: Vec<usize> = (0..tests.height())
-        .filter(|&i| disc[i].is_finite())
-        .collect();
-    let range = |v: &[f64], digits: usize| {
-        let xs = paired.iter().map(|&i| v[i]).filter(|x| x.is_finite());
+    // The paired tests are the ones with a discordance.
+    let finite = |t: &&ClaimTestRow| t.discordance.is_some_and(f64::is_finite);
+    let paired: Vec<&ClaimTestRow> = tests.iter().filter(finite).collect();
+    let range = |v: &dyn Fn(&ClaimTestRow) -> Option<f64>, digits: usize| {
+        let xs = paired.iter().filter_map(|t| v(t)).filter(|x| x.is_finite());
         let (lo, hi) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
         match (lo > hi, lo == hi) {
             (true, _) => "–".to_string(),
@@ -72,10 +67,10 @@ fn power_sentence(tests: &DataFrame, dir: &std::path::Path) -> Result<String> {
          (two-sided, α = {alpha}) for a paired difference of {target} while at most {} of the \
          pairs disagree; the share that disagreed was {} (`discordance` and `max_discordance` \
          in `claim_tests.parquet`).",
-        range(&n, 0),
+        range(&|t| Some(t.n as f64), 0),
         100.0 * power,
-        range(&maxd, 3),
-        range(&disc, 3)
+        range(&|t| t.max_discordance, 3),
+        range(&|t| t.discordance, 3)
     ))
 }
 
@@ -88,15 +83,11 @@ pub fn paired(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
     }
     let mut df = read_df(&path)?;
     w.table("paired_tests", &mut df)?;
-    let (set, attack, metric) = (
-        strs(&df, "set")?,
-        strs(&df, "attack")?,
-        strs(&df, "metric")?,
-    );
-    let n = f64s(&df, "n")?;
+    let rows: Vec<PairedTestRow> = read_rows(&path)?;
     let shown = |i: usize| {
-        (set[i] == "overrefusal" && ["refused", "gibberish"].contains(&metric[i].as_str()))
-            || (set[i] == "harmful" && attack[i] == "all")
+        let r = &rows[i];
+        (r.set == "overrefusal" && ["refused", "gibberish"].contains(&r.metric.as_str()))
+            || (r.set == "harmful" && r.attack == "all")
     };
     let mut summary = filter_rows(&df, shown)?;
     let md = w.table("paired_summary", &mut summary)?;
@@ -112,9 +103,9 @@ pub fn paired(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
     } else {
         String::new()
     };
-    let pairs = n.iter().cloned().fold(0.0, f64::max);
+    let pairs = rows.iter().map(|r| r.n).max().unwrap_or(0);
     Ok(Some(format!(
-        "Each variant against `rr` and `base` on the same prompts (up to {pairs:.0} response pairs \
+        "Each variant against `rr` and `base` on the same prompts (up to {pairs} response pairs \
          per column): the difference of rates, its 95% paired cluster-bootstrap interval (prompts \
          resampled), the discordant pairs and the McNemar p-value (exact with one response per \
          prompt; clustered, Durkalski 2003, when attacks are pooled). Shown: refusals and \

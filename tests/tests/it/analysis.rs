@@ -375,15 +375,7 @@ fn extract_last_layer_vector_equals_runtime_hidden_state() {
             lr.layer
         );
     }
-    for f in [
-        "probe_metrics.parquet",
-        "probe_scores.parquet",
-        "probe_weights.parquet",
-        "boundary.parquet",
-        "probe_accuracy.svg",
-        "boundary.svg",
-        "manifest.json",
-    ] {
+    for f in mosr_probe::OUTPUTS.into_iter().chain(["manifest.json"]) {
         assert!(dir.join("probe").join(f).is_file(), "{f}");
     }
     let _ = std::fs::remove_dir_all(&dir);

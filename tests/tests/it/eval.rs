@@ -875,10 +875,15 @@ fn tense_pairing_prefers_rephrasings_of_sampled_prompts() {
 }
 
 #[test]
-fn docs_list_the_eval_tables_as_defined() {
+fn docs_list_every_table_as_defined() {
     let docs = std::fs::read_to_string(repo_root().join("docs/artifacts.md")).unwrap();
     let tables = mosr_artifacts::eval::EVAL_TABLES.into_iter();
-    for t in tables.chain(mosr_artifacts::claims::CLAIMS_TABLES) {
+    for t in tables
+        .chain(mosr_artifacts::claims::CLAIMS_TABLES)
+        .chain(mosr_artifacts::tables::ALL_TABLES)
+        .chain(mosr_artifacts::training::TRAINING_TABLES)
+        .chain(mosr_artifacts::analysis::TABLES)
+    {
         let section = format!(
             "### `{}.parquet` (schema version {})\n\n{}",
             t.name,
