@@ -206,13 +206,3 @@ pub fn project_gemm<const D: usize>(
     out_dims[D - 1] = y.dims()[1];
     y.reshape(out_dims)
 }
-
-/// [`project`] when the fast paths are allowed, [`project_gemm`] when a pass must keep the
-/// training device's arithmetic (`ForwardOptions::training_arithmetic`).
-pub fn projector(fast: bool) -> fn(Tensor<3>, Tensor<2>, Option<Tensor<1>>) -> Tensor<3> {
-    if fast {
-        project::<3>
-    } else {
-        project_gemm::<3>
-    }
-}

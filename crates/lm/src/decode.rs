@@ -21,7 +21,6 @@ use mosr_kernels::decode::{AttentionShape, attention, rms_norm, rope};
 use mosr_kernels::quant::QuantWeight;
 
 use crate::batch::TokenBatch;
-use crate::cpu::applies;
 use crate::flex::{contiguous, flex_f32};
 use crate::kv::{HostKv, KvCache};
 use crate::lora::LoraLinear;
@@ -272,9 +271,10 @@ fn step_in_pool(
     })
 }
 
-/// Whether a pass takes the host decode step: one new token per row of a plain full-depth
-/// inference pass on the CPU device, at most [`MAX_ROWS`] rows, ids inside the vocabulary, and a
-/// cache (if any) of the same rows.
+/// Whether a pass on the host plan (`crate::Plan::Host`, checked by the caller) takes the host
+/// decode step: one new token per row of a full-depth inference pass without hidden states or
+/// dropout, at most [`MAX_ROWS`] rows, ids inside the vocabulary, and a cache (if any) of the
+/// same rows.
 fn host_decodes(
     lm: &CausalLm,
     batch: &TokenBatch,
@@ -288,9 +288,7 @@ fn host_decodes(
         && rows <= MAX_ROWS
         && !opts.hidden
         && opts.dropout.is_none()
-        && !opts.training_arithmetic
         && full
-        && applies(&lm.device())
         && (cache.is_empty() || cache.key_mask.len() == rows)
         && batch
             .ids

@@ -28,6 +28,7 @@ mod load;
 pub mod lora;
 pub mod memory;
 pub mod model;
+pub mod plan;
 pub mod tokenizer;
 pub mod weights;
 
@@ -47,3 +48,4 @@ pub use kv::KvCache;
 pub use language_model::{LanguageModel, device_from_name};
 pub use lora::{DropoutStream, LoraConfig};
 pub use model::{CausalLm, ForwardOptions, ForwardOutput, Logits};
+pub use plan::Plan;

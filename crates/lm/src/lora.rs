@@ -16,6 +16,7 @@ use mosr_kernels::amx::PackedWeight;
 use mosr_kernels::quant::QuantWeight;
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Plan;
 use crate::{LmError, Result};
 
 /// The seven projections of a Llama-family block, named as PEFT names them.
@@ -134,25 +135,25 @@ impl LoraLinear {
     }
 
     /// `adapter`: add the low-rank update; `dropout`: apply LoRA dropout on its input, masks
-    /// drawn from this stream; `fast`: allow the CPU few-row kernel (off for
-    /// `ForwardOptions::training_arithmetic`).
+    /// drawn from this stream; `plan`: the pass's arithmetic (the host kernels only on
+    /// [`Plan::Host`]).
     pub fn forward(
         &self,
         x: Tensor<3>,
         adapter: bool,
         dropout: Option<&DropoutStream>,
-        fast: bool,
+        plan: Plan,
     ) -> Tensor<3> {
-        let packed = fast.then(|| frozen_many(&x, &[self])).flatten();
+        let packed = plan.host().then(|| frozen_many(&x, &[self])).flatten();
         let y = match packed {
             Some(mut ys) => ys.pop().expect("one product"),
-            None => crate::cpu::projector(fast)(
+            None => plan.projector()(
                 x.clone(),
                 self.f32_weight(),
                 self.bias.as_ref().map(|b| b.val()),
             ),
         };
-        match self.delta(x, adapter, dropout, fast) {
+        match self.delta(x, adapter, dropout, plan) {
             Some(d) => y + d,
             None => y,
         }
@@ -164,7 +165,7 @@ impl LoraLinear {
         x: Tensor<3>,
         adapter: bool,
         dropout: Option<&DropoutStream>,
-        fast: bool,
+        plan: Plan,
     ) -> Option<Tensor<3>> {
         let (Some(a), Some(b)) = (&self.lora_a, &self.lora_b) else {
             return None;
@@ -172,7 +173,7 @@ impl LoraLinear {
         if !adapter {
             return None;
         }
-        let project = crate::cpu::projector(fast);
+        let project = plan.projector();
         let x = if let Some(stream) = dropout.filter(|_| self.dropout > 0.0) {
             let mut m = vec![0f32; x.shape().num_elements()];
             mosr_kernels::dropout_mask(&mut m, 1.0 - self.dropout, stream.next_key());

@@ -10,6 +10,7 @@ use crate::batch::TokenBatch;
 use crate::config::ModelConfig;
 use crate::kv::KvCache;
 use crate::lora::{DropoutStream, LoraConfig, LoraLinear, attach};
+use crate::plan::Plan;
 use mosr_kernels::quant::QuantWeight;
 
 #[derive(Module, Debug)]
@@ -219,6 +220,7 @@ impl CausalLm {
         batch: &TokenBatch,
         cache: Option<&mut KvCache>,
         opts: ForwardOptions<'_>,
+        plan: Plan,
     ) -> ForwardOutput {
         let (b, t) = (batch.batch, batch.seq);
         let dev = self.device();
@@ -242,19 +244,17 @@ impl CausalLm {
         let total = past + t;
         // Without a cache to fill, the plain CPU device runs attention on host slices; every
         // other pass gets the rotary tables and the mask as tensors for burn's attention.
-        let host = (!keep_cache
-            && !opts.training_arithmetic
-            && crate::cpu::applies(&dev)
-            && mosr_kernels::prefill::supported(self.config.head_dim))
-        .then(|| {
-            let (cos, sin) = self.rope_angles(&positions);
-            let valid = cache
-                .key_mask
-                .iter()
-                .flat_map(|r| r[..t].iter().copied())
-                .collect();
-            HostAttention { cos, sin, valid }
-        });
+        let host =
+            (!keep_cache && plan.host() && mosr_kernels::prefill::supported(self.config.head_dim))
+                .then(|| {
+                    let (cos, sin) = self.rope_angles(&positions);
+                    let valid = cache
+                        .key_mask
+                        .iter()
+                        .flat_map(|r| r[..t].iter().copied())
+                        .collect();
+                    HostAttention { cos, sin, valid }
+                });
         let tensors = host.is_none().then(|| {
             // masked = future key, or a padding key (except the diagonal, so no row is all -inf).
             let mut m = Vec::with_capacity(b * t * total);
@@ -292,7 +292,7 @@ impl CausalLm {
                 (None, Some(t)) => Positions::Burn(t),
                 (None, None) => unreachable!("one of the two is built"),
             };
-            x = layer.forward(x, &pos, entry, opts);
+            x = layer.forward(x, &pos, entry, opts, plan);
             if opts.hidden {
                 hidden.push(x.clone());
             }
@@ -302,8 +302,8 @@ impl CausalLm {
         } else {
             match opts.logits {
                 Logits::None => None,
-                Logits::Last => Some(self.logits_of(x.narrow(1, t - 1, 1), opts, true)),
-                Logits::All => Some(self.logits_of(x, opts, false)),
+                Logits::Last => Some(self.logits_of(x.narrow(1, t - 1, 1), plan, true)),
+                Logits::All => Some(self.logits_of(x, plan, false)),
             }
         };
         ForwardOutput { logits, hidden }
@@ -317,17 +317,17 @@ impl CausalLm {
     }
 
     /// Final norm + unembedding of the forward's last states: the head's codes when the model
-    /// was loaded quantized (outside `training_arithmetic`), else the f32 head (`few`: the
-    /// last position only, where the CPU fast paths may apply).
-    fn logits_of(&self, x: Tensor<3>, opts: ForwardOptions<'_>, few: bool) -> Tensor<3> {
+    /// was loaded quantized (on the host), else the f32 head (`few`: the last position only,
+    /// where the host's few-row kernel may apply).
+    fn logits_of(&self, x: Tensor<3>, plan: Plan, few: bool) -> Tensor<3> {
         let h = self.norm.forward(x);
-        if !opts.training_arithmetic
+        if plan.host()
             && let Some(y) = self.quant_logits(&h)
         {
             return y;
         }
         if few {
-            crate::cpu::projector(!opts.training_arithmetic)(h, self.lm_head.val(), None)
+            plan.projector()(h, self.lm_head.val(), None)
         } else {
             linear(h, self.lm_head.val(), None)
         }
@@ -378,22 +378,23 @@ impl Block {
         pos: &Positions<'_>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
         opts: ForwardOptions<'_>,
+        plan: Plan,
     ) -> Tensor<3> {
         let a = &self.self_attn;
-        let (ad, tr, fast) = (opts.adapter, opts.dropout, !opts.training_arithmetic);
+        let (ad, tr) = (opts.adapter, opts.dropout);
         let h = self.input_layernorm.forward(x.clone());
-        let [q, k, v] = project_shared(&h, [&a.q_proj, &a.k_proj, &a.v_proj], ad, tr, fast);
+        let [q, k, v] = project_shared(&h, [&a.q_proj, &a.k_proj, &a.v_proj], ad, tr, plan);
         let o = match pos {
             Positions::Host(host) => host.attend(q, k, v, a),
-            Positions::Burn(tensors) => self.burn_attention(q, k, v, tensors, cache, opts),
+            Positions::Burn(tensors) => self.burn_attention(q, k, v, tensors, cache, plan),
         };
-        let x = x + a.o_proj.forward(o, ad, tr, fast);
+        let x = x + a.o_proj.forward(o, ad, tr, plan);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
-        let [gate, up] = project_shared(&h, [&m.gate_proj, &m.up_proj], ad, tr, fast);
+        let [gate, up] = project_shared(&h, [&m.gate_proj, &m.up_proj], ad, tr, plan);
         // Fused on the CPU device, plain and training alike (`crate::fused`).
         let g = crate::fused::swiglu(gate, up);
-        x + m.down_proj.forward(g, ad, tr, fast)
+        x + m.down_proj.forward(g, ad, tr, plan)
     }
 
     /// Attention as burn ops, `[b, t, heads · d]` out: every device, and the plain CPU device
@@ -405,7 +406,7 @@ impl Block {
         v: Tensor<3>,
         pos: &BurnPositions,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
-        opts: ForwardOptions<'_>,
+        plan: Plan,
     ) -> Tensor<3> {
         let (a, cos, sin) = (&self.self_attn, &pos.cos, &pos.sin);
         let [b, t, _] = q.dims();
@@ -432,9 +433,8 @@ impl Block {
         // h / n_rep itself (transformers' repeat_kv layout), so the repeated K/V are never
         // materialized (in decoding that copy was most of the step's memmove); the composed
         // path and cubecl devices get the repeated tensors.
-        let d = k.device();
-        let composed = d.is_autodiff() || opts.training_arithmetic;
-        let native_gqa = !composed && d == Device::flex();
+        let composed = plan.composed_attention();
+        let native_gqa = plan.host();
         let (k, v) = if n_rep > 1 && !native_gqa {
             let rep = |z: Tensor<4>| {
                 z.unsqueeze_dim::<5>(2)
@@ -540,9 +540,9 @@ fn project_shared<const N: usize>(
     lins: [&LoraLinear; N],
     adapter: bool,
     dropout: Option<&DropoutStream>,
-    fast: bool,
+    plan: Plan,
 ) -> [Tensor<3>; N] {
-    let shared = if fast {
+    let shared = if plan.host() {
         crate::lora::frozen_many(x, &lins).or_else(|| {
             let ws: Vec<(Tensor<2>, Option<Tensor<1>>)> = lins
                 .iter()
@@ -559,11 +559,11 @@ fn project_shared<const N: usize>(
         let mut ys = ys.into_iter();
         return lins.map(|l| {
             let y = ys.next().expect("one result per projection");
-            match l.delta(x.clone(), adapter, dropout, fast) {
+            match l.delta(x.clone(), adapter, dropout, plan) {
                 Some(d) => y + d,
                 None => y,
             }
         });
     }
-    lins.map(|l| l.forward(x.clone(), adapter, dropout, fast))
+    lins.map(|l| l.forward(x.clone(), adapter, dropout, plan))
 }
