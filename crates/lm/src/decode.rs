@@ -22,7 +22,7 @@ use mosr_kernels::quant::QuantWeight;
 
 use crate::batch::TokenBatch;
 use crate::flex::{contiguous, flex_f32};
-use crate::kv::{HostKv, KvCache};
+use crate::kv::{HostKv, KvCache, Store};
 use crate::lora::LoraLinear;
 use crate::model::{Block, CausalLm, ForwardOptions, ForwardOutput, Logits};
 
@@ -192,17 +192,21 @@ fn step_in_pool(
         .iter()
         .map(|b| HostBlock::new(b, opts.adapter))
         .collect::<Option<_>>()?;
-    if cache.host.is_none() {
-        let host = if cache.is_empty() {
-            HostKv::empty(rows, kv_heads, d, lm.layers.len())
+    let n_layers = lm.layers.len();
+    let on_host = cache.move_to_host(|c| {
+        if c.is_empty() {
+            Some(HostKv::empty(rows, kv_heads, d, n_layers))
         } else {
-            HostKv::from_tensors(cache, kv_heads, d)?
-        };
-        cache.host = Some(host);
-        cache.layers = vec![None; lm.layers.len()];
+            HostKv::from_tensors(c, kv_heads, d)
+        }
+    });
+    if !on_host {
+        return None;
     }
     let positions = cache.advance(batch);
-    let host = cache.host.as_mut().expect("moved to the host above");
+    let Store::Host(host) = &mut cache.store else {
+        unreachable!("moved to the host above");
+    };
     host.reserve(1);
     let (cap, slot) = (host.capacity, host.len);
 

@@ -36,7 +36,6 @@ impl CausalLm {
         {
             return out;
         }
-        cache.move_to_device(&self.device());
         self.forward_burn(batch, Some(cache), opts, plan)
     }
 }

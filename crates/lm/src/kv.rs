@@ -1,24 +1,37 @@
 //! The KV cache: keys and values of earlier positions, as burn tensors for the burn path or
-//! on the host for decode steps (`crate::decode`), one representation at a time.
+//! on the host for decode steps (`crate::decode`), one representation at a time ([`Store`]).
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::batch::TokenBatch;
 
-/// Keys and values of earlier positions, per layer, `[batch, kv_heads, t, head_dim]`.
+/// Keys and values of earlier positions with their key validity and next position ids.
 ///
-/// Decode steps on the CPU device keep them on the host instead (`crate::decode`), where a
-/// step appends in place; `layers` then holds `None` until a forward of the burn path moves
-/// them back. Use [`KvCache::select_rows`] rather than editing `layers` directly.
+/// The keys and values live in one place at a time ([`Store`]): burn tensors for the burn
+/// path, or host buffers while decode steps on the CPU device append in place
+/// (`crate::decode`); a forward of the burn path moves them back.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     /// Key validity (false for padding) over all cached positions, row-major `[batch, t]`.
     pub key_mask: Vec<Vec<bool>>,
     /// Real tokens seen so far per row (next position id).
     pub next_pos: Vec<usize>,
-    /// The keys and values while decode steps hold them on the host.
-    pub(crate) host: Option<HostKv>,
+    pub(crate) store: Store,
+}
+
+/// Where a cache's keys and values are.
+#[derive(Debug, Clone)]
+pub(crate) enum Store {
+    /// Per layer, `[batch, kv_heads, t, head_dim]` (`None` until the layer runs).
+    Tensors(Vec<Option<(Tensor<4>, Tensor<4>)>>),
+    /// Held by decode steps on the host.
+    Host(HostKv),
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::Tensors(Vec::new())
+    }
 }
 
 impl KvCache {
@@ -32,14 +45,17 @@ impl KvCache {
     /// Keeps the given rows, in that order (repeats allowed): one cached context per
     /// continuation that follows it.
     pub fn select_rows(&mut self, rows: &[usize]) {
-        if let Some(host) = &mut self.host {
-            host.select_rows(rows);
-        } else if let Some(dev) = self.layers.iter().flatten().map(|(k, _)| k.device()).next() {
-            let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-            let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &dev);
-            for layer in self.layers.iter_mut() {
-                if let Some((k, v)) = layer.take() {
-                    *layer = Some((k.select(0, idx.clone()), v.select(0, idx.clone())));
+        match &mut self.store {
+            Store::Host(host) => host.select_rows(rows),
+            Store::Tensors(layers) => {
+                if let Some(dev) = layers.iter().flatten().map(|(k, _)| k.device()).next() {
+                    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &dev);
+                    for layer in layers.iter_mut() {
+                        if let Some((k, v)) = layer.take() {
+                            *layer = Some((k.select(0, idx.clone()), v.select(0, idx.clone())));
+                        }
+                    }
                 }
             }
         }
@@ -47,11 +63,35 @@ impl KvCache {
         self.next_pos = rows.iter().map(|&r| self.next_pos[r]).collect();
     }
 
-    /// Moves host-held keys and values back into `layers` for the burn path.
-    pub(crate) fn move_to_device(&mut self, device: &Device) {
-        if let Some(host) = self.host.take() {
-            self.layers = host.to_tensors(device);
+    /// The keys and values as burn tensors on `device`, one slot per layer (moved back from
+    /// the host when decode steps held them).
+    pub(crate) fn tensors(
+        &mut self,
+        device: &Device,
+        n_layers: usize,
+    ) -> &mut [Option<(Tensor<4>, Tensor<4>)>] {
+        if let Store::Host(host) = &self.store {
+            self.store = Store::Tensors(host.to_tensors(device));
         }
+        let Store::Tensors(layers) = &mut self.store else {
+            unreachable!("moved to tensors above");
+        };
+        if layers.is_empty() {
+            *layers = vec![None; n_layers];
+        }
+        layers
+    }
+
+    /// Moves the keys and values to the host for decode steps (`make` copies the tensors in;
+    /// `None` leaves the cache as it was). True when they are on the host.
+    pub(crate) fn move_to_host(&mut self, make: impl FnOnce(&Self) -> Option<HostKv>) -> bool {
+        if matches!(self.store, Store::Tensors(_)) {
+            match make(self) {
+                Some(host) => self.store = Store::Host(host),
+                None => return false,
+            }
+        }
+        true
     }
 
     /// Records a batch's key validity and returns its position ids (padding gets 0).
@@ -132,10 +172,13 @@ impl HostKv {
     pub(crate) fn from_tensors(cache: &KvCache, kv_heads: usize, head_dim: usize) -> Option<Self> {
         let rows = cache.key_mask.len();
         let len = cache.len();
-        let mut host = Self::empty(rows, kv_heads, head_dim, cache.layers.len());
+        let Store::Tensors(layers) = &cache.store else {
+            return None;
+        };
+        let mut host = Self::empty(rows, kv_heads, head_dim, layers.len());
         host.capacity = len;
         host.len = len;
-        for (slot, layer) in host.layers.iter_mut().zip(&cache.layers) {
+        for (slot, layer) in host.layers.iter_mut().zip(layers) {
             let (k, v) = layer.as_ref()?;
             if k.dims() != [rows, kv_heads, len, head_dim] || v.dims() != k.dims() {
                 return None;

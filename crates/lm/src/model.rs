@@ -213,8 +213,8 @@ impl CausalLm {
     }
 
     /// The forward in burn's ops (any device; host attention on the plain CPU when no cache
-    /// is filled), extending `cache` when given: its keys and values must be tensors
-    /// ([`KvCache::move_to_device`]). Entered through [`CausalLm::forward`].
+    /// is filled), extending `cache` when given (its keys and values move to tensors if decode
+    /// steps held them on the host). Entered through [`CausalLm::forward`].
     pub(crate) fn forward_burn(
         &self,
         batch: &TokenBatch,
@@ -236,9 +236,7 @@ impl CausalLm {
             Some(c) => c,
             None => &mut local_cache,
         };
-        if cache.layers.is_empty() {
-            cache.layers = vec![None; self.layers.len()];
-        }
+        cache.tensors(&dev, self.layers.len());
         let past = cache.len();
         let positions = cache.advance(batch);
         let total = past + t;
@@ -286,7 +284,7 @@ impl CausalLm {
             hidden.push(x.clone());
         }
         for (i, layer) in self.layers.iter().take(n_layers).enumerate() {
-            let entry = &mut cache.layers[i];
+            let entry = &mut cache.tensors(&dev, self.layers.len())[i];
             let pos = match (&host, &tensors) {
                 (Some(h), _) => Positions::Host(h),
                 (None, Some(t)) => Positions::Burn(t),
