@@ -58,69 +58,36 @@ pub const REPRESENTATIONS: TableSchema = TableSchema {
     ],
 };
 
-/// `probe_metrics.parquet`: one row per layer and evaluation set.
-pub const PROBE_METRICS: TableSchema = TableSchema {
-    name: "probe_metrics",
-    version: 1,
-    columns: &[
-        col!("layer", Int32, false, "layer of `representations`"),
-        col!(
-            "set",
-            Utf8,
-            false,
-            "`train`, `test` (held-out benign + harmful), `benign_test`, `harmful_test`, or an evaluation role (`overrefusal_safe`, ...)"
-        ),
-        col!("n", Int64, false, "prompts in the set"),
-        col!(
-            "accuracy",
-            Float64,
-            true,
-            "share given the expected label of its role (harmful, unsafe contrast, jailbreak: malicious; benign, pseudo-malicious, over-refusal safe and borderline: benign)"
-        ),
-        col!(
-            "auroc",
-            Float64,
-            true,
-            "area under the ROC curve (ties count one half); null unless the set holds both classes"
-        ),
-        col!(
-            "share_malicious",
-            Float64,
-            false,
-            "share of prompts with score >= the threshold (scored malicious)"
-        ),
-        col!(
-            "mean_score",
-            Float64,
-            false,
-            "mean probe probability of `malicious`"
-        ),
-    ],
-};
+table! {
+    /// `probe_metrics.parquet`: one row per layer and evaluation set.
+    pub const PROBE_METRICS = ("probe_metrics", version 1);
+    /// One row of `probe_metrics`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ProbeMetricRow {
+        pub layer: i32 => "layer of `representations`",
+        pub set: String => "`train`, `test` (held-out benign + harmful), `benign_test`, `harmful_test`, or an evaluation role (`overrefusal_safe`, ...)",
+        pub n: i64 => "prompts in the set",
+        pub accuracy: Option<f64> => "share given the expected label of its role (harmful, unsafe contrast, jailbreak: malicious; benign, pseudo-malicious, over-refusal safe and borderline: benign)",
+        pub auroc: Option<f64> => "area under the ROC curve (ties count one half); null unless the set holds both classes",
+        pub share_malicious: f64 => "share of prompts with score >= the threshold (scored malicious)",
+        pub mean_score: f64 => "mean probe probability of `malicious`",
+    }
+}
 
-/// `probe_scores.parquet`: one row per scored prompt and layer.
-pub const PROBE_SCORES: TableSchema = TableSchema {
-    name: "probe_scores",
-    version: 1,
-    columns: &[
-        col!("prompt_id", Utf8, false, "id from `prompts.parquet`"),
-        col!("role", Utf8, false, "the prompt's role"),
-        col!("split", Utf8, false, "the prompt's split"),
-        col!("layer", Int32, false, "layer of `representations`"),
-        col!(
-            "score",
-            Float64,
-            false,
-            "probe probability that the prompt is malicious"
-        ),
-        col!(
-            "boundary_position",
-            Float64,
-            false,
-            "projection onto the difference of the class centroids (train split): 0 = benign centroid, 1 = malicious centroid"
-        ),
-    ],
-};
+table! {
+    /// `probe_scores.parquet`: one row per scored prompt and layer.
+    pub const PROBE_SCORES = ("probe_scores", version 1);
+    /// One row of `probe_scores`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ProbeScoreRow {
+        pub prompt_id: String => "id from `prompts.parquet`",
+        pub role: String => "the prompt's role",
+        pub split: String => "the prompt's split",
+        pub layer: i32 => "layer of `representations`",
+        pub score: f64 => "probe probability that the prompt is malicious",
+        pub boundary_position: f64 => "projection onto the difference of the class centroids (train split): 0 = benign centroid, 1 = malicious centroid",
+    }
+}
 
 /// `probe_weights.parquet`: the fitted probe of every layer, with its solver report.
 /// `p(malicious | h) = sigmoid(weight . ((h - feature_mean) / feature_std) + bias)`.
@@ -172,116 +139,70 @@ pub const PROBE_WEIGHTS: TableSchema = TableSchema {
     ],
 };
 
-/// `boundary.parquet`: the distribution of boundary positions per role and layer.
-pub const BOUNDARY: TableSchema = TableSchema {
-    name: "boundary",
-    version: 1,
-    columns: &[
-        col!("role", Utf8, false, "role of the scored prompts"),
-        col!("split", Utf8, false, "split of the scored prompts"),
-        col!("layer", Int32, false, "layer of `representations`"),
-        col!("n", Int64, false, "prompts"),
-        col!(
-            "median",
-            Float64,
-            false,
-            "median boundary position (0 = benign, 1 = malicious centroid)"
-        ),
-        col!("q25", Float64, false, "first quartile"),
-        col!("q75", Float64, false, "third quartile"),
-        col!("mean", Float64, false, "mean boundary position"),
-    ],
-};
+table! {
+    /// `boundary.parquet`: the distribution of boundary positions per role and layer.
+    pub const BOUNDARY = ("boundary", version 1);
+    /// One row of `boundary`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct BoundaryRow {
+        pub role: String => "role of the scored prompts",
+        pub split: String => "split of the scored prompts",
+        pub layer: i32 => "layer of `representations`",
+        pub n: i64 => "prompts",
+        pub median: f64 => "median boundary position (0 = benign, 1 = malicious centroid)",
+        pub q25: f64 => "first quartile",
+        pub q75: f64 => "third quartile",
+        pub mean: f64 => "mean boundary position",
+    }
+}
 
-/// `logit_lens_topk.parquet`: the top-k next tokens of every layer's lens.
-pub const LOGIT_LENS_TOPK: TableSchema = TableSchema {
-    name: "logit_lens_topk",
-    version: 1,
-    columns: &[
-        col!("prompt_id", Utf8, false, "id from `prompts.parquet`"),
-        col!("role", Utf8, false, "the prompt's role"),
-        col!(
-            "layer",
-            Int32,
-            false,
-            "0 = embedding output, l = output of block l"
-        ),
-        col!("rank", Int32, false, "1 = most probable"),
-        col!("token_id", Int32, false, "token id"),
-        col!("token", Utf8, false, "the token decoded on its own"),
-        col!(
-            "prob",
-            Float32,
-            false,
-            "softmax probability at the last prompt token"
-        ),
-    ],
-};
+table! {
+    /// `logit_lens_topk.parquet`: the top-k next tokens of every layer's lens.
+    pub const LOGIT_LENS_TOPK = ("logit_lens_topk", version 1);
+    /// One row of `logit_lens_topk`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct TopTokenRow {
+        pub prompt_id: String => "id from `prompts.parquet`",
+        pub role: String => "the prompt's role",
+        pub layer: i32 => "0 = embedding output, l = output of block l",
+        pub rank: i32 => "1 = most probable",
+        pub token_id: i32 => "token id",
+        pub token: String => "the token decoded on its own",
+        pub prob: f32 => "softmax probability at the last prompt token",
+    }
+}
 
-/// `logit_lens_tone.parquet`: refusal- and compliance-tone probability mass per prompt and layer.
-pub const LOGIT_LENS_TONE: TableSchema = TableSchema {
-    name: "logit_lens_tone",
-    version: 1,
-    columns: &[
-        col!("prompt_id", Utf8, false, "id from `prompts.parquet`"),
-        col!("role", Utf8, false, "the prompt's role"),
-        col!(
-            "layer",
-            Int32,
-            false,
-            "0 = embedding output, l = output of block l"
-        ),
-        col!(
-            "refusal_mass",
-            Float64,
-            false,
-            "probability of the refusal-tone token set"
-        ),
-        col!(
-            "compliance_mass",
-            Float64,
-            false,
-            "probability of the compliance-tone token set"
-        ),
-        col!(
-            "entropy",
-            Float64,
-            false,
-            "entropy of the lens distribution, nats"
-        ),
-    ],
-};
+table! {
+    /// `logit_lens_tone.parquet`: refusal- and compliance-tone probability mass per prompt and layer.
+    pub const LOGIT_LENS_TONE = ("logit_lens_tone", version 1);
+    /// One row of `logit_lens_tone`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ToneRow {
+        pub prompt_id: String => "id from `prompts.parquet`",
+        pub role: String => "the prompt's role",
+        pub layer: i32 => "0 = embedding output, l = output of block l",
+        pub refusal_mass: f64 => "probability of the refusal-tone token set",
+        pub compliance_mass: f64 => "probability of the compliance-tone token set",
+        pub entropy: f64 => "entropy of the lens distribution, nats",
+    }
+}
 
-/// `logit_lens_summary.parquet`: [`LOGIT_LENS_TONE`] aggregated per role and layer.
-pub const LOGIT_LENS_SUMMARY: TableSchema = TableSchema {
-    name: "logit_lens_summary",
-    version: 1,
-    columns: &[
-        col!("role", Utf8, false, "role"),
-        col!(
-            "layer",
-            Int32,
-            false,
-            "0 = embedding output, l = output of block l"
-        ),
-        col!("n", Int64, false, "prompts"),
-        col!("refusal_mass", Float64, false, "mean refusal-tone mass"),
-        col!(
-            "compliance_mass",
-            Float64,
-            false,
-            "mean compliance-tone mass"
-        ),
-        col!("entropy", Float64, false, "mean entropy, nats"),
-        col!("top_token", Utf8, false, "most frequent top-1 token"),
-        col!(
-            "top_token_share",
-            Float64,
-            false,
-            "share of prompts whose top-1 token it is"
-        ),
-    ],
-};
+table! {
+    /// `logit_lens_summary.parquet`: [`LOGIT_LENS_TONE`] aggregated per role and layer.
+    pub const LOGIT_LENS_SUMMARY = ("logit_lens_summary", version 1);
+    /// One row of `logit_lens_summary`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ToneSummaryRow {
+        pub role: String => "role",
+        pub layer: i32 => "0 = embedding output, l = output of block l",
+        pub n: i64 => "prompts",
+        pub refusal_mass: f64 => "mean refusal-tone mass",
+        pub compliance_mass: f64 => "mean compliance-tone mass",
+        pub entropy: f64 => "mean entropy, nats",
+        pub top_token: String => "most frequent top-1 token",
+        pub top_token_share: f64 => "share of prompts whose top-1 token it is",
+    }
+}
 
 /// Every analysis table, in docs order.
 pub const TABLES: [&TableSchema; 8] = [

@@ -84,7 +84,6 @@ macro_rules! table {
 }
 
 pub mod analysis;
-pub mod arrow_cols;
 pub mod atomic;
 pub mod claims;
 pub mod error;

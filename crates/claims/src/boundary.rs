@@ -8,44 +8,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use mosr_artifacts::analysis::PROBE_SCORES;
-use mosr_artifacts::arrow_cols::{f64s, i32s, strs};
 use mosr_stats::{MeanDiff, mean_diff};
 
 use crate::paired::stream_seed;
 
 /// One row of `probe_scores`.
-#[derive(Debug, Clone)]
-pub struct Score {
-    pub prompt_id: String,
-    pub role: String,
-    pub split: String,
-    pub layer: i32,
-    pub score: f64,
-    pub position: f64,
-}
+pub use mosr_artifacts::analysis::ProbeScoreRow as Score;
 
 pub fn read_scores(path: &Path) -> Result<Vec<Score>> {
-    let mut out = Vec::new();
-    for b in mosr_artifacts::read_table(path, &PROBE_SCORES)? {
-        let (id, role, split) = (strs(&b, "prompt_id"), strs(&b, "role"), strs(&b, "split"));
-        let (layer, score, pos) = (
-            i32s(&b, "layer"),
-            f64s(&b, "score"),
-            f64s(&b, "boundary_position"),
-        );
-        for i in 0..b.num_rows() {
-            out.push(Score {
-                prompt_id: id[i].clone(),
-                role: role[i].clone(),
-                split: split[i].clone(),
-                layer: layer[i],
-                score: score[i],
-                position: pos[i],
-            });
-        }
-    }
-    Ok(out)
+    Ok(mosr_artifacts::row::read_rows(path)?)
 }
 
 /// Which held-out benign/harmful prompts choose the layer and which are compared.
@@ -130,7 +101,7 @@ pub fn boundary_tests(
                 .collect()
         };
         let measures: [Measure; 2] = [
-            ("boundary_position", |s| s.position),
+            ("boundary_position", |s| s.boundary_position),
             ("probe_score", |s| s.score),
         ];
         for role in roles {

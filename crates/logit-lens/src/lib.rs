@@ -13,14 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use arrow::array::RecordBatch;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use mosr_artifacts::StageWork;
 use mosr_artifacts::analysis::{
-    BatchView, LOGIT_LENS_SUMMARY, LOGIT_LENS_TONE, LOGIT_LENS_TOPK, Parts, f32_column, f64_column,
-    for_each_batch, i32_column, i64_column, table_batch, utf8_column, write_table,
+    LOGIT_LENS_TONE, LOGIT_LENS_TOPK, Parts, ToneRow, ToneSummaryRow, TopTokenRow,
 };
+use mosr_artifacts::row::{read_rows, record_batch, write_rows};
 use mosr_artifacts::svg::{LinePlot, Series};
 use mosr_artifacts::{PromptRow, StageManifest, sha256_bytes, sha256_file};
 use mosr_lm::{ForwardOptions, LanguageModel, Logits, TokenBatch};
@@ -313,8 +312,8 @@ pub fn run(cfg: &LogitLensConfig, out_dir: &Path) -> Result<LogitLensOutputs> {
         |bi, chunk| {
             let tones = [&refusal, &compliance];
             let (tk, tone) = lens_batch(&lm, chunk, &layers, tones, k, &mut token_text)?;
-            topk_parts.write(bi, &tk.batch(&topk_parts.path(bi))?)?;
-            Ok(tone_parts.write(bi, &tone.batch(&tone_parts.path(bi))?)?)
+            topk_parts.write(bi, &record_batch(&tk, &topk_parts.path(bi))?)?;
+            Ok(tone_parts.write(bi, &record_batch(&tone, &tone_parts.path(bi))?)?)
         },
     )?;
     let topk_path = out_dir.join("logit_lens_topk.parquet");
@@ -361,20 +360,20 @@ const OUTPUTS: [&str; 4] = [
 
 /// `logit_lens_summary.parquet` and its plot, `tone_mass.svg`.
 fn write_summary(out_dir: &Path, summary: &[RoleLayer]) -> Result<()> {
-    write_table(
-        &out_dir.join("logit_lens_summary.parquet"),
-        &LOGIT_LENS_SUMMARY,
-        vec![
-            utf8_column(summary.iter().map(|x| x.role.as_str())),
-            i32_column(summary.iter().map(|x| x.layer as i32)),
-            i64_column(summary.iter().map(|x| x.n as i64)),
-            f64_column(summary.iter().map(|x| x.refusal_mass)),
-            f64_column(summary.iter().map(|x| x.compliance_mass)),
-            f64_column(summary.iter().map(|x| x.entropy)),
-            utf8_column(summary.iter().map(|x| x.top_token.as_str())),
-            f64_column(summary.iter().map(|x| x.top_token_share)),
-        ],
-    )?;
+    let rows: Vec<ToneSummaryRow> = summary
+        .iter()
+        .map(|x| ToneSummaryRow {
+            role: x.role.clone(),
+            layer: x.layer as i32,
+            n: x.n as i64,
+            refusal_mass: x.refusal_mass,
+            compliance_mass: x.compliance_mass,
+            entropy: x.entropy,
+            top_token: x.top_token.clone(),
+            top_token_share: x.top_token_share,
+        })
+        .collect();
+    write_rows(&out_dir.join("logit_lens_summary.parquet"), &rows)?;
     plot(summary, &out_dir.join("tone_mass.svg"))
 }
 
@@ -387,13 +386,13 @@ fn lens_batch(
     [refusal, compliance]: [&ToneSet; 2],
     k: usize,
     token_text: &mut HashMap<u32, String>,
-) -> Result<(TopkCols, ToneCols)> {
+) -> Result<(Vec<TopTokenRow>, Vec<ToneRow>)> {
     let vocab = lm.config.vocab_size;
     let seqs: Vec<Vec<u32>> = chunk.iter().map(|(ids, _)| ids.clone()).collect();
     let batch = TokenBatch::left_padded(&seqs, lm.pad_id);
     let probs = lens_probs(lm, &batch, layers)?;
-    let mut tk = TopkCols::default();
-    let mut tone = ToneCols::default();
+    let mut tk: Vec<TopTokenRow> = Vec::new();
+    let mut tone: Vec<ToneRow> = Vec::new();
     for (li, &l) in layers.iter().enumerate() {
         for (row, (_, p)) in chunk.iter().enumerate() {
             let pr = &probs[li][row * vocab..(row + 1) * vocab];
@@ -403,12 +402,14 @@ fn lens_batch(
                 .filter(|&&x| x > 0.0)
                 .map(|&x| -(x as f64) * (x as f64).ln())
                 .sum();
-            tone.ids.push(p.id.clone());
-            tone.roles.push(p.role.as_str());
-            tone.layers.push(l as i32);
-            tone.refusal.push(mass(refusal));
-            tone.compliance.push(mass(compliance));
-            tone.entropy.push(entropy);
+            tone.push(ToneRow {
+                prompt_id: p.id.clone(),
+                role: p.role.as_str().to_string(),
+                layer: l as i32,
+                refusal_mass: mass(refusal),
+                compliance_mass: mass(compliance),
+                entropy,
+            });
             for (rank, t) in top_k(pr, k).into_iter().enumerate() {
                 let text = match token_text.get(&t) {
                     Some(x) => x.clone(),
@@ -418,13 +419,15 @@ fn lens_batch(
                         x
                     }
                 };
-                tk.ids.push(p.id.clone());
-                tk.roles.push(p.role.as_str());
-                tk.layers.push(l as i32);
-                tk.rank.push(rank as i32 + 1);
-                tk.token_id.push(t as i32);
-                tk.token.push(text);
-                tk.prob.push(pr[t as usize]);
+                tk.push(TopTokenRow {
+                    prompt_id: p.id.clone(),
+                    role: p.role.as_str().to_string(),
+                    layer: l as i32,
+                    rank: rank as i32 + 1,
+                    token_id: t as i32,
+                    token: text,
+                    prob: pr[t as usize],
+                });
             }
         }
     }
@@ -444,62 +447,6 @@ fn top_k(pr: &[f32], k: usize) -> Vec<u32> {
     idx
 }
 
-#[derive(Default)]
-struct TopkCols {
-    ids: Vec<String>,
-    roles: Vec<&'static str>,
-    layers: Vec<i32>,
-    rank: Vec<i32>,
-    token_id: Vec<i32>,
-    token: Vec<String>,
-    prob: Vec<f32>,
-}
-
-#[derive(Default)]
-struct ToneCols {
-    ids: Vec<String>,
-    roles: Vec<&'static str>,
-    layers: Vec<i32>,
-    refusal: Vec<f64>,
-    compliance: Vec<f64>,
-    entropy: Vec<f64>,
-}
-
-impl TopkCols {
-    fn batch(self, path: &Path) -> Result<RecordBatch> {
-        Ok(table_batch(
-            &LOGIT_LENS_TOPK,
-            path,
-            vec![
-                utf8_column(self.ids.iter().map(|x| x.as_str())),
-                utf8_column(self.roles),
-                i32_column(self.layers),
-                i32_column(self.rank),
-                i32_column(self.token_id),
-                utf8_column(self.token.iter().map(|x| x.as_str())),
-                f32_column(self.prob),
-            ],
-        )?)
-    }
-}
-
-impl ToneCols {
-    fn batch(self, path: &Path) -> Result<RecordBatch> {
-        Ok(table_batch(
-            &LOGIT_LENS_TONE,
-            path,
-            vec![
-                utf8_column(self.ids.iter().map(|x| x.as_str())),
-                utf8_column(self.roles),
-                i32_column(self.layers),
-                f64_column(self.refusal),
-                f64_column(self.compliance),
-                f64_column(self.entropy),
-            ],
-        )?)
-    }
-}
-
 /// Means per role and layer from the tone table; the most frequent top-1 token from top-k.
 fn summarise(tone: &Path, topk: &Path) -> Result<Vec<RoleLayer>> {
     #[derive(Default)]
@@ -511,38 +458,20 @@ fn summarise(tone: &Path, topk: &Path) -> Result<Vec<RoleLayer>> {
         top: BTreeMap<String, usize>,
     }
     let mut acc: BTreeMap<(String, i32), Acc> = BTreeMap::new();
-    for_each_batch(tone, &LOGIT_LENS_TONE, |b| {
-        let v = BatchView { batch: b };
-        let (ro, la, r, c, e) = (
-            v.str("role"),
-            v.i32("layer"),
-            v.f64("refusal_mass"),
-            v.f64("compliance_mass"),
-            v.f64("entropy"),
-        );
-        for i in 0..v.len() {
-            let a = acc
-                .entry((ro.value(i).to_string(), la.value(i)))
-                .or_default();
-            a.n += 1;
-            a.r += r.value(i);
-            a.c += c.value(i);
-            a.e += e.value(i);
+    for r in read_rows::<ToneRow>(tone)? {
+        let a = acc.entry((r.role, r.layer)).or_default();
+        a.n += 1;
+        a.r += r.refusal_mass;
+        a.c += r.compliance_mass;
+        a.e += r.entropy;
+    }
+    for r in read_rows::<TopTokenRow>(topk)? {
+        if r.rank == 1
+            && let Some(a) = acc.get_mut(&(r.role, r.layer))
+        {
+            *a.top.entry(r.token).or_default() += 1;
         }
-        Ok(())
-    })?;
-    for_each_batch(topk, &LOGIT_LENS_TOPK, |b| {
-        let v = BatchView { batch: b };
-        let (ro, la, rank, tok) = (v.str("role"), v.i32("layer"), v.i32("rank"), v.str("token"));
-        for i in 0..v.len() {
-            if rank.value(i) == 1
-                && let Some(a) = acc.get_mut(&(ro.value(i).to_string(), la.value(i)))
-            {
-                *a.top.entry(tok.value(i).to_string()).or_default() += 1;
-            }
-        }
-        Ok(())
-    })?;
+    }
     Ok(acc
         .into_iter()
         .map(|((role, layer), a)| {

@@ -20,10 +20,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use mosr_artifacts::StageWork;
 use mosr_artifacts::analysis::{
-    BOUNDARY, BatchView, PROBE_METRICS, PROBE_SCORES, PROBE_WEIGHTS, REPRESENTATIONS, bool_column,
-    f64_column, for_each_batch, i32_column, i64_column, opt_f64_column, utf8_column, vector_column,
-    write_table,
+    BatchView, BoundaryRow, PROBE_WEIGHTS, ProbeMetricRow, ProbeScoreRow, REPRESENTATIONS,
+    bool_column, f64_column, for_each_batch, i32_column, i64_column, vector_column, write_table,
 };
+use mosr_artifacts::row::write_rows;
 use mosr_artifacts::svg::{LinePlot, Series};
 use mosr_artifacts::{Role, Split, StageManifest, sha256_file, write_bytes_atomic};
 use mosr_stage::{Ctx, Planned};
@@ -710,51 +710,45 @@ fn fit_layers(
 
 /// `probe_metrics.parquet`: each layer's metrics per evaluation set.
 fn write_metrics(path: &Path, results: &[LayerResult]) -> Result<()> {
-    let each = || {
-        results
-            .iter()
-            .flat_map(|lr| lr.metrics.iter().map(move |m| (lr.layer, m)))
-    };
-    write_table(
-        path,
-        &PROBE_METRICS,
-        vec![
-            i32_column(each().map(|(l, _)| l as i32)),
-            utf8_column(each().map(|(_, m)| m.set.as_str())),
-            i64_column(each().map(|(_, m)| m.n as i64)),
-            opt_f64_column(each().map(|(_, m)| m.accuracy)),
-            opt_f64_column(each().map(|(_, m)| m.auroc)),
-            f64_column(each().map(|(_, m)| m.share_malicious)),
-            f64_column(each().map(|(_, m)| m.mean_score)),
-        ],
-    )?;
-    Ok(())
+    let rows: Vec<ProbeMetricRow> = results
+        .iter()
+        .flat_map(|lr| {
+            lr.metrics.iter().map(move |m| ProbeMetricRow {
+                layer: lr.layer as i32,
+                set: m.set.clone(),
+                n: m.n as i64,
+                accuracy: m.accuracy,
+                auroc: m.auroc,
+                share_malicious: m.share_malicious,
+                mean_score: m.mean_score,
+            })
+        })
+        .collect();
+    Ok(write_rows(path, &rows)?)
 }
 
-/// `probe_scores.parquet`: every prompt's score and boundary distance at every layer; returns
+/// `probe_scores.parquet`: every prompt's score and boundary position at every layer; returns
 /// the row count.
 fn write_scores(path: &Path, reps: &Representations, results: &[LayerResult]) -> Result<usize> {
-    let each = || {
-        results.iter().flat_map(|lr| {
-            let rows = &reps.layers[&lr.layer].rows;
-            rows.iter()
-                .enumerate()
-                .map(move |(k, &pi)| (lr, k, &reps.prompts[pi]))
+    let rows: Vec<ProbeScoreRow> = results
+        .iter()
+        .flat_map(|lr| {
+            let ld = &reps.layers[&lr.layer];
+            ld.rows.iter().enumerate().map(move |(k, &pi)| {
+                let p = &reps.prompts[pi];
+                ProbeScoreRow {
+                    prompt_id: p.id.clone(),
+                    role: p.role.as_str().to_string(),
+                    split: p.split.as_str().to_string(),
+                    layer: lr.layer as i32,
+                    score: lr.scores[k],
+                    boundary_position: lr.boundary[k],
+                }
+            })
         })
-    };
-    write_table(
-        path,
-        &PROBE_SCORES,
-        vec![
-            utf8_column(each().map(|(_, _, p)| p.id.as_str())),
-            utf8_column(each().map(|(_, _, p)| p.role.as_str())),
-            utf8_column(each().map(|(_, _, p)| p.split.as_str())),
-            i32_column(each().map(|(lr, _, _)| lr.layer as i32)),
-            f64_column(each().map(|(lr, k, _)| lr.scores[k])),
-            f64_column(each().map(|(lr, k, _)| lr.boundary[k])),
-        ],
-    )?;
-    Ok(each().count())
+        .collect();
+    write_rows(path, &rows)?;
+    Ok(rows.len())
 }
 
 /// `probe_weights.parquet`: each layer's probe (weights, bias, standardisation) and its fit.
@@ -785,23 +779,22 @@ fn write_weights(path: &Path, width: usize, l2: f64, results: &[LayerResult]) ->
     Ok(())
 }
 
-/// `boundary.parquet`: the boundary-distance summary per role, split and layer.
+/// `boundary.parquet`: the boundary-position summary per role, split and layer.
 fn write_boundary(path: &Path, boundary: &[BoundaryStat]) -> Result<()> {
-    write_table(
-        path,
-        &BOUNDARY,
-        vec![
-            utf8_column(boundary.iter().map(|b| b.role.as_str())),
-            utf8_column(boundary.iter().map(|b| b.split.as_str())),
-            i32_column(boundary.iter().map(|b| b.layer as i32)),
-            i64_column(boundary.iter().map(|b| b.n as i64)),
-            f64_column(boundary.iter().map(|b| b.median)),
-            f64_column(boundary.iter().map(|b| b.q25)),
-            f64_column(boundary.iter().map(|b| b.q75)),
-            f64_column(boundary.iter().map(|b| b.mean)),
-        ],
-    )?;
-    Ok(())
+    let rows: Vec<BoundaryRow> = boundary
+        .iter()
+        .map(|b| BoundaryRow {
+            role: b.role.as_str().to_string(),
+            split: b.split.as_str().to_string(),
+            layer: b.layer as i32,
+            n: b.n as i64,
+            median: b.median,
+            q25: b.q25,
+            q75: b.q75,
+            mean: b.mean,
+        })
+        .collect();
+    Ok(write_rows(path, &rows)?)
 }
 
 #[derive(Debug, Clone)]
