@@ -15,7 +15,6 @@
 //!
 //! Everything is greedy or seeded: the same seed gives the same table.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -709,19 +708,13 @@ impl mosr_stage::Stage for Augment {
     }
 
     fn plan(ctx: &Ctx, cfg: AugmentConfig) -> Result<Planned<AugmentConfig>> {
-        let mut inputs = BTreeMap::new();
-        inputs.insert("data".to_string(), ctx.upstream("data")?.key);
+        let mut inputs = ctx.upstream_keys(&["data"])?;
         inputs.insert("model".to_string(), ctx.model()?.sha256.clone());
         inputs.insert("seed".to_string(), ctx.seed().to_string());
         if let Some(a) = cfg.arithmetic.key() {
             inputs.insert("arithmetic".to_string(), a);
         }
-        let config = serde_json::to_value(&cfg)?;
-        Ok(Planned {
-            config,
-            inputs,
-            plan: cfg,
-        })
+        Planned::of(cfg, inputs)
     }
 
     fn compute(

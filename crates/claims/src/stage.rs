@@ -1,6 +1,5 @@
 //! The `[claims]` section, the stage's run (plan → compute → write) and its pipeline wiring.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -277,17 +276,9 @@ impl mosr_stage::Stage for Claims {
     }
 
     fn plan(ctx: &Ctx, cfg: ClaimsSection) -> Result<Planned<ClaimsSection>> {
-        let mut inputs = BTreeMap::new();
-        for stage in ["eval", "probe"] {
-            inputs.insert(stage.to_string(), ctx.upstream(stage)?.key);
-        }
+        let mut inputs = ctx.upstream_keys(&["eval", "probe"])?;
         inputs.insert("seed".to_string(), ctx.seed().to_string());
-        let config = serde_json::to_value(&cfg)?;
-        Ok(Planned {
-            config,
-            inputs,
-            plan: cfg,
-        })
+        Planned::of(cfg, inputs)
     }
 
     fn compute(

@@ -668,12 +668,7 @@ impl mosr_stage::Stage for Data {
                 inputs.insert(format!("datasets/curated/{name}"), sha256_file(&f)?);
             }
         }
-        let config = serde_json::to_value(&cfg)?;
-        Ok(Planned {
-            config,
-            inputs,
-            plan: cfg,
-        })
+        Planned::of(cfg, inputs)
     }
 
     fn compute(_: &Ctx, planned: Planned<BuildConfig>, work: &StageWork) -> Result<StageManifest> {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use mosr_stage::prompts;
-pub use mosr_stage::prompts::OnOverflow;
+pub use mosr_stage::prompts::{OnOverflow, PromptPass};
 
 /// Where in the prompt the representation is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -148,18 +148,9 @@ impl Default for ExtractSection {
     }
 }
 
-/// Everything `run` needs: the section plus where the inputs are.
-#[derive(Debug, Clone)]
-pub struct ExtractConfig {
-    pub section: ExtractSection,
-    /// `prompts.parquet` of the data stage.
-    pub prompts: PathBuf,
-    /// Registry id, GGUF path or HF folder.
-    pub model: String,
-    /// `cpu`, `cuda`, `wgpu`.
-    pub device: String,
-    pub seed: u64,
-}
+/// Everything `run` needs: the section plus where the prompts are and the run's model,
+/// device and seed.
+pub type ExtractConfig = PromptPass<ExtractSection>;
 
 #[derive(Debug, Clone)]
 pub struct ExtractOutputs {
@@ -427,20 +418,7 @@ impl mosr_stage::Stage for Extract {
     }
 
     fn plan(ctx: &Ctx, section: ExtractSection) -> Result<Planned<ExtractConfig>> {
-        let file = ctx.file;
-        let cfg = ExtractConfig {
-            section,
-            prompts: ctx.upstream_file("data", "prompts.parquet"),
-            model: file.run.model.clone(),
-            device: file.run.device.clone(),
-            seed: file.run.seed,
-        };
-        let (config, inputs) = ctx.prompt_stage_key(&cfg.section)?;
-        Ok(Planned {
-            config,
-            inputs,
-            plan: cfg,
-        })
+        PromptPass::plan(ctx, section)
     }
 
     fn compute(

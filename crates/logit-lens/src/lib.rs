@@ -23,7 +23,7 @@ use mosr_artifacts::row::{read_rows, record_batch, write_rows};
 use mosr_artifacts::svg::{LinePlot, Series};
 use mosr_artifacts::{PromptRow, StageManifest, sha256_bytes, sha256_file};
 use mosr_lm::{ForwardOptions, LanguageModel, Logits, TokenBatch};
-use mosr_stage::prompts::{self, OnOverflow};
+use mosr_stage::prompts::{self, OnOverflow, PromptPass};
 use mosr_stage::{Ctx, Planned};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -220,15 +220,9 @@ pub fn lens_probs(
         .collect()
 }
 
-/// Everything `run` needs.
-#[derive(Debug, Clone)]
-pub struct LogitLensConfig {
-    pub section: LogitLensSection,
-    pub prompts: PathBuf,
-    pub model: String,
-    pub device: String,
-    pub seed: u64,
-}
+/// Everything `run` needs: the section plus where the prompts are and the run's model,
+/// device and seed.
+pub type LogitLensConfig = PromptPass<LogitLensSection>;
 
 #[derive(Debug, Clone)]
 pub struct LogitLensOutputs {
@@ -540,20 +534,7 @@ impl mosr_stage::Stage for LogitLens {
     type Plan = LogitLensConfig;
 
     fn plan(ctx: &Ctx, section: LogitLensSection) -> Result<Planned<LogitLensConfig>> {
-        let file = ctx.file;
-        let cfg = LogitLensConfig {
-            section,
-            prompts: ctx.upstream_file("data", "prompts.parquet"),
-            model: file.run.model.clone(),
-            device: file.run.device.clone(),
-            seed: file.run.seed,
-        };
-        let (config, inputs) = ctx.prompt_stage_key(&cfg.section)?;
-        Ok(Planned {
-            config,
-            inputs,
-            plan: cfg,
-        })
+        PromptPass::plan(ctx, section)
     }
 
     fn compute(

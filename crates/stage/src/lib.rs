@@ -59,22 +59,12 @@ impl<'a> Ctx<'a> {
         self.run_dir.stage_dir(stage).join(name)
     }
 
-    /// Key material of a stage that runs the data stage's prompts through the `[run]` model
-    /// (extract, logit lens): its section, model, seed and device; the data key and the model's
-    /// sha256.
-    pub fn prompt_stage_key(
-        &self,
-        section: &impl Serialize,
-    ) -> Result<(serde_json::Value, BTreeMap<String, String>)> {
-        let run = &self.file.run;
-        let config = serde_json::json!({
-            "section": section, "model": run.model, "seed": run.seed, "device": run.device
-        });
-        let inputs = BTreeMap::from([
-            ("data".to_string(), self.upstream("data")?.key),
-            ("model".to_string(), self.model()?.sha256.clone()),
-        ]);
-        Ok((config, inputs))
+    /// The keys of upstream stages, by stage name (key material of a stage that reads them).
+    pub fn upstream_keys(&self, stages: &[&str]) -> Result<BTreeMap<String, String>> {
+        stages
+            .iter()
+            .map(|&s| Ok((s.to_string(), self.upstream(s)?.key)))
+            .collect()
     }
 
     pub fn seed(&self) -> u64 {
@@ -89,6 +79,17 @@ pub struct Planned<P> {
     pub config: serde_json::Value,
     pub inputs: BTreeMap<String, String>,
     pub plan: P,
+}
+
+impl<P: Serialize> Planned<P> {
+    /// A plan whose own serialised form is the configuration the key covers.
+    pub fn of(plan: P, inputs: BTreeMap<String, String>) -> Result<Self> {
+        Ok(Planned {
+            config: serde_json::to_value(&plan)?,
+            inputs,
+            plan,
+        })
+    }
 }
 
 impl<P> Planned<P> {

@@ -4,7 +4,7 @@
 //! format and batch prompts the same way, and neither links the other.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -12,6 +12,48 @@ use mosr_artifacts::{PromptRow, Role, Split, read_prompts, sha256_bytes};
 use mosr_lm::{LanguageModel, Message};
 use serde::{Deserialize, Serialize};
 use tracing::info;
+
+/// Everything a stage that runs the data stage's prompts through the `[run]` model needs
+/// (extract, logit-lens): its section plus where the prompts are and which model, device and
+/// seed.
+#[derive(Debug, Clone)]
+pub struct PromptPass<S> {
+    pub section: S,
+    /// `prompts.parquet` of the data stage.
+    pub prompts: PathBuf,
+    /// Registry id, GGUF path or HF folder.
+    pub model: String,
+    /// `cpu`, `cuda`, `wgpu`.
+    pub device: String,
+    pub seed: u64,
+}
+
+impl<S: Serialize> PromptPass<S> {
+    /// The pass of a run, with its key material: the section, model, seed and device; the data
+    /// key and the model's sha256.
+    pub fn plan(ctx: &crate::Ctx, section: S) -> Result<crate::Planned<Self>> {
+        let run = &ctx.file.run;
+        let config = serde_json::json!({
+            "section": section, "model": run.model, "seed": run.seed, "device": run.device
+        });
+        let inputs = BTreeMap::from([
+            ("data".to_string(), ctx.upstream("data")?.key),
+            ("model".to_string(), ctx.model()?.sha256.clone()),
+        ]);
+        let plan = PromptPass {
+            section,
+            prompts: ctx.upstream_file("data", "prompts.parquet"),
+            model: run.model.clone(),
+            device: run.device.clone(),
+            seed: run.seed,
+        };
+        Ok(crate::Planned {
+            config,
+            inputs,
+            plan,
+        })
+    }
+}
 
 /// What to do with a prompt longer than `max_prompt_tokens` after chat formatting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -13,7 +13,7 @@
 
 pub mod reps;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -425,16 +425,7 @@ impl mosr_stage::Stage for Weights {
     }
 
     fn plan(ctx: &Ctx, cfg: WeightsConfig) -> Result<Planned<WeightsConfig>> {
-        let mut inputs = BTreeMap::new();
-        for stage in ["augment", "extract"] {
-            inputs.insert(stage.to_string(), ctx.upstream(stage)?.key);
-        }
-        let config = serde_json::to_value(&cfg)?;
-        Ok(Planned {
-            config,
-            inputs,
-            plan: cfg,
-        })
+        Planned::of(cfg, ctx.upstream_keys(&["augment", "extract"])?)
     }
 
     fn compute(
