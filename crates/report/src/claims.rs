@@ -3,17 +3,9 @@
 
 use anyhow::Result;
 use mosr_artifacts::RunDir;
-use mosr_artifacts::claims::{ClaimTestRow, PairedTestRow};
-use mosr_artifacts::row::read_rows;
-use polars::prelude::{BooleanChunked, DataFrame};
+use mosr_artifacts::claims::{ClaimTestRow, ClaimVerdictRow, DiscriminationTestRow, PairedTestRow};
 
-use crate::{ReportSection, Writer, read_df};
-
-/// Keep the rows of `df` for which `keep(row)` holds.
-fn filter_rows(df: &DataFrame, keep: impl Fn(usize) -> bool) -> Result<DataFrame> {
-    let mask: BooleanChunked = (0..df.height()).map(keep).collect();
-    Ok(df.filter(&mask)?)
-}
+use crate::{ReportSection, Writer, filter_rows, read_passthrough};
 
 /// One row per claim, then every test behind the verdicts.
 pub fn claims(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<Option<String>> {
@@ -22,9 +14,13 @@ pub fn claims(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
     if !claims.is_file() || !tests.is_file() {
         return Ok(None);
     }
-    let md_claims = w.table("claims", &mut read_df(&claims)?)?;
-    let power = power_sentence(&read_rows(&tests)?, &dir)?;
-    let md_tests = w.table("claim_tests", &mut read_df(&tests)?)?;
+    let md_claims = w.table(
+        "claims",
+        &mut read_passthrough::<ClaimVerdictRow>(&claims)?.0,
+    )?;
+    let (mut tests_df, test_rows) = read_passthrough::<ClaimTestRow>(&tests)?;
+    let power = power_sentence(&test_rows, &dir)?;
+    let md_tests = w.table("claim_tests", &mut tests_df)?;
     Ok(Some(format!(
         "Each verdict follows from the numbers by the rules in `docs/claims.md`: a test is \
          *supported* when its 95% interval lies on the claimed side (and p < α), *contradicted* \
@@ -81,19 +77,20 @@ pub fn paired(_cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result<
     if !path.is_file() {
         return Ok(None);
     }
-    let mut df = read_df(&path)?;
+    let (mut df, rows) = read_passthrough::<PairedTestRow>(&path)?;
     w.table("paired_tests", &mut df)?;
-    let rows: Vec<PairedTestRow> = read_rows(&path)?;
-    let shown = |i: usize| {
-        let r = &rows[i];
+    let shown = |r: &PairedTestRow| {
         (r.set == "overrefusal" && ["refused", "gibberish"].contains(&r.metric.as_str()))
             || (r.set == "harmful" && r.attack == "all")
     };
-    let mut summary = filter_rows(&df, shown)?;
+    let mut summary = filter_rows(&df, &rows, shown)?;
     let md = w.table("paired_summary", &mut summary)?;
     let disc = run_dir.stage_dir("claims").join("discrimination.parquet");
     let disc_md = if disc.is_file() {
-        let md = w.table("discrimination", &mut read_df(&disc)?)?;
+        let md = w.table(
+            "discrimination",
+            &mut read_passthrough::<DiscriminationTestRow>(&disc)?.0,
+        )?;
         format!(
             "\n### Discrimination\n\nRefusal on each unsafe contrast minus refusal on its safe twin \
              (the curated pairs, both answered by the same model): 1 = refuses exactly the unsafe \

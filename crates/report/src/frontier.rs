@@ -6,12 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 use mosr_artifacts::RunDir;
+use mosr_artifacts::claims::FrontierTestRow;
 use mosr_artifacts::eval::{FrontierRow, read_frontier};
 use mosr_artifacts::svg::{LinePlot, Series};
 use polars::df;
 use polars::prelude::Column;
 
-use crate::{ReportSection, Writer, read_df};
+use crate::{ReportSection, Writer, read_passthrough};
 
 /// A point of a line: (variant, seed, step, source).
 type Point = (String, Option<i64>, i64, String);
@@ -144,7 +145,10 @@ pub fn frontier(cfg: &ReportSection, run_dir: &RunDir, w: &mut Writer) -> Result
     w.text("plots/frontier.svg", &plot.render())?;
     let tests_path = run_dir.stage_dir("claims").join("frontier_tests.parquet");
     let tests = if tests_path.is_file() {
-        let md = w.table("frontier_tests", &mut read_df(&tests_path)?)?;
+        let md = w.table(
+            "frontier_tests",
+            &mut read_passthrough::<FrontierTestRow>(&tests_path)?.0,
+        )?;
         format!(
             "\n### Over-refusal at matched ASR\n\nPer seed, each variant's line against `rr`'s \
              (the claims stage's frontier tests, verdicts in the claims table): the mean over \

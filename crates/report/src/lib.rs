@@ -1,14 +1,15 @@
-//! mosr-report: the results report. Reads the Parquet outputs of every stage of a run folder,
-//! joins them with polars into the paper's tables, draws the plots, and writes
-//! `results/<pipeline>/` (Parquet + Markdown + SVG + README.md).
+//! mosr-report: the results report. Reads the Parquet outputs of every stage of a run folder
+//! through their tables' typed readers (`mosr_artifacts::row`), arranges them into the paper's
+//! tables, written as polars frames, draws the plots, and writes `results/<pipeline>/`
+//! (Parquet + Markdown + SVG + README.md).
 //!
 //! The report never recomputes a metric or a test: every rate, interval, p-value and verdict
 //! comes from a stage's table (eval's metrics, the claims stage's tests), so the report and
 //! the artifacts cannot disagree. It only averages rates across columns (the ablation). Sections whose stage has not run are skipped and
 //! listed as missing in the README.
 
+pub mod analysis;
 pub mod claims;
-pub mod columns;
 pub mod frontier;
 pub mod markdown;
 pub mod models;
@@ -19,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use mosr_artifacts::row::{Row, read_rows};
 use mosr_artifacts::{RunDir, StageManifest, write_bytes_atomic};
-use polars::prelude::{DataFrame, ParquetReader, ParquetWriter, SerReader};
+use polars::prelude::{BooleanChunked, DataFrame, ParquetReader, ParquetWriter, SerReader};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -97,11 +99,31 @@ impl Writer {
 }
 
 /// Read a Parquet file into a polars DataFrame, naming the file on error.
-pub fn read_df(path: &Path) -> Result<DataFrame> {
+fn read_df(path: &Path) -> Result<DataFrame> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     ParquetReader::new(file)
         .finish()
         .with_context(|| format!("reading {} with polars", path.display()))
+}
+
+/// A table whose rows a section copies as they are: the frame to copy from and its typed rows
+/// (the same rows in the same order) to choose them by.
+pub fn read_passthrough<R: Row>(path: &Path) -> Result<(DataFrame, Vec<R>)> {
+    let (df, rows) = (read_df(path)?, read_rows::<R>(path)?);
+    anyhow::ensure!(
+        df.height() == rows.len(),
+        "{}: polars read {} rows, the table's reader {}",
+        path.display(),
+        df.height(),
+        rows.len()
+    );
+    Ok((df, rows))
+}
+
+/// The rows of `df` whose typed row (`rows[i]` for row i) satisfies `keep`.
+pub fn filter_rows<R>(df: &DataFrame, rows: &[R], keep: impl Fn(&R) -> bool) -> Result<DataFrame> {
+    let mask: BooleanChunked = rows.iter().map(keep).collect();
+    Ok(df.filter(&mask)?)
 }
 
 /// Build the report for `run_dir` into `out_dir`. `command` is recorded in the README.

@@ -9,9 +9,10 @@ use anyhow::{Context, Result, bail};
 use mosr_artifacts::{RunDir, StageManifest};
 use polars::df;
 
-use crate::columns::f64s;
-use crate::sections::{Metric, eval_metrics};
-use crate::{Writer, read_df};
+use crate::Writer;
+use crate::sections::eval_metrics;
+use mosr_artifacts::eval::{GenerationRow, MetricRow};
+use mosr_artifacts::row::read_rows;
 
 /// Direct ASR at or below this marks a model that refuses most harmful requests, the study's
 /// requirement.
@@ -40,7 +41,7 @@ const RATES: [(&str, &str, &str); 7] = [
 struct Screened {
     model: String,
     sha256: String,
-    rates: Vec<Metric>,
+    rates: Vec<MetricRow>,
     seconds_per_response: Option<f64>,
     responses: f64,
     /// The kernels the eval ran on (`amx-f32-exact`, `avx512`, ...): times differ by machine.
@@ -60,8 +61,8 @@ fn screened(model: &str, run_dir: &RunDir) -> Result<Screened> {
         .as_str()
         .with_context(|| format!("{}: no model_sha256", eval.join("manifest.json").display()))?
         .to_string();
-    let tokens = f64s(&read_df(&eval.join("generations.parquet"))?, "new_tokens")?;
-    let responses = tokens.len() as f64;
+    let generations: Vec<GenerationRow> = read_rows(&eval.join("generations.parquet"))?;
+    let responses = generations.len() as f64;
     // Reused generations were not timed by this run.
     let reused = manifest
         .row_counts
@@ -76,8 +77,8 @@ fn screened(model: &str, run_dir: &RunDir) -> Result<Screened> {
             metrics
                 .iter()
                 .find(|m| {
-                    m.variant == "base"
-                        && m.attack == "direct"
+                    m.variant.as_deref() == Some("base")
+                        && m.attack.as_deref() == Some("direct")
                         && m.set == *set
                         && m.metric == *metric
                 })
@@ -95,14 +96,14 @@ fn screened(model: &str, run_dir: &RunDir) -> Result<Screened> {
 }
 
 /// `k/n = rate [low, high]`.
-fn cell(m: &Metric) -> String {
+fn cell(m: &MetricRow) -> String {
     format!(
         "{}/{} = {:.2} [{:.2}, {:.2}]",
-        (m.value * m.n).round(),
+        (m.value * m.n as f64).round(),
         m.n,
         m.value,
-        m.ci_low,
-        m.ci_high
+        m.ci_low.unwrap_or(f64::NAN),
+        m.ci_high.unwrap_or(f64::NAN)
     )
 }
 
@@ -130,9 +131,9 @@ pub fn write(candidates: &[(String, RunDir)], out_dir: &Path, command: &str) -> 
                     m.set.as_str(),
                     m.metric.as_str(),
                     m.value,
-                    m.n,
-                    m.ci_low,
-                    m.ci_high,
+                    m.n as f64,
+                    m.ci_low.unwrap_or(f64::NAN),
+                    m.ci_high.unwrap_or(f64::NAN),
                 )
             })
             .chain(timing.map(|(t, l, h)| ("all", "seconds_per_response", t, s.responses, l, h)));

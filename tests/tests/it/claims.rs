@@ -291,17 +291,19 @@ fn paired_rows_pair_by_prompt_and_cluster_pooled_attacks() {
 
 #[test]
 fn ablation_counts_the_template_attack_once() {
-    use mosr_report::sections::{Metric, group, main_column};
-    let m = |set: &str, attack: &str, metric: &str| Metric {
-        variant: "rr".into(),
+    use mosr_artifacts::eval::MetricRow;
+    use mosr_report::sections::{group, main_column};
+    let m = |set: &str, attack: &str, metric: &str| MetricRow {
+        variant: Some("rr".into()),
         seed: Some(1),
         set: set.into(),
-        attack: attack.into(),
+        attack: Some(attack.into()),
         metric: metric.into(),
         value: 0.5,
-        n: 16.0,
-        ci_low: 0.3,
-        ci_high: 0.7,
+        k: Some(8),
+        n: 16,
+        ci_low: Some(0.3),
+        ci_high: Some(0.7),
     };
     assert_eq!(
         main_column(&m("harmful", "template", "asr")).unwrap().0,
