@@ -19,8 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use mosr_artifacts::StageManifest;
-use mosr_report::columns::{f64s, strs};
-use polars::prelude::DataFrame;
+use polars::prelude::{DataFrame, DataType};
 
 use crate::reproduce;
 
@@ -742,4 +741,25 @@ fn check_claims(table: &dyn Fn(&str) -> Result<DataFrame>, seeds: usize) -> Resu
         );
     }
     Ok(())
+}
+
+/// Column `name` of a report table as strings (nulls as ""), naming the column on error.
+fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>> {
+    let c = df
+        .column(name)
+        .with_context(|| format!("column `{name}` missing"))?
+        .cast(&DataType::String)?;
+    Ok(c.str()?
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect())
+}
+
+/// Column `name` of a report table as f64 (nulls as NaN), naming the column on error.
+fn f64s(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
+    let c = df
+        .column(name)
+        .with_context(|| format!("column `{name}` missing"))?
+        .cast(&DataType::Float64)?;
+    Ok(c.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }

@@ -4,17 +4,10 @@
 //! hidden states: the probe, the boundary picture, and the overlap weights of training. It is
 //! long (one row per prompt and layer) so that a reader can load one layer without the others.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float32Array, Float64Array,
-    Int32Array, Int64Array, RecordBatch, StringArray,
-};
-use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema};
+use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
@@ -22,41 +15,23 @@ use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
 use crate::parquet_io::write_parquet;
 use crate::schema::TableSchema;
+use crate::tables::{Role, Split};
 
-/// `representations.parquet`: the residual stream of every extracted layer for every prompt.
-/// Layer 0 is the embedding output; layer `l` (1..=L) is the output of block `l`.
-pub const REPRESENTATIONS: TableSchema = TableSchema {
-    name: "representations",
-    version: 1,
-    columns: &[
-        col!("prompt_id", Utf8, false, "id from `prompts.parquet`"),
-        col!(
-            "role",
-            Utf8,
-            false,
-            "the prompt's role (copied so a layer loads without a join)"
-        ),
-        col!("split", Utf8, false, "the prompt's split"),
-        col!(
-            "layer",
-            Int32,
-            false,
-            "0 = embedding output, l = output of block l (1-based)"
-        ),
-        col!(
-            "position_kind",
-            Utf8,
-            false,
-            "`last_prompt_token` (the token before the assistant's first token) or `mean_prompt`"
-        ),
-        col!(
-            "vector",
-            VectorF32,
-            false,
-            "the hidden state (width = hidden size), float32"
-        ),
-    ],
-};
+table! {
+    /// `representations.parquet`: the residual stream of every extracted layer for every prompt.
+    /// Layer 0 is the embedding output; layer `l` (1..=L) is the output of block `l`.
+    pub const REPRESENTATIONS = ("representations", version 1);
+    /// One row of `representations`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct RepresentationRow {
+        pub prompt_id: String => "id from `prompts.parquet`",
+        pub role: Role => "the prompt's role (copied so a layer loads without a join)",
+        pub split: Split => "the prompt's split",
+        pub layer: i32 => "0 = embedding output, l = output of block l (1-based)",
+        pub position_kind: String => "`last_prompt_token` (the token before the assistant's first token) or `mean_prompt`",
+        pub vector: Vec<f32> => "the hidden state (width = hidden size), float32",
+    }
+}
 
 table! {
     /// `probe_metrics.parquet`: one row per layer and evaluation set.
@@ -89,55 +64,26 @@ table! {
     }
 }
 
-/// `probe_weights.parquet`: the fitted probe of every layer, with its solver report.
-/// `p(malicious | h) = sigmoid(weight . ((h - feature_mean) / feature_std) + bias)`.
-pub const PROBE_WEIGHTS: TableSchema = TableSchema {
-    name: "probe_weights",
-    version: 1,
-    columns: &[
-        col!("layer", Int32, false, "layer of `representations`"),
-        col!(
-            "weight",
-            VectorF32,
-            false,
-            "weights on standardised features"
-        ),
-        col!("bias", Float64, false, "intercept (not penalised)"),
-        col!(
-            "feature_mean",
-            VectorF32,
-            false,
-            "per-feature mean of the training set"
-        ),
-        col!(
-            "feature_std",
-            VectorF32,
-            false,
-            "per-feature standard deviation of the training set (a zero is stored as 1)"
-        ),
-        col!("l2", Float64, false, "L2 strength on the mean log-loss"),
-        col!("iterations", Int32, false, "L-BFGS iterations used"),
-        col!(
-            "converged",
-            Bool,
-            false,
-            "gradient norm fell below the tolerance"
-        ),
-        col!("grad_norm", Float64, false, "final gradient max-norm"),
-        col!(
-            "train_loss",
-            Float64,
-            false,
-            "final regularised mean log-loss"
-        ),
-        col!(
-            "n_train",
-            Int64,
-            false,
-            "training prompts (benign + malicious)"
-        ),
-    ],
-};
+table! {
+    /// `probe_weights.parquet`: the fitted probe of every layer, with its solver report.
+    /// `p(malicious | h) = sigmoid(weight . ((h - feature_mean) / feature_std) + bias)`.
+    pub const PROBE_WEIGHTS = ("probe_weights", version 1);
+    /// One row of `probe_weights`.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct ProbeWeightRow {
+        pub layer: i32 => "layer of `representations`",
+        pub weight: Vec<f32> => "weights on standardised features",
+        pub bias: f64 => "intercept (not penalised)",
+        pub feature_mean: Vec<f32> => "per-feature mean of the training set",
+        pub feature_std: Vec<f32> => "per-feature standard deviation of the training set (a zero is stored as 1)",
+        pub l2: f64 => "L2 strength on the mean log-loss",
+        pub iterations: i32 => "L-BFGS iterations used",
+        pub converged: bool => "gradient norm fell below the tolerance",
+        pub grad_norm: f64 => "final gradient max-norm",
+        pub train_loss: f64 => "final regularised mean log-loss",
+        pub n_train: i64 => "training prompts (benign + malicious)",
+    }
+}
 
 table! {
     /// `boundary.parquet`: the distribution of boundary positions per role and layer.
@@ -215,143 +161,6 @@ pub const TABLES: [&TableSchema; 8] = [
     &LOGIT_LENS_TONE,
     &LOGIT_LENS_SUMMARY,
 ];
-
-// ---------------------------------------------------------------------------------------------
-// Column builders and typed access.
-
-/// A `FixedSizeList<Float32>` column of `width` from row-major values.
-pub fn vector_column(path: &Path, width: usize, values: Vec<f32>) -> Result<ArrayRef> {
-    if width == 0 || !values.len().is_multiple_of(width) {
-        return Err(Error::Stage {
-            path: path.to_path_buf(),
-            reason: format!(
-                "vector column: {} values do not split into rows of width {width}",
-                values.len()
-            ),
-        });
-    }
-    let field = Arc::new(Field::new("item", DataType::Float32, true));
-    let arr = FixedSizeListArray::try_new(
-        field,
-        width as i32,
-        Arc::new(Float32Array::from(values)),
-        None,
-    )
-    .map_err(|e| Error::arrow(path, e))?;
-    Ok(Arc::new(arr))
-}
-
-/// A batch of `table` from columns in table order; the vector columns set their own width.
-pub fn table_batch(
-    table: &TableSchema,
-    path: &Path,
-    columns: Vec<ArrayRef>,
-) -> Result<RecordBatch> {
-    let fields: Vec<Field> = table
-        .columns
-        .iter()
-        .zip(&columns)
-        .map(|(c, a)| Field::new(c.name, a.data_type().clone(), c.nullable))
-        .collect();
-    let schema = Arc::new(Schema::new_with_metadata(
-        fields,
-        table.arrow_schema().metadata().clone(),
-    ));
-    RecordBatch::try_new(schema, columns).map_err(|e| Error::arrow(path, e))
-}
-
-pub fn utf8_column<'a>(values: impl IntoIterator<Item = &'a str>) -> ArrayRef {
-    Arc::new(values.into_iter().map(Some).collect::<StringArray>())
-}
-pub fn i32_column(values: impl IntoIterator<Item = i32>) -> ArrayRef {
-    Arc::new(Int32Array::from_iter_values(values))
-}
-pub fn i64_column(values: impl IntoIterator<Item = i64>) -> ArrayRef {
-    Arc::new(Int64Array::from_iter_values(values))
-}
-pub fn f32_column(values: impl IntoIterator<Item = f32>) -> ArrayRef {
-    Arc::new(Float32Array::from_iter_values(values))
-}
-pub fn f64_column(values: impl IntoIterator<Item = f64>) -> ArrayRef {
-    Arc::new(Float64Array::from_iter_values(values))
-}
-pub fn opt_f64_column(values: impl IntoIterator<Item = Option<f64>>) -> ArrayRef {
-    Arc::new(values.into_iter().collect::<Float64Array>())
-}
-pub fn bool_column(values: impl IntoIterator<Item = bool>) -> ArrayRef {
-    Arc::new(values.into_iter().map(Some).collect::<BooleanArray>())
-}
-
-/// Typed access to a conformed batch (columns are in canonical types after `conform`).
-pub struct BatchView<'a> {
-    pub batch: &'a RecordBatch,
-}
-
-impl<'a> BatchView<'a> {
-    fn col(&self, name: &str) -> &'a ArrayRef {
-        self.batch
-            .column_by_name(name)
-            .unwrap_or_else(|| panic!("conformed batch lacks column `{name}`"))
-    }
-    pub fn len(&self) -> usize {
-        self.batch.num_rows()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.batch.num_rows() == 0
-    }
-    pub fn str(&self, name: &str) -> &'a StringArray {
-        self.col(name).as_string::<i32>()
-    }
-    pub fn i32(&self, name: &str) -> &'a Int32Array {
-        self.col(name).as_primitive::<Int32Type>()
-    }
-    pub fn i64(&self, name: &str) -> &'a Int64Array {
-        self.col(name).as_primitive::<Int64Type>()
-    }
-    pub fn f32(&self, name: &str) -> &'a Float32Array {
-        self.col(name).as_primitive::<Float32Type>()
-    }
-    pub fn f64(&self, name: &str) -> &'a Float64Array {
-        self.col(name).as_primitive::<Float64Type>()
-    }
-    pub fn bool(&self, name: &str) -> &'a BooleanArray {
-        self.col(name).as_boolean()
-    }
-    /// Width and the flat row-major values of a vector column.
-    pub fn vectors(&self, name: &str) -> (usize, &'a [f32]) {
-        let a = self.col(name).as_fixed_size_list();
-        let width = a.value_length() as usize;
-        let values = a.values().as_primitive::<Float32Type>().values();
-        let off = a.offset() * width;
-        (width, &values[off..off + a.len() * width])
-    }
-}
-
-/// Read `table` from `path` one record batch at a time (validated and conformed), so a large
-/// file (an 8B model's representations) never sits in memory twice.
-pub fn for_each_batch(
-    path: &Path,
-    table: &TableSchema,
-    mut f: impl FnMut(&RecordBatch) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    if !path.is_file() {
-        return Err(Error::Stage {
-            path: path.to_path_buf(),
-            reason: format!("`{}` table is missing; run its stage first", table.name),
-        }
-        .into());
-    }
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
-    table.validate(path, builder.schema())?;
-    let reader = builder.build().map_err(|e| Error::parquet(path, e))?;
-    for batch in reader {
-        let batch = batch.map_err(|e| Error::arrow(path, e))?;
-        f(&table.conform(path, &batch)?)?;
-    }
-    Ok(())
-}
 
 /// Write one table from a sequence of batches (e.g. the parts of a resumable stage) without
 /// holding them all: each batch is written as it comes, the file renamed into place at the end.
@@ -465,10 +274,4 @@ impl Parts {
         std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         Ok(rows)
     }
-}
-
-/// Write a whole small table atomically.
-pub fn write_table(path: &Path, table: &TableSchema, columns: Vec<ArrayRef>) -> Result<()> {
-    let b = table_batch(table, path, columns)?;
-    write_parquet(path, b.schema(), &[b])
 }

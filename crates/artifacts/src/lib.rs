@@ -18,18 +18,6 @@
 //! * [`analysis`]: tables of the analysis stages and streaming/resumable table writing.
 //! * [`svg`]: small SVG line plots for reports.
 
-/// One column spec of a table; shared by every schema module (declared before them).
-macro_rules! col {
-    ($name:literal, $ty:ident, $nullable:literal, $doc:literal) => {
-        $crate::schema::ColumnSpec {
-            name: $name,
-            ty: $crate::schema::ColType::$ty,
-            nullable: $nullable,
-            doc: $doc,
-        }
-    };
-}
-
 /// Declares a table once: its schema constant and its row type, whose fields are the columns in
 /// file order (`field: Type => "meaning"`; `Option` fields are the nullable columns), with
 /// [`row::Row`] implemented so [`row::write_rows`] and [`row::read_rows`] serve it.
@@ -63,8 +51,13 @@ macro_rules! table {
 
         impl $crate::row::Row for $Row {
             const TABLE: &'static $crate::schema::TableSchema = &$TABLE;
-            fn columns(rows: &[Self]) -> Vec<arrow::array::ArrayRef> {
-                vec![$( <$ty as $crate::row::Cell>::column(rows.iter().map(|r| &r.$field)), )*]
+            fn columns(
+                rows: &[Self],
+            ) -> std::result::Result<Vec<arrow::array::ArrayRef>, (&'static str, String)> {
+                Ok(vec![$(
+                    <$ty as $crate::row::Cell>::column(rows.iter().map(|r| &r.$field))
+                        .map_err(|e| (stringify!($field), e))?,
+                )*])
             }
             fn from_batch(
                 batch: &arrow::array::RecordBatch,

@@ -63,3 +63,29 @@ pub fn read_table(path: &Path, table: &TableSchema) -> Result<Vec<RecordBatch>> 
     }
     Ok(out)
 }
+
+/// Read `table` from `path` one record batch at a time (validated and conformed), so a large
+/// file (an 8B model's representations) never sits in memory twice.
+pub fn for_each_batch(
+    path: &Path,
+    table: &TableSchema,
+    mut f: impl FnMut(&RecordBatch) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if !path.is_file() {
+        return Err(Error::Stage {
+            path: path.to_path_buf(),
+            reason: format!("`{}` table is missing; run its stage first", table.name),
+        }
+        .into());
+    }
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path, e))?;
+    table.validate(path, builder.schema())?;
+    let reader = builder.build().map_err(|e| Error::parquet(path, e))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::arrow(path, e))?;
+        f(&table.conform(path, &batch)?)?;
+    }
+    Ok(())
+}

@@ -8,13 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array,
-    ListBuilder, RecordBatch, StringArray, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float32Array, Float64Array,
+    Int32Array, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
 };
-use arrow::datatypes::{Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int32Type, Int64Type, Schema};
 
 use crate::error::{Error, Result};
-use crate::parquet_io::{read_table, write_parquet};
+use crate::parquet_io::{for_each_batch, read_table, write_parquet};
 use crate::schema::{ColType, TableSchema};
 
 /// A Rust type stored as one column: its logical type, whether it may be null (the `Option`s),
@@ -22,7 +22,9 @@ use crate::schema::{ColType, TableSchema};
 pub trait Cell: Sized {
     const TY: ColType;
     const NULLABLE: bool = false;
-    fn column<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef
+    /// The column of `values`; an error says why they do not make one (vectors of different
+    /// widths).
+    fn column<'a>(values: impl Iterator<Item = &'a Self>) -> std::result::Result<ArrayRef, String>
     where
         Self: 'a;
     /// The column's values; an error names what is wrong with them.
@@ -32,22 +34,45 @@ pub trait Cell: Sized {
 /// A row type declared with [`table!`](crate::table).
 pub trait Row: Sized {
     const TABLE: &'static TableSchema;
-    /// One array per column, in the table's order.
-    fn columns(rows: &[Self]) -> Vec<ArrayRef>;
+    /// One array per column, in the table's order; an error names the column.
+    fn columns(rows: &[Self]) -> std::result::Result<Vec<ArrayRef>, (&'static str, String)>;
     /// The rows of a conformed batch; an error names the column.
     fn from_batch(b: &RecordBatch) -> std::result::Result<Vec<Self>, (&'static str, String)>;
 }
 
-/// `rows` as one record batch of their table (`path` names the file in errors).
+/// `rows` as one record batch of their table (`path` names the file in errors). The schema is
+/// the table's, with each vector column's width taken from its rows.
 pub fn record_batch<R: Row>(rows: &[R], path: &Path) -> Result<RecordBatch> {
-    RecordBatch::try_new(R::TABLE.arrow_schema(), R::columns(rows))
-        .map_err(|e| Error::arrow(path, e))
+    let table = R::TABLE;
+    let columns = R::columns(rows).map_err(|(col, e)| Error::schema(path, table.name, col, e))?;
+    let fields: Vec<Field> = table
+        .columns
+        .iter()
+        .zip(&columns)
+        .map(|(c, a)| Field::new(c.name, a.data_type().clone(), c.nullable))
+        .collect();
+    let schema = Arc::new(Schema::new_with_metadata(
+        fields,
+        table.arrow_schema().metadata().clone(),
+    ));
+    RecordBatch::try_new(schema, columns).map_err(|e| Error::arrow(path, e))
 }
 
 /// Writes `rows` as their table's Parquet file (atomically, see [`write_parquet`]).
 pub fn write_rows<R: Row>(path: &Path, rows: &[R]) -> Result<()> {
     let b = record_batch(rows, path)?;
-    write_parquet(path, R::TABLE.arrow_schema(), &[b])
+    write_parquet(path, b.schema(), &[b])
+}
+
+/// Reads a table's rows one stored batch at a time, validated against its schema, so a large
+/// table (an 8B model's representations) is never in memory whole.
+pub fn for_each_rows<R: Row>(
+    path: &Path,
+    mut f: impl FnMut(Vec<R>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for_each_batch(path, R::TABLE, |b| {
+        f(R::from_batch(b).map_err(|(col, e)| Error::schema(path, R::TABLE.name, col, e))?)
+    })
 }
 
 /// Reads every row of a table's Parquet file, validated against its schema.
@@ -63,8 +88,10 @@ pub fn read_rows<R: Row>(path: &Path) -> Result<Vec<R>> {
 
 impl Cell for String {
     const TY: ColType = ColType::Utf8;
-    fn column<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
-        Arc::new(values.map(|v| Some(v.as_str())).collect::<StringArray>())
+    fn column<'a>(values: impl Iterator<Item = &'a Self>) -> std::result::Result<ArrayRef, String> {
+        Ok(Arc::new(
+            values.map(|v| Some(v.as_str())).collect::<StringArray>(),
+        ))
     }
     fn values(col: &dyn Array) -> std::result::Result<Vec<Self>, String> {
         let a = col.as_string::<i32>();
@@ -75,8 +102,10 @@ impl Cell for String {
 impl Cell for Option<String> {
     const TY: ColType = ColType::Utf8;
     const NULLABLE: bool = true;
-    fn column<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
-        Arc::new(values.map(|v| v.as_deref()).collect::<StringArray>())
+    fn column<'a>(values: impl Iterator<Item = &'a Self>) -> std::result::Result<ArrayRef, String> {
+        Ok(Arc::new(
+            values.map(|v| v.as_deref()).collect::<StringArray>(),
+        ))
     }
     fn values(col: &dyn Array) -> std::result::Result<Vec<Self>, String> {
         let a = col.as_string::<i32>();
@@ -88,7 +117,7 @@ impl Cell for Option<String> {
 
 impl Cell for Vec<String> {
     const TY: ColType = ColType::ListUtf8;
-    fn column<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
+    fn column<'a>(values: impl Iterator<Item = &'a Self>) -> std::result::Result<ArrayRef, String> {
         let mut b = ListBuilder::new(StringBuilder::new());
         for v in values {
             for s in v {
@@ -96,7 +125,7 @@ impl Cell for Vec<String> {
             }
             b.append(true);
         }
-        Arc::new(b.finish())
+        Ok(Arc::new(b.finish()))
     }
     fn values(col: &dyn Array) -> std::result::Result<Vec<Self>, String> {
         let a = col.as_list::<i32>();
@@ -112,10 +141,48 @@ impl Cell for Vec<String> {
     }
 }
 
+/// A vector (a hidden state, a probe's weights): a `FixedSizeList<Float32>` column whose width
+/// is its rows' length, which must be the same in every row.
+impl Cell for Vec<f32> {
+    const TY: ColType = ColType::VectorF32;
+    fn column<'a>(values: impl Iterator<Item = &'a Self>) -> std::result::Result<ArrayRef, String> {
+        let mut values = values.peekable();
+        let width = values.peek().map_or(0, |v| v.len());
+        let mut flat = Vec::new();
+        for v in values {
+            if v.len() != width {
+                return Err(format!(
+                    "vectors of width {} and {width} in one column",
+                    v.len()
+                ));
+            }
+            flat.extend_from_slice(v);
+        }
+        let item = Arc::new(Field::new("item", DataType::Float32, true));
+        let values = Arc::new(Float32Array::from(flat));
+        let list = FixedSizeListArray::try_new(item, width as i32, values, None)
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(list))
+    }
+    fn values(col: &dyn Array) -> std::result::Result<Vec<Self>, String> {
+        let a = col.as_fixed_size_list();
+        let width = a.value_length() as usize;
+        let flat = a.values().as_primitive::<Float32Type>().values();
+        if width == 0 {
+            return Ok(vec![Vec::new(); a.len()]);
+        }
+        let start = a.offset() * width;
+        Ok(flat[start..start + a.len() * width]
+            .chunks(width)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+}
+
 impl Cell for bool {
     const TY: ColType = ColType::Bool;
-    fn column<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
-        Arc::new(values.map(|v| Some(*v)).collect::<BooleanArray>())
+    fn column<'a>(values: impl Iterator<Item = &'a Self>) -> std::result::Result<ArrayRef, String> {
+        Ok(Arc::new(values.map(|v| Some(*v)).collect::<BooleanArray>()))
     }
     fn values(col: &dyn Array) -> std::result::Result<Vec<Self>, String> {
         let a = col.as_boolean();
@@ -128,8 +195,10 @@ macro_rules! number_cell {
     ($t:ty, $col:ident, $array:ty, $arrow:ty) => {
         impl Cell for $t {
             const TY: ColType = ColType::$col;
-            fn column<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
-                Arc::new(values.map(|v| Some(*v)).collect::<$array>())
+            fn column<'a>(
+                values: impl Iterator<Item = &'a Self>,
+            ) -> std::result::Result<ArrayRef, String> {
+                Ok(Arc::new(values.map(|v| Some(*v)).collect::<$array>()))
             }
             fn values(col: &dyn Array) -> std::result::Result<Vec<Self>, String> {
                 Ok(col.as_primitive::<$arrow>().values().to_vec())
@@ -138,8 +207,10 @@ macro_rules! number_cell {
         impl Cell for Option<$t> {
             const TY: ColType = ColType::$col;
             const NULLABLE: bool = true;
-            fn column<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
-                Arc::new(values.copied().collect::<$array>())
+            fn column<'a>(
+                values: impl Iterator<Item = &'a Self>,
+            ) -> std::result::Result<ArrayRef, String> {
+                Ok(Arc::new(values.copied().collect::<$array>()))
             }
             fn values(col: &dyn Array) -> std::result::Result<Vec<Self>, String> {
                 let a = col.as_primitive::<$arrow>();

@@ -178,8 +178,12 @@ macro_rules! named_cell {
     ($t:ty) => {
         impl crate::row::Cell for $t {
             const TY: crate::schema::ColType = crate::schema::ColType::Utf8;
-            fn column<'a>(values: impl Iterator<Item = &'a Self>) -> arrow::array::ArrayRef {
-                Arc::new(values.map(|v| Some(v.as_str())).collect::<StringArray>())
+            fn column<'a>(
+                values: impl Iterator<Item = &'a Self>,
+            ) -> std::result::Result<arrow::array::ArrayRef, String> {
+                Ok(Arc::new(
+                    values.map(|v| Some(v.as_str())).collect::<StringArray>(),
+                ))
             }
             fn values(col: &dyn Array) -> std::result::Result<Vec<Self>, String> {
                 let a = col.as_string::<i32>();

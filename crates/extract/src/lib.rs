@@ -16,9 +16,8 @@ use anyhow::{Context, Result, bail};
 use arrow::array::RecordBatch;
 use burn::tensor::Tensor;
 use mosr_artifacts::StageWork;
-use mosr_artifacts::analysis::{
-    Parts, REPRESENTATIONS, i32_column, table_batch, utf8_column, vector_column,
-};
+use mosr_artifacts::analysis::{Parts, REPRESENTATIONS, RepresentationRow};
+use mosr_artifacts::row::record_batch;
 use mosr_artifacts::{PromptRow, StageManifest, sha256_bytes, sha256_file};
 use mosr_lm::{ForwardOptions, LanguageModel, Logits, TokenBatch};
 use mosr_stage::{Ctx, Planned};
@@ -307,24 +306,30 @@ fn extract_batch(
             chunk[row].1.id
         );
     }
-    let rows = chunk.len() * layers.len();
-    let each = || {
-        layers
-            .iter()
-            .flat_map(|&l| chunk.iter().map(move |(_, p)| (l, *p)))
-    };
-    Ok(table_batch(
-        &REPRESENTATIONS,
-        path,
-        vec![
-            utf8_column(each().map(|(_, p)| p.id.as_str())),
-            utf8_column(each().map(|(_, p)| p.role.as_str())),
-            utf8_column(each().map(|(_, p)| p.split.as_str())),
-            i32_column(each().map(|(l, _)| l as i32)),
-            utf8_column(std::iter::repeat_n(position.as_str(), rows)),
-            vector_column(path, width, vectors)?,
-        ],
-    )?)
+    // Layer-major: `vectors` holds the first layer's prompts, then the next layer's, ...
+    anyhow::ensure!(
+        vectors.len() == layers.len() * chunk.len() * width,
+        "{}: {} hidden-state values for {} layers x {} prompts of width {width}",
+        path.display(),
+        vectors.len(),
+        layers.len(),
+        chunk.len()
+    );
+    let pairs = layers
+        .iter()
+        .flat_map(|&l| chunk.iter().map(move |(_, p)| (l, *p)));
+    let rows: Vec<RepresentationRow> = pairs
+        .zip(vectors.chunks(width))
+        .map(|((l, p), v)| RepresentationRow {
+            prompt_id: p.id.clone(),
+            role: p.role,
+            split: p.split,
+            layer: l as i32,
+            position_kind: position.as_str().to_string(),
+            vector: v.to_vec(),
+        })
+        .collect();
+    Ok(record_batch(&rows, path)?)
 }
 
 /// The stage manifest: configuration, inputs (prompts, model), the representations' hash and

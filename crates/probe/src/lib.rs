@@ -20,10 +20,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use mosr_artifacts::StageWork;
 use mosr_artifacts::analysis::{
-    BatchView, BoundaryRow, PROBE_WEIGHTS, ProbeMetricRow, ProbeScoreRow, REPRESENTATIONS,
-    bool_column, f64_column, for_each_batch, i32_column, i64_column, vector_column, write_table,
+    BoundaryRow, ProbeMetricRow, ProbeScoreRow, ProbeWeightRow, RepresentationRow,
 };
-use mosr_artifacts::row::write_rows;
+use mosr_artifacts::row::{for_each_rows, write_rows};
 use mosr_artifacts::svg::{LinePlot, Series};
 use mosr_artifacts::{Role, Split, StageManifest, sha256_file, write_bytes_atomic};
 use mosr_stage::{Ctx, Planned};
@@ -183,66 +182,39 @@ pub fn load_representations(path: &Path, layers: Option<&[usize]>) -> Result<Rep
     let mut out: BTreeMap<usize, LayerData> = BTreeMap::new();
     let mut width = 0usize;
     let mut kinds: BTreeSet<String> = BTreeSet::new();
-    for_each_batch(path, &REPRESENTATIONS, |b| {
-        let v = BatchView { batch: b };
-        let (ids, roles, splits, layer, kind) = (
-            v.str("prompt_id"),
-            v.str("role"),
-            v.str("split"),
-            v.i32("layer"),
-            v.str("position_kind"),
-        );
-        let (w, vals) = v.vectors("vector");
-        if width == 0 {
-            width = w;
-        } else if w != width {
-            bail!("{}: vector width {w} differs from {width}", path.display());
-        }
-        for i in 0..v.len() {
-            let l = layer.value(i);
-            if l < 0 {
-                bail!("{}: negative layer {l}", path.display());
-            }
-            let l = l as usize;
+    for_each_rows(path, |rows: Vec<RepresentationRow>| {
+        for r in rows {
+            let Ok(l) = usize::try_from(r.layer) else {
+                bail!("{}: negative layer {}", path.display(), r.layer);
+            };
             if want.as_ref().is_some_and(|s| !s.contains(&l)) {
                 continue;
             }
-            kinds.insert(kind.value(i).to_string());
-            let id = ids.value(i);
-            let pi = match index.get(id) {
-                Some(&k) => k,
-                None => {
-                    let role: Role = roles.value(i).parse().map_err(|e: String| {
-                        anyhow::anyhow!(
-                            "{}: table `representations`, column `role`: {e}",
-                            path.display()
-                        )
-                    })?;
-                    let split: Split = splits.value(i).parse().map_err(|e: String| {
-                        anyhow::anyhow!(
-                            "{}: table `representations`, column `split`: {e}",
-                            path.display()
-                        )
-                    })?;
-                    prompts.push(PromptMeta {
-                        id: id.to_string(),
-                        role,
-                        split,
-                    });
-                    index.insert(id.to_string(), prompts.len() - 1);
-                    prompts.len() - 1
-                }
-            };
-            let x = &vals[i * w..(i + 1) * w];
-            if let Some(bad) = x.iter().find(|v| !v.is_finite()) {
+            let w = r.vector.len();
+            if width == 0 {
+                width = w;
+            } else if w != width {
+                bail!("{}: vector width {w} differs from {width}", path.display());
+            }
+            if let Some(bad) = r.vector.iter().find(|v| !v.is_finite()) {
                 bail!(
-                    "{}: non-finite value ({bad}) in the representation of prompt `{id}` at layer {l}; a probe fitted on it would report nonsense (re-run extract on a sound model)",
-                    path.display()
+                    "{}: non-finite value ({bad}) in the representation of prompt `{}` at layer {l}; a probe fitted on it would report nonsense (re-run extract on a sound model)",
+                    path.display(),
+                    r.prompt_id
                 );
             }
+            kinds.insert(r.position_kind);
+            let pi = *index.entry(r.prompt_id.clone()).or_insert_with(|| {
+                prompts.push(PromptMeta {
+                    id: r.prompt_id,
+                    role: r.role,
+                    split: r.split,
+                });
+                prompts.len() - 1
+            });
             let ld = out.entry(l).or_default();
             ld.rows.push(pi);
-            ld.x.extend_from_slice(x);
+            ld.x.extend_from_slice(&r.vector);
         }
         Ok(())
     })?;
@@ -606,7 +578,7 @@ pub fn run(cfg: &ProbeConfig, out_dir: &Path) -> Result<ProbeOutputs> {
     let path = |n: &str| out_dir.join(n);
     write_metrics(&path("probe_metrics.parquet"), &results)?;
     let n_scores = write_scores(&path("probe_scores.parquet"), &reps, &results)?;
-    write_weights(&path("probe_weights.parquet"), reps.width, s.l2, &results)?;
+    write_weights(&path("probe_weights.parquet"), s.l2, &results)?;
     let boundary = boundary_summary(&reps, &results);
     write_boundary(&path("boundary.parquet"), &boundary)?;
     // Plots and the Markdown summary.
@@ -752,30 +724,25 @@ fn write_scores(path: &Path, reps: &Representations, results: &[LayerResult]) ->
 }
 
 /// `probe_weights.parquet`: each layer's probe (weights, bias, standardisation) and its fit.
-fn write_weights(path: &Path, width: usize, l2: f64, results: &[LayerResult]) -> Result<()> {
-    let flat = |f: &dyn Fn(&LayerResult) -> &Vec<f64>| -> Vec<f32> {
-        results
-            .iter()
-            .flat_map(|x| f(x).iter().map(|v| *v as f32))
-            .collect()
-    };
-    write_table(
-        path,
-        &PROBE_WEIGHTS,
-        vec![
-            i32_column(results.iter().map(|x| x.layer as i32)),
-            vector_column(path, width, flat(&|x| &x.fit.w))?,
-            f64_column(results.iter().map(|x| x.fit.b)),
-            vector_column(path, width, flat(&|x| &x.fit.mean))?,
-            vector_column(path, width, flat(&|x| &x.fit.std))?,
-            f64_column(results.iter().map(|_| l2)),
-            i32_column(results.iter().map(|x| x.fit.iterations as i32)),
-            bool_column(results.iter().map(|x| x.fit.converged)),
-            f64_column(results.iter().map(|x| x.fit.grad_norm)),
-            f64_column(results.iter().map(|x| x.fit.loss)),
-            i64_column(results.iter().map(|x| x.n_train as i64)),
-        ],
-    )?;
+fn write_weights(path: &Path, l2: f64, results: &[LayerResult]) -> Result<()> {
+    let vector = |v: &[f64]| v.iter().map(|x| *x as f32).collect();
+    let rows: Vec<ProbeWeightRow> = results
+        .iter()
+        .map(|x| ProbeWeightRow {
+            layer: x.layer as i32,
+            weight: vector(&x.fit.w),
+            bias: x.fit.b,
+            feature_mean: vector(&x.fit.mean),
+            feature_std: vector(&x.fit.std),
+            l2,
+            iterations: x.fit.iterations as i32,
+            converged: x.fit.converged,
+            grad_norm: x.fit.grad_norm,
+            train_loss: x.fit.loss,
+            n_train: x.n_train as i64,
+        })
+        .collect();
+    write_rows(path, &rows)?;
     Ok(())
 }
 

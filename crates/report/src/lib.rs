@@ -98,8 +98,9 @@ impl Writer {
     }
 }
 
-/// Read a Parquet file into a polars DataFrame, naming the file on error.
-fn read_df(path: &Path) -> Result<DataFrame> {
+/// Read a Parquet file into a polars DataFrame, naming the file on error (the report's own
+/// tables, which have no row type; a stage's table is read through its rows).
+pub fn read_df(path: &Path) -> Result<DataFrame> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     ParquetReader::new(file)
         .finish()

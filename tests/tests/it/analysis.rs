@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use mosr_artifacts::analysis::{BatchView, REPRESENTATIONS, for_each_batch};
+use mosr_artifacts::analysis::RepresentationRow;
+use mosr_artifacts::row::{read_rows, write_rows};
 use mosr_artifacts::{PromptRow, Role, Split, StageManifest, write_prompts};
 use mosr_extract::{ExtractConfig, ExtractSection, OnOverflow, Position};
 use mosr_lm::{ForwardOptions, LanguageModel, Logits, Message, TokenBatch};
@@ -249,22 +250,13 @@ fn extract_cfg(prompts: &Path, section: ExtractSection) -> ExtractConfig {
 
 /// Rows of a representations file: (prompt_id, layer) -> vector.
 fn read_reps(path: &Path) -> Vec<(String, i32, Vec<f32>)> {
-    let mut out = Vec::new();
-    for_each_batch(path, &REPRESENTATIONS, |b| {
-        let v = BatchView { batch: b };
-        let (w, vals) = v.vectors("vector");
-        for i in 0..v.len() {
-            assert_eq!(v.str("position_kind").value(i), "last_prompt_token");
-            out.push((
-                v.str("prompt_id").value(i).to_string(),
-                v.i32("layer").value(i),
-                vals[i * w..(i + 1) * w].to_vec(),
-            ));
-        }
-        Ok(())
-    })
-    .unwrap();
-    out
+    let rows: Vec<RepresentationRow> = read_rows(path).unwrap();
+    rows.into_iter()
+        .map(|r| {
+            assert_eq!(r.position_kind, "last_prompt_token");
+            (r.prompt_id, r.layer, r.vector)
+        })
+        .collect()
 }
 
 #[test]
@@ -508,22 +500,20 @@ fn extract_and_probe_refuse_non_finite_states() {
         "{e}"
     );
 
-    use mosr_artifacts::analysis::{i32_column, table_batch, utf8_column, vector_column};
     let reps = dir.join("representations.parquet");
-    let b = table_batch(
-        &REPRESENTATIONS,
-        &reps,
-        vec![
-            utf8_column(["p1", "p2"]),
-            utf8_column(["benign", "harmful"]),
-            utf8_column(["train", "train"]),
-            i32_column([3, 3]),
-            utf8_column(["last_prompt_token"; 2]),
-            vector_column(&reps, 2, vec![0.5, 1.0, f32::NAN, 2.0]).unwrap(),
-        ],
-    )
-    .unwrap();
-    mosr_artifacts::write_parquet(&reps, b.schema(), &[b]).unwrap();
+    let row = |id: &str, role, vector| RepresentationRow {
+        prompt_id: id.into(),
+        role,
+        split: Split::Train,
+        layer: 3,
+        position_kind: "last_prompt_token".into(),
+        vector,
+    };
+    let rows = [
+        row("p1", Role::Benign, vec![0.5, 1.0]),
+        row("p2", Role::Harmful, vec![f32::NAN, 2.0]),
+    ];
+    write_rows(&reps, &rows).unwrap();
     let e = format!(
         "{:#}",
         mosr_probe::load_representations(&reps, None).unwrap_err()
@@ -533,5 +523,47 @@ fn extract_and_probe_refuse_non_finite_states() {
             && e.contains("prompt `p2` at layer 3")
             && e.contains("non-finite"),
         "{e}"
+    );
+}
+
+/// A `Vec<f32>` field is a `FixedSizeList<Float32>` column of its rows' width: rows come back
+/// as written, streamed or whole, and rows of different widths are refused naming the column.
+#[test]
+fn vector_columns_round_trip_and_refuse_mixed_widths() {
+    let dir = tmp("vector_columns");
+    let path = dir.join("representations.parquet");
+    let row = |id: &str, layer: i32, vector: Vec<f32>| RepresentationRow {
+        prompt_id: id.into(),
+        role: Role::PseudoMalicious,
+        split: Split::Test,
+        layer,
+        position_kind: "mean_prompt".into(),
+        vector,
+    };
+    let rows = vec![
+        row("a", 0, vec![1.0, -2.5, 3.25]),
+        row("b", 7, vec![0.0, f32::MIN_POSITIVE, 1e9]),
+    ];
+    write_rows(&path, &rows).unwrap();
+    assert_eq!(read_rows::<RepresentationRow>(&path).unwrap(), rows);
+    let mut streamed = Vec::new();
+    mosr_artifacts::row::for_each_rows(&path, |b: Vec<RepresentationRow>| {
+        streamed.extend(b);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(streamed, rows);
+
+    let bad = dir.join("mixed.parquet");
+    let e = write_rows(&bad, &[row("a", 0, vec![1.0, 2.0]), row("b", 0, vec![1.0])])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mixed.parquet") && e.contains("`vector`") && e.contains("width"),
+        "{e}"
+    );
+    assert!(
+        !bad.exists(),
+        "nothing is written when a column cannot be built"
     );
 }

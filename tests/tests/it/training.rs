@@ -1233,10 +1233,10 @@ fn training_weights_stage_on_smollm2_states() {
                 .try_into_vec_as::<f32>()
                 .unwrap();
             for (i, (id, _)) in items.iter().enumerate().take(b) {
-                rows.push(mosr_weights::reps::RepresentationRow {
+                rows.push(mosr_artifacts::analysis::RepresentationRow {
                     prompt_id: id.to_string(),
-                    role: role.into(),
-                    split: "train".into(),
+                    role: role.parse().unwrap(),
+                    split: mosr_artifacts::Split::Train,
                     layer: layer as i32,
                     position_kind: "last_prompt_token".into(),
                     vector: v[i * d..(i + 1) * d].to_vec(),
@@ -1246,7 +1246,7 @@ fn training_weights_stage_on_smollm2_states() {
     }
     let dir = tmp("weights");
     let reps = dir.join("representations.parquet");
-    mosr_weights::reps::write_representations(&reps, &rows).unwrap();
+    mosr_artifacts::row::write_rows(&reps, &rows).unwrap();
     let examples = dir.join("training_examples.parquet");
     let ex_rows: Vec<TrainingExample> = harmful
         .iter()
@@ -1354,10 +1354,10 @@ fn training_write_run_representations() {
                 .try_into_vec_as::<f32>()
                 .unwrap();
             for (i, (id, _, role)) in chunk.iter().enumerate() {
-                rows.push(mosr_weights::reps::RepresentationRow {
+                rows.push(mosr_artifacts::analysis::RepresentationRow {
                     prompt_id: id.clone(),
-                    role: role.clone(),
-                    split: "train".into(),
+                    role: role.parse().unwrap(),
+                    split: mosr_artifacts::Split::Train,
                     layer: layer as i32,
                     position_kind: "last_prompt_token".into(),
                     vector: v[i * d..(i + 1) * d].to_vec(),
@@ -1368,7 +1368,7 @@ fn training_write_run_representations() {
     let dir = run.join("extract");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("representations.parquet");
-    mosr_weights::reps::write_representations(&path, &rows).unwrap();
+    mosr_artifacts::row::write_rows(&path, &rows).unwrap();
     let mut m = mosr_artifacts::StageManifest::new(
         "extract",
         serde_json::json!({"stand_in": "mosr-tests training_write_run_representations"}),
