@@ -13,7 +13,7 @@ use mosr_artifacts::training::{TrainLogRow, read_train_log};
 use polars::df;
 use polars::prelude::{Column, DataFrame};
 
-use crate::sections::Chart;
+use crate::chart::Chart;
 use crate::{ReportSection, Writer, filter_rows, read_passthrough};
 
 /// A numeric column of a typed row, as plotted.

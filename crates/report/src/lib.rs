@@ -9,6 +9,7 @@
 //! listed as missing in the README.
 
 pub mod analysis;
+pub mod chart;
 pub mod claims;
 pub mod frontier;
 pub mod markdown;

@@ -12,24 +12,9 @@ use polars::prelude::{Column, DataFrame};
 use crate::{ReportSection, Writer};
 use mosr_artifacts::eval::MetricRow;
 use mosr_artifacts::row::read_rows;
-use mosr_artifacts::svg::{LinePlot, Series};
+use mosr_artifacts::svg::Series;
 
-/// Title, axes and y range of a plot; rendered with the shared [`LinePlot`].
-pub(crate) struct Chart {
-    pub title: String,
-    pub x_label: String,
-    pub y_label: String,
-    pub y_range: Option<(f64, f64)>,
-}
-
-impl Chart {
-    pub fn render(self, series: Vec<Series>) -> String {
-        let mut plot = LinePlot::new(&self.title, &self.x_label, &self.y_label);
-        plot.y_range = self.y_range;
-        plot.series = series;
-        plot.render()
-    }
-}
+use crate::chart::Chart;
 
 pub struct Section {
     pub title: &'static str,
