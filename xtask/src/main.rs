@@ -119,6 +119,9 @@ enum Cmd {
         a: std::path::PathBuf,
         b: std::path::PathBuf,
     },
+    /// Print the pipeline graph (each stage, its crate and the stages whose folders it reads,
+    /// as the stages declare them) and check docs/architecture.md and the stages' code against it.
+    Stages,
     /// Fetch pinned external inputs into the cache ($MOSR_CACHE, default <repo>/.cache/mosr).
     Fetch {
         #[command(subcommand)]
@@ -220,6 +223,11 @@ fn main() -> Result<()> {
             wgpu,
             args,
         } => test(no_smoke, smoke_only, wgpu, &args)?,
+        Cmd::Stages => {
+            print!("{}", reproduce::stage_graph_table());
+            reproduce::check_stage_graph(&mosr_data::paths::repo_root())?;
+            println!("\ndeclared once by the stages; docs/architecture.md agrees");
+        }
         Cmd::Same { a, b } => {
             let n = e2e::same_artifacts(&a, &b)?;
             println!(
@@ -265,6 +273,8 @@ fn test(no_smoke: bool, smoke_only: bool, wgpu: bool, args: &[String]) -> Result
     let qwen = mosr_lm::fetch::fetch("qwen2.5-coder-0.5b-instruct")?;
     let repo = mosr_data::paths::repo_root();
     mosr_data::fetch_default(&repo, false, false)?;
+    reproduce::check_stage_graph(&repo)?;
+    println!("stage graph: declared once by the stages, docs/architecture.md agrees");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if wgpu {
         let env = [("MOSR_SMOLLM2_GGUF", smol), ("MOSR_QWEN05_GGUF", qwen)];

@@ -5,22 +5,35 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use mosr_artifacts::PipelineFile;
 
-/// One stage of the list: its name (= pipeline section and run-folder name), its checks and
-/// its run, all from its [`mosr_stage::Stage`] implementation.
+/// One stage of the list: its name (= pipeline section and run-folder name), the stages it
+/// reads, its checks and its run, all from its [`mosr_stage::Stage`] implementation.
 struct Stage {
     name: &'static str,
+    upstream: &'static [&'static str],
+    /// The implementing type's path (its crate is the stage's crate).
+    type_name: &'static str,
     run: fn(&mosr_stage::Ctx, bool) -> Result<std::path::PathBuf>,
     /// Parses and validates the stage's section, so a bad `[eval]` value fails before hours of
     /// extraction.
     check: fn(&PipelineFile) -> Result<()>,
 }
 
+impl Stage {
+    /// The package that implements the stage (`mosr-eval`), from its type's path.
+    fn crate_name(&self) -> String {
+        let krate = self.type_name.split("::").next().unwrap_or(self.type_name);
+        krate.replace('_', "-")
+    }
+}
+
 fn stage<S: mosr_stage::Stage>() -> Stage {
     Stage {
         name: S::NAME,
+        upstream: S::UPSTREAM,
+        type_name: std::any::type_name::<S>(),
         run: S::execute,
         check: |f| mosr_stage::section::<S>(f).map(|_| ()),
     }
@@ -181,4 +194,105 @@ pub fn run(repo: &Path, opts: &Options) -> Result<mosr_artifacts::RunDir> {
         }
     );
     Ok(file.run_dir(repo))
+}
+
+/// The pipeline graph, declared once by each stage's `Stage::UPSTREAM`, as the Markdown table
+/// docs/architecture.md holds (`cargo xtask stages`).
+pub fn stage_graph_table() -> String {
+    let mut s = String::from("| stage | crate | reads the folders of |\n|---|---|---|\n");
+    for st in stages() {
+        let reads: Vec<String> = st.upstream.iter().map(|u| format!("`{u}`")).collect();
+        let reads = if reads.is_empty() {
+            "–".to_string()
+        } else {
+            reads.join(", ")
+        };
+        s.push_str(&format!(
+            "| `{}` | `{}` | {reads} |\n",
+            st.name,
+            st.crate_name()
+        ));
+    }
+    s
+}
+
+/// Stage folders a source names: the literals passed to `upstream`, `upstream_file`,
+/// `upstream_keys` and `stage_dir`.
+fn named_stage_folders(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for call in [
+        "upstream(",
+        "upstream_file(",
+        "stage_dir(",
+        "upstream_keys(&[",
+    ] {
+        for rest in src.split(call).skip(1) {
+            let args = if call.ends_with('[') {
+                rest.split(']').next().unwrap_or("")
+            } else {
+                rest.split([',', ')']).next().unwrap_or("")
+            };
+            out.extend(args.split('"').skip(1).step_by(2).map(String::from));
+        }
+    }
+    out
+}
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for e in entries {
+        let e = e?.path();
+        if e.is_dir() {
+            out.extend(rust_files(&e)?);
+        } else if e.extension().is_some_and(|x| x == "rs") {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Part of `cargo xtask test`: the graph is declared once. Every stage reads only stages that
+/// run before it, docs/architecture.md holds the table generated from the declarations, and
+/// no stage's code names the folder of a stage it does not declare.
+pub fn check_stage_graph(repo: &Path) -> Result<()> {
+    let stages = stages();
+    for (i, st) in stages.iter().enumerate() {
+        for u in st.upstream {
+            ensure!(
+                stages[..i].iter().any(|e| e.name == *u),
+                "stage `{}` reads `{u}`, which does not run before it",
+                st.name
+            );
+        }
+    }
+    let doc_path = repo.join("docs/architecture.md");
+    let doc = std::fs::read_to_string(&doc_path)
+        .with_context(|| format!("reading {}", doc_path.display()))?;
+    let table = stage_graph_table();
+    ensure!(
+        doc.contains(&table),
+        "{} lacks the stage graph as declared (cargo xtask stages); expected:\n{table}",
+        doc_path.display()
+    );
+    for st in &stages {
+        let dir = repo
+            .join("crates")
+            .join(st.crate_name().trim_start_matches("mosr-"))
+            .join("src");
+        for f in rust_files(&dir)? {
+            let src = std::fs::read_to_string(&f)?;
+            for folder in named_stage_folders(&src) {
+                ensure!(
+                    folder == st.name || st.upstream.contains(&folder.as_str()),
+                    "{}: names the `{folder}` stage folder, which stage `{}` does not declare \
+                     in Stage::UPSTREAM",
+                    f.display(),
+                    st.name
+                );
+            }
+        }
+    }
+    Ok(())
 }

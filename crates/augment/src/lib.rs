@@ -700,6 +700,7 @@ pub struct Augment;
 
 impl mosr_stage::Stage for Augment {
     const NAME: &'static str = "augment";
+    const UPSTREAM: &'static [&'static str] = &["data"];
     type Section = AugmentConfig;
     type Plan = AugmentConfig;
 

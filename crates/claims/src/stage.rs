@@ -268,6 +268,7 @@ pub struct Claims;
 
 impl mosr_stage::Stage for Claims {
     const NAME: &'static str = "claims";
+    const UPSTREAM: &'static [&'static str] = &["probe", "eval"];
     type Section = ClaimsSection;
     type Plan = ClaimsSection;
 

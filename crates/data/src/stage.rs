@@ -642,6 +642,7 @@ pub struct Data;
 
 impl mosr_stage::Stage for Data {
     const NAME: &'static str = "data";
+    const UPSTREAM: &'static [&'static str] = &[];
     type Section = DataSection;
     type Plan = BuildConfig;
 

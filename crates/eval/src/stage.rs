@@ -601,6 +601,7 @@ pub struct Eval;
 
 impl mosr_stage::Stage for Eval {
     const NAME: &'static str = "eval";
+    const UPSTREAM: &'static [&'static str] = &["data", "finetune"];
     type Section = EvalSection;
     type Plan = EvalConfig;
 

@@ -415,6 +415,7 @@ pub struct Extract;
 
 impl mosr_stage::Stage for Extract {
     const NAME: &'static str = "extract";
+    const UPSTREAM: &'static [&'static str] = &["data"];
     type Section = ExtractSection;
     type Plan = ExtractConfig;
 

@@ -549,6 +549,7 @@ pub struct FinetunePlan {
 
 impl mosr_stage::Stage for Finetune {
     const NAME: &'static str = "finetune";
+    const UPSTREAM: &'static [&'static str] = &["augment", "weights"];
     type Section = FinetuneConfig;
     type Plan = FinetunePlan;
 

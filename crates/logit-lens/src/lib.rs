@@ -530,6 +530,7 @@ pub struct LogitLens;
 
 impl mosr_stage::Stage for LogitLens {
     const NAME: &'static str = "logit_lens";
+    const UPSTREAM: &'static [&'static str] = &["data"];
     type Section = LogitLensSection;
     type Plan = LogitLensConfig;
 

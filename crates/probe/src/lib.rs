@@ -975,6 +975,7 @@ pub struct Probe;
 
 impl mosr_stage::Stage for Probe {
     const NAME: &'static str = "probe";
+    const UPSTREAM: &'static [&'static str] = &["extract"];
     type Section = ProbeSection;
     type Plan = ProbeConfig;
 

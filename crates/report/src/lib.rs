@@ -283,6 +283,8 @@ pub struct Report;
 
 impl mosr_stage::Stage for Report {
     const NAME: &'static str = "report";
+    const UPSTREAM: &'static [&'static str] =
+        &["probe", "logit_lens", "finetune", "eval", "claims"];
     type Section = ReportSection;
     type Plan = ();
 

@@ -1,6 +1,6 @@
 //! The stage contract and its one driver.
 //!
-//! A stage declares its name, its pipeline section, the checks of that section's values, what
+//! A stage declares its name, the stages it reads, its pipeline section, the checks of that section's values, what
 //! its key covers (its [`Planned`]: the resolved configuration and the hashes of its inputs)
 //! and how it computes into a partial folder. [`drive`] does the rest, the same way for every
 //! stage: the key, the up-to-date check (key *and* recorded outputs), resuming or wiping a
@@ -110,6 +110,10 @@ impl<P> Planned<P> {
 pub trait Stage {
     /// The stage's name: its pipeline section and its run-folder name.
     const NAME: &'static str;
+    /// The stages whose folders this one reads, in pipeline order: the edges of the pipeline
+    /// graph (docs/architecture.md's table is generated from them and checked by a test, as is
+    /// every stage folder a stage's code names).
+    const UPSTREAM: &'static [&'static str];
     /// The stage's pipeline section; its defaults apply when the file has none.
     type Section: DeserializeOwned + Serialize + Default;
     /// What [`Stage::compute`] needs beyond the context.

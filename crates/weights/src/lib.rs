@@ -417,6 +417,7 @@ pub struct Weights;
 
 impl mosr_stage::Stage for Weights {
     const NAME: &'static str = "weights";
+    const UPSTREAM: &'static [&'static str] = &["extract", "augment"];
     type Section = WeightsConfig;
     type Plan = WeightsConfig;
 
