@@ -66,7 +66,7 @@ pub fn read_table(path: &Path, table: &TableSchema) -> Result<Vec<RecordBatch>> 
 
 /// Read `table` from `path` one record batch at a time (validated and conformed), so a large
 /// file (an 8B model's representations) never sits in memory twice.
-pub fn for_each_batch(
+pub(crate) fn for_each_batch(
     path: &Path,
     table: &TableSchema,
     mut f: impl FnMut(&RecordBatch) -> anyhow::Result<()>,
