@@ -43,7 +43,7 @@ const fn cell_bytes(group: usize) -> usize {
 /// tile of 16 output rows and each group of inputs, the codes interleaved by fours (lane `j`
 /// of quad `q` holds `code[o0 + j, g·G + 4q .. g·G + 4q + 4]`), then the 16 scales and the 16
 /// offsets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QuantWeight {
     n: usize,
     k: usize,
@@ -65,15 +65,7 @@ impl QuantWeight {
         scale: &[f32],
         offset: &[f32],
     ) -> Self {
-        assert!(
-            GROUPS.contains(&group),
-            "QuantWeight: group {group} is not one of {GROUPS:?}"
-        );
-        assert!(
-            k.is_multiple_of(group),
-            "QuantWeight: k = {k} is not a multiple of {group}"
-        );
-        let groups = k / group;
+        let groups = k / group.max(1);
         assert_eq!(codes.len(), n * k, "QuantWeight: codes are not [{n}, {k}]");
         assert_eq!(
             scale.len(),
@@ -85,23 +77,71 @@ impl QuantWeight {
             n * groups,
             "QuantWeight: offsets are not [{n}, {groups}]"
         );
-        let cell_len = cell_bytes(group);
+        let fill = |first: usize, rows: usize, c: &mut [u8], s: &mut [f32], o: &mut [f32]| {
+            c.copy_from_slice(&codes[first * k..(first + rows) * k]);
+            s.copy_from_slice(&scale[first * groups..(first + rows) * groups]);
+            o.copy_from_slice(&offset[first * groups..(first + rows) * groups]);
+            Ok::<(), std::convert::Infallible>(())
+        };
+        match Self::from_rows(n, k, group, fill) {
+            Ok(w) => w,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Built a tile of rows at a time: `fill(first, rows, codes, scale, offset)` writes rows
+    /// `first..first + rows` as [`Self::new`] takes them. A loader converting a file's blocks
+    /// thus holds a tile's codes besides the weight, never a second copy of the tensor.
+    ///
+    /// # Panics
+    /// If `group` is not one of [`GROUPS`] or `k` is not a multiple of it.
+    pub fn from_rows<E>(
+        n: usize,
+        k: usize,
+        group: usize,
+        mut fill: impl FnMut(usize, usize, &mut [u8], &mut [f32], &mut [f32]) -> Result<(), E>,
+    ) -> Result<Self, E> {
+        assert!(
+            GROUPS.contains(&group),
+            "QuantWeight: group {group} is not one of {GROUPS:?}"
+        );
+        assert!(
+            k.is_multiple_of(group),
+            "QuantWeight: k = {k} is not a multiple of {group}"
+        );
+        let (groups, cell_len) = (k / group, cell_bytes(group));
         let mut cells = vec![0u8; n.div_ceil(TILE) * groups * cell_len];
+        let mut codes = vec![0u8; TILE * k];
+        let (mut scale, mut offset) = (vec![0f32; TILE * groups], vec![0f32; TILE * groups]);
         for (t, tile) in cells.chunks_exact_mut(groups * cell_len).enumerate() {
+            let rows = TILE.min(n - t * TILE);
+            let (c, s, o) = (
+                &mut codes[..rows * k],
+                &mut scale[..rows * groups],
+                &mut offset[..rows * groups],
+            );
+            fill(t * TILE, rows, c, s, o)?;
             for (g, cell) in tile.chunks_exact_mut(cell_len).enumerate() {
-                for j in 0..TILE.min(n - t * TILE) {
-                    let o = t * TILE + j;
+                for j in 0..rows {
                     for i in 0..group {
-                        cell[(i / 4) * 64 + j * 4 + i % 4] = codes[o * k + g * group + i];
+                        cell[(i / 4) * 64 + j * 4 + i % 4] = c[j * k + g * group + i];
                     }
                     let at = TILE * group + 4 * j;
-                    cell[at..at + 4].copy_from_slice(&scale[o * groups + g].to_le_bytes());
+                    cell[at..at + 4].copy_from_slice(&s[j * groups + g].to_le_bytes());
                     let at = at + 4 * TILE;
-                    cell[at..at + 4].copy_from_slice(&offset[o * groups + g].to_le_bytes());
+                    cell[at..at + 4].copy_from_slice(&o[j * groups + g].to_le_bytes());
                 }
             }
         }
-        Self { n, k, group, cells }
+        Ok(Self { n, k, group, cells })
+    }
+
+    /// The scale and offset of row `o`'s group `g`.
+    pub fn affine(&self, o: usize, g: usize) -> (f32, f32) {
+        let (groups, cell_len) = (self.k / self.group, cell_bytes(self.group));
+        let cell = &self.cells[((o / TILE) * groups + g) * cell_len..][..cell_len];
+        let at = TILE * self.group + 4 * (o % TILE);
+        (f32_at(cell, at), f32_at(cell, at + 4 * TILE))
     }
 
     pub fn n(&self) -> usize {

@@ -20,6 +20,19 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Hands the heap's free memory back to the kernel now (glibc's `malloc_trim`), which
+/// [`keep_freed_memory`] otherwise keeps for good. Called where a phase that frees much more
+/// than the next one reuses has ended: a model load (the tokenizer's JSON, the per-tensor
+/// buffers of the weights' conversion). Without it, 0.2 GB of a Qwen load's free heap stayed
+/// resident under every later allocation and raised the process's peak by as much.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A memory figure of this process from `/proc/self/status` in bytes (`VmHWM`: peak
 /// resident, `VmRSS`: resident now); 0 where the file or field is missing (not Linux).
 pub fn process_bytes(field: &str) -> u64 {

@@ -25,18 +25,33 @@ pub trait WeightSource {
     fn get(&self, hf_name: &str) -> Result<Option<HostTensor>>;
     /// File that errors should name.
     fn origin(&self) -> &Path;
+    /// The tensor's shape, or `None` if the file does not hold it. Sources that can tell
+    /// without reading the values say so (a quantized load never expands coded tensors).
+    fn shape(&self, hf_name: &str) -> Result<Option<Vec<usize>>> {
+        Ok(self.get(hf_name)?.map(|t| t.shape))
+    }
     /// The tensor as `d·q` plus one offset per block of 32 along its rows, where the file
     /// stores it that way (Q4_1, Q5_1 in GGUF); `None` elsewhere. Lets the AMX products keep
     /// two bf16 parts per weight instead of three (`mosr_kernels::amx`).
     fn block_affine(&self, _hf_name: &str) -> Result<Option<mosr_gguf::BlockAffine>> {
         Ok(None)
     }
-    /// The tensor as integer codes with a scale and offset per group of 16 or 32 along its rows,
-    /// where the file stores integer codes (GGUF's Q4_0-Q8_0 and Q4_K-Q6_K); `None`
-    /// elsewhere. The quantized arithmetic multiplies these codes directly
-    /// (`mosr_kernels::quant`).
-    fn group_codes(&self, _hf_name: &str) -> Result<Option<mosr_gguf::GroupCodes>> {
+    /// Rows `first..first + count` of the tensor as integer codes with a scale and offset per
+    /// group of 16 or 32 along its rows, where the file stores integer codes (GGUF's
+    /// Q4_0-Q8_0 and Q4_K-Q6_K); `None` elsewhere. The quantized arithmetic multiplies these
+    /// codes directly (`mosr_kernels::quant`), built a tile of rows at a time.
+    fn group_codes_rows(
+        &self,
+        _hf_name: &str,
+        _first: usize,
+        _count: usize,
+    ) -> Result<Option<mosr_gguf::GroupCodes>> {
         Ok(None)
+    }
+    /// Called once a tensor read by rows has been read whole: a mapped file may drop its
+    /// pages from resident memory.
+    fn release(&self, _hf_name: &str) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -57,6 +72,38 @@ pub fn check_values(origin: &Path, name: &str, t: &HostTensor) -> Result<()> {
             "tensor `{name}` ({:?}) is all zeros; the file is corrupted or not a trained model",
             t.shape
         )
+    } else {
+        return Ok(());
+    };
+    Err(LmError::Weights {
+        file: origin.to_path_buf(),
+        problem,
+    })
+}
+
+/// [`check_values`] for a weight kept as integer codes, without expanding it: every group's
+/// scale and offset must be finite (the values `scale · code + offset` then are: scales are
+/// f16 products with small integers and codes are below 256), and not all of them zero.
+pub fn check_codes(origin: &Path, name: &str, w: &mosr_kernels::quant::QuantWeight) -> Result<()> {
+    let (rows, groups, group) = (w.n(), w.k() / w.group(), w.group());
+    let affine = (0..rows).flat_map(|o| (0..groups).map(move |g| (o, g, w.affine(o, g))));
+    let (mut bad, mut first, mut nonzero) = (0usize, None, false);
+    for (o, g, (scale, offset)) in affine {
+        if !(scale.is_finite() && offset.is_finite()) {
+            bad += 1;
+            first.get_or_insert((o, g));
+        }
+        nonzero |= scale != 0.0 || offset != 0.0;
+    }
+    let problem = if let Some((o, g)) = first {
+        format!(
+            "tensor `{name}`: {bad} of {} groups have a non-finite scale or offset (first: row {o}, elements {}..{}); the file is corrupted",
+            rows * groups,
+            g * group,
+            (g + 1) * group
+        )
+    } else if !nonzero {
+        format!("tensor `{name}` is all zeros; the file is corrupted or not a trained model")
     } else {
         return Ok(());
     };
@@ -113,22 +160,33 @@ impl GgufWeights<'_> {
     }
 
     /// llama.cpp's converter interleaves the two RoPE halves of each Q/K head for Llama-arch
-    /// models (it uses GPT-J style rotation); HF rotates halves, so undo it here. `shape` is
-    /// `[rows, ..]` of `data`.
-    fn unpermute<T: Copy + Default>(&self, name: &str, data: Vec<T>, shape: &[usize]) -> Vec<T> {
+    /// models (it uses GPT-J style rotation); HF rotates halves. The number of heads whose
+    /// rows a GGUF tensor holds permuted, if it does.
+    fn permuted_heads(&self, name: &str) -> Option<usize> {
         if self.arch == Arch::Qwen2 {
-            data
+            None
         } else if name.ends_with("attn_q.weight") {
-            unpermute_rows(&data, shape, self.num_heads)
+            Some(self.num_heads)
         } else if name.ends_with("attn_k.weight") {
-            unpermute_rows(&data, shape, self.num_kv_heads)
+            Some(self.num_kv_heads)
         } else {
-            data
+            None
+        }
+    }
+
+    /// Undoes [`Self::permuted_heads`]'s permutation; `shape` is `[rows, ..]` of `data`.
+    fn unpermute<T: Copy + Default>(&self, name: &str, data: Vec<T>, shape: &[usize]) -> Vec<T> {
+        match self.permuted_heads(name) {
+            Some(heads) => unpermute_rows(&data, shape, heads),
+            None => data,
         }
     }
 }
 
 impl WeightSource for GgufWeights<'_> {
+    fn shape(&self, hf_name: &str) -> Result<Option<Vec<usize>>> {
+        Ok(self.locate(hf_name).map(|(_, shape)| shape))
+    }
     fn get(&self, hf_name: &str) -> Result<Option<HostTensor>> {
         let Some((name, shape)) = self.locate(hf_name) else {
             return Ok(None);
@@ -149,20 +207,43 @@ impl WeightSource for GgufWeights<'_> {
             offsets: self.unpermute(&name, a.offsets, &blocks),
         }))
     }
-    fn group_codes(&self, hf_name: &str) -> Result<Option<mosr_gguf::GroupCodes>> {
+    fn group_codes_rows(
+        &self,
+        hf_name: &str,
+        first: usize,
+        count: usize,
+    ) -> Result<Option<mosr_gguf::GroupCodes>> {
         let Some((name, shape)) = self.locate(hf_name) else {
             return Ok(None);
         };
-        let Some(c) = self.file.group_codes(&name)? else {
-            return Ok(None);
+        let Some(heads) = self.permuted_heads(&name) else {
+            return Ok(self.file.group_codes_rows(&name, first, count)?);
         };
-        let groups = [shape[0], c.scale.len() / shape[0].max(1)];
-        Ok(Some(mosr_gguf::GroupCodes {
-            group: c.group,
-            codes: self.unpermute(&name, c.codes, &shape),
-            scale: self.unpermute(&name, c.scale, &groups),
-            offset: self.unpermute(&name, c.offset, &groups),
-        }))
+        // HF row `h·hd + j·hd/2 + i` is GGUF row `h·hd + 2i + j` (see `unpermute_rows`).
+        let hd = shape[0] / heads;
+        let mut out: Option<mosr_gguf::GroupCodes> = None;
+        for r in first..first + count {
+            let (h, rem) = (r / hd, r % hd);
+            let src = h * hd + 2 * (rem % (hd / 2)) + rem / (hd / 2);
+            let Some(c) = self.file.group_codes_rows(&name, src, 1)? else {
+                return Ok(None);
+            };
+            match &mut out {
+                None => out = Some(c),
+                Some(o) => {
+                    o.codes.extend(c.codes);
+                    o.scale.extend(c.scale);
+                    o.offset.extend(c.offset);
+                }
+            }
+        }
+        Ok(out)
+    }
+    fn release(&self, hf_name: &str) -> Result<()> {
+        match self.locate(hf_name) {
+            Some((name, _)) => Ok(self.file.release_tensor(&name)?),
+            None => Ok(()),
+        }
     }
     fn origin(&self) -> &Path {
         self.file.path()
@@ -270,6 +351,21 @@ impl SafetensorsWeights {
 }
 
 impl WeightSource for SafetensorsWeights {
+    fn shape(&self, hf_name: &str) -> Result<Option<Vec<usize>>> {
+        let Some(&i) = self.index.get(hf_name) else {
+            return Ok(None);
+        };
+        let (path, mmap) = &self.shards[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| LmError::Weights {
+            file: path.clone(),
+            problem: e.to_string(),
+        })?;
+        let view = st.tensor(hf_name).map_err(|e| LmError::Weights {
+            file: path.clone(),
+            problem: format!("tensor `{hf_name}`: {e}"),
+        })?;
+        Ok(Some(view.shape().to_vec()))
+    }
     fn get(&self, hf_name: &str) -> Result<Option<HostTensor>> {
         let Some(&i) = self.index.get(hf_name) else {
             return Ok(None);

@@ -338,3 +338,54 @@ fn lm_endless_chat_template_stops() {
         started.elapsed()
     );
 }
+
+/// A copy of the SmolLM2 fixture file with `patch` applied to the bytes of its first tensor
+/// whose type has integer codes and keeps its block scale in the first two bytes.
+fn patched_smollm2(name: &str, patch: impl Fn(&mut [u8])) -> PathBuf {
+    use mosr_gguf::GgmlType::{Q4_0, Q4_1, Q4_K, Q5_K, Q8_0};
+    let src = model_path("smollm2-135m-instruct");
+    let file = mosr_gguf::GgufFile::open(&src).unwrap();
+    let info = file
+        .tensors()
+        .iter()
+        .find(|t| {
+            t.name.starts_with("blk.") && [Q4_0, Q4_1, Q4_K, Q5_K, Q8_0].contains(&t.ggml_type)
+        })
+        .expect("a coded block tensor");
+    let start = (file.data_offset() + info.offset) as usize;
+    let mut bytes = std::fs::read(&src).unwrap();
+    patch(&mut bytes[start..start + info.n_bytes()]);
+    let p = tmp(name);
+    std::fs::write(&p, &bytes).unwrap();
+    p
+}
+
+/// A quantized load checks the codes it keeps (never expanding them to f32) as the exact
+/// load checks values: a non-finite block scale or an all-zero tensor is refused, naming
+/// the file and the tensor.
+#[test]
+fn quantized_loads_refuse_corrupted_codes() {
+    let open = |p: &Path, arithmetic| {
+        LanguageModel::open_with(p, &mosr_lm::Device::flex(), arithmetic)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let p = patched_smollm2("nan-scale.gguf", |b| b[..2].copy_from_slice(&[0x00, 0x7E]));
+    let err = open(&p, mosr_lm::Arithmetic::Quantized);
+    assert!(
+        err.contains("nan-scale.gguf")
+            && err.contains("tensor `model.layers.0.")
+            && err.contains("groups have a non-finite scale or offset (first: row 0, elements 0..")
+            && err.contains("the file is corrupted"),
+        "{err}"
+    );
+    let exact = open(&p, mosr_lm::Arithmetic::Exact);
+    assert!(exact.contains("non-finite values"), "{exact}");
+    let p = patched_smollm2("zero-codes.gguf", |b| b.fill(0));
+    let err = open(&p, mosr_lm::Arithmetic::Quantized);
+    assert!(
+        err.contains("zero-codes.gguf") && err.contains("is all zeros"),
+        "{err}"
+    );
+}

@@ -205,6 +205,67 @@ fn quant_group_codes_reproduce_the_dequantizer_on_real_files() {
     }
 }
 
+/// A quantized load builds each weight's codes a tile of rows at a time
+/// (`QuantWeight::from_rows`, undoing Llama's Q/K row permutation row by row): the result
+/// equals the weight built from the whole tensor's codes at once, on every coded projection,
+/// the embedding and the head of both fixture models.
+#[test]
+fn quant_loads_build_the_codes_of_the_whole_tensor() {
+    use mosr_kernels::quant::QuantWeight;
+    use mosr_lm::weights::{hf_to_gguf_name, unpermute_rows};
+    for model in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
+        let path = mosr_tests::model_path(model);
+        let file = mosr_gguf::GgufFile::open(&path).unwrap();
+        let device = mosr_lm::Device::flex();
+        let lm = mosr_lm::LanguageModel::open_with(&path, &device, mosr_lm::Arithmetic::Quantized)
+            .unwrap();
+        let c = &lm.config;
+        let whole = |hf: &str, n: usize, k: usize| {
+            let name = hf_to_gguf_name(hf).unwrap();
+            let g = file.group_codes(&name).unwrap().unwrap();
+            let heads = match c.arch {
+                mosr_lm::Arch::Qwen2 => None,
+                _ if name.ends_with("attn_q.weight") => Some(c.num_heads),
+                _ if name.ends_with("attn_k.weight") => Some(c.num_kv_heads),
+                _ => None,
+            };
+            let groups = [n, k / g.group];
+            let (codes, scale, offset) = match heads {
+                Some(h) => (
+                    unpermute_rows(&g.codes, &[n, k], h),
+                    unpermute_rows(&g.scale, &groups, h),
+                    unpermute_rows(&g.offset, &groups, h),
+                ),
+                None => (g.codes, g.scale, g.offset),
+            };
+            QuantWeight::new(n, k, g.group, &codes, &scale, &offset)
+        };
+        let mut checked = 0;
+        for (i, block) in lm.net.layers.iter().enumerate() {
+            for (m, lin) in block.linears() {
+                let Some(q) = &lin.quant else { continue };
+                let mlp = ["gate_proj", "up_proj", "down_proj"].contains(&m);
+                let part = if mlp { "mlp" } else { "self_attn" };
+                let hf = format!("model.layers.{i}.{part}.{m}.weight");
+                assert!(**q == whole(&hf, q.n(), q.k()), "{model} {hf}");
+                checked += 1;
+            }
+        }
+        let embed = lm.net.embed_quant.as_ref().expect("coded embedding");
+        assert!(**embed == whole("model.embed_tokens.weight", c.vocab_size, c.hidden_size));
+        let head = lm.net.head_quant.as_ref().expect("coded head");
+        let head_name = match c.tie_word_embeddings {
+            true => "model.embed_tokens.weight",
+            false => "lm_head.weight",
+        };
+        assert!(
+            **head == whole(head_name, c.vocab_size, c.hidden_size),
+            "{model} head"
+        );
+        assert!(checked > 50, "{model}: {checked} coded projections");
+    }
+}
+
 /// The fixture's greedy-generation prompts (token ids) of `model`.
 fn fixture_prompts(model: &str) -> Vec<Vec<u32>> {
     let fx = mosr_tests::fixture(model, "generate");
