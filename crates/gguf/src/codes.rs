@@ -17,6 +17,9 @@ use crate::dequant::{f16_at, scale_min_k4};
 pub struct GroupCodes {
     /// Elements per group: 16 or 32.
     pub group: usize,
+    /// Every code is below `2^bits`: the type's own width (4 for Q4_0, Q4_1 and Q4_K, 5, 6
+    /// or 8 for the others).
+    pub bits: u32,
     pub codes: Vec<u8>,
     pub scale: Vec<f32>,
     pub offset: Vec<f32>,
@@ -41,9 +44,16 @@ pub(crate) fn group_codes(ty: GgmlType, bytes: &[u8], n: usize) -> Option<GroupC
     };
     debug_assert_eq!(ty.bytes_for(n), Some(bytes.len()));
     let group = if ty == GgmlType::Q6_K { 16 } else { 32 };
+    let bits = match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 4,
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 5,
+        GgmlType::Q6_K => 6,
+        _ => 8,
+    };
     let (bs, per) = (ty.block_size(), ty.block_size() / group);
     let mut out = GroupCodes {
         group,
+        bits,
         codes: vec![0u8; n],
         scale: vec![0f32; n / group],
         offset: vec![0f32; n / group],

@@ -34,33 +34,65 @@ const TILE: usize = 16;
 /// Rows per register block of the kernel.
 const ROWS: usize = 8;
 
-/// Bytes of one (tile, group) cell: `16 × group` codes, then 16 scales and 16 offsets.
-const fn cell_bytes(group: usize) -> usize {
-    TILE * group + 2 * TILE * 4
+/// Bytes of the codes of one (tile, group) cell: `16 × group` codes, one byte each, or two
+/// to a byte when every code is below 16 ([`QuantWeight::nibbles`]).
+const fn code_bytes(group: usize, nibbles: bool) -> usize {
+    if nibbles {
+        TILE * group / 2
+    } else {
+        TILE * group
+    }
+}
+
+/// Bytes of one (tile, group) cell: its codes, then 16 scales and 16 offsets.
+const fn cell_bytes(group: usize, nibbles: bool) -> usize {
+    code_bytes(group, nibbles) + 2 * TILE * 4
+}
+
+/// Where code `i` of lane `j` sits in a cell: byte and shift. One byte per code: quad
+/// `q = i / 4` is the 64 bytes at `64 q`, lane `j`'s four codes at `4 j` in it. Nibbles:
+/// quads `2p` and `2p + 1` share the 64 bytes at `64 p`, the first in the low nibbles.
+const fn code_at(nibbles: bool, i: usize, j: usize) -> (usize, u32) {
+    let (q, b) = (i / 4, j * 4 + i % 4);
+    if nibbles {
+        ((q / 2) * 64 + b, 4 * (q % 2) as u32)
+    } else {
+        (q * 64 + b, 0)
+    }
+}
+
+fn code(cell: &[u8], nibbles: bool, i: usize, j: usize) -> u8 {
+    let (at, shift) = code_at(nibbles, i, j);
+    (cell[at] >> shift) & if nibbles { 0x0F } else { 0xFF }
 }
 
 /// A weight `[n, k]` as per-group affine integer codes, laid out for the kernel: for each
 /// tile of 16 output rows and each group of inputs, the codes interleaved by fours (lane `j`
 /// of quad `q` holds `code[o0 + j, g·G + 4q .. g·G + 4q + 4]`), then the 16 scales and the 16
-/// offsets.
+/// offsets. Codes of 4 bits (Q4_0, Q4_1, Q4_K) are kept two to a byte, as the file keeps
+/// them: 6 bits per weight with the f32 scale and offset instead of 10.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantWeight {
     n: usize,
     k: usize,
     group: usize,
+    /// Two codes per byte ([`code_at`]); the kernel splits them in registers.
+    nibbles: bool,
     cells: Vec<u8>,
 }
 
 impl QuantWeight {
-    /// From row-major `codes [n, k]` and `scale`, `offset` `[n, k / group]`.
+    /// From row-major `codes [n, k]`, each below `2^bits`, and `scale`, `offset`
+    /// `[n, k / group]`.
     ///
     /// # Panics
-    /// If `group` is not one of [`GROUPS`], `k` is not a multiple of it, or a slice length
-    /// disagrees with the shape.
+    /// If `group` is not one of [`GROUPS`], `k` is not a multiple of it, a slice length
+    /// disagrees with the shape, or a code does not fit in `bits`.
     pub fn new(
         n: usize,
         k: usize,
         group: usize,
+        bits: u32,
         codes: &[u8],
         scale: &[f32],
         offset: &[f32],
@@ -83,7 +115,7 @@ impl QuantWeight {
             o.copy_from_slice(&offset[first * groups..(first + rows) * groups]);
             Ok::<(), std::convert::Infallible>(())
         };
-        match Self::from_rows(n, k, group, fill) {
+        match Self::from_rows(n, k, group, bits, fill) {
             Ok(w) => w,
             Err(never) => match never {},
         }
@@ -94,11 +126,13 @@ impl QuantWeight {
     /// thus holds a tile's codes besides the weight, never a second copy of the tensor.
     ///
     /// # Panics
-    /// If `group` is not one of [`GROUPS`] or `k` is not a multiple of it.
+    /// If `group` is not one of [`GROUPS`], `k` is not a multiple of it, or a code does not
+    /// fit in `bits`.
     pub fn from_rows<E>(
         n: usize,
         k: usize,
         group: usize,
+        bits: u32,
         mut fill: impl FnMut(usize, usize, &mut [u8], &mut [f32], &mut [f32]) -> Result<(), E>,
     ) -> Result<Self, E> {
         assert!(
@@ -109,7 +143,9 @@ impl QuantWeight {
             k.is_multiple_of(group),
             "QuantWeight: k = {k} is not a multiple of {group}"
         );
-        let (groups, cell_len) = (k / group, cell_bytes(group));
+        let nibbles = bits <= 4;
+        let limit = 1u32 << bits.min(8);
+        let (groups, cell_len) = (k / group, cell_bytes(group, nibbles));
         let mut cells = vec![0u8; n.div_ceil(TILE) * groups * cell_len];
         let mut codes = vec![0u8; TILE * k];
         let (mut scale, mut offset) = (vec![0f32; TILE * groups], vec![0f32; TILE * groups]);
@@ -121,27 +157,50 @@ impl QuantWeight {
                 &mut offset[..rows * groups],
             );
             fill(t * TILE, rows, c, s, o)?;
+            if let Some(big) = c.iter().find(|&&v| u32::from(v) >= limit) {
+                panic!(
+                    "QuantWeight: code {big} in rows from {} does not fit in {bits} bits",
+                    t * TILE
+                );
+            }
             for (g, cell) in tile.chunks_exact_mut(cell_len).enumerate() {
                 for j in 0..rows {
                     for i in 0..group {
-                        cell[(i / 4) * 64 + j * 4 + i % 4] = c[j * k + g * group + i];
+                        let (at, shift) = code_at(nibbles, i, j);
+                        cell[at] |= c[j * k + g * group + i] << shift;
                     }
-                    let at = TILE * group + 4 * j;
+                    let at = code_bytes(group, nibbles) + 4 * j;
                     cell[at..at + 4].copy_from_slice(&s[j * groups + g].to_le_bytes());
                     let at = at + 4 * TILE;
                     cell[at..at + 4].copy_from_slice(&o[j * groups + g].to_le_bytes());
                 }
             }
         }
-        Ok(Self { n, k, group, cells })
+        Ok(Self {
+            n,
+            k,
+            group,
+            nibbles,
+            cells,
+        })
+    }
+
+    /// The cell of tile `t` (output rows `16 t ..`) and group `g`.
+    fn cell(&self, t: usize, g: usize) -> &[u8] {
+        let len = cell_bytes(self.group, self.nibbles);
+        &self.cells[(t * (self.k / self.group) + g) * len..][..len]
     }
 
     /// The scale and offset of row `o`'s group `g`.
     pub fn affine(&self, o: usize, g: usize) -> (f32, f32) {
-        let (groups, cell_len) = (self.k / self.group, cell_bytes(self.group));
-        let cell = &self.cells[((o / TILE) * groups + g) * cell_len..][..cell_len];
-        let at = TILE * self.group + 4 * (o % TILE);
+        let at = code_bytes(self.group, self.nibbles) + 4 * (o % TILE);
+        let cell = self.cell(o / TILE, g);
         (f32_at(cell, at), f32_at(cell, at + 4 * TILE))
+    }
+
+    /// Whether the codes are kept two to a byte (every code below 16).
+    pub fn nibbles(&self) -> bool {
+        self.nibbles
     }
 
     pub fn n(&self) -> usize {
@@ -170,17 +229,13 @@ impl QuantWeight {
     /// # Panics
     /// If an id is not below `n`.
     pub fn rows(&self, ids: &[usize]) -> Vec<f32> {
-        let (group, groups, cell_len) = (self.group, self.k / self.group, cell_bytes(self.group));
         let mut out = vec![0f32; ids.len() * self.k];
         for (&o, row) in ids.iter().zip(out.chunks_exact_mut(self.k)) {
             assert!(o < self.n, "QuantWeight::rows: row {o} of {}", self.n);
-            let (tile, j) = (&self.cells[(o / TILE) * groups * cell_len..], o % TILE);
-            for (g, xs) in row.chunks_exact_mut(group).enumerate() {
-                let cell = &tile[g * cell_len..][..cell_len];
-                let s = f32_at(cell, TILE * group + 4 * j);
-                let m = f32_at(cell, TILE * group + 4 * (TILE + j));
+            for (g, xs) in row.chunks_exact_mut(self.group).enumerate() {
+                let (cell, (s, m)) = (self.cell(o / TILE, g), self.affine(o, g));
                 for (i, x) in xs.iter_mut().enumerate() {
-                    *x = s * f32::from(cell[(i / 4) * 64 + j * 4 + i % 4]) + m;
+                    *x = s * f32::from(code(cell, self.nibbles, i, o % TILE)) + m;
                 }
             }
         }
@@ -366,7 +421,7 @@ unsafe fn tile(
     out: *mut f32,
     path: Path,
 ) {
-    let (groups, cell_len) = (w.k / w.group, cell_bytes(w.group));
+    let (groups, cell_len) = (w.k / w.group, cell_bytes(w.group, w.nibbles));
     let cells = &w.cells[t * groups * cell_len..][..groups * cell_len];
     let cols = TILE.min(w.n - t * TILE);
     let mut r0 = rows.start;
@@ -375,6 +430,7 @@ unsafe fn tile(
         let block = Block {
             cells,
             group: w.group,
+            nibbles: w.nibbles,
             groups,
             q: &xq.q[r0 * w.k..],
             k: w.k,
@@ -401,6 +457,7 @@ unsafe fn tile(
 struct Block<'a> {
     cells: &'a [u8],
     group: usize,
+    nibbles: bool,
     groups: usize,
     q: &'a [i8],
     k: usize,
@@ -414,9 +471,11 @@ impl Block<'_> {
         if vnni::available() {
             // SAFETY: the CPU has the features (checked above); shapes checked by `product`.
             unsafe {
-                match self.group {
-                    16 => vnni::rows_of::<16>(self, rows, acc),
-                    _ => vnni::rows_of::<32>(self, rows, acc),
+                match (self.group, self.nibbles) {
+                    (16, false) => vnni::rows_of::<16, false>(self, rows, acc),
+                    (16, true) => vnni::rows_of::<16, true>(self, rows, acc),
+                    (_, false) => vnni::rows_of::<32, false>(self, rows, acc),
+                    (_, true) => vnni::rows_of::<32, true>(self, rows, acc),
                 }
             }
             return;
@@ -426,7 +485,8 @@ impl Block<'_> {
 
     /// The same arithmetic as the VNNI kernel, lane by lane.
     fn portable(&self, rows: usize, acc: &mut [[f32; TILE]; ROWS]) {
-        let (group, cell_len) = (self.group, cell_bytes(self.group));
+        let (group, nibbles) = (self.group, self.nibbles);
+        let (codes, cell_len) = (code_bytes(group, nibbles), cell_bytes(group, nibbles));
         for g in 0..self.groups {
             let cell = &self.cells[g * cell_len..][..cell_len];
             for (r, a) in acc.iter_mut().enumerate().take(rows) {
@@ -437,10 +497,10 @@ impl Block<'_> {
                 );
                 for (j, lane) in a.iter_mut().enumerate() {
                     let dot: i32 = (0..group)
-                        .map(|i| i32::from(cell[(i / 4) * 64 + j * 4 + i % 4]) * i32::from(x[i]))
+                        .map(|i| i32::from(code(cell, nibbles, i, j)) * i32::from(x[i]))
                         .sum();
-                    let sc = f32_at(cell, TILE * group + 4 * j);
-                    let off = f32_at(cell, TILE * group + 4 * (TILE + j));
+                    let sc = f32_at(cell, codes + 4 * j);
+                    let off = f32_at(cell, codes + 4 * (TILE + j));
                     let f = dot as f32 * d;
                     *lane = off.mul_add(s, f.mul_add(sc, *lane));
                 }
@@ -451,16 +511,18 @@ impl Block<'_> {
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
-    use super::{Block, ROWS, TILE, cell_bytes};
+    use super::{Block, ROWS, TILE, cell_bytes, code_bytes};
     use std::arch::x86_64::*;
 
     pub(super) fn available() -> bool {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
     }
 
     /// Dispatch on the row count (1..=8).
-    #[target_feature(enable = "avx512f,avx512vnni")]
-    pub(super) unsafe fn rows_of<const G: usize>(
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn rows_of<const G: usize, const NIB: bool>(
         b: &Block<'_>,
         rows: usize,
         acc: &mut [[f32; TILE]; ROWS],
@@ -468,36 +530,49 @@ mod vnni {
         // SAFETY: forwarded from the caller.
         unsafe {
             match rows {
-                8 => run::<G, 8>(b, acc),
-                7 => run::<G, 7>(b, acc),
-                6 => run::<G, 6>(b, acc),
-                5 => run::<G, 5>(b, acc),
-                4 => run::<G, 4>(b, acc),
-                3 => run::<G, 3>(b, acc),
-                2 => run::<G, 2>(b, acc),
-                _ => run::<G, 1>(b, acc),
+                8 => run::<G, NIB, 8>(b, acc),
+                7 => run::<G, NIB, 7>(b, acc),
+                6 => run::<G, NIB, 6>(b, acc),
+                5 => run::<G, NIB, 5>(b, acc),
+                4 => run::<G, NIB, 4>(b, acc),
+                3 => run::<G, NIB, 3>(b, acc),
+                2 => run::<G, NIB, 2>(b, acc),
+                _ => run::<G, NIB, 1>(b, acc),
             }
         }
     }
 
     /// `R` rows of `b` against its tile: per group, `G / 4` `vpdpbusd` per row (codes as the
     /// unsigned operand, the row's four activation bytes broadcast as the signed one), then
-    /// `acc += (Σ code·q · d) · scale` and `acc += offset · (d Σ q)`.
-    #[target_feature(enable = "avx512f,avx512vnni")]
-    unsafe fn run<const G: usize, const R: usize>(b: &Block<'_>, out: &mut [[f32; TILE]; ROWS]) {
+    /// `acc += (Σ code·q · d) · scale` and `acc += offset · (d Σ q)`. Nibble codes (`NIB`)
+    /// are split into two quads' bytes once per cell, for all the rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn run<const G: usize, const NIB: bool, const R: usize>(
+        b: &Block<'_>,
+        out: &mut [[f32; TILE]; ROWS],
+    ) {
         let mut acc = [_mm512_setzero_ps(); R];
         let cells = b.cells.as_ptr();
+        let (codes, low) = (code_bytes(G, NIB), _mm512_set1_epi8(0x0F));
         for g in 0..b.groups {
             // SAFETY: cell g of the tile and group g of each row are in bounds (shapes
             // checked by `product`); unaligned loads throughout.
             unsafe {
-                let cell = cells.add(g * cell_bytes(G));
+                let cell = cells.add(g * cell_bytes(G, NIB));
                 let mut w = [_mm512_setzero_si512(); 8];
-                for (q, wq) in w.iter_mut().enumerate().take(G / 4) {
-                    *wq = _mm512_loadu_si512(cell.add(64 * q) as *const _);
+                if NIB {
+                    for p in 0..G / 8 {
+                        let v = _mm512_loadu_si512(cell.add(64 * p) as *const _);
+                        w[2 * p] = _mm512_and_si512(v, low);
+                        w[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                    }
+                } else {
+                    for (q, wq) in w.iter_mut().enumerate().take(G / 4) {
+                        *wq = _mm512_loadu_si512(cell.add(64 * q) as *const _);
+                    }
                 }
-                let sc = _mm512_loadu_ps(cell.add(TILE * G) as *const f32);
-                let off = _mm512_loadu_ps(cell.add(TILE * G + 4 * TILE) as *const f32);
+                let sc = _mm512_loadu_ps(cell.add(codes) as *const f32);
+                let off = _mm512_loadu_ps(cell.add(codes + 4 * TILE) as *const f32);
                 for (r, a) in acc.iter_mut().enumerate() {
                     let x = b.q.as_ptr().add(r * b.k + g * G) as *const i32;
                     let mut i = _mm512_setzero_si512();

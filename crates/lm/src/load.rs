@@ -161,7 +161,7 @@ impl Loader<'_> {
             o.copy_from_slice(&g.offset);
             Ok(())
         };
-        let w = QuantWeight::from_rows(n, k, probe.group, fill)?;
+        let w = QuantWeight::from_rows(n, k, probe.group, probe.bits, fill)?;
         self.src.release(name)?;
         crate::weights::check_codes(self.src.origin(), name, &w)?;
         Ok(Some(Arc::new(w)))
