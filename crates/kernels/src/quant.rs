@@ -34,50 +34,82 @@ const TILE: usize = 16;
 /// Rows per register block of the kernel.
 const ROWS: usize = 8;
 
-/// Bytes of the codes of one (tile, group) cell: `16 × group` codes, one byte each, or two
-/// to a byte when every code is below 16 ([`QuantWeight::nibbles`]).
-const fn code_bytes(group: usize, nibbles: bool) -> usize {
-    if nibbles {
-        TILE * group / 2
-    } else {
-        TILE * group
+/// How a weight keeps codes of `bits` bits: the bit planes it keeps above a low nibble (0
+/// for 4 bits, 1 for 5, 2 for 6), or `None` for one byte per code (8 bits).
+const fn planes(bits: u32) -> Option<usize> {
+    match bits {
+        0..=6 => Some(bits.saturating_sub(4) as usize),
+        _ => None,
+    }
+}
+
+/// The code width a weight keeps for codes below `2^bits`: 4, 5, 6 or 8.
+const fn kept_bits(bits: u32) -> u32 {
+    match bits {
+        0..=4 => 4,
+        5 | 6 => bits,
+        _ => 8,
+    }
+}
+
+/// Bytes of the codes of one (tile, group) cell of `16 × group` codes: one byte each, or
+/// the low nibbles two to a byte followed by one bit per code for each plane above them.
+const fn code_bytes(group: usize, bits: u32) -> usize {
+    match planes(bits) {
+        Some(p) => TILE * group / 2 + p * TILE * group / 8,
+        None => TILE * group,
     }
 }
 
 /// Bytes of one (tile, group) cell: its codes, then 16 scales and 16 offsets.
-const fn cell_bytes(group: usize, nibbles: bool) -> usize {
-    code_bytes(group, nibbles) + 2 * TILE * 4
+const fn cell_bytes(group: usize, bits: u32) -> usize {
+    code_bytes(group, bits) + 2 * TILE * 4
 }
 
-/// Where code `i` of lane `j` sits in a cell: byte and shift. One byte per code: quad
-/// `q = i / 4` is the 64 bytes at `64 q`, lane `j`'s four codes at `4 j` in it. Nibbles:
-/// quads `2p` and `2p + 1` share the 64 bytes at `64 p`, the first in the low nibbles.
-const fn code_at(nibbles: bool, i: usize, j: usize) -> (usize, u32) {
+/// Code `i` (of the group) of lane `j` in a cell. One byte per code: quad `q = i / 4` is the
+/// 64 bytes at `64 q`, lane `j`'s four codes at `4 j` in it. Nibbles: quads `2p` and `2p + 1`
+/// share the 64 bytes at `64 p`, the first in the low nibbles; plane `k` then holds bit
+/// `4 + k` of quad `q`'s 64 codes as the 64 bits at `16 G / 2 + k · 2G + 8 q`, byte `b` of
+/// the quad in bit `b`. The kernel builds each quad's bytes from these in registers.
+fn code(cell: &[u8], group: usize, bits: u32, i: usize, j: usize) -> u8 {
     let (q, b) = (i / 4, j * 4 + i % 4);
-    if nibbles {
-        ((q / 2) * 64 + b, 4 * (q % 2) as u32)
-    } else {
-        (q * 64 + b, 0)
-    }
+    let Some(p) = planes(bits) else {
+        return cell[q * 64 + b];
+    };
+    let low = (cell[(q / 2) * 64 + b] >> (4 * (q % 2))) & 0x0F;
+    (0..p).fold(low, |c, k| {
+        let at = TILE * group / 2 + k * 2 * group + 8 * q + b / 8;
+        c | (((cell[at] >> (b % 8)) & 1) << (4 + k))
+    })
 }
 
-fn code(cell: &[u8], nibbles: bool, i: usize, j: usize) -> u8 {
-    let (at, shift) = code_at(nibbles, i, j);
-    (cell[at] >> shift) & if nibbles { 0x0F } else { 0xFF }
+/// Writes `v` (below `2^bits`) as [`code`] reads it, into a zeroed cell.
+fn put_code(cell: &mut [u8], group: usize, bits: u32, i: usize, j: usize, v: u8) {
+    let (q, b) = (i / 4, j * 4 + i % 4);
+    let Some(p) = planes(bits) else {
+        cell[q * 64 + b] = v;
+        return;
+    };
+    cell[(q / 2) * 64 + b] |= (v & 0x0F) << (4 * (q % 2));
+    for k in 0..p {
+        let at = TILE * group / 2 + k * 2 * group + 8 * q + b / 8;
+        cell[at] |= ((v >> (4 + k)) & 1) << (b % 8);
+    }
 }
 
 /// A weight `[n, k]` as per-group affine integer codes, laid out for the kernel: for each
 /// tile of 16 output rows and each group of inputs, the codes interleaved by fours (lane `j`
 /// of quad `q` holds `code[o0 + j, g·G + 4q .. g·G + 4q + 4]`), then the 16 scales and the 16
-/// offsets. Codes of 4 bits (Q4_0, Q4_1, Q4_K) are kept two to a byte, as the file keeps
-/// them: 6 bits per weight with the f32 scale and offset instead of 10.
+/// offsets. Codes are kept as narrow as their type (4 bits for Q4_0, Q4_1 and Q4_K, 5 for the
+/// Q5 types, 6 for Q6_K, 8 for Q8_0) as the file keeps them: a Q4_K weight takes 6 bits with
+/// its f32 scale and offset instead of 10.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantWeight {
     n: usize,
     k: usize,
     group: usize,
-    /// Two codes per byte ([`code_at`]); the kernel splits them in registers.
-    nibbles: bool,
+    /// Bits kept per code ([`kept_bits`]; the layout is [`code`]'s).
+    bits: u32,
     cells: Vec<u8>,
 }
 
@@ -143,9 +175,9 @@ impl QuantWeight {
             k.is_multiple_of(group),
             "QuantWeight: k = {k} is not a multiple of {group}"
         );
-        let nibbles = bits <= 4;
         let limit = 1u32 << bits.min(8);
-        let (groups, cell_len) = (k / group, cell_bytes(group, nibbles));
+        let bits = kept_bits(bits);
+        let (groups, cell_len) = (k / group, cell_bytes(group, bits));
         let mut cells = vec![0u8; n.div_ceil(TILE) * groups * cell_len];
         let mut codes = vec![0u8; TILE * k];
         let (mut scale, mut offset) = (vec![0f32; TILE * groups], vec![0f32; TILE * groups]);
@@ -166,10 +198,9 @@ impl QuantWeight {
             for (g, cell) in tile.chunks_exact_mut(cell_len).enumerate() {
                 for j in 0..rows {
                     for i in 0..group {
-                        let (at, shift) = code_at(nibbles, i, j);
-                        cell[at] |= c[j * k + g * group + i] << shift;
+                        put_code(cell, group, bits, i, j, c[j * k + g * group + i]);
                     }
-                    let at = code_bytes(group, nibbles) + 4 * j;
+                    let at = code_bytes(group, bits) + 4 * j;
                     cell[at..at + 4].copy_from_slice(&s[j * groups + g].to_le_bytes());
                     let at = at + 4 * TILE;
                     cell[at..at + 4].copy_from_slice(&o[j * groups + g].to_le_bytes());
@@ -180,27 +211,27 @@ impl QuantWeight {
             n,
             k,
             group,
-            nibbles,
+            bits,
             cells,
         })
     }
 
     /// The cell of tile `t` (output rows `16 t ..`) and group `g`.
     fn cell(&self, t: usize, g: usize) -> &[u8] {
-        let len = cell_bytes(self.group, self.nibbles);
+        let len = cell_bytes(self.group, self.bits);
         &self.cells[(t * (self.k / self.group) + g) * len..][..len]
     }
 
     /// The scale and offset of row `o`'s group `g`.
     pub fn affine(&self, o: usize, g: usize) -> (f32, f32) {
-        let at = code_bytes(self.group, self.nibbles) + 4 * (o % TILE);
+        let at = code_bytes(self.group, self.bits) + 4 * (o % TILE);
         let cell = self.cell(o / TILE, g);
         (f32_at(cell, at), f32_at(cell, at + 4 * TILE))
     }
 
-    /// Whether the codes are kept two to a byte (every code below 16).
-    pub fn nibbles(&self) -> bool {
-        self.nibbles
+    /// Bits kept per code: 4, 5, 6 or 8.
+    pub fn bits(&self) -> u32 {
+        self.bits
     }
 
     pub fn n(&self) -> usize {
@@ -235,7 +266,7 @@ impl QuantWeight {
             for (g, xs) in row.chunks_exact_mut(self.group).enumerate() {
                 let (cell, (s, m)) = (self.cell(o / TILE, g), self.affine(o, g));
                 for (i, x) in xs.iter_mut().enumerate() {
-                    *x = s * f32::from(code(cell, self.nibbles, i, o % TILE)) + m;
+                    *x = s * f32::from(code(cell, self.group, self.bits, i, o % TILE)) + m;
                 }
             }
         }
@@ -421,7 +452,7 @@ unsafe fn tile(
     out: *mut f32,
     path: Path,
 ) {
-    let (groups, cell_len) = (w.k / w.group, cell_bytes(w.group, w.nibbles));
+    let (groups, cell_len) = (w.k / w.group, cell_bytes(w.group, w.bits));
     let cells = &w.cells[t * groups * cell_len..][..groups * cell_len];
     let cols = TILE.min(w.n - t * TILE);
     let mut r0 = rows.start;
@@ -430,7 +461,7 @@ unsafe fn tile(
         let block = Block {
             cells,
             group: w.group,
-            nibbles: w.nibbles,
+            bits: w.bits,
             groups,
             q: &xq.q[r0 * w.k..],
             k: w.k,
@@ -457,7 +488,7 @@ unsafe fn tile(
 struct Block<'a> {
     cells: &'a [u8],
     group: usize,
-    nibbles: bool,
+    bits: u32,
     groups: usize,
     q: &'a [i8],
     k: usize,
@@ -471,11 +502,15 @@ impl Block<'_> {
         if vnni::available() {
             // SAFETY: the CPU has the features (checked above); shapes checked by `product`.
             unsafe {
-                match (self.group, self.nibbles) {
-                    (16, false) => vnni::rows_of::<16, false>(self, rows, acc),
-                    (16, true) => vnni::rows_of::<16, true>(self, rows, acc),
-                    (_, false) => vnni::rows_of::<32, false>(self, rows, acc),
-                    (_, true) => vnni::rows_of::<32, true>(self, rows, acc),
+                match (self.group, self.bits) {
+                    (16, 4) => vnni::rows_of::<16, 4>(self, rows, acc),
+                    (16, 5) => vnni::rows_of::<16, 5>(self, rows, acc),
+                    (16, 6) => vnni::rows_of::<16, 6>(self, rows, acc),
+                    (16, _) => vnni::rows_of::<16, 8>(self, rows, acc),
+                    (_, 4) => vnni::rows_of::<32, 4>(self, rows, acc),
+                    (_, 5) => vnni::rows_of::<32, 5>(self, rows, acc),
+                    (_, 6) => vnni::rows_of::<32, 6>(self, rows, acc),
+                    (_, _) => vnni::rows_of::<32, 8>(self, rows, acc),
                 }
             }
             return;
@@ -485,8 +520,8 @@ impl Block<'_> {
 
     /// The same arithmetic as the VNNI kernel, lane by lane.
     fn portable(&self, rows: usize, acc: &mut [[f32; TILE]; ROWS]) {
-        let (group, nibbles) = (self.group, self.nibbles);
-        let (codes, cell_len) = (code_bytes(group, nibbles), cell_bytes(group, nibbles));
+        let (group, bits) = (self.group, self.bits);
+        let (codes, cell_len) = (code_bytes(group, bits), cell_bytes(group, bits));
         for g in 0..self.groups {
             let cell = &self.cells[g * cell_len..][..cell_len];
             for (r, a) in acc.iter_mut().enumerate().take(rows) {
@@ -497,7 +532,7 @@ impl Block<'_> {
                 );
                 for (j, lane) in a.iter_mut().enumerate() {
                     let dot: i32 = (0..group)
-                        .map(|i| i32::from(code(cell, nibbles, i, j)) * i32::from(x[i]))
+                        .map(|i| i32::from(code(cell, group, bits, i, j)) * i32::from(x[i]))
                         .sum();
                     let sc = f32_at(cell, codes + 4 * j);
                     let off = f32_at(cell, codes + 4 * (TILE + j));
@@ -511,7 +546,7 @@ impl Block<'_> {
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
-    use super::{Block, ROWS, TILE, cell_bytes, code_bytes};
+    use super::{Block, ROWS, TILE, cell_bytes, code_bytes, planes};
     use std::arch::x86_64::*;
 
     pub(super) fn available() -> bool {
@@ -522,7 +557,7 @@ mod vnni {
 
     /// Dispatch on the row count (1..=8).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn rows_of<const G: usize, const NIB: bool>(
+    pub(super) unsafe fn rows_of<const G: usize, const BITS: u32>(
         b: &Block<'_>,
         rows: usize,
         acc: &mut [[f32; TILE]; ROWS],
@@ -530,45 +565,58 @@ mod vnni {
         // SAFETY: forwarded from the caller.
         unsafe {
             match rows {
-                8 => run::<G, NIB, 8>(b, acc),
-                7 => run::<G, NIB, 7>(b, acc),
-                6 => run::<G, NIB, 6>(b, acc),
-                5 => run::<G, NIB, 5>(b, acc),
-                4 => run::<G, NIB, 4>(b, acc),
-                3 => run::<G, NIB, 3>(b, acc),
-                2 => run::<G, NIB, 2>(b, acc),
-                _ => run::<G, NIB, 1>(b, acc),
+                8 => run::<G, BITS, 8>(b, acc),
+                7 => run::<G, BITS, 7>(b, acc),
+                6 => run::<G, BITS, 6>(b, acc),
+                5 => run::<G, BITS, 5>(b, acc),
+                4 => run::<G, BITS, 4>(b, acc),
+                3 => run::<G, BITS, 3>(b, acc),
+                2 => run::<G, BITS, 2>(b, acc),
+                _ => run::<G, BITS, 1>(b, acc),
             }
         }
     }
 
     /// `R` rows of `b` against its tile: per group, `G / 4` `vpdpbusd` per row (codes as the
     /// unsigned operand, the row's four activation bytes broadcast as the signed one), then
-    /// `acc += (Σ code·q · d) · scale` and `acc += offset · (d Σ q)`. Nibble codes (`NIB`)
-    /// are split into two quads' bytes once per cell, for all the rows.
+    /// `acc += (Σ code·q · d) · scale` and `acc += offset · (d Σ q)`. Codes narrower than a
+    /// byte are rebuilt into bytes once per cell, for all the rows: the nibbles split with a
+    /// mask and a shift, each bit plane added through a byte mask.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn run<const G: usize, const NIB: bool, const R: usize>(
+    unsafe fn run<const G: usize, const BITS: u32, const R: usize>(
         b: &Block<'_>,
         out: &mut [[f32; TILE]; ROWS],
     ) {
         let mut acc = [_mm512_setzero_ps(); R];
         let cells = b.cells.as_ptr();
-        let (codes, low) = (code_bytes(G, NIB), _mm512_set1_epi8(0x0F));
+        let (codes, low) = (code_bytes(G, BITS), _mm512_set1_epi8(0x0F));
         for g in 0..b.groups {
             // SAFETY: cell g of the tile and group g of each row are in bounds (shapes
             // checked by `product`); unaligned loads throughout.
             unsafe {
-                let cell = cells.add(g * cell_bytes(G, NIB));
+                let cell = cells.add(g * cell_bytes(G, BITS));
                 let mut w = [_mm512_setzero_si512(); 8];
-                if NIB {
-                    for p in 0..G / 8 {
-                        let v = _mm512_loadu_si512(cell.add(64 * p) as *const _);
-                        w[2 * p] = _mm512_and_si512(v, low);
-                        w[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                match planes(BITS) {
+                    Some(planes) => {
+                        for p in 0..G / 8 {
+                            let v = _mm512_loadu_si512(cell.add(64 * p) as *const _);
+                            w[2 * p] = _mm512_and_si512(v, low);
+                            w[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                        }
+                        for k in 0..planes {
+                            let bit = _mm512_set1_epi8(0x10 << k);
+                            let plane = cell.add(TILE * G / 2 + k * 2 * G) as *const u64;
+                            for (q, wq) in w.iter_mut().enumerate().take(G / 4) {
+                                // The bit is clear in `wq`, so a masked add sets it.
+                                let m = plane.add(q).read_unaligned();
+                                *wq = _mm512_mask_add_epi8(*wq, m, *wq, bit);
+                            }
+                        }
                     }
-                } else {
-                    for (q, wq) in w.iter_mut().enumerate().take(G / 4) {
-                        *wq = _mm512_loadu_si512(cell.add(64 * q) as *const _);
+                    None => {
+                        for (q, wq) in w.iter_mut().enumerate().take(G / 4) {
+                            *wq = _mm512_loadu_si512(cell.add(64 * q) as *const _);
+                        }
                     }
                 }
                 let sc = _mm512_loadu_ps(cell.add(codes) as *const f32);

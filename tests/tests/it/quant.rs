@@ -149,39 +149,43 @@ fn quant_dequantize_is_scale_times_code_plus_offset() {
     }
 }
 
-/// 4-bit codes are kept two to a byte: the same values and the same product bits as one
-/// code per byte, in 0.6 of the memory for groups of 32.
+/// Codes of 4, 5 and 6 bits are kept as narrow as that (low nibbles two to a byte, one bit
+/// plane per bit above them): the same values and the same product bits as one code per
+/// byte, on the VNNI and the portable path, in the memory the width implies.
 #[test]
-fn quant_nibble_codes_equal_byte_codes() {
+fn quant_narrow_codes_equal_byte_codes() {
     let mut rng = ChaCha8Rng::seed_from_u64(17);
     for group in GROUPS {
-        let (rows, n, k) = (11, 37, 128);
-        let codes: Vec<u8> = (0..n * k).map(|_| rng.random_range(0..16u8)).collect();
-        let affine = |rng: &mut ChaCha8Rng| -> Vec<f32> {
-            (0..n * k / group)
-                .map(|_| rng.random_range(-0.1f32..0.1))
-                .collect()
-        };
-        let (scale, offset) = (affine(&mut rng), affine(&mut rng));
-        let packed = QuantWeight::new(n, k, group, 4, &codes, &scale, &offset);
-        let bytes = QuantWeight::new(n, k, group, 8, &codes, &scale, &offset);
-        assert!(packed.nibbles() && !bytes.nibbles());
-        let ratio = packed.bytes() as f64 / bytes.bytes() as f64;
-        let want = (0.5 + 8.0 / group as f64) / (1.0 + 8.0 / group as f64);
-        assert!(
-            (ratio - want).abs() < 1e-9,
-            "group {group}: {ratio} vs {want}"
-        );
-        assert_eq!(packed.dequantize(), bytes.dequantize());
-        let x: Vec<f32> = (0..rows * k)
-            .map(|_| rng.random_range(-2f32..2.0))
-            .collect();
-        let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
-        product(&x, rows, &packed, &mut a);
-        product(&x, rows, &bytes, &mut b);
-        assert_eq!(a, b, "group {group}");
-        product_portable(&x, rows, &packed, &mut a);
-        assert_eq!(a, b, "group {group}, portable");
+        for bits in [4u32, 5, 6] {
+            let (rows, n, k) = (11, 37, 128);
+            let codes: Vec<u8> = (0..n * k)
+                .map(|_| rng.random_range(0..1u8 << bits))
+                .collect();
+            let affine = |rng: &mut ChaCha8Rng| -> Vec<f32> {
+                (0..n * k / group)
+                    .map(|_| rng.random_range(-0.1f32..0.1))
+                    .collect()
+            };
+            let (scale, offset) = (affine(&mut rng), affine(&mut rng));
+            let narrow = QuantWeight::new(n, k, group, bits, &codes, &scale, &offset);
+            let bytes = QuantWeight::new(n, k, group, 8, &codes, &scale, &offset);
+            assert_eq!((narrow.bits(), bytes.bits()), (bits, 8));
+            let ratio = narrow.bytes() as f64 / bytes.bytes() as f64;
+            let per_weight = |b: u32| b as f64 / 8.0 + 8.0 / group as f64;
+            let want = per_weight(bits) / per_weight(8);
+            let shape = format!("group {group}, {bits} bits");
+            assert!((ratio - want).abs() < 1e-9, "{shape}: {ratio} vs {want}");
+            assert_eq!(narrow.dequantize(), bytes.dequantize(), "{shape}");
+            let x: Vec<f32> = (0..rows * k)
+                .map(|_| rng.random_range(-2f32..2.0))
+                .collect();
+            let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+            product(&x, rows, &narrow, &mut a);
+            product(&x, rows, &bytes, &mut b);
+            assert_eq!(a, b, "{shape}");
+            product_portable(&x, rows, &narrow, &mut a);
+            assert_eq!(a, b, "{shape}, portable");
+        }
     }
 }
 
