@@ -350,64 +350,72 @@ impl SafetensorsWeights {
     }
 }
 
+impl SafetensorsWeights {
+    /// `f` of the tensor's view and its shard's path, if the folder holds the tensor.
+    fn with_view<T>(
+        &self,
+        hf_name: &str,
+        f: impl FnOnce(&Path, safetensors::tensor::TensorView<'_>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let Some(&i) = self.index.get(hf_name) else {
+            return Ok(None);
+        };
+        let (path, mmap) = &self.shards[i];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| LmError::Weights {
+            file: path.clone(),
+            problem: e.to_string(),
+        })?;
+        let view = st.tensor(hf_name).map_err(|e| LmError::Weights {
+            file: path.clone(),
+            problem: format!("tensor `{hf_name}`: {e}"),
+        })?;
+        f(path, view).map(Some)
+    }
+}
+
 impl WeightSource for SafetensorsWeights {
     fn shape(&self, hf_name: &str) -> Result<Option<Vec<usize>>> {
-        let Some(&i) = self.index.get(hf_name) else {
-            return Ok(None);
-        };
-        let (path, mmap) = &self.shards[i];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| LmError::Weights {
-            file: path.clone(),
-            problem: e.to_string(),
-        })?;
-        let view = st.tensor(hf_name).map_err(|e| LmError::Weights {
-            file: path.clone(),
-            problem: format!("tensor `{hf_name}`: {e}"),
-        })?;
-        Ok(Some(view.shape().to_vec()))
+        self.with_view(hf_name, |_, view| Ok(view.shape().to_vec()))
     }
     fn get(&self, hf_name: &str) -> Result<Option<HostTensor>> {
-        let Some(&i) = self.index.get(hf_name) else {
-            return Ok(None);
-        };
-        let (path, mmap) = &self.shards[i];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| LmError::Weights {
-            file: path.clone(),
-            problem: e.to_string(),
-        })?;
-        let view = st.tensor(hf_name).map_err(|e| LmError::Weights {
-            file: path.clone(),
-            problem: format!("tensor `{hf_name}`: {e}"),
-        })?;
-        let bytes = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(LmError::Weights {
-                    file: path.clone(),
-                    problem: format!(
-                        "tensor `{hf_name}` has unsupported dtype {other:?} (f32, f16, bf16)"
-                    ),
-                });
-            }
-        };
-        Ok(Some(HostTensor {
-            shape: view.shape().to_vec(),
-            data,
-        }))
+        self.with_view(hf_name, |path, view| host_tensor(path, hf_name, &view))
     }
     fn origin(&self) -> &Path {
         &self.dir
     }
+}
+
+/// A safetensors tensor's values in f32.
+fn host_tensor(
+    path: &Path,
+    hf_name: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+) -> Result<HostTensor> {
+    let bytes = view.data();
+    let data: Vec<f32> = match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(LmError::Weights {
+                file: path.to_path_buf(),
+                problem: format!(
+                    "tensor `{hf_name}` has unsupported dtype {other:?} (f32, f16, bf16)"
+                ),
+            });
+        }
+    };
+    Ok(HostTensor {
+        shape: view.shape().to_vec(),
+        data,
+    })
 }
