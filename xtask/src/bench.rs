@@ -84,9 +84,11 @@ pub(crate) fn binaries(repo: &Path) -> Result<(PathBuf, PathBuf)> {
     ))
 }
 
-/// Replaces one anchor's rows in `results/bench/latest.json` (an object keyed by anchor;
-/// an older file holding only the PyTorch rows as an array is read as such), with the
-/// machine's kernels beside them.
+/// Replaces one anchor's rows for this machine's path in `results/bench/latest.json`: an
+/// object keyed by anchor, then by `amx` or `no_amx` (whether the AMX products ran; an AMX
+/// machine gives both, the second with `MOSR_NO_AMX=1`), so a run on one path keeps the
+/// other's figures. Older files (one entry per anchor, or a bare list of PyTorch rows) are
+/// moved under the path their entry names, or `unrecorded`.
 pub(crate) fn record(repo: &Path, anchor: &str, rows: serde_json::Value) -> Result<()> {
     let out = repo.join("results/bench/latest.json");
     let mut all = match std::fs::read_to_string(&out) {
@@ -96,15 +98,29 @@ pub(crate) fn record(repo: &Path, anchor: &str, rows: serde_json::Value) -> Resu
         },
         Err(_) => serde_json::json!({}),
     };
-    all[anchor] = serde_json::json!({
+    for entry in all.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+        if entry.get("rows").is_some() {
+            let path = match entry["amx"].as_bool() {
+                Some(amx) => amx_key(amx),
+                None => "unrecorded",
+            };
+            *entry = serde_json::json!({ path: entry.take() });
+        }
+    }
+    let amx = mosr_kernels::amx::available();
+    all[anchor][amx_key(amx)] = serde_json::json!({
         "kernels": mosr_kernels::arithmetic(),
-        "amx": mosr_kernels::amx::available(),
+        "amx": amx,
         "rows": rows,
     });
     std::fs::create_dir_all(out.parent().unwrap())?;
     std::fs::write(&out, serde_json::to_string_pretty(&all)?)?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+fn amx_key(amx: bool) -> &'static str {
+    if amx { "amx" } else { "no_amx" }
 }
 
 pub fn run(
