@@ -129,7 +129,8 @@ impl QuantWeight {
         scale: &[f32],
         offset: &[f32],
     ) -> Self {
-        let groups = k / group.max(1);
+        assert_group(group, k);
+        let groups = k / group;
         assert_eq!(codes.len(), n * k, "QuantWeight: codes are not [{n}, {k}]");
         assert_eq!(
             scale.len(),
@@ -167,14 +168,7 @@ impl QuantWeight {
         bits: u32,
         mut fill: impl FnMut(usize, usize, &mut [u8], &mut [f32], &mut [f32]) -> Result<(), E>,
     ) -> Result<Self, E> {
-        assert!(
-            GROUPS.contains(&group),
-            "QuantWeight: group {group} is not one of {GROUPS:?}"
-        );
-        assert!(
-            k.is_multiple_of(group),
-            "QuantWeight: k = {k} is not a multiple of {group}"
-        );
+        assert_group(group, k);
         let limit = 1u32 << bits.min(8);
         let bits = kept_bits(bits);
         let (groups, cell_len) = (k / group, cell_bytes(group, bits));
@@ -272,6 +266,17 @@ impl QuantWeight {
         }
         out
     }
+}
+
+fn assert_group(group: usize, k: usize) {
+    assert!(
+        GROUPS.contains(&group),
+        "QuantWeight: group {group} is not one of {GROUPS:?}"
+    );
+    assert!(
+        k.is_multiple_of(group),
+        "QuantWeight: k = {k} is not a multiple of {group}"
+    );
 }
 
 fn f32_at(b: &[u8], at: usize) -> f32 {

@@ -105,9 +105,7 @@ impl LanguageModel {
             num_heads: config.num_heads,
             num_kv_heads: config.num_kv_heads,
         };
-        crate::memory::return_freed_memory();
         let net = CausalLm::load_with(&src, &config, device, arithmetic)?;
-        crate::memory::return_freed_memory();
         Ok(Self {
             net,
             tokenizer,
@@ -129,9 +127,7 @@ impl LanguageModel {
         let chat = convert::chat_template_from_hf(dir)?;
         let pad_id = config.eos_token_ids.first().copied().unwrap_or(0);
         let src = weights::SafetensorsWeights::open(dir)?;
-        crate::memory::return_freed_memory();
         let net = CausalLm::load(&src, &config, device)?;
-        crate::memory::return_freed_memory();
         Ok(Self {
             net,
             tokenizer,

@@ -36,7 +36,12 @@ impl CausalLm {
         device: &Device,
         arithmetic: Arithmetic,
     ) -> Result<Self> {
-        network(src, cfg, device, arithmetic)
+        // Whatever the caller freed before (a tokenizer's JSON) and the load's own per-tensor
+        // buffers go back to the kernel, so neither sits under the model for good.
+        crate::memory::return_freed_memory();
+        let net = network(src, cfg, device, arithmetic);
+        crate::memory::return_freed_memory();
+        net
     }
 }
 

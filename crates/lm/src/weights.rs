@@ -219,13 +219,10 @@ impl WeightSource for GgufWeights<'_> {
         let Some(heads) = self.permuted_heads(&name) else {
             return Ok(self.file.group_codes_rows(&name, first, count)?);
         };
-        // HF row `h·hd + j·hd/2 + i` is GGUF row `h·hd + 2i + j` (see `unpermute_rows`).
         let hd = shape[0] / heads;
         let mut out: Option<mosr_gguf::GroupCodes> = None;
         for r in first..first + count {
-            let (h, rem) = (r / hd, r % hd);
-            let src = h * hd + 2 * (rem % (hd / 2)) + rem / (hd / 2);
-            let Some(c) = self.file.group_codes_rows(&name, src, 1)? else {
+            let Some(c) = self.file.group_codes_rows(&name, gguf_row(r, hd), 1)? else {
                 return Ok(None);
             };
             match &mut out {
@@ -250,43 +247,38 @@ impl WeightSource for GgufWeights<'_> {
     }
 }
 
-/// Inverse of llama.cpp's `permute(w, n_head)`: GGUF row `h*hd + 2i + j` is HF row
-/// `h*hd + j*hd/2 + i`.
+/// The GGUF row that holds HF row `row` of a tensor llama.cpp's `permute(w, n_head)`
+/// reordered, heads of `head_dim` rows: HF row `h·hd + j·hd/2 + i` is GGUF row
+/// `h·hd + 2i + j`.
+fn gguf_row(row: usize, head_dim: usize) -> usize {
+    let (h, r, half) = (row / head_dim, row % head_dim, head_dim / 2);
+    h * head_dim + 2 * (r % half) + r / half
+}
+
+/// Inverse of llama.cpp's `permute(w, n_head)` (see [`gguf_row`]).
 pub fn unpermute_rows<T: Copy + Default>(data: &[T], shape: &[usize], n_head: usize) -> Vec<T> {
-    let rows = shape[0];
-    let cols: usize = shape[1..].iter().product::<usize>().max(1);
-    let hd = rows / n_head;
-    let half = hd / 2;
-    let mut out = vec![T::default(); data.len()];
-    for h in 0..n_head {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = h * hd + 2 * i + j;
-                let dst = h * hd + j * half + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
+    move_rows(data, shape, n_head, |hf, gguf| (gguf, hf))
 }
 
 /// The forward permutation, used when writing GGUF-compatible tensors back (tests, conversion).
 pub fn permute_rows(data: &[f32], shape: &[usize], n_head: usize) -> Vec<f32> {
+    move_rows(data, shape, n_head, |hf, gguf| (hf, gguf))
+}
+
+/// Copies each row `src` to `dst`, where `(src, dst) = pick(hf_row, gguf_row)`.
+fn move_rows<T: Copy + Default>(
+    data: &[T],
+    shape: &[usize],
+    n_head: usize,
+    pick: impl Fn(usize, usize) -> (usize, usize),
+) -> Vec<T> {
     let rows = shape[0];
     let cols: usize = shape[1..].iter().product::<usize>().max(1);
     let hd = rows / n_head;
-    let half = hd / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_head {
-        for i in 0..half {
-            for j in 0..2 {
-                let dst = h * hd + 2 * i + j;
-                let src = h * hd + j * half + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
+    let mut out = vec![T::default(); data.len()];
+    for row in 0..rows {
+        let (src, dst) = pick(row, gguf_row(row, hd));
+        out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
     }
     out
 }
