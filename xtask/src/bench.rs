@@ -123,30 +123,79 @@ fn amx_key(amx: bool) -> &'static str {
     if amx { "amx" } else { "no_amx" }
 }
 
-pub fn run(
-    repo: &Path,
-    python: Option<PathBuf>,
-    rounds: usize,
-    workloads: &[String],
-) -> Result<()> {
-    let gguf = mosr_lm::fetch::fetch("smollm2-135m-instruct")?;
+/// What the PyTorch comparison measures: prefill and generate per registry model and mosr
+/// arithmetic (PyTorch always runs the GGUF's weights dequantized to f32), the LoRA step per
+/// model (training always loads exact), matmul and matmul-amx once on random matrices.
+pub struct Plan<'a> {
+    pub models: &'a [String],
+    pub workloads: &'a [String],
+    pub arithmetic: &'a [String],
+    pub rounds: usize,
+}
+
+/// One table row: a workload on one model (none for the matmuls) with one arithmetic.
+struct Cell<'a> {
+    workload: &'a str,
+    model: Option<&'a str>,
+    arithmetic: &'a str,
+}
+
+impl Plan<'_> {
+    /// The cells in run order, model by model.
+    fn cells(&self) -> Vec<Cell<'_>> {
+        let (matmuls, model_work): (Vec<&String>, Vec<&String>) =
+            self.workloads.iter().partition(|w| w.starts_with("matmul"));
+        let mut cells: Vec<Cell> = matmuls
+            .into_iter()
+            .map(|w| Cell {
+                workload: w,
+                model: None,
+                arithmetic: "exact",
+            })
+            .collect();
+        for m in self.models {
+            for w in &model_work {
+                let arithmetic = match w.as_str() {
+                    "train" => vec!["exact"],
+                    _ => self.arithmetic.iter().map(String::as_str).collect(),
+                };
+                cells.extend(arithmetic.into_iter().map(|a| Cell {
+                    workload: w,
+                    model: Some(m),
+                    arithmetic: a,
+                }));
+            }
+        }
+        cells
+    }
+}
+
+pub fn run(repo: &Path, python: Option<PathBuf>, plan: &Plan) -> Result<()> {
     let py = torch_python(repo, python)?;
     let (mosr_lm, mosr_finetune) = binaries(repo)?;
     let mut rows = Vec::new();
-    for w in workloads {
+    for cell in plan.cells() {
+        let w = cell.workload;
+        let gguf = mosr_lm::fetch::fetch(cell.model.unwrap_or("smollm2-135m-instruct"))?;
         let mut results: Vec<(serde_json::Value, serde_json::Value)> = Vec::new();
-        for round in 0..rounds {
-            eprintln!("{w}: round {}/{rounds}", round + 1);
+        for round in 0..plan.rounds {
+            let name = cell.model.unwrap_or("-");
+            eprintln!(
+                "{w} {name} {}: round {}/{}",
+                cell.arithmetic,
+                round + 1,
+                plan.rounds
+            );
             let mut mosr = if w == "train" {
                 let mut c = Command::new(&mosr_finetune);
-                c.args(["bench", "--model"]);
+                c.arg("bench");
                 c
             } else {
                 let mut c = Command::new(&mosr_lm);
-                c.args(["bench", "--workload", w, "--model"]);
+                c.args(["bench", "--workload", w, "--arithmetic", cell.arithmetic]);
                 c
             };
-            let m = run_json(mosr.arg(&gguf).env("RAYON_NUM_THREADS", "2"))?;
+            let m = run_json(mosr.arg("--model").arg(&gguf).env("RAYON_NUM_THREADS", "2"))?;
             let t = run_json(
                 Command::new(&py)
                     .arg(repo.join("tools/bench/torch_bench.py"))
@@ -155,64 +204,82 @@ pub fn run(
             )?;
             results.push((m, t));
         }
-        let med = |f: &dyn Fn(&(serde_json::Value, serde_json::Value)) -> f64| {
-            let mut v: Vec<f64> = results.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let m_s = med(&|r| r.0["median_s"].as_f64().unwrap());
-        let t_s = med(&|r| r.1["median_s"].as_f64().unwrap());
-        let row = serde_json::json!({
-            "workload": w,
-            "mosr_median_s": m_s, "pytorch_median_s": t_s,
-            "speedup_mosr_over_pytorch": t_s / m_s,
-            "mosr_gflops_per_s": med(&|r| r.0["gflops_per_s"].as_f64().unwrap()),
-            "pytorch_gflops_per_s": med(&|r| r.1["gflops_per_s"].as_f64().unwrap()),
-            "mosr_tokens_per_s": med(&|r| r.0["tokens_per_s"].as_f64().unwrap()),
-            "pytorch_tokens_per_s": med(&|r| r.1["tokens_per_s"].as_f64().unwrap()),
-            "mosr_peak_rss_mb": med(&|r| r.0["peak_rss_bytes"].as_f64().unwrap()) / 1e6,
-            "pytorch_peak_rss_mb": med(&|r| r.1["peak_rss_bytes"].as_f64().unwrap()) / 1e6,
-            "raw": results.iter().map(|(m, t)| serde_json::json!({"mosr": m, "pytorch": t})).collect::<Vec<_>>(),
-        });
-        rows.push(row);
+        rows.push(row(&cell, &results));
     }
-    // The practical f32 limit: the better of the two sides' f32 matmul (AVX-512 FMA).
+    add_f32_limit(&mut rows);
+    println!("{}", table(&rows));
+    record(repo, "pytorch", serde_json::Value::Array(rows))
+}
+
+/// A cell's medians over its rounds, and every round's raw figures.
+fn row(cell: &Cell, results: &[(serde_json::Value, serde_json::Value)]) -> serde_json::Value {
+    let med = |f: &dyn Fn(&(serde_json::Value, serde_json::Value)) -> f64| {
+        let mut v: Vec<f64> = results.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let m_s = med(&|r| r.0["median_s"].as_f64().unwrap());
+    let t_s = med(&|r| r.1["median_s"].as_f64().unwrap());
+    serde_json::json!({
+        "workload": cell.workload,
+        "model": cell.model,
+        "arithmetic": cell.arithmetic,
+        "mosr_median_s": m_s, "pytorch_median_s": t_s,
+        "speedup_mosr_over_pytorch": t_s / m_s,
+        "mosr_gflops_per_s": med(&|r| r.0["gflops_per_s"].as_f64().unwrap()),
+        "pytorch_gflops_per_s": med(&|r| r.1["gflops_per_s"].as_f64().unwrap()),
+        "mosr_tokens_per_s": med(&|r| r.0["tokens_per_s"].as_f64().unwrap()),
+        "pytorch_tokens_per_s": med(&|r| r.1["tokens_per_s"].as_f64().unwrap()),
+        "mosr_peak_rss_mb": med(&|r| r.0["peak_rss_bytes"].as_f64().unwrap()) / 1e6,
+        "pytorch_peak_rss_mb": med(&|r| r.1["peak_rss_bytes"].as_f64().unwrap()) / 1e6,
+        "raw": results.iter().map(|(m, t)| serde_json::json!({"mosr": m, "pytorch": t})).collect::<Vec<_>>(),
+    })
+}
+
+/// The practical f32 limit: the better of the two sides' f32 matmul (AVX-512 FMA), and each
+/// row's GFLOP/s as a fraction of it.
+fn add_f32_limit(rows: &mut [serde_json::Value]) {
     let limit = rows.iter().find(|r| r["workload"] == "matmul").map(|r| {
         r["mosr_gflops_per_s"]
             .as_f64()
             .unwrap()
             .max(r["pytorch_gflops_per_s"].as_f64().unwrap())
     });
+    let Some(l) = limit else { return };
     for r in rows.iter_mut() {
-        if let Some(l) = limit {
-            r["f32_limit_gflops_per_s"] = l.into();
-            r["mosr_fraction_of_f32_limit"] = (r["mosr_gflops_per_s"].as_f64().unwrap() / l).into();
-            r["pytorch_fraction_of_f32_limit"] =
-                (r["pytorch_gflops_per_s"].as_f64().unwrap() / l).into();
-        }
+        r["f32_limit_gflops_per_s"] = l.into();
+        r["mosr_fraction_of_f32_limit"] = (r["mosr_gflops_per_s"].as_f64().unwrap() / l).into();
+        r["pytorch_fraction_of_f32_limit"] =
+            (r["pytorch_gflops_per_s"].as_f64().unwrap() / l).into();
     }
-    println!(
-        "| workload | mosr tok/s | PyTorch tok/s | mosr / PyTorch speed | mosr GFLOP/s | PyTorch GFLOP/s | mosr / f32 limit | PyTorch / f32 limit | mosr peak MB | PyTorch peak MB |"
+}
+
+/// The rows as a Markdown table.
+fn table(rows: &[serde_json::Value]) -> String {
+    let mut out = String::from(
+        "| workload | model | mosr arithmetic | mosr tok/s | PyTorch tok/s | mosr / PyTorch speed | mosr GFLOP/s | PyTorch GFLOP/s | mosr / f32 limit | PyTorch / f32 limit | mosr peak MB | PyTorch peak MB |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let pct = |v: &serde_json::Value| {
         v.as_f64()
             .map_or("-".into(), |f| format!("{:.0}%", 100.0 * f))
     };
-    for r in &rows {
-        println!(
-            "| {} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} |",
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    for r in rows {
+        out += &format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} |\n",
             r["workload"].as_str().unwrap(),
-            r["mosr_tokens_per_s"].as_f64().unwrap(),
-            r["pytorch_tokens_per_s"].as_f64().unwrap(),
-            r["speedup_mosr_over_pytorch"].as_f64().unwrap(),
-            r["mosr_gflops_per_s"].as_f64().unwrap(),
-            r["pytorch_gflops_per_s"].as_f64().unwrap(),
+            r["model"].as_str().unwrap_or("-"),
+            r["arithmetic"].as_str().unwrap(),
+            f(r, "mosr_tokens_per_s"),
+            f(r, "pytorch_tokens_per_s"),
+            f(r, "speedup_mosr_over_pytorch"),
+            f(r, "mosr_gflops_per_s"),
+            f(r, "pytorch_gflops_per_s"),
             pct(&r["mosr_fraction_of_f32_limit"]),
             pct(&r["pytorch_fraction_of_f32_limit"]),
-            r["mosr_peak_rss_mb"].as_f64().unwrap(),
-            r["pytorch_peak_rss_mb"].as_f64().unwrap(),
+            f(r, "mosr_peak_rss_mb"),
+            f(r, "pytorch_peak_rss_mb"),
         );
     }
-    record(repo, "pytorch", serde_json::Value::Array(rows))
+    out
 }

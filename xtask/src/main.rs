@@ -54,9 +54,10 @@ enum Cmd {
         models: Vec<String>,
     },
     /// mosr against its anchors, A/B interleaved, 2 threads. `pytorch` (default): PyTorch +
-    /// transformers (+ PEFT) on SmolLM2 in f32: matmul, prefill 8x128, generate 8x64, train
-    /// (one LoRA step, 4+4 x 128 tokens). `llama`: llama.cpp on the same GGUF files, prefill
-    /// and decode per batch size, peak memory (llama.cpp built into the cache on first use).
+    /// transformers (+ PEFT) in f32 on each model's GGUF weights: matmul, prefill 8x128,
+    /// generate 8x64, train (one LoRA step, 4+4 x 128 tokens). `llama`: llama.cpp on the same
+    /// GGUF files, prefill and decode per batch size, peak memory (llama.cpp built into the
+    /// cache on first use).
     Bench {
         /// Which anchor: pytorch, llama, or all.
         #[arg(long, default_value = "pytorch")]
@@ -72,7 +73,7 @@ enum Cmd {
             default_value = "matmul,matmul-amx,prefill,generate,train"
         )]
         workloads: Vec<String>,
-        /// llama: registry models compared.
+        /// Registry models compared.
         #[arg(
             long,
             value_delimiter = ',',
@@ -82,8 +83,9 @@ enum Cmd {
         /// llama: sequences per batch.
         #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
         batches: Vec<usize>,
-        /// llama: mosr's arithmetic(s) compared (exact, quantized).
-        #[arg(long, value_delimiter = ',', default_value = "quantized")]
+        /// mosr's arithmetic(s) compared for prefill and generation (exact, quantized; default:
+        /// both against PyTorch, quantized against llama.cpp).
+        #[arg(long, value_delimiter = ',')]
         arithmetic: Vec<String>,
         /// llama: prompt tokens per sequence.
         #[arg(long, default_value_t = 128)]
@@ -201,14 +203,24 @@ fn main() -> Result<()> {
                 ["pytorch", "llama", "all"].contains(&anchor.as_str()),
                 "--anchor `{anchor}`: pytorch, llama or all"
             );
+            let arithmetic_or = |default: &[&str]| match arithmetic.is_empty() {
+                true => default.iter().map(|a| a.to_string()).collect(),
+                false => arithmetic.clone(),
+            };
             if anchor != "llama" {
-                bench::run(&repo, python, rounds, &workloads)?;
+                let plan = bench::Plan {
+                    models: &models,
+                    workloads: &workloads,
+                    arithmetic: &arithmetic_or(&["exact", "quantized"]),
+                    rounds,
+                };
+                bench::run(&repo, python, &plan)?;
             }
             if anchor != "pytorch" {
                 let plan = anchors::Plan {
                     models,
                     batches,
-                    arithmetic,
+                    arithmetic: arithmetic_or(&["quantized"]),
                     prompt,
                     new_tokens,
                     rounds,
