@@ -58,42 +58,7 @@ enum Cmd {
     /// generate 8x64, train (one LoRA step, 4+4 x 128 tokens). `llama`: llama.cpp on the same
     /// GGUF files, prefill and decode per batch size, peak memory (llama.cpp built into the
     /// cache on first use).
-    Bench {
-        /// Which anchor: pytorch, llama, or all.
-        #[arg(long, default_value = "pytorch")]
-        anchor: String,
-        /// Python with torch + transformers + peft + gguf (default: a venv created under the cache).
-        #[arg(long)]
-        python: Option<std::path::PathBuf>,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "matmul,matmul-amx,prefill,generate,train"
-        )]
-        workloads: Vec<String>,
-        /// Registry models compared.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct,qwen2.5-coder-1.5b-instruct"
-        )]
-        models: Vec<String>,
-        /// llama: sequences per batch.
-        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
-        batches: Vec<usize>,
-        /// mosr's arithmetic(s) compared for prefill and generation (exact, quantized; default:
-        /// both against PyTorch, quantized against llama.cpp).
-        #[arg(long, value_delimiter = ',')]
-        arithmetic: Vec<String>,
-        /// llama: prompt tokens per sequence.
-        #[arg(long, default_value_t = 128)]
-        prompt: usize,
-        /// llama: generated tokens per sequence.
-        #[arg(long, default_value_t = 64)]
-        new_tokens: usize,
-    },
+    Bench(BenchArgs),
     /// The test suite as CI runs it: fetch the models and datasets the tests use, run
     /// `cargo test --workspace`, then the smoke pipeline end to end (tables checked, a no-change
     /// rerun, a run killed mid-finetune and resumed to the same artifacts).
@@ -129,6 +94,45 @@ enum Cmd {
         #[command(subcommand)]
         what: FetchWhat,
     },
+}
+
+/// `cargo xtask bench`'s options.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Which anchor: pytorch, llama, or all.
+    #[arg(long, default_value = "pytorch")]
+    anchor: String,
+    /// Python with torch + transformers + peft + gguf (default: a venv created under the cache).
+    #[arg(long)]
+    python: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "matmul,matmul-amx,prefill,generate,train"
+    )]
+    workloads: Vec<String>,
+    /// Registry models compared.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct,qwen2.5-coder-1.5b-instruct"
+    )]
+    models: Vec<String>,
+    /// llama: sequences per batch.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    batches: Vec<usize>,
+    /// mosr's arithmetic(s) compared for prefill and generation (exact, quantized; default:
+    /// both against PyTorch, quantized against llama.cpp).
+    #[arg(long, value_delimiter = ',')]
+    arithmetic: Vec<String>,
+    /// llama: prompt tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    prompt: usize,
+    /// llama: generated tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
 }
 
 #[derive(Subcommand)]
@@ -187,48 +191,7 @@ fn main() -> Result<()> {
         Cmd::Models { models } => {
             models::run(&mosr_data::paths::repo_root(), &models)?;
         }
-        Cmd::Bench {
-            anchor,
-            python,
-            rounds,
-            workloads,
-            models,
-            batches,
-            arithmetic,
-            prompt,
-            new_tokens,
-        } => {
-            let repo = mosr_data::paths::repo_root();
-            anyhow::ensure!(
-                ["pytorch", "llama", "all"].contains(&anchor.as_str()),
-                "--anchor `{anchor}`: pytorch, llama or all"
-            );
-            let arithmetic_or = |default: &[&str]| match arithmetic.is_empty() {
-                true => default.iter().map(|a| a.to_string()).collect(),
-                false => arithmetic.clone(),
-            };
-            if anchor != "llama" {
-                let plan = bench::Plan {
-                    models: &models,
-                    workloads: &workloads,
-                    arithmetic: &arithmetic_or(&["exact", "quantized"]),
-                    rounds,
-                };
-                bench::run(&repo, python, &plan)?;
-            }
-            if anchor != "pytorch" {
-                let plan = anchors::Plan {
-                    models,
-                    batches,
-                    arithmetic: arithmetic_or(&["quantized"]),
-                    prompt,
-                    new_tokens,
-                    rounds,
-                    threads: 2,
-                };
-                anchors::run_llama(&repo, &plan)?;
-            }
-        }
+        Cmd::Bench(args) => bench(args)?,
         Cmd::Test {
             no_smoke,
             smoke_only,
@@ -305,6 +268,42 @@ fn test(no_smoke: bool, smoke_only: bool, wgpu: bool, args: &[String]) -> Result
     }
     if !no_smoke {
         e2e::smoke(&repo)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench`: the PyTorch comparison, the llama.cpp one, or both.
+fn bench(a: BenchArgs) -> Result<()> {
+    let repo = mosr_data::paths::repo_root();
+    anyhow::ensure!(
+        ["pytorch", "llama", "all"].contains(&a.anchor.as_str()),
+        "--anchor `{}`: pytorch, llama or all",
+        a.anchor
+    );
+    let arithmetic_or = |default: &[&str]| match a.arithmetic.is_empty() {
+        true => default.iter().map(|a| a.to_string()).collect(),
+        false => a.arithmetic.clone(),
+    };
+    if a.anchor != "llama" {
+        let plan = bench::Plan {
+            models: &a.models,
+            workloads: &a.workloads,
+            arithmetic: &arithmetic_or(&["exact", "quantized"]),
+            rounds: a.rounds,
+        };
+        bench::run(&repo, a.python.clone(), &plan)?;
+    }
+    if a.anchor != "pytorch" {
+        let plan = anchors::Plan {
+            arithmetic: arithmetic_or(&["quantized"]),
+            models: a.models,
+            batches: a.batches,
+            prompt: a.prompt,
+            new_tokens: a.new_tokens,
+            rounds: a.rounds,
+            threads: 2,
+        };
+        anchors::run_llama(&repo, &plan)?;
     }
     Ok(())
 }

@@ -204,10 +204,11 @@ fn step_in_pool(
         return None;
     }
     let positions = cache.advance(batch);
+    let planned = cache.planned;
     let Store::Host(host) = &mut cache.store else {
         unreachable!("moved to the host above");
     };
-    host.reserve(1);
+    host.reserve(1, planned);
     let (cap, slot) = (host.capacity, host.len);
 
     // Rotary tables of each row's position, as the burn path computes them.

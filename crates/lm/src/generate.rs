@@ -117,7 +117,9 @@ pub fn generate(
     }
     let stops = &model.config.eos_token_ids;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut cache = KvCache::default();
+    let mut batch = TokenBatch::left_padded(prompts, model.pad_id);
+    // The last new token is never fed back.
+    let mut cache = KvCache::with_room(batch.seq + cfg.max_new_tokens.saturating_sub(1));
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut finish: Vec<Option<Finish>> = vec![None; b];
     let opts = ForwardOptions {
@@ -128,7 +130,6 @@ pub fn generate(
         dropout: None,
         training_arithmetic: false,
     };
-    let mut batch = TokenBatch::left_padded(prompts, model.pad_id);
     let vocab = model.config.vocab_size;
     for _step in 0..cfg.max_new_tokens {
         let o = model.net.forward(&batch, Some(&mut cache), opts);

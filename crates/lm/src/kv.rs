@@ -16,6 +16,9 @@ pub struct KvCache {
     pub key_mask: Vec<Vec<bool>>,
     /// Real tokens seen so far per row (next position id).
     pub next_pos: Vec<usize>,
+    /// Positions per row the caller expects the cache to reach (0: unknown): the host cache
+    /// is given exactly that room instead of doubling.
+    pub(crate) planned: usize,
     pub(crate) store: Store,
 }
 
@@ -35,6 +38,15 @@ impl Default for Store {
 }
 
 impl KvCache {
+    /// An empty cache that will hold `positions` positions per row (prompt and generated
+    /// tokens), so decode steps allocate its room once.
+    pub fn with_room(positions: usize) -> Self {
+        Self {
+            planned: positions,
+            ..Self::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.key_mask.first().map(|m| m.len()).unwrap_or(0)
     }
@@ -82,9 +94,9 @@ impl KvCache {
         layers
     }
 
-    /// Moves the keys and values to the host for decode steps (`make` copies the tensors in;
-    /// `None` leaves the cache as it was). True when they are on the host.
-    pub(crate) fn move_to_host(&mut self, make: impl FnOnce(&Self) -> Option<HostKv>) -> bool {
+    /// Moves the keys and values to the host for decode steps (`make` moves the tensors in;
+    /// it returns `None` only with the cache as it was). True when they are on the host.
+    pub(crate) fn move_to_host(&mut self, make: impl FnOnce(&mut Self) -> Option<HostKv>) -> bool {
         if matches!(self.store, Store::Tensors(_)) {
             match make(self) {
                 Some(host) => self.store = Store::Host(host),
@@ -145,14 +157,19 @@ impl HostKv {
         }
     }
 
-    /// Room for `extra` more positions, moving each row's keys to the wider stride.
-    pub(crate) fn reserve(&mut self, extra: usize) {
+    /// Room for `extra` more positions, moving each row's keys to the wider stride: the
+    /// `planned` positions when they cover it, else at least double.
+    pub(crate) fn reserve(&mut self, extra: usize, planned: usize) {
         if self.len + extra <= self.capacity {
             return;
         }
-        let cap = (self.len + extra)
-            .max(2 * self.capacity)
-            .max(self.len + GROWTH);
+        let cap = if planned >= self.len + extra {
+            planned
+        } else {
+            (self.len + extra)
+                .max(2 * self.capacity)
+                .max(self.len + GROWTH)
+        };
         let (old, d, len) = (self.capacity, self.head_dim, self.len);
         let heads = self.rows * self.kv_heads;
         for (k, v) in &mut self.layers {
@@ -168,24 +185,42 @@ impl HostKv {
         self.capacity = cap;
     }
 
-    /// The burn cache's tensors (`[rows, kv_heads, t, head_dim]` per layer), copied in.
-    pub(crate) fn from_tensors(cache: &KvCache, kv_heads: usize, head_dim: usize) -> Option<Self> {
-        let rows = cache.key_mask.len();
-        let len = cache.len();
-        let Store::Tensors(layers) = &cache.store else {
+    /// The burn cache's tensors (`[rows, kv_heads, t, head_dim]` per layer), moved in with
+    /// room for the cache's planned positions; each layer's tensors are dropped once copied.
+    /// `None`, the cache untouched, when a layer is missing or shaped otherwise.
+    pub(crate) fn from_tensors(
+        cache: &mut KvCache,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Option<Self> {
+        let (rows, len) = (cache.key_mask.len(), cache.len());
+        let Store::Tensors(layers) = &mut cache.store else {
             return None;
         };
+        let dims = [rows, kv_heads, len, head_dim];
+        let shaped = |l: &Option<(Tensor<4>, Tensor<4>)>| {
+            l.as_ref()
+                .is_some_and(|(k, v)| k.dims() == dims && v.dims() == dims)
+        };
+        if len == 0 || !layers.iter().all(shaped) {
+            return None;
+        }
         let mut host = Self::empty(rows, kv_heads, head_dim, layers.len());
-        host.capacity = len;
+        host.capacity = cache.planned.max(len);
         host.len = len;
-        for (slot, layer) in host.layers.iter_mut().zip(layers) {
-            let (k, v) = layer.as_ref()?;
-            if k.dims() != [rows, kv_heads, len, head_dim] || v.dims() != k.dims() {
-                return None;
-            }
-            let k = k.clone().into_data().try_into_vec::<f32>().ok()?;
-            let v = v.clone().into_data().try_into_vec::<f32>().ok()?;
-            *slot = (k, v);
+        let (cap, heads) = (host.capacity, rows * kv_heads);
+        for (slot, layer) in host.layers.iter_mut().zip(layers.iter_mut()) {
+            let (k, v) = layer.take().expect("checked above");
+            let wide = |t: Tensor<4>| {
+                let dense = t.into_data().try_into_vec::<f32>();
+                let dense = dense.expect("f32 keys and values on the CPU device");
+                let mut buf = vec![0f32; heads * cap * head_dim];
+                for (h, src) in dense.chunks_exact(len * head_dim).enumerate() {
+                    buf[h * cap * head_dim..][..len * head_dim].copy_from_slice(src);
+                }
+                buf
+            };
+            *slot = (wide(k), wide(v));
         }
         Some(host)
     }

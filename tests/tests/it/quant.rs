@@ -411,24 +411,17 @@ fn quant_forward_stays_near_the_exact_one_and_greedy_agreement_is_reported() {
     }
 }
 
-/// A LoRA adapter on a quantized load: its update is added in f32 beside the codes on the
-/// prefill (burn) path and the decode step alike, moving the logits as it moves the exact
-/// model's; the f32 weights are not kept.
-#[test]
-fn quant_adapter_update_is_added_beside_the_codes() {
+/// Saves an adapter with a non-zero B on blocks 0-2 of `exact` under `dir`; returns a
+/// function giving any load of the same model with that adapter loaded.
+fn save_random_adapter(
+    exact: &mosr_lm::LanguageModel,
+    model: &str,
+    dir: &std::path::Path,
+) -> impl Fn(&mosr_lm::LanguageModel) -> mosr_lm::LanguageModel {
     use burn::module::Param;
     use burn::tensor::Tensor;
-    use mosr_lm::generate::{GenerateConfig, generate};
-    use mosr_lm::{Arithmetic, LanguageModel, LoraConfig};
+    use mosr_lm::{LanguageModel, LoraConfig};
     let dev = mosr_lm::Device::flex();
-    let model = "smollm2-135m-instruct";
-    let path = mosr_tests::model_path(model);
-    let exact = LanguageModel::open(&path, &dev).unwrap();
-    let quant = LanguageModel::open_with(&path, &dev, Arithmetic::Quantized).unwrap();
-    let q0 = &quant.net.layers[0].self_attn.q_proj;
-    assert_eq!(q0.weight.val().dims(), [0, 0], "codes only, no f32 copy");
-    assert_eq!((q0.d_in(), q0.d_out()), (576, 576));
-    // An adapter with a non-zero B on the first blocks, saved and loaded into both.
     let cfg = LoraConfig {
         rank: 4,
         alpha: 8.0,
@@ -448,9 +441,9 @@ fn quant_adapter_update_is_added_beside_the_codes() {
             l.lora_b = Some(Param::from_tensor(t));
         }
     }
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-adapter");
-    mosr_lm::adapter::save(&net, &cfg, &dir, Some(model), None).unwrap();
-    let with = |lm: &LanguageModel| {
+    mosr_lm::adapter::save(&net, &cfg, dir, Some(model), None).unwrap();
+    let dir = dir.to_path_buf();
+    move |lm: &LanguageModel| {
         let (net, _) = mosr_lm::adapter::load(lm.net.clone(), &dir, None).unwrap();
         LanguageModel {
             net,
@@ -460,7 +453,26 @@ fn quant_adapter_update_is_added_beside_the_codes() {
             path: lm.path.clone(),
             pad_id: lm.pad_id,
         }
-    };
+    }
+}
+
+/// A LoRA adapter on a quantized load: its update is added in f32 beside the codes on the
+/// prefill (burn) path and the decode step alike, moving the logits as it moves the exact
+/// model's; the f32 weights are not kept.
+#[test]
+fn quant_adapter_update_is_added_beside_the_codes() {
+    use mosr_lm::generate::{GenerateConfig, generate};
+    use mosr_lm::{Arithmetic, LanguageModel};
+    let dev = mosr_lm::Device::flex();
+    let model = "smollm2-135m-instruct";
+    let path = mosr_tests::model_path(model);
+    let exact = LanguageModel::open(&path, &dev).unwrap();
+    let quant = LanguageModel::open_with(&path, &dev, Arithmetic::Quantized).unwrap();
+    let q0 = &quant.net.layers[0].self_attn.q_proj;
+    assert_eq!(q0.weight.val().dims(), [0, 0], "codes only, no f32 copy");
+    assert_eq!((q0.d_in(), q0.d_out()), (576, 576));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-adapter");
+    let with = save_random_adapter(&exact, model, &dir);
     let (exact_ad, quant_ad) = (with(&exact), with(&quant));
     let prompts = fixture_prompts(model);
     let logits = |lm: &LanguageModel| last_logits(lm, &prompts);
@@ -493,4 +505,52 @@ fn quant_adapter_update_is_added_beside_the_codes() {
     eprintln!(
         "adapter shifts logits by {shift_exact} (exact) / {shift_quant} (quantized); adapted gap {gap}"
     );
+}
+
+/// A quantized forward computes each sequence on its own: a batch large enough that the MLP
+/// runs in pieces (9 x 128 rows, pieces of 1024) gives every sequence the hidden states and
+/// logits it gets alone, bit for bit, with an adapter's update on the codes.
+#[test]
+fn quant_batch_in_pieces_equals_each_sequence_alone() {
+    use mosr_lm::{Arithmetic, ForwardOptions, LanguageModel, Logits, TokenBatch};
+    let dev = mosr_lm::Device::flex();
+    let model = "smollm2-135m-instruct";
+    let path = mosr_tests::model_path(model);
+    let exact = LanguageModel::open(&path, &dev).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-pieces");
+    let with = save_random_adapter(&exact, model, &dir);
+    let lm = with(&LanguageModel::open_with(&path, &dev, Arithmetic::Quantized).unwrap());
+    let (rows, seq) = (9, 128);
+    let vocab = lm.config.vocab_size;
+    let ids: Vec<Vec<u32>> = (0..rows)
+        .map(|b| {
+            (0..seq)
+                .map(|t| (1000 + (b * 7919 + t * 104_729) % (vocab - 2000)) as u32)
+                .collect()
+        })
+        .collect();
+    let opts = ForwardOptions {
+        hidden: true,
+        logits: Logits::Last,
+        adapter: true,
+        ..Default::default()
+    };
+    let states = |prompts: &[Vec<u32>]| {
+        let out = lm
+            .net
+            .forward(&TokenBatch::left_padded(prompts, lm.pad_id), None, opts);
+        let last = out.hidden.last().unwrap().clone();
+        let f = |t: burn::tensor::Tensor<3>| t.into_data().try_into_vec::<f32>().unwrap();
+        (f(last), f(out.logits.unwrap()))
+    };
+    let (hidden, logits) = states(&ids);
+    let (h_row, l_row) = (seq * lm.config.hidden_size, vocab);
+    for (b, prompt) in ids.iter().enumerate() {
+        let (h, l) = states(std::slice::from_ref(prompt));
+        assert!(
+            h == hidden[b * h_row..][..h_row],
+            "sequence {b}: hidden states"
+        );
+        assert!(l == logits[b * l_row..][..l_row], "sequence {b}: logits");
+    }
 }
