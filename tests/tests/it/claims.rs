@@ -609,3 +609,56 @@ fn frontier_without_asr_overlap_is_inconclusive_with_its_reason() {
         t.comparison
     );
 }
+
+/// Lines that meet only at the base model's point (every line starts there) compare nothing:
+/// the difference there is 0 by construction, so the test has no effect and says why instead
+/// of reporting 0 with an interval.
+#[test]
+fn frontier_lines_meeting_only_at_the_base_point_are_inconclusive() {
+    use mosr_claims::ClaimsSection;
+    use mosr_claims::frontier::{FrontierTest, claim_test};
+    use mosr_stats::{LineOutcomes, frontier_effect};
+    // ASR per point out of 10 harmful prompts; the base point (5 of 10) first on both lines.
+    let line = |asr: [usize; 3], refused: [usize; 3]| LineOutcomes {
+        harmful: asr
+            .iter()
+            .map(|&k| (0..10).map(|i| i < k).collect())
+            .collect(),
+        overrefusal: refused
+            .iter()
+            .map(|&k| (0..10).map(|i| i < k).collect())
+            .collect(),
+    };
+    let (a, b) = (line([5, 3, 1], [2, 6, 9]), line([5, 7, 9], [2, 1, 0]));
+    let why = frontier_effect(&a, &b, 21, 200, 7).unwrap_err();
+    assert_eq!((why.asr_a, why.asr_b), (Some((0.1, 0.5)), Some((0.5, 0.9))));
+    let test = FrontierTest {
+        claim: "C3",
+        seed: 2513,
+        variant: "mosr".into(),
+        reference: "rr".into(),
+        points_variant: 3,
+        points_reference: 3,
+        harmful_n: 10,
+        overrefusal_n: 10,
+        result: Err(why),
+    };
+    let t = claim_test(&ClaimsSection::default(), &test);
+    assert_eq!(t.verdict, Verdict::Inconclusive);
+    assert!(t.effect.is_nan() && t.ci_low.is_nan() && t.ci_high.is_nan());
+    assert!(
+        t.comparison
+            .contains("meet only at 0.500, so no ASR range is common"),
+        "{}",
+        t.comparison
+    );
+    // Lines sharing a range keep their effect: b moved to cover 0.3-0.5 as well.
+    let b = line([5, 3, 9], [2, 1, 0]);
+    let e = frontier_effect(&a, &b, 21, 200, 7).unwrap();
+    assert_eq!((e.asr_low, e.asr_high), (0.3, 0.5));
+    assert!(
+        e.effect > 0.0,
+        "a refuses more than b over 0.3-0.5: {}",
+        e.effect
+    );
+}
