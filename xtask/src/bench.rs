@@ -170,13 +170,24 @@ impl Plan<'_> {
     }
 }
 
+/// The model whose file the model-free matmul workloads are handed.
+const MATMUL_MODEL: &str = "smollm2-135m-instruct";
+
 pub fn run(repo: &Path, python: Option<PathBuf>, plan: &Plan) -> Result<()> {
     let py = torch_python(repo, python)?;
     let (mosr_lm, mosr_finetune) = binaries(repo)?;
+    // Each file fetched (and its sha256 checked) once; the matmuls take SmolLM2's path only
+    // because `mosr-lm bench` wants a model.
+    let mut ggufs = std::collections::BTreeMap::new();
+    for id in plan.models.iter().map(String::as_str).chain([MATMUL_MODEL]) {
+        if !ggufs.contains_key(id) {
+            ggufs.insert(id, mosr_lm::fetch::fetch(id)?);
+        }
+    }
     let mut rows = Vec::new();
     for cell in plan.cells() {
         let w = cell.workload;
-        let gguf = mosr_lm::fetch::fetch(cell.model.unwrap_or("smollm2-135m-instruct"))?;
+        let gguf = &ggufs[cell.model.unwrap_or(MATMUL_MODEL)];
         let mut results: Vec<(serde_json::Value, serde_json::Value)> = Vec::new();
         for round in 0..plan.rounds {
             let name = cell.model.unwrap_or("-");
@@ -195,12 +206,12 @@ pub fn run(repo: &Path, python: Option<PathBuf>, plan: &Plan) -> Result<()> {
                 c.args(["bench", "--workload", w, "--arithmetic", cell.arithmetic]);
                 c
             };
-            let m = run_json(mosr.arg("--model").arg(&gguf).env("RAYON_NUM_THREADS", "2"))?;
+            let m = run_json(mosr.arg("--model").arg(gguf).env("RAYON_NUM_THREADS", "2"))?;
             let t = run_json(
                 Command::new(&py)
                     .arg(repo.join("tools/bench/torch_bench.py"))
                     .args(["--workload", w, "--threads", "2", "--gguf"])
-                    .arg(&gguf),
+                    .arg(gguf),
             )?;
             results.push((m, t));
         }

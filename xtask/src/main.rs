@@ -281,7 +281,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         a.anchor
     );
     let arithmetic_or = |default: &[&str]| match a.arithmetic.is_empty() {
-        true => default.iter().map(|a| a.to_string()).collect(),
+        true => default.iter().map(|d| d.to_string()).collect(),
         false => a.arithmetic.clone(),
     };
     if a.anchor != "llama" {
