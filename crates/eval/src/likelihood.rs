@@ -66,6 +66,7 @@ fn batch_logprobs(lm: &LanguageModel, items: &[&Item], adapter: bool) -> Vec<Vec
             adapter,
             dropout: None,
             training_arithmetic: false,
+            skip_padding: true,
         },
     );
     let last = o
@@ -161,6 +162,7 @@ fn shared_batch(lm: &LanguageModel, items: &[&Choices], adapter: bool) -> Vec<Ve
         adapter,
         dropout: None,
         training_arithmetic: false,
+        skip_padding: true,
     };
     // 1. Contexts once; the last position scores every option's first token.
     let ctx: Vec<Vec<u32>> = items.iter().map(|c| c.context.clone()).collect();

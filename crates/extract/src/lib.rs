@@ -292,6 +292,7 @@ fn extract_batch(
         adapter: false,
         dropout: None,
         training_arithmetic: false,
+        skip_padding: true,
     };
     let seqs: Vec<Vec<u32>> = chunk.iter().map(|(ids, _)| ids.clone()).collect();
     let batch = TokenBatch::left_padded(&seqs, lm.pad_id);

@@ -534,6 +534,7 @@ pub fn cross_entropies(
             adapter: true,
             dropout,
             training_arithmetic: false,
+            skip_padding: true,
         },
     );
     let logits = out.logits.expect("all logits");
@@ -792,6 +793,7 @@ impl<'a> Run<'a> {
                 // The original states come from a plain-device pass that must equal the
                 // training device's arithmetic (see `train`).
                 training_arithmetic: true,
+                skip_padding: true,
             },
         })
     }

@@ -129,6 +129,7 @@ pub fn generate(
         adapter: cfg.adapter,
         dropout: None,
         training_arithmetic: false,
+        skip_padding: true,
     };
     let vocab = model.config.vocab_size;
     for _step in 0..cfg.max_new_tokens {

@@ -28,6 +28,7 @@ mod load;
 pub mod lora;
 pub mod memory;
 pub mod model;
+mod packed;
 pub mod plan;
 pub mod tokenizer;
 pub mod weights;

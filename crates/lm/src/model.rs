@@ -10,6 +10,7 @@ use crate::batch::TokenBatch;
 use crate::config::ModelConfig;
 use crate::kv::KvCache;
 use crate::lora::{DropoutStream, LoraConfig, LoraLinear, attach};
+use crate::packed::PackedRows;
 use crate::plan::Plan;
 use mosr_kernels::quant::QuantWeight;
 
@@ -101,6 +102,9 @@ pub struct ForwardOptions<'a> {
     /// bit for bit, which the representation losses need for the original model's states (a
     /// zero adapter must give exactly the original states).
     pub training_arithmetic: bool,
+    /// On a quantized load, leave padding out of the row-wise work (`crate::packed`): the
+    /// same bits, less work. Off only to check that.
+    pub skip_padding: bool,
 }
 
 impl Default for ForwardOptions<'_> {
@@ -112,6 +116,7 @@ impl Default for ForwardOptions<'_> {
             adapter: true,
             dropout: None,
             training_arithmetic: false,
+            skip_padding: true,
         }
     }
 }
@@ -279,9 +284,21 @@ impl CausalLm {
             }
             None => embedding(self.embed_tokens.val(), ids),
         };
+        // A quantized pass carries the tokens' rows only (`crate::packed`).
+        let rows =
+            (opts.skip_padding && plan.host() && opts.dropout.is_none() && self.all_quantized())
+                .then(|| PackedRows::of(batch))
+                .flatten();
+        let padded = |x: Tensor<3>| match &rows {
+            Some(p) => p.unpack(x),
+            None => x,
+        };
+        if let Some(p) = &rows {
+            x = p.pack(x);
+        }
         let mut hidden = Vec::new();
         if opts.hidden {
-            hidden.push(x.clone());
+            hidden.push(padded(x.clone()));
         }
         for (i, layer) in self.layers.iter().take(n_layers).enumerate() {
             let entry = &mut cache.tensors(&dev, self.layers.len())[i];
@@ -290,9 +307,9 @@ impl CausalLm {
                 (None, Some(t)) => Positions::Burn(t),
                 (None, None) => unreachable!("one of the two is built"),
             };
-            x = layer.forward(x, &pos, entry, opts, plan);
+            x = layer.forward(x, &pos, rows.as_ref(), entry, opts, plan);
             if opts.hidden {
-                hidden.push(x.clone());
+                hidden.push(padded(x.clone()));
             }
         }
         let logits = if n_layers < self.layers.len() {
@@ -300,11 +317,23 @@ impl CausalLm {
         } else {
             match opts.logits {
                 Logits::None => None,
-                Logits::Last => Some(self.logits_of(x.narrow(1, t - 1, 1), plan, true)),
-                Logits::All => Some(self.logits_of(x, plan, false)),
+                Logits::Last => {
+                    let last = rows.as_ref().and_then(|p| p.last(x.clone()));
+                    let last = last.unwrap_or_else(|| padded(x).narrow(1, t - 1, 1));
+                    Some(self.logits_of(last, plan, true))
+                }
+                Logits::All => Some(self.logits_of(padded(x), plan, false)),
             }
         };
         ForwardOutput { logits, hidden }
+    }
+
+    /// Every projection of every block has integer codes (a quantized load): then every
+    /// row-wise part of a pass works row by row.
+    fn all_quantized(&self) -> bool {
+        self.layers
+            .iter()
+            .all(|l| l.linears().iter().all(|(_, lin)| lin.quant.is_some()))
     }
 
     /// Final norm + unembedding of any residual-stream state (the LogitLens).
@@ -352,25 +381,31 @@ fn rotate(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
 const MLP_PIECE_ROWS: usize = 1024;
 
 impl Mlp {
-    /// `down(swiglu(gate(h), up(h)))`. On a quantized load it runs over pieces of whole
-    /// sequences of at most [`MLP_PIECE_ROWS`] rows: every product there (the codes' kernel,
-    /// gemm for an adapter's update, with pieces of more than [`crate::cpu::MAX_ROWS`] rows)
-    /// and the SwiGLU compute each row on its own, so the pieces give the bits of one pass
-    /// while the intermediate buffers stay small.
+    /// `down(swiglu(gate(h), up(h)))`. On a quantized load it runs over pieces of at most
+    /// [`MLP_PIECE_ROWS`] rows, each of more than [`crate::cpu::MAX_ROWS`]: every product
+    /// there (the codes' kernel, gemm for an adapter's update over that many rows) and the
+    /// SwiGLU compute each row on its own, so the pieces give the bits of one pass while the
+    /// intermediate buffers stay small.
     fn forward(&self, h: Tensor<3>, ad: bool, tr: Option<&DropoutStream>, plan: Plan) -> Tensor<3> {
-        let [b, t, _] = h.dims();
-        let per = (MLP_PIECE_ROWS / t).max(1);
+        let [b, t, w] = h.dims();
         let quantized = self.gate_proj.quant.is_some() && tr.is_none();
-        if !quantized || b <= per || t <= crate::cpu::MAX_ROWS {
+        if !quantized || b * t <= MLP_PIECE_ROWS {
             return self.forward_whole(h, ad, tr, plan);
         }
-        let pieces = h.split(per, 0).into_iter();
-        Tensor::cat(
-            pieces
-                .map(|p| self.forward_whole(p, ad, tr, plan))
-                .collect(),
-            0,
-        )
+        let rows = h.reshape([1, b * t, w]);
+        let pieces = piece_rows(b * t, MLP_PIECE_ROWS, crate::cpu::MAX_ROWS + 1);
+        let mut start = 0;
+        let outs = pieces
+            .into_iter()
+            .map(|n| {
+                let piece = rows.clone().narrow(1, start, n);
+                start += n;
+                self.forward_whole(piece, ad, tr, plan)
+            })
+            .collect();
+        let y = Tensor::cat(outs, 1);
+        let n = y.dims()[2];
+        y.reshape([b, t, n])
     }
 
     fn forward_whole(
@@ -385,6 +420,18 @@ impl Mlp {
         let g = crate::fused::swiglu(gate, up);
         self.down_proj.forward(g, ad, tr, plan)
     }
+}
+
+/// Lengths of pieces covering `rows`: `max` each but the last, which is folded into the one
+/// before where it would have fewer than `min` rows.
+fn piece_rows(rows: usize, max: usize, min: usize) -> Vec<usize> {
+    let mut v = vec![max; rows / max];
+    match rows % max {
+        0 => {}
+        r if r >= min || v.is_empty() => v.push(r),
+        r => *v.last_mut().expect("non-empty") += r,
+    }
+    v
 }
 
 impl Block {
@@ -411,10 +458,13 @@ impl Block {
         ]
     }
 
+    /// One block over `x`: `[batch, seq, hidden]`, or the tokens' rows `[1, tokens, hidden]`
+    /// when `rows` says where they lie (attention alone sees the padded layout).
     fn forward(
         &self,
         x: Tensor<3>,
         pos: &Positions<'_>,
+        rows: Option<&PackedRows>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
         opts: ForwardOptions<'_>,
         plan: Plan,
@@ -422,10 +472,18 @@ impl Block {
         let a = &self.self_attn;
         let (ad, tr) = (opts.adapter, opts.dropout);
         let h = self.input_layernorm.forward(x.clone());
-        let [q, k, v] = project_shared(&h, [&a.q_proj, &a.k_proj, &a.v_proj], ad, tr, plan);
+        let mut qkv = project_shared(&h, [&a.q_proj, &a.k_proj, &a.v_proj], ad, tr, plan);
+        if let Some(p) = rows {
+            qkv = qkv.map(|z| p.unpack(z));
+        }
+        let [q, k, v] = qkv;
         let o = match pos {
             Positions::Host(host) => host.attend(q, k, v, a),
             Positions::Burn(tensors) => self.burn_attention(q, k, v, tensors, cache, plan),
+        };
+        let o = match rows {
+            Some(p) => p.pack(o),
+            None => o,
         };
         let x = x + a.o_proj.forward(o, ad, tr, plan);
         let h = self.post_attention_layernorm.forward(x.clone());

@@ -200,6 +200,7 @@ pub fn lens_probs(
             adapter: false,
             dropout: None,
             training_arithmetic: false,
+            skip_padding: true,
         },
     );
     let t = batch.seq;

@@ -167,6 +167,7 @@ fn lora_plain_training_arithmetic_equals_the_autodiff_device_bit_for_bit() {
         adapter: false,
         dropout: None,
         training_arithmetic: true,
+        skip_padding: true,
     };
     let states = |out: mosr_lm::ForwardOutput| -> Vec<Vec<f32>> {
         out.hidden

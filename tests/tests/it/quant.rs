@@ -554,3 +554,129 @@ fn quant_batch_in_pieces_equals_each_sequence_alone() {
         assert!(l == logits[b * l_row..][..l_row], "sequence {b}: logits");
     }
 }
+
+/// A quantized pass that leaves padding out of its row-wise work (`ForwardOptions::
+/// skip_padding`, the default) gives every token the bits of the padded pass: hidden states
+/// and logits of a cache-less pass, the prefill that fills a KV cache, and the decode steps
+/// after it (their cache holds zeros at padding instead of the pad token's values). Batches
+/// of mixed lengths, one large enough that the MLP runs over pieces of the tokens' rows, with
+/// an adapter's update on the codes; and a 17-row decode step (burn's path) with finished rows.
+#[test]
+fn quant_padding_left_out_changes_no_token_bit() {
+    use mosr_lm::{Arithmetic, ForwardOptions, KvCache, LanguageModel, Logits, TokenBatch};
+    let dev = mosr_lm::Device::flex();
+    let model = "smollm2-135m-instruct";
+    let path = mosr_tests::model_path(model);
+    let exact = LanguageModel::open(&path, &dev).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-padding");
+    let with = save_random_adapter(&exact, model, &dir);
+    let lm = with(&LanguageModel::open_with(&path, &dev, Arithmetic::Quantized).unwrap());
+    let vocab = lm.config.vocab_size;
+    let prompt = |b: usize, len: usize| -> Vec<u32> {
+        (0..len)
+            .map(|t| (1000 + (b * 7919 + t * 104_729) % (vocab - 2000)) as u32)
+            .collect()
+    };
+    let f = |t: burn::tensor::Tensor<3>| t.into_data().try_into_vec::<f32>().unwrap();
+    let opts = |skip_padding, hidden, logits| ForwardOptions {
+        hidden,
+        logits,
+        skip_padding,
+        ..Default::default()
+    };
+    // 1030 tokens in 1350 positions: MLP pieces of 1024 rows, the last 6 folded in.
+    let lengths = [
+        vec![40, 7, 90, 23],
+        vec![150, 150, 150, 150, 150, 150, 30, 50, 50],
+    ];
+    for lens in lengths {
+        let prompts: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(b, &n)| prompt(b, n))
+            .collect();
+        let batch = TokenBatch::left_padded(&prompts, lm.pad_id);
+        let tokens = |v: &[f32], w: usize| -> Vec<f32> {
+            (0..batch.mask.len())
+                .filter(|&i| batch.mask[i])
+                .flat_map(|i| v[i * w..(i + 1) * w].to_vec())
+                .collect()
+        };
+        let pass = |skip| lm.net.forward(&batch, None, opts(skip, true, Logits::All));
+        let (a, b) = (pass(true), pass(false));
+        // The padding was left out: its states are the zeros it was laid out with.
+        let w = lm.config.hidden_size;
+        let pads = |v: Vec<f32>| -> Vec<f32> {
+            (0..batch.mask.len())
+                .filter(|&i| !batch.mask[i])
+                .flat_map(|i| v[i * w..(i + 1) * w].to_vec())
+                .collect()
+        };
+        let (pa, pb) = (pads(f(a.hidden[1].clone())), pads(f(b.hidden[1].clone())));
+        assert!(pa.iter().all(|&v| v == 0.0) && pb.iter().any(|&v| v != 0.0));
+        for (l, (x, y)) in a.hidden.into_iter().zip(b.hidden).enumerate() {
+            assert!(tokens(&f(x), w) == tokens(&f(y), w), "{lens:?}: hidden {l}");
+        }
+        let (x, y) = (f(a.logits.unwrap()), f(b.logits.unwrap()));
+        assert!(tokens(&x, vocab) == tokens(&y, vocab), "{lens:?}: logits");
+        // Prefill into a cache, then two decode steps, each side on its own cache.
+        let mut caches = [KvCache::default(), KvCache::default()];
+        let mut step = batch.clone();
+        for s in 0..3 {
+            let [p, q] = &mut caches;
+            let x = f(lm
+                .net
+                .forward(&step, Some(p), opts(true, false, Logits::Last))
+                .logits
+                .unwrap());
+            let y = f(lm
+                .net
+                .forward(&step, Some(q), opts(false, false, Logits::Last))
+                .logits
+                .unwrap());
+            assert!(x == y, "{lens:?}: step {s} logits");
+            step = TokenBatch {
+                ids: (0..lens.len())
+                    .map(|r| (1000 + 31 * r + s) as u32)
+                    .collect(),
+                mask: vec![true; lens.len()],
+                batch: lens.len(),
+                seq: 1,
+            };
+        }
+    }
+    // 17 rows decode through burn's ops; rows 3, 8 and 11 have finished (padding).
+    let prompts: Vec<Vec<u32>> = (0..17).map(|b| prompt(b, 5 + b % 4)).collect();
+    let batch = TokenBatch::left_padded(&prompts, lm.pad_id);
+    let mut caches = [KvCache::default(), KvCache::default()];
+    for (c, skip) in caches.iter_mut().zip([true, false]) {
+        lm.net
+            .forward(&batch, Some(c), opts(skip, false, Logits::Last));
+    }
+    let live = |r: usize| ![3, 8, 11].contains(&r);
+    let step = TokenBatch {
+        ids: (0..17)
+            .map(|r| if live(r) { 2000 + r as u32 } else { lm.pad_id })
+            .collect(),
+        mask: (0..17).map(live).collect(),
+        batch: 17,
+        seq: 1,
+    };
+    let [p, q] = &mut caches;
+    let x = f(lm
+        .net
+        .forward(&step, Some(p), opts(true, false, Logits::Last))
+        .logits
+        .unwrap());
+    let y = f(lm
+        .net
+        .forward(&step, Some(q), opts(false, false, Logits::Last))
+        .logits
+        .unwrap());
+    for r in (0..17).filter(|&r| live(r)) {
+        assert!(
+            x[r * vocab..][..vocab] == y[r * vocab..][..vocab],
+            "17 rows: row {r}"
+        );
+    }
+}

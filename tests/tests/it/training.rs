@@ -547,6 +547,7 @@ fn training_losses_of_zero_initialised_adapter() {
         adapter: false,
         dropout: None,
         training_arithmetic: false,
+        skip_padding: true,
     };
     let orig: Vec<_> = lm
         .net
@@ -679,6 +680,7 @@ fn training_refusal_lm_loss_is_hand_computed_cross_entropy() {
             adapter: false,
             dropout: None,
             training_arithmetic: false,
+            skip_padding: true,
         };
         let logits = lm.net.forward(&tb, None, fwd).logits.unwrap();
         let v = lm.config.vocab_size;

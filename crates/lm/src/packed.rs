@@ -1,0 +1,99 @@
+//! Padding left out of a quantized load's row-wise work.
+//!
+//! A left-padded batch computes every padding position as if it were a token: norms,
+//! projections and the MLP for rows whose results nothing reads (attention masks padding keys,
+//! and logits and states are read at tokens only). Batches of prompts sorted by length still
+//! pad: one long prompt among short ones made a 16-row evaluation batch compute 4 times its
+//! tokens. On a quantized load every one of those operations works row by row (the integer
+//! codes' product, the adapter's update over more than [`MAX_ROWS`] rows, norms, SwiGLU, the
+//! residual sums), so the forward carries only the tokens' rows, `[1, tokens, width]`, and
+//! lays them out padded (zeros at padding) just for attention, whose masked keys contribute
+//! exactly nothing; each token's values are the padded pass's, bit for bit
+//! (`tests/tests/it/quant.rs`).
+
+use burn::tensor::{Tensor, TensorData};
+use mosr_kernels::MAX_ROWS;
+
+use crate::batch::TokenBatch;
+
+/// Where a batch's tokens lie in its padded `[batch, seq]` layout.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedRows {
+    batch: usize,
+    seq: usize,
+    /// `row · seq + column` of every token, in order.
+    tokens: Vec<usize>,
+}
+
+impl PackedRows {
+    /// The batch's tokens, where leaving its padding out changes which rows there are (it has
+    /// padding) but not which kernels run (more than [`MAX_ROWS`] tokens: fewer rows take the
+    /// few-row kernel of the adapter's update, whose sums are ordered differently).
+    pub(crate) fn of(batch: &TokenBatch) -> Option<Self> {
+        let tokens: Vec<usize> = (0..batch.mask.len()).filter(|&i| batch.mask[i]).collect();
+        (tokens.len() < batch.mask.len() && tokens.len() > MAX_ROWS).then_some(Self {
+            batch: batch.batch,
+            seq: batch.seq,
+            tokens,
+        })
+    }
+
+    /// `[batch, seq, w]` → `[1, tokens, w]`.
+    pub(crate) fn pack(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, w] = x.dims();
+        assert_eq!(
+            (b, t),
+            (self.batch, self.seq),
+            "pack: not this batch's layout"
+        );
+        let dev = x.device();
+        let v = host(x);
+        let mut out = Vec::with_capacity(self.tokens.len() * w);
+        for &i in &self.tokens {
+            out.extend_from_slice(&v[i * w..(i + 1) * w]);
+        }
+        Tensor::from_data(TensorData::new(out, [1, self.tokens.len(), w]), &dev)
+    }
+
+    /// `[1, tokens, w]` → `[batch, seq, w]`, zeros at padding.
+    pub(crate) fn unpack(&self, x: Tensor<3>) -> Tensor<3> {
+        let [_, n, w] = x.dims();
+        assert_eq!(n, self.tokens.len(), "unpack: not this batch's tokens");
+        let dev = x.device();
+        let v = host(x);
+        let mut out = vec![0f32; self.batch * self.seq * w];
+        for (j, &i) in self.tokens.iter().enumerate() {
+            out[i * w..(i + 1) * w].copy_from_slice(&v[j * w..(j + 1) * w]);
+        }
+        Tensor::from_data(TensorData::new(out, [self.batch, self.seq, w]), &dev)
+    }
+
+    /// Each sequence's last position, `[batch, 1, w]`, from `[1, tokens, w]`; `None` where a
+    /// sequence is all padding.
+    pub(crate) fn last(&self, x: Tensor<3>) -> Option<Tensor<3>> {
+        let w = x.dims()[2];
+        let at: Vec<usize> = (0..self.batch)
+            .map(|r| {
+                self.tokens
+                    .binary_search(&(r * self.seq + self.seq - 1))
+                    .ok()
+            })
+            .collect::<Option<_>>()?;
+        let dev = x.device();
+        let v = host(x);
+        let out: Vec<f32> = at
+            .iter()
+            .flat_map(|&j| v[j * w..(j + 1) * w].iter().copied())
+            .collect();
+        Some(Tensor::from_data(
+            TensorData::new(out, [self.batch, 1, w]),
+            &dev,
+        ))
+    }
+}
+
+fn host(x: Tensor<3>) -> Vec<f32> {
+    x.into_data()
+        .try_into_vec::<f32>()
+        .expect("f32 activations on the CPU device")
+}
