@@ -19,6 +19,22 @@ use mosr_kernels::amx::PackedWeight;
 use crate::flex::{contiguous, flex_f32};
 pub use mosr_kernels::MAX_ROWS;
 
+/// Rows up to which `gemm` (0.19) takes its small-size path when the output is at most this
+/// wide too: `k` in blocks of 512, where larger products block `k` by cache size. The two sum
+/// a row in different orders wherever `k > 512` (an adapter's `x · A`: rank-wide output,
+/// hidden- or intermediate-deep).
+pub const GEMM_SMALL_ROWS: usize = 64;
+
+/// Whether a product over `a` rows and one over `b` rows give a row the same bits: both take
+/// the few-row kernel (at most [`MAX_ROWS`]), both `gemm`'s small-size path (at most
+/// [`GEMM_SMALL_ROWS`]), or both its blocked path. Every product here works row by row
+/// otherwise, so this is all a pass that changes its row count (leaving padding out, running
+/// the MLP in pieces) must keep (`tests/tests/it/quant.rs`).
+pub fn same_row_arithmetic(a: usize, b: usize) -> bool {
+    let regime = |m: usize| (m > MAX_ROWS) as u8 + (m > GEMM_SMALL_ROWS) as u8;
+    regime(a) == regime(b)
+}
+
 /// Whether tensors on this device may take the few-row path.
 pub fn applies(device: &Device) -> bool {
     !device.is_autodiff() && *device == Device::flex()

@@ -10,9 +10,9 @@
 //! to rounding (the greedy-generation fixtures check both).
 //!
 //! [`step`] declines (returns `None`, having changed nothing) wherever the burn path must run:
-//! other devices, autodiff, more than [`MAX_ROWS`] sequences, more than one new position,
-//! hidden states requested, a truncated forward, training (LoRA dropout), or a weight that is
-//! not a plain contiguous f32 tensor.
+//! other devices, autodiff, more than [`MAX_ROWS`] sequences of an exact load, more than one
+//! new position, hidden states requested, a truncated forward, training (LoRA dropout), or a
+//! weight that is not a plain contiguous f32 tensor.
 
 use burn::tensor::{Tensor, TensorData};
 use burn_flex::FlexTensor;
@@ -76,10 +76,20 @@ impl HostLinear {
             }
         }
         if let Some((a, b, r, scale)) = &self.lora {
+            // The few-row kernel computes each row on its own, so [`MAX_ROWS`] at a time gives
+            // any number of rows (a quantized load decodes more at once) the same bits.
             let mut xa = vec![0f32; rows * r];
-            mosr_kernels::few_rows(x, rows, k, contiguous(a, k * r), *r, &mut xa);
             let mut d = vec![0f32; rows * self.n];
-            mosr_kernels::few_rows(&xa, rows, *r, contiguous(b, r * self.n), self.n, &mut d);
+            let (a, b) = (contiguous(a, k * r), contiguous(b, r * self.n));
+            for ((x, xa), d) in x
+                .chunks(MAX_ROWS * k)
+                .zip(xa.chunks_mut(MAX_ROWS * r))
+                .zip(d.chunks_mut(MAX_ROWS * self.n))
+            {
+                let m = x.len() / k;
+                mosr_kernels::few_rows(x, m, k, a, *r, xa);
+                mosr_kernels::few_rows(xa, m, *r, b, self.n, d);
+            }
             for (o, dv) in out.iter_mut().zip(&d) {
                 *o += scale * dv;
             }
@@ -278,8 +288,9 @@ fn step_in_pool(
 
 /// Whether a pass on the host plan (`crate::Plan::Host`, checked by the caller) takes the host
 /// decode step: one new token per row of a full-depth inference pass without hidden states or
-/// dropout, at most [`MAX_ROWS`] rows, ids inside the vocabulary, and a cache (if any) of the
-/// same rows.
+/// dropout, at most [`MAX_ROWS`] rows (any number on a quantized load, whose products all work
+/// row by row, so that a sequence decodes to the same bits in a batch of any size), ids inside
+/// the vocabulary, and a cache (if any) of the same rows.
 fn host_decodes(
     lm: &CausalLm,
     batch: &TokenBatch,
@@ -290,7 +301,7 @@ fn host_decodes(
     let full = opts.num_layers.is_none_or(|n| n >= lm.layers.len());
     batch.seq == 1
         && rows > 0
-        && rows <= MAX_ROWS
+        && (rows <= MAX_ROWS || lm.quantized_throughout())
         && !opts.hidden
         && opts.dropout.is_none()
         && full

@@ -285,10 +285,12 @@ impl CausalLm {
             None => embedding(self.embed_tokens.val(), ids),
         };
         // A quantized pass carries the tokens' rows only (`crate::packed`).
-        let rows =
-            (opts.skip_padding && plan.host() && opts.dropout.is_none() && self.all_quantized())
-                .then(|| PackedRows::of(batch))
-                .flatten();
+        let rows = (opts.skip_padding
+            && plan.host()
+            && opts.dropout.is_none()
+            && self.quantized_throughout())
+        .then(|| PackedRows::of(batch))
+        .flatten();
         let padded = |x: Tensor<3>| match &rows {
             Some(p) => p.unpack(x),
             None => x,
@@ -328,12 +330,14 @@ impl CausalLm {
         ForwardOutput { logits, hidden }
     }
 
-    /// Every projection of every block has integer codes (a quantized load): then every
-    /// row-wise part of a pass works row by row.
-    fn all_quantized(&self) -> bool {
-        self.layers
-            .iter()
-            .all(|l| l.linears().iter().all(|(_, lin)| lin.quant.is_some()))
+    /// Every projection of every block and the unembedding have integer codes (a quantized
+    /// load): then every row-wise part of a pass works row by row.
+    pub(crate) fn quantized_throughout(&self) -> bool {
+        self.head_quant.is_some()
+            && self
+                .layers
+                .iter()
+                .all(|l| l.linears().iter().all(|(_, lin)| lin.quant.is_some()))
     }
 
     /// Final norm + unembedding of any residual-stream state (the LogitLens).
@@ -382,10 +386,10 @@ const MLP_PIECE_ROWS: usize = 1024;
 
 impl Mlp {
     /// `down(swiglu(gate(h), up(h)))`. On a quantized load it runs over pieces of at most
-    /// [`MLP_PIECE_ROWS`] rows, each of more than [`crate::cpu::MAX_ROWS`]: every product
-    /// there (the codes' kernel, gemm for an adapter's update over that many rows) and the
-    /// SwiGLU compute each row on its own, so the pieces give the bits of one pass while the
-    /// intermediate buffers stay small.
+    /// [`MLP_PIECE_ROWS`] rows, each of more than [`crate::cpu::GEMM_SMALL_ROWS`]: every
+    /// product there (the codes' kernel, gemm's blocked path for an adapter's update) and the
+    /// SwiGLU compute each row on its own (`crate::cpu::same_row_arithmetic`), so the pieces
+    /// give the bits of one pass while the intermediate buffers stay small.
     fn forward(&self, h: Tensor<3>, ad: bool, tr: Option<&DropoutStream>, plan: Plan) -> Tensor<3> {
         let [b, t, w] = h.dims();
         let quantized = self.gate_proj.quant.is_some() && tr.is_none();
@@ -393,7 +397,7 @@ impl Mlp {
             return self.forward_whole(h, ad, tr, plan);
         }
         let rows = h.reshape([1, b * t, w]);
-        let pieces = piece_rows(b * t, MLP_PIECE_ROWS, crate::cpu::MAX_ROWS + 1);
+        let pieces = piece_rows(b * t, MLP_PIECE_ROWS, crate::cpu::GEMM_SMALL_ROWS + 1);
         let mut start = 0;
         let outs = pieces
             .into_iter()

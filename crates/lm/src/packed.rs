@@ -5,16 +5,16 @@
 //! and logits and states are read at tokens only). Batches of prompts sorted by length still
 //! pad: one long prompt among short ones made a 16-row evaluation batch compute 4 times its
 //! tokens. On a quantized load every one of those operations works row by row (the integer
-//! codes' product, the adapter's update over more than [`MAX_ROWS`] rows, norms, SwiGLU, the
-//! residual sums), so the forward carries only the tokens' rows, `[1, tokens, width]`, and
+//! codes' product, norms, SwiGLU, the residual sums, and the adapter's update as long as the
+//! row count keeps its kernel: [`same_row_arithmetic`]), so the forward carries only the tokens' rows, `[1, tokens, width]`, and
 //! lays them out padded (zeros at padding) just for attention, whose masked keys contribute
 //! exactly nothing; each token's values are the padded pass's, bit for bit
 //! (`tests/tests/it/quant.rs`).
 
 use burn::tensor::{Tensor, TensorData};
-use mosr_kernels::MAX_ROWS;
 
 use crate::batch::TokenBatch;
+use crate::cpu::same_row_arithmetic;
 
 /// Where a batch's tokens lie in its padded `[batch, seq]` layout.
 #[derive(Debug, Clone)]
@@ -27,11 +27,12 @@ pub(crate) struct PackedRows {
 
 impl PackedRows {
     /// The batch's tokens, where leaving its padding out changes which rows there are (it has
-    /// padding) but not which kernels run (more than [`MAX_ROWS`] tokens: fewer rows take the
-    /// few-row kernel of the adapter's update, whose sums are ordered differently).
+    /// padding) but not how a row is summed ([`same_row_arithmetic`]: the adapter's update
+    /// takes another kernel or blocking for fewer rows).
     pub(crate) fn of(batch: &TokenBatch) -> Option<Self> {
         let tokens: Vec<usize> = (0..batch.mask.len()).filter(|&i| batch.mask[i]).collect();
-        (tokens.len() < batch.mask.len() && tokens.len() > MAX_ROWS).then_some(Self {
+        let (n, all) = (tokens.len(), batch.mask.len());
+        (n < all && same_row_arithmetic(n, all)).then_some(Self {
             batch: batch.batch,
             seq: batch.seq,
             tokens,

@@ -560,7 +560,8 @@ fn quant_batch_in_pieces_equals_each_sequence_alone() {
 /// and logits of a cache-less pass, the prefill that fills a KV cache, and the decode steps
 /// after it (their cache holds zeros at padding instead of the pad token's values). Batches
 /// of mixed lengths, one large enough that the MLP runs over pieces of the tokens' rows, with
-/// an adapter's update on the codes; and a 17-row decode step (burn's path) with finished rows.
+/// an adapter's update on the codes; a batch whose tokens would change the adapter's gemm
+/// path (80 rows, 50 tokens) keeps its padding.
 #[test]
 fn quant_padding_left_out_changes_no_token_bit() {
     use mosr_lm::{Arithmetic, ForwardOptions, KvCache, LanguageModel, Logits, TokenBatch};
@@ -584,41 +585,47 @@ fn quant_padding_left_out_changes_no_token_bit() {
         skip_padding,
         ..Default::default()
     };
-    // 1030 tokens in 1350 positions: MLP pieces of 1024 rows, the last 6 folded in.
-    let lengths = [
-        vec![40, 7, 90, 23],
-        vec![150, 150, 150, 150, 150, 150, 30, 50, 50],
+    // (lengths, whether the padding is left out). 1030 tokens in 1350 positions: MLP pieces
+    // of 1024 rows, the last 6 folded in.
+    let cases = [
+        (vec![40, 7, 90, 23], true),
+        (vec![150, 150, 150, 150, 150, 150, 30, 50, 50], true),
+        (vec![40, 10], false),
     ];
-    for lens in lengths {
+    for (lens, packs) in cases {
         let prompts: Vec<Vec<u32>> = lens
             .iter()
             .enumerate()
             .map(|(b, &n)| prompt(b, n))
             .collect();
         let batch = TokenBatch::left_padded(&prompts, lm.pad_id);
-        let tokens = |v: &[f32], w: usize| -> Vec<f32> {
+        let w = lm.config.hidden_size;
+        let select = |v: &[f32], w: usize, real: bool| -> Vec<f32> {
             (0..batch.mask.len())
-                .filter(|&i| batch.mask[i])
+                .filter(|&i| batch.mask[i] == real)
                 .flat_map(|i| v[i * w..(i + 1) * w].to_vec())
                 .collect()
         };
         let pass = |skip| lm.net.forward(&batch, None, opts(skip, true, Logits::All));
         let (a, b) = (pass(true), pass(false));
-        // The padding was left out: its states are the zeros it was laid out with.
-        let w = lm.config.hidden_size;
-        let pads = |v: Vec<f32>| -> Vec<f32> {
-            (0..batch.mask.len())
-                .filter(|&i| !batch.mask[i])
-                .flat_map(|i| v[i * w..(i + 1) * w].to_vec())
-                .collect()
-        };
-        let (pa, pb) = (pads(f(a.hidden[1].clone())), pads(f(b.hidden[1].clone())));
-        assert!(pa.iter().all(|&v| v == 0.0) && pb.iter().any(|&v| v != 0.0));
+        // Left out, the padding's states are the zeros it was laid out with.
+        let pads = select(&f(a.hidden[1].clone()), w, false);
+        assert_eq!(
+            pads.iter().all(|&v| v == 0.0),
+            packs,
+            "{lens:?}: padding left out"
+        );
         for (l, (x, y)) in a.hidden.into_iter().zip(b.hidden).enumerate() {
-            assert!(tokens(&f(x), w) == tokens(&f(y), w), "{lens:?}: hidden {l}");
+            assert!(
+                select(&f(x), w, true) == select(&f(y), w, true),
+                "{lens:?}: hidden {l}"
+            );
         }
         let (x, y) = (f(a.logits.unwrap()), f(b.logits.unwrap()));
-        assert!(tokens(&x, vocab) == tokens(&y, vocab), "{lens:?}: logits");
+        assert!(
+            select(&x, vocab, true) == select(&y, vocab, true),
+            "{lens:?}: logits"
+        );
         // Prefill into a cache, then two decode steps, each side on its own cache.
         let mut caches = [KvCache::default(), KvCache::default()];
         let mut step = batch.clone();
@@ -645,38 +652,91 @@ fn quant_padding_left_out_changes_no_token_bit() {
             };
         }
     }
-    // 17 rows decode through burn's ops; rows 3, 8 and 11 have finished (padding).
-    let prompts: Vec<Vec<u32>> = (0..17).map(|b| prompt(b, 5 + b % 4)).collect();
-    let batch = TokenBatch::left_padded(&prompts, lm.pad_id);
-    let mut caches = [KvCache::default(), KvCache::default()];
-    for (c, skip) in caches.iter_mut().zip([true, false]) {
-        lm.net
-            .forward(&batch, Some(c), opts(skip, false, Logits::Last));
-    }
-    let live = |r: usize| ![3, 8, 11].contains(&r);
-    let step = TokenBatch {
-        ids: (0..17)
-            .map(|r| if live(r) { 2000 + r as u32 } else { lm.pad_id })
-            .collect(),
-        mask: (0..17).map(live).collect(),
-        batch: 17,
-        seq: 1,
+}
+
+/// The row counts between which an adapter's update keeps each row's bits
+/// (`mosr_lm::cpu::same_row_arithmetic`, which leaving padding out and the MLP's pieces rely
+/// on): a product of rank-wide output over a 576-deep input gives a row the same bits at 17 and
+/// 64 rows, and at 65 and 1100, but not across 64 | 65 (gemm's small-size path; if that
+/// assertion fails, gemm has dropped it and `GEMM_SMALL_ROWS` can go).
+#[test]
+fn adapter_products_keep_row_bits_within_gemm_paths() {
+    use burn::tensor::{Tensor, TensorData};
+    use mosr_lm::cpu::{GEMM_SMALL_ROWS, project, same_row_arithmetic};
+    let dev = mosr_lm::Device::flex();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (k, r) = (576, 16);
+    let x: Vec<f32> = (0..1100 * k)
+        .map(|_| rng.random_range(-1f32..1.0))
+        .collect();
+    let a: Vec<f32> = (0..k * r).map(|_| rng.random_range(-0.1f32..0.1)).collect();
+    let a = Tensor::<2>::from_data(TensorData::new(a, [k, r]), &dev);
+    let first_row = |m: usize| -> Vec<f32> {
+        let xs = Tensor::<3>::from_data(TensorData::new(x[..m * k].to_vec(), [1, m, k]), &dev);
+        let y = project(xs, a.clone(), None)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        y[..r].to_vec()
     };
-    let [p, q] = &mut caches;
-    let x = f(lm
-        .net
-        .forward(&step, Some(p), opts(true, false, Logits::Last))
-        .logits
-        .unwrap());
-    let y = f(lm
-        .net
-        .forward(&step, Some(q), opts(false, false, Logits::Last))
-        .logits
-        .unwrap());
-    for r in (0..17).filter(|&r| live(r)) {
-        assert!(
-            x[r * vocab..][..vocab] == y[r * vocab..][..vocab],
-            "17 rows: row {r}"
-        );
+    let small = GEMM_SMALL_ROWS;
+    assert!(same_row_arithmetic(17, small) && same_row_arithmetic(small + 1, 1100));
+    assert!(!same_row_arithmetic(small, small + 1) && !same_row_arithmetic(16, 17));
+    assert_eq!(first_row(17), first_row(small), "gemm's small-size path");
+    assert_eq!(first_row(small + 1), first_row(1100), "gemm's blocked path");
+    assert_ne!(first_row(small), first_row(small + 1), "gemm's two paths");
+}
+
+/// On a quantized load a sequence decodes to the same bits in a batch of any size: 20 rows
+/// (more than the few-row kernel's 16, still the host decode step) give rows 0, 7 and 19 the
+/// logits they get alone, through a prefill and three decode steps, with an adapter. (Prompts
+/// of more than 64 tokens: a prefill of fewer rows sums the adapter's update another way,
+/// `mosr_lm::cpu::same_row_arithmetic`.)
+#[test]
+fn quant_decode_is_the_same_in_a_batch_of_any_size() {
+    use mosr_lm::{Arithmetic, ForwardOptions, KvCache, LanguageModel, TokenBatch};
+    let dev = mosr_lm::Device::flex();
+    let model = "smollm2-135m-instruct";
+    let path = mosr_tests::model_path(model);
+    let exact = LanguageModel::open(&path, &dev).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-decode-rows");
+    let with = save_random_adapter(&exact, model, &dir);
+    let lm = with(&LanguageModel::open_with(&path, &dev, Arithmetic::Quantized).unwrap());
+    let vocab = lm.config.vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..20)
+        .map(|b| {
+            (0..70)
+                .map(|t| (1000 + (b * 7919 + t * 104_729) % (vocab - 2000)) as u32)
+                .collect()
+        })
+        .collect();
+    let f = |t: burn::tensor::Tensor<3>| t.into_data().try_into_vec::<f32>().unwrap();
+    // Each step's logits for the given rows of `prompts`.
+    let run = |rows: &[usize]| -> Vec<Vec<f32>> {
+        let mut cache = KvCache::default();
+        let own: Vec<Vec<u32>> = rows.iter().map(|&r| prompts[r].clone()).collect();
+        let mut step = TokenBatch::left_padded(&own, lm.pad_id);
+        let mut out = Vec::new();
+        for s in 0..4 {
+            let o = lm
+                .net
+                .forward(&step, Some(&mut cache), ForwardOptions::default());
+            out.push(f(o.logits.unwrap()));
+            step = TokenBatch {
+                ids: rows.iter().map(|&r| (2000 + 31 * r + s) as u32).collect(),
+                mask: vec![true; rows.len()],
+                batch: rows.len(),
+                seq: 1,
+            };
+        }
+        out
+    };
+    let all: Vec<usize> = (0..20).collect();
+    let batch = run(&all);
+    for r in [0, 7, 19] {
+        let alone = run(&[r]);
+        for (s, (a, b)) in alone.iter().zip(&batch).enumerate() {
+            assert!(*a == b[r * vocab..][..vocab], "row {r}, step {s}");
+        }
     }
 }
