@@ -286,6 +286,17 @@ fn step_in_pool(
     })
 }
 
+impl CausalLm {
+    /// Whether a decode step of `rows` rows on this model's device computes each row on its
+    /// own, bits independent of the rows beside it (and of a later step's fewer rows): the
+    /// host decode step's products, norms and attention all work row by row, and it takes
+    /// every step of a batch of at most [`MAX_ROWS`] rows, or of any size on a quantized load.
+    pub fn decodes_rows_alone(&self, rows: usize) -> bool {
+        crate::Plan::of(&self.device(), false).host()
+            && (rows <= MAX_ROWS || self.quantized_throughout())
+    }
+}
+
 /// Whether a pass on the host plan (`crate::Plan::Host`, checked by the caller) takes the host
 /// decode step: one new token per row of a full-depth inference pass without hidden states or
 /// dropout, at most [`MAX_ROWS`] rows (any number on a quantized load, whose products all work

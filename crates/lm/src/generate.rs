@@ -105,7 +105,10 @@ fn pick(row: &[f32], cfg: &GenerateConfig, rng: &mut ChaCha8Rng) -> u32 {
     kept.last().map(|k| k.0 as u32).unwrap_or(0)
 }
 
-/// Generates for a batch of tokenised prompts.
+/// Generates for a batch of tokenised prompts. Rows that have finished leave the batch (and
+/// its KV cache) where each row's decode step does not depend on the rows beside it
+/// ([`crate::CausalLm::decodes_rows_alone`]), so their steps cost nothing and the answers are
+/// the same bits as with them kept.
 pub fn generate(
     model: &LanguageModel,
     prompts: &[Vec<u32>],
@@ -132,6 +135,9 @@ pub fn generate(
         skip_padding: true,
     };
     let vocab = model.config.vocab_size;
+    let compact = model.net.decodes_rows_alone(b);
+    // The prompt row of each batch row.
+    let mut rows: Vec<usize> = (0..b).collect();
     for _step in 0..cfg.max_new_tokens {
         let o = model.net.forward(&batch, Some(&mut cache), opts);
         let logits = o.logits.expect("logits requested");
@@ -139,15 +145,13 @@ pub fn generate(
             .into_data()
             .try_into_vec_as::<f32>()
             .expect("f32 logits");
-        let mut next = Vec::with_capacity(b);
-        let mut mask = Vec::with_capacity(b);
-        for row in 0..b {
+        let mut next = Vec::with_capacity(rows.len());
+        for (i, &row) in rows.iter().enumerate() {
             if finish[row].is_some() {
-                next.push(model.pad_id);
-                mask.push(false);
+                next.push(None);
                 continue;
             }
-            let logits = &data[row * vocab..(row + 1) * vocab];
+            let logits = &data[i * vocab..(i + 1) * vocab];
             if !logits.iter().all(|v| v.is_finite()) {
                 return Err(crate::LmError::NonFinite {
                     file: model.path.clone(),
@@ -159,21 +163,25 @@ pub fn generate(
             let tok = pick(logits, cfg, &mut rng);
             if !cfg.ignore_eos && stops.contains(&tok) {
                 finish[row] = Some(Finish::EndOfTurn);
-                next.push(model.pad_id);
-                mask.push(false);
+                next.push(None);
             } else {
                 out[row].push(tok);
-                next.push(tok);
-                mask.push(true);
+                next.push(Some(tok));
             }
         }
         if finish.iter().all(|f| f.is_some()) {
             break;
         }
+        if compact && next.contains(&None) {
+            let keep: Vec<usize> = (0..rows.len()).filter(|&i| next[i].is_some()).collect();
+            cache.select_rows(&keep);
+            rows = keep.iter().map(|&i| rows[i]).collect();
+            next.retain(Option::is_some);
+        }
         batch = TokenBatch {
-            ids: next,
-            mask,
-            batch: b,
+            ids: next.iter().map(|t| t.unwrap_or(model.pad_id)).collect(),
+            mask: next.iter().map(Option::is_some).collect(),
+            batch: next.len(),
             seq: 1,
         };
     }
