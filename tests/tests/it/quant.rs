@@ -507,28 +507,39 @@ fn quant_adapter_update_is_added_beside_the_codes() {
     );
 }
 
+/// SmolLM2 opened exact, and quantized with a random non-zero adapter saved under
+/// `CARGO_TARGET_TMPDIR/<name>` (see [`save_random_adapter`]).
+fn smollm2_quantized_with_adapter(name: &str) -> (mosr_lm::LanguageModel, mosr_lm::LanguageModel) {
+    use mosr_lm::{Arithmetic, LanguageModel};
+    let dev = mosr_lm::Device::flex();
+    let model = "smollm2-135m-instruct";
+    let path = mosr_tests::model_path(model);
+    let exact = LanguageModel::open(&path, &dev).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let quant = {
+        let with = save_random_adapter(&exact, model, &dir);
+        with(&LanguageModel::open_with(&path, &dev, Arithmetic::Quantized).unwrap())
+    };
+    (exact, quant)
+}
+
+/// Token ids of a synthetic prompt (sequence `b`, `len` tokens), spread over the vocabulary.
+fn synthetic_ids(b: usize, len: usize, vocab: usize) -> Vec<u32> {
+    (0..len)
+        .map(|t| (1000 + (b * 7919 + t * 104_729) % (vocab - 2000)) as u32)
+        .collect()
+}
+
 /// A quantized forward computes each sequence on its own: a batch large enough that the MLP
 /// runs in pieces (9 x 128 rows, pieces of 1024) gives every sequence the hidden states and
 /// logits it gets alone, bit for bit, with an adapter's update on the codes.
 #[test]
 fn quant_batch_in_pieces_equals_each_sequence_alone() {
-    use mosr_lm::{Arithmetic, ForwardOptions, LanguageModel, Logits, TokenBatch};
-    let dev = mosr_lm::Device::flex();
-    let model = "smollm2-135m-instruct";
-    let path = mosr_tests::model_path(model);
-    let exact = LanguageModel::open(&path, &dev).unwrap();
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-pieces");
-    let with = save_random_adapter(&exact, model, &dir);
-    let lm = with(&LanguageModel::open_with(&path, &dev, Arithmetic::Quantized).unwrap());
+    use mosr_lm::{ForwardOptions, Logits, TokenBatch};
+    let (_exact, lm) = smollm2_quantized_with_adapter("quant-pieces");
     let (rows, seq) = (9, 128);
     let vocab = lm.config.vocab_size;
-    let ids: Vec<Vec<u32>> = (0..rows)
-        .map(|b| {
-            (0..seq)
-                .map(|t| (1000 + (b * 7919 + t * 104_729) % (vocab - 2000)) as u32)
-                .collect()
-        })
-        .collect();
+    let ids: Vec<Vec<u32>> = (0..rows).map(|b| synthetic_ids(b, seq, vocab)).collect();
     let opts = ForwardOptions {
         hidden: true,
         logits: Logits::Last,
@@ -564,20 +575,10 @@ fn quant_batch_in_pieces_equals_each_sequence_alone() {
 /// path (80 rows, 50 tokens) keeps its padding.
 #[test]
 fn quant_padding_left_out_changes_no_token_bit() {
-    use mosr_lm::{Arithmetic, ForwardOptions, KvCache, LanguageModel, Logits, TokenBatch};
-    let dev = mosr_lm::Device::flex();
-    let model = "smollm2-135m-instruct";
-    let path = mosr_tests::model_path(model);
-    let exact = LanguageModel::open(&path, &dev).unwrap();
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-padding");
-    let with = save_random_adapter(&exact, model, &dir);
-    let lm = with(&LanguageModel::open_with(&path, &dev, Arithmetic::Quantized).unwrap());
+    use mosr_lm::{ForwardOptions, KvCache, Logits, TokenBatch};
+    let (_exact, lm) = smollm2_quantized_with_adapter("quant-padding");
     let vocab = lm.config.vocab_size;
-    let prompt = |b: usize, len: usize| -> Vec<u32> {
-        (0..len)
-            .map(|t| (1000 + (b * 7919 + t * 104_729) % (vocab - 2000)) as u32)
-            .collect()
-    };
+    let prompt = |b: usize, len: usize| synthetic_ids(b, len, vocab);
     let f = |t: burn::tensor::Tensor<3>| t.into_data().try_into_vec::<f32>().unwrap();
     let opts = |skip_padding, hidden, logits| ForwardOptions {
         hidden,
@@ -694,22 +695,10 @@ fn adapter_products_keep_row_bits_within_gemm_paths() {
 /// `mosr_lm::cpu::same_row_arithmetic`.)
 #[test]
 fn quant_decode_is_the_same_in_a_batch_of_any_size() {
-    use mosr_lm::{Arithmetic, ForwardOptions, KvCache, LanguageModel, TokenBatch};
-    let dev = mosr_lm::Device::flex();
-    let model = "smollm2-135m-instruct";
-    let path = mosr_tests::model_path(model);
-    let exact = LanguageModel::open(&path, &dev).unwrap();
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-decode-rows");
-    let with = save_random_adapter(&exact, model, &dir);
-    let lm = with(&LanguageModel::open_with(&path, &dev, Arithmetic::Quantized).unwrap());
+    use mosr_lm::{ForwardOptions, KvCache, TokenBatch};
+    let (_exact, lm) = smollm2_quantized_with_adapter("quant-decode-rows");
     let vocab = lm.config.vocab_size;
-    let prompts: Vec<Vec<u32>> = (0..20)
-        .map(|b| {
-            (0..70)
-                .map(|t| (1000 + (b * 7919 + t * 104_729) % (vocab - 2000)) as u32)
-                .collect()
-        })
-        .collect();
+    let prompts: Vec<Vec<u32>> = (0..20).map(|b| synthetic_ids(b, 70, vocab)).collect();
     let f = |t: burn::tensor::Tensor<3>| t.into_data().try_into_vec::<f32>().unwrap();
     // Each step's logits for the given rows of `prompts`.
     let run = |rows: &[usize]| -> Vec<Vec<f32>> {
@@ -748,24 +737,14 @@ fn quant_decode_is_the_same_in_a_batch_of_any_size() {
 /// an exact load (at most 16 rows) and a quantized one with an adapter.
 #[test]
 fn finished_rows_leave_the_batch_with_the_same_bits() {
-    use mosr_lm::{Arithmetic, ForwardOptions, KvCache, LanguageModel, TokenBatch};
-    let dev = mosr_lm::Device::flex();
-    let model = "smollm2-135m-instruct";
-    let path = mosr_tests::model_path(model);
-    let exact = LanguageModel::open(&path, &dev).unwrap();
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("quant-finished");
-    let with = save_random_adapter(&exact, model, &dir);
-    let quant = with(&LanguageModel::open_with(&path, &dev, Arithmetic::Quantized).unwrap());
+    use mosr_lm::{ForwardOptions, KvCache, TokenBatch};
+    let (exact, quant) = smollm2_quantized_with_adapter("quant-finished");
     let f = |t: burn::tensor::Tensor<3>| t.into_data().try_into_vec::<f32>().unwrap();
     for lm in [&exact, &quant] {
         let vocab = lm.config.vocab_size;
         assert!(lm.net.decodes_rows_alone(6));
         let prompts: Vec<Vec<u32>> = (0..6)
-            .map(|b| {
-                (0..20 + 9 * b)
-                    .map(|t| (1000 + (b * 7919 + t * 104_729) % (vocab - 2000)) as u32)
-                    .collect()
-            })
+            .map(|b| synthetic_ids(b, 20 + 9 * b, vocab))
             .collect();
         let mut kept = KvCache::default();
         let batch = TokenBatch::left_padded(&prompts, lm.pad_id);
