@@ -22,7 +22,12 @@ pub fn run_llama(repo: &Path, plan: &Plan) -> Result<()> {
     let (mosr_lm, _) = crate::bench::binaries(repo)?;
     let cells = measure(&mosr_lm, &llama, plan)?;
     println!("{}", table(&cells));
-    crate::bench::record(repo, "llama_cpp", serde_json::to_value(&cells)?)
+    crate::bench::record(
+        repo,
+        "llama_cpp",
+        serde_json::to_value(&cells)?,
+        &["model", "batch", "implementation"],
+    )
 }
 
 /// The registry source package holding llama.cpp's source, and its pinned file.

@@ -84,12 +84,20 @@ pub(crate) fn binaries(repo: &Path) -> Result<(PathBuf, PathBuf)> {
     ))
 }
 
-/// Replaces one anchor's rows for this machine's path in `results/bench/latest.json`: an
+/// Records one anchor's rows for this machine's path in `results/bench/latest.json`: an
 /// object keyed by anchor, then by `amx` or `no_amx` (whether the AMX products ran; an AMX
 /// machine gives both, the second with `MOSR_NO_AMX=1`), so a run on one path keeps the
-/// other's figures. Older files (one entry per anchor, or a bare list of PyTorch rows) are
-/// moved under the path their entry names, or `unrecorded`.
-pub(crate) fn record(repo: &Path, anchor: &str, rows: serde_json::Value) -> Result<()> {
+/// other's figures. A row replaces the recorded row with the same values in the `identity`
+/// fields and leaves the others, so a run of some models or batches keeps the rest of the
+/// table; each new row carries when and by which code it was measured. Older files (one entry
+/// per anchor, or a bare list of PyTorch rows) are moved under the path their entry names, or
+/// `unrecorded`.
+pub(crate) fn record(
+    repo: &Path,
+    anchor: &str,
+    rows: serde_json::Value,
+    identity: &[&str],
+) -> Result<()> {
     let out = repo.join("results/bench/latest.json");
     let mut all = match std::fs::read_to_string(&out) {
         Ok(text) => match serde_json::from_str::<serde_json::Value>(&text)? {
@@ -107,16 +115,51 @@ pub(crate) fn record(repo: &Path, anchor: &str, rows: serde_json::Value) -> Resu
             *entry = serde_json::json!({ path: entry.take() });
         }
     }
+    let (measured, code) = (
+        mosr_artifacts::now_rfc3339(),
+        mosr_artifacts::code_version(),
+    );
+    let mut fresh: Vec<serde_json::Value> = rows.as_array().cloned().unwrap_or_default();
+    for row in &mut fresh {
+        row["measured"] = measured.clone().into();
+        row["code_version"] = code.clone().into();
+    }
     let amx = mosr_kernels::amx::available();
-    all[anchor][amx_key(amx)] = serde_json::json!({
-        "kernels": mosr_kernels::arithmetic(),
-        "amx": amx,
-        "rows": rows,
-    });
+    let entry = &mut all[anchor][amx_key(amx)];
+    let old = entry["rows"].as_array().cloned().unwrap_or_default();
+    entry["kernels"] = mosr_kernels::arithmetic().into();
+    entry["amx"] = amx.into();
+    entry["rows"] = merge_rows(old, fresh, identity).into();
     std::fs::create_dir_all(out.parent().unwrap())?;
     std::fs::write(&out, serde_json::to_string_pretty(&all)?)?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// `old` with each row that a `fresh` row matches on `identity` replaced in place, then the
+/// fresh rows that matched none.
+fn merge_rows(
+    old: Vec<serde_json::Value>,
+    fresh: Vec<serde_json::Value>,
+    identity: &[&str],
+) -> Vec<serde_json::Value> {
+    let key = |r: &serde_json::Value| -> Vec<serde_json::Value> {
+        identity.iter().map(|k| r[*k].clone()).collect()
+    };
+    let mut fresh: Vec<Option<serde_json::Value>> = fresh.into_iter().map(Some).collect();
+    let mut merged: Vec<serde_json::Value> = old
+        .into_iter()
+        .map(|r| {
+            let k = key(&r);
+            fresh
+                .iter_mut()
+                .find(|f| f.as_ref().is_some_and(|f| key(f) == k))
+                .and_then(Option::take)
+                .unwrap_or(r)
+        })
+        .collect();
+    merged.extend(fresh.into_iter().flatten());
+    merged
 }
 
 fn amx_key(amx: bool) -> &'static str {
@@ -219,7 +262,12 @@ pub fn run(repo: &Path, python: Option<PathBuf>, plan: &Plan) -> Result<()> {
     }
     add_f32_limit(&mut rows);
     println!("{}", table(&rows));
-    record(repo, "pytorch", serde_json::Value::Array(rows))
+    record(
+        repo,
+        "pytorch",
+        serde_json::Value::Array(rows),
+        &["workload", "model", "arithmetic"],
+    )
 }
 
 /// A cell's medians over its rounds, and every round's raw figures.
