@@ -6,10 +6,10 @@
 //! pad: one long prompt among short ones made a 16-row evaluation batch compute 4 times its
 //! tokens. On a quantized load every one of those operations works row by row (the integer
 //! codes' product, norms, SwiGLU, the residual sums, and the adapter's update as long as the
-//! row count keeps its kernel: [`same_row_arithmetic`]), so the forward carries only the tokens' rows, `[1, tokens, width]`, and
-//! lays them out padded (zeros at padding) just for attention, whose masked keys contribute
-//! exactly nothing; each token's values are the padded pass's, bit for bit
-//! (`tests/tests/it/quant.rs`).
+//! row count keeps its kernel: [`same_row_arithmetic`]), so the forward carries only the
+//! tokens' rows, `[1, tokens, width]`, and lays them out padded (zeros at padding) just for
+//! attention, whose masked keys contribute exactly nothing; each token's values are the padded
+//! pass's, bit for bit (`tests/tests/it/quant.rs`).
 
 use burn::tensor::{Tensor, TensorData};
 
