@@ -93,7 +93,7 @@ pub fn linear_many<const D: usize>(
 
 /// `f(rows)` on a plain f32 flex tensor's `len` values: in place when contiguous, else on a
 /// copy. `None` for other tensors.
-fn with_rows<const D: usize, R>(
+pub(crate) fn with_rows<const D: usize, R>(
     x: &Tensor<D>,
     len: usize,
     f: impl FnOnce(&[f32]) -> R,

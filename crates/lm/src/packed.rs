@@ -41,38 +41,31 @@ impl PackedRows {
 
     /// `[batch, seq, w]` → `[1, tokens, w]`.
     pub(crate) fn pack(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, t, w] = x.dims();
+        let [b, t, _] = x.dims();
         assert_eq!(
             (b, t),
             (self.batch, self.seq),
             "pack: not this batch's layout"
         );
-        let dev = x.device();
-        let v = host(x);
-        let mut out = Vec::with_capacity(self.tokens.len() * w);
-        for &i in &self.tokens {
-            out.extend_from_slice(&v[i * w..(i + 1) * w]);
-        }
-        Tensor::from_data(TensorData::new(out, [1, self.tokens.len(), w]), &dev)
+        gather(x, &self.tokens, [1, self.tokens.len()])
     }
 
     /// `[1, tokens, w]` → `[batch, seq, w]`, zeros at padding.
     pub(crate) fn unpack(&self, x: Tensor<3>) -> Tensor<3> {
         let [_, n, w] = x.dims();
         assert_eq!(n, self.tokens.len(), "unpack: not this batch's tokens");
-        let dev = x.device();
-        let v = host(x);
         let mut out = vec![0f32; self.batch * self.seq * w];
-        for (j, &i) in self.tokens.iter().enumerate() {
-            out[i * w..(i + 1) * w].copy_from_slice(&v[j * w..(j + 1) * w]);
-        }
-        Tensor::from_data(TensorData::new(out, [self.batch, self.seq, w]), &dev)
+        on_values(&x, |v| {
+            for (j, &i) in self.tokens.iter().enumerate() {
+                out[i * w..(i + 1) * w].copy_from_slice(&v[j * w..(j + 1) * w]);
+            }
+        });
+        Tensor::from_data(TensorData::new(out, [self.batch, self.seq, w]), &x.device())
     }
 
     /// Each sequence's last position, `[batch, 1, w]`, from `[1, tokens, w]`; `None` where a
     /// sequence is all padding.
     pub(crate) fn last(&self, x: Tensor<3>) -> Option<Tensor<3>> {
-        let w = x.dims()[2];
         let at: Vec<usize> = (0..self.batch)
             .map(|r| {
                 self.tokens
@@ -80,21 +73,24 @@ impl PackedRows {
                     .ok()
             })
             .collect::<Option<_>>()?;
-        let dev = x.device();
-        let v = host(x);
-        let out: Vec<f32> = at
-            .iter()
-            .flat_map(|&j| v[j * w..(j + 1) * w].iter().copied())
-            .collect();
-        Some(Tensor::from_data(
-            TensorData::new(out, [self.batch, 1, w]),
-            &dev,
-        ))
+        Some(gather(x, &at, [self.batch, 1]))
     }
 }
 
-fn host(x: Tensor<3>) -> Vec<f32> {
-    x.into_data()
-        .try_into_vec::<f32>()
-        .expect("f32 activations on the CPU device")
+/// Rows `at` of `x` seen as `[rows, w]`, shaped `[lead[0], lead[1], w]`.
+fn gather(x: Tensor<3>, at: &[usize], lead: [usize; 2]) -> Tensor<3> {
+    let w = x.dims()[2];
+    let mut out = Vec::with_capacity(at.len() * w);
+    on_values(&x, |v| {
+        for &i in at {
+            out.extend_from_slice(&v[i * w..(i + 1) * w]);
+        }
+    });
+    Tensor::from_data(TensorData::new(out, [lead[0], lead[1], w]), &x.device())
+}
+
+/// `f` on the activations' values, read in place from the CPU device's storage.
+fn on_values(x: &Tensor<3>, f: impl FnOnce(&[f32])) {
+    let len = x.shape().num_elements();
+    crate::cpu::with_rows(x, len, f).expect("f32 activations on the CPU device")
 }
