@@ -24,6 +24,16 @@ pub(crate) fn run_json(cmd: &mut Command) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(line)?)
 }
 
+/// The PyTorch side's packages, pinned so that a rerun anchors against the same code: torch,
+/// transformers and PEFT at the versions docs/performance.md names for its PyTorch rows.
+const TORCH_STACK: [&str; 5] = [
+    "torch==2.15.0",
+    "transformers==5.25.0",
+    "peft==0.21.2",
+    "gguf==0.19.0",
+    "numpy==2.4.6",
+];
+
 /// A venv with torch + transformers + peft + gguf under the cache, created on first use.
 fn torch_python(repo: &Path, given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = given {
@@ -42,17 +52,8 @@ fn torch_python(repo: &Path, given: Option<PathBuf>) -> Result<PathBuf> {
             .status()?
             .success()
             && Command::new(&py)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "torch",
-                    "transformers",
-                    "peft",
-                    "gguf",
-                    "numpy",
-                ])
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(TORCH_STACK)
                 .current_dir(repo)
                 .status()?
                 .success();
@@ -89,7 +90,9 @@ pub(crate) fn binaries(repo: &Path) -> Result<(PathBuf, PathBuf)> {
 /// machine gives both, the second with `MOSR_NO_AMX=1`), so a run on one path keeps the
 /// other's figures. A row replaces the recorded row with the same values in the `identity`
 /// fields and leaves the others, so a run of some models or batches keeps the rest of the
-/// table; each new row carries when and by which code it was measured. Older files (one entry
+/// table; each new row carries when, by which code and on which CPU it was measured (the CPU
+/// is part of every row's identity: machines of one kind differ, and a run on one keeps the
+/// others' rows). Older files (one entry
 /// per anchor, or a bare list of PyTorch rows) are moved under the path their entry names, or
 /// `unrecorded`.
 pub(crate) fn record(
@@ -119,17 +122,20 @@ pub(crate) fn record(
         mosr_artifacts::now_rfc3339(),
         mosr_artifacts::code_version(),
     );
+    let cpu = cpu_name();
     let mut fresh: Vec<serde_json::Value> = rows.as_array().cloned().unwrap_or_default();
     for row in &mut fresh {
         row["measured"] = measured.clone().into();
         row["code_version"] = code.clone().into();
+        row["cpu"] = cpu.clone().into();
     }
+    let identity: Vec<&str> = identity.iter().copied().chain(["cpu"]).collect();
     let amx = mosr_kernels::amx::available();
     let entry = &mut all[anchor][amx_key(amx)];
     let old = entry["rows"].as_array().cloned().unwrap_or_default();
     entry["kernels"] = mosr_kernels::arithmetic().into();
     entry["amx"] = amx.into();
-    entry["rows"] = merge_rows(old, fresh, identity).into();
+    entry["rows"] = merge_rows(old, fresh, &identity).into();
     std::fs::create_dir_all(out.parent().unwrap())?;
     std::fs::write(&out, serde_json::to_string_pretty(&all)?)?;
     eprintln!("wrote {}", out.display());
@@ -160,6 +166,17 @@ fn merge_rows(
         .collect();
     merged.extend(fresh.into_iter().flatten());
     merged
+}
+
+/// The CPU's model name as the kernel reports it (`/proc/cpuinfo`), or `unknown`.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("model name"))?;
+            Some(line.split_once(':')?.1.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn amx_key(amx: bool) -> &'static str {
