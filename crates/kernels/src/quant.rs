@@ -84,6 +84,7 @@ fn code(cell: &[u8], group: usize, bits: u32, i: usize, j: usize) -> u8 {
 }
 
 /// Writes `v` (below `2^bits`) as [`code`] reads it, into a zeroed cell.
+#[inline]
 fn put_code(cell: &mut [u8], group: usize, bits: u32, i: usize, j: usize, v: u8) {
     let (q, b) = (i / 4, j * 4 + i % 4);
     let Some(p) = planes(bits) else {
@@ -94,6 +95,26 @@ fn put_code(cell: &mut [u8], group: usize, bits: u32, i: usize, j: usize, v: u8)
     for k in 0..p {
         let at = TILE * group / 2 + k * 2 * group + 8 * q + b / 8;
         cell[at] |= ((v >> (4 + k)) & 1) << (b % 8);
+    }
+}
+
+/// Writes group `g` of a tile's `rows` rows (`c [rows, k]` codes, `s`, `o` `[rows, k / group]`
+/// scales and offsets) into its zeroed cell.
+fn put_cell(
+    cell: &mut [u8],
+    (group, bits): (usize, u32),
+    (c, s, o): (&[u8], &[f32], &[f32]),
+    (k, g, rows): (usize, usize, usize),
+) {
+    let groups = k / group;
+    for j in 0..rows {
+        for (i, &v) in c[j * k + g * group..][..group].iter().enumerate() {
+            put_code(cell, group, bits, i, j, v);
+        }
+        let at = code_bytes(group, bits) + 4 * j;
+        cell[at..at + 4].copy_from_slice(&s[j * groups + g].to_le_bytes());
+        let at = at + 4 * TILE;
+        cell[at..at + 4].copy_from_slice(&o[j * groups + g].to_le_bytes());
     }
 }
 
@@ -156,51 +177,54 @@ impl QuantWeight {
 
     /// Built a tile of rows at a time: `fill(first, rows, codes, scale, offset)` writes rows
     /// `first..first + rows` as [`Self::new`] takes them. A loader converting a file's blocks
-    /// thus holds a tile's codes besides the weight, never a second copy of the tensor.
+    /// thus holds a tile's codes per thread besides the weight, never a second copy of the
+    /// tensor. Tiles are laid out in parallel (each owns its cells), so the layout is the same
+    /// with any number of threads.
     ///
     /// # Panics
     /// If `group` is not one of [`GROUPS`], `k` is not a multiple of it, or a code does not
     /// fit in `bits`.
-    pub fn from_rows<E>(
+    pub fn from_rows<E: Send>(
         n: usize,
         k: usize,
         group: usize,
         bits: u32,
-        mut fill: impl FnMut(usize, usize, &mut [u8], &mut [f32], &mut [f32]) -> Result<(), E>,
+        fill: impl Fn(usize, usize, &mut [u8], &mut [f32], &mut [f32]) -> Result<(), E> + Sync,
     ) -> Result<Self, E> {
         assert_group(group, k);
         let limit = 1u32 << bits.min(8);
         let bits = kept_bits(bits);
         let (groups, cell_len) = (k / group, cell_bytes(group, bits));
         let mut cells = vec![0u8; n.div_ceil(TILE) * groups * cell_len];
-        let mut codes = vec![0u8; TILE * k];
-        let (mut scale, mut offset) = (vec![0f32; TILE * groups], vec![0f32; TILE * groups]);
-        for (t, tile) in cells.chunks_exact_mut(groups * cell_len).enumerate() {
-            let rows = TILE.min(n - t * TILE);
-            let (c, s, o) = (
-                &mut codes[..rows * k],
-                &mut scale[..rows * groups],
-                &mut offset[..rows * groups],
-            );
-            fill(t * TILE, rows, c, s, o)?;
-            if let Some(big) = c.iter().find(|&&v| u32::from(v) >= limit) {
-                panic!(
-                    "QuantWeight: code {big} in rows from {} does not fit in {bits} bits",
-                    t * TILE
+        let buffers = || {
+            (
+                vec![0u8; TILE * k],
+                vec![0f32; TILE * groups],
+                vec![0f32; TILE * groups],
+            )
+        };
+        cells
+            .par_chunks_exact_mut(groups * cell_len)
+            .enumerate()
+            .try_for_each_init(buffers, |(codes, scale, offset), (t, tile)| {
+                let rows = TILE.min(n - t * TILE);
+                let (c, s, o) = (
+                    &mut codes[..rows * k],
+                    &mut scale[..rows * groups],
+                    &mut offset[..rows * groups],
                 );
-            }
-            for (g, cell) in tile.chunks_exact_mut(cell_len).enumerate() {
-                for j in 0..rows {
-                    for i in 0..group {
-                        put_code(cell, group, bits, i, j, c[j * k + g * group + i]);
-                    }
-                    let at = code_bytes(group, bits) + 4 * j;
-                    cell[at..at + 4].copy_from_slice(&s[j * groups + g].to_le_bytes());
-                    let at = at + 4 * TILE;
-                    cell[at..at + 4].copy_from_slice(&o[j * groups + g].to_le_bytes());
+                fill(t * TILE, rows, c, s, o)?;
+                if let Some(big) = c.iter().find(|&&v| u32::from(v) >= limit) {
+                    panic!(
+                        "QuantWeight: code {big} in rows from {} does not fit in {bits} bits",
+                        t * TILE
+                    );
                 }
-            }
-        }
+                for (g, cell) in tile.chunks_exact_mut(cell_len).enumerate() {
+                    put_cell(cell, (group, bits), (c, s, o), (k, g, rows));
+                }
+                Ok(())
+            })?;
         Ok(Self {
             n,
             k,

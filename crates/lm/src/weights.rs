@@ -20,7 +20,8 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
-pub trait WeightSource {
+/// `Sync`: a quantized load converts a tensor's tiles of rows on every thread.
+pub trait WeightSource: Sync {
     /// The tensor under its HF name, or `None` if the file does not hold it.
     fn get(&self, hf_name: &str) -> Result<Option<HostTensor>>;
     /// File that errors should name.
