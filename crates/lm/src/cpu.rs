@@ -146,14 +146,7 @@ pub fn quant_many<const D: usize>(
         return None;
     }
     let outs = with_rows(x, rows * k, |xs| {
-        let mut outs: Vec<Vec<f32>> = quants.iter().map(|q| vec![0f32; rows * q.n()]).collect();
-        let mut products: Vec<(&mosr_kernels::quant::QuantWeight, &mut [f32])> = quants
-            .iter()
-            .zip(outs.iter_mut())
-            .map(|(q, o)| (*q, o.as_mut_slice()))
-            .collect();
-        mosr_kernels::quant::product_many(xs, rows, &mut products);
-        outs
+        mosr_kernels::quant::products(xs, rows, quants)
     })?;
     outs.into_iter()
         .zip(quants.iter().zip(biases))

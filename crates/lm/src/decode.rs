@@ -104,22 +104,23 @@ fn project<const N: usize>(
     k: usize,
     lins: [&HostLinear; N],
 ) -> [Vec<f32>; N] {
-    let mut outs = lins.map(|l| vec![0f32; rows * l.n]);
-    // Projections with codes (quantized loads) and those without, each kind in one call.
-    let mut quant: Vec<(&QuantWeight, &mut [f32])> = Vec::new();
+    // Projections with codes (quantized loads) and those without, each kind in one call; the
+    // quantized products write their outputs whole, the few-row kernel adds into zeros.
+    let quant: Vec<&QuantWeight> = lins.iter().filter_map(|l| l.quant.as_deref()).collect();
+    let mut coded = mosr_kernels::quant::products(x, rows, &quant).into_iter();
+    let mut outs = lins.map(|l| match l.quant {
+        Some(_) => coded.next().expect("one output per coded projection"),
+        None => vec![0f32; rows * l.n],
+    });
     let mut exact: Vec<mosr_kernels::Product<'_>> = Vec::new();
     for (l, out) in lins.iter().zip(outs.iter_mut()) {
-        match l.quant.as_deref() {
-            Some(q) => quant.push((q, out.as_mut_slice())),
-            None => exact.push(mosr_kernels::Product {
+        if l.quant.is_none() {
+            exact.push(mosr_kernels::Product {
                 w: l.w(k),
                 n: l.n,
                 out,
-            }),
+            });
         }
-    }
-    if !quant.is_empty() {
-        mosr_kernels::quant::product_many(x, rows, &mut quant);
     }
     if !exact.is_empty() {
         mosr_kernels::few_rows_many(x, rows, k, &mut exact);
@@ -335,17 +336,19 @@ fn host_logits(
 ) -> Vec<f32> {
     let (hidden, vocab) = (lm.config.hidden_size, lm.config.vocab_size);
     rms_norm(x, contiguous(final_norm, hidden), lm.norm.eps as f32, h);
-    let mut out = vec![0f32; rows * vocab];
-    match lm.head_quant.as_deref() {
-        Some(q) => mosr_kernels::quant::product(h, rows, q, &mut out),
-        None => mosr_kernels::few_rows(
-            h,
-            rows,
-            hidden,
-            contiguous(head, hidden * vocab),
-            vocab,
-            &mut out,
-        ),
+    if let Some(q) = lm.head_quant.as_deref() {
+        let [out] = <[Vec<f32>; 1]>::try_from(mosr_kernels::quant::products(h, rows, &[q]))
+            .expect("one output");
+        return out;
     }
+    let mut out = vec![0f32; rows * vocab];
+    mosr_kernels::few_rows(
+        h,
+        rows,
+        hidden,
+        contiguous(head, hidden * vocab),
+        vocab,
+        &mut out,
+    );
     out
 }

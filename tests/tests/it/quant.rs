@@ -3,7 +3,7 @@
 //! on every tile, row-block and group shape, and stays within the activation rounding of the
 //! f32 product; the quantized forward stays near the exact one.
 
-use mosr_kernels::quant::{GROUPS, QuantWeight, product, product_many, product_portable};
+use mosr_kernels::quant::{GROUPS, QuantWeight, product, product_many, product_portable, products};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -199,7 +199,7 @@ fn quant_codes_wider_than_their_bits_are_refused() {
 }
 
 #[test]
-fn quant_product_many_equals_separate_products_bit_for_bit() {
+fn quant_product_many_and_products_equal_separate_products_bit_for_bit() {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     let (rows, k) = (5, 64);
     // Mixed group sizes, as a block whose v projection is Q6_K beside Q4_K q and k.
@@ -211,16 +211,20 @@ fn quant_product_many_equals_separate_products_bit_for_bit() {
         .map(|_| rng.random_range(-1f32..1.0))
         .collect();
     let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; rows * w.n()]).collect();
-    let mut products: Vec<(&QuantWeight, &mut [f32])> = ws
+    let mut pairs: Vec<(&QuantWeight, &mut [f32])> = ws
         .iter()
         .zip(outs.iter_mut())
         .map(|(w, o)| (w, o.as_mut_slice()))
         .collect();
-    product_many(&x, rows, &mut products);
-    for (w, many) in ws.iter().zip(&outs) {
-        let mut one = vec![0f32; rows * w.n()];
+    product_many(&x, rows, &mut pairs);
+    let refs: Vec<&QuantWeight> = ws.iter().collect();
+    let fresh = products(&x, rows, &refs);
+    for ((w, many), new) in ws.iter().zip(&outs).zip(&fresh) {
+        // Every element is written (`products` hands out outputs it never zeroed).
+        let mut one = vec![f32::NAN; rows * w.n()];
         product(&x, rows, w, &mut one);
         assert_eq!(&one, many);
+        assert_eq!(new, many);
     }
 }
 
