@@ -337,9 +337,9 @@ fn host_logits(
     let (hidden, vocab) = (lm.config.hidden_size, lm.config.vocab_size);
     rms_norm(x, contiguous(final_norm, hidden), lm.norm.eps as f32, h);
     if let Some(q) = lm.head_quant.as_deref() {
-        let [out] = <[Vec<f32>; 1]>::try_from(mosr_kernels::quant::products(h, rows, &[q]))
+        return mosr_kernels::quant::products(h, rows, &[q])
+            .pop()
             .expect("one output");
-        return out;
     }
     let mut out = vec![0f32; rows * vocab];
     mosr_kernels::few_rows(
