@@ -255,14 +255,17 @@ fn options(dir: &Path) -> reproduce::Options<'static> {
         runs_dir: Some(dir.join("runs")),
         results_dir: Some(dir.join("results")),
         model: None,
+        device: None,
         name: None,
         check: false,
     }
 }
 
-/// The smoke pipeline on an HF folder (`mosr-lm convert` of the smoke model's GGUF) end to
-/// end: every stage identifies the folder the same way, so eval accepts the adapters the
-/// finetune stage trained on it, and the report's tables pass the same checks.
+/// Run H: an HF folder (`mosr-lm convert` of the smoke model's GGUF) end to end: every stage
+/// identifies the folder the same way, so eval accepts the adapters the finetune stage trained
+/// on it, and the report's tables pass the same checks. It runs smoke-wgpu's sizes (the least
+/// that fill every report table) on the CPU: what it checks is the model's identity across
+/// stages, not the numbers, and at smoke's sizes it took as long as run A (about 3 min).
 fn hf_folder_run(repo: &Path, dir: &Path) -> Result<()> {
     let file = mosr_artifacts::PipelineFile::load(&reproduce::pipeline_path(repo, PIPELINE))?;
     let gguf = mosr_lm::fetch::fetch(&file.run.model)?;
@@ -270,13 +273,20 @@ fn hf_folder_run(repo: &Path, dir: &Path) -> Result<()> {
     mosr_lm::convert::gguf_to_hf(&gguf, &model)?;
     let t = Instant::now();
     let opts = reproduce::Options {
+        pipeline: WGPU_PIPELINE,
         model: Some(model.display().to_string()),
+        device: Some("cpu".into()),
         ..options(dir)
     };
     reproduce::run(repo, &opts)?;
-    check_tables(&dir.join("results").join(PIPELINE), repo, PIPELINE)?;
+    check_tables(
+        &dir.join("results").join(WGPU_PIPELINE),
+        repo,
+        WGPU_PIPELINE,
+    )?;
     println!(
-        "e2e: smoke on an HF folder finished in {:.1} s; its report tables pass their checks",
+        "e2e: run H ({WGPU_PIPELINE}'s sizes on the CPU) on an HF folder finished in {:.1} s; \
+         its report tables pass their checks",
         t.elapsed().as_secs_f64()
     );
     Ok(())

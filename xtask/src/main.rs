@@ -10,6 +10,7 @@ mod anchors;
 mod bench;
 mod e2e;
 mod models;
+mod pins;
 mod reproduce;
 
 #[derive(Parser)]
@@ -183,6 +184,7 @@ fn main() -> Result<()> {
                     runs_dir,
                     results_dir,
                     model: None,
+                    device: None,
                     name: None,
                     check,
                 },
@@ -251,6 +253,8 @@ fn test(no_smoke: bool, smoke_only: bool, wgpu: bool, args: &[String]) -> Result
     reproduce::check_stage_graph(&repo)?;
     println!("stage graph: declared once by the stages, docs/architecture.md agrees");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    pins::check(&repo, &cargo)?;
+    println!("feature pins: the wgpu build reuses every crate below burn");
     if wgpu {
         let env = [("MOSR_SMOLLM2_GGUF", smol), ("MOSR_QWEN05_GGUF", qwen)];
         return e2e::wgpu(&repo, &cargo, &env, !no_smoke);

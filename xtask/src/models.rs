@@ -38,6 +38,7 @@ pub fn run(repo: &Path, models: &[String]) -> Result<()> {
                 runs_dir: None,
                 results_dir: None,
                 model: Some(id.clone()),
+                device: None,
                 name: Some(name),
                 check: false,
             },

@@ -94,8 +94,8 @@ pub fn pipeline_path(repo: &Path, name: &str) -> std::path::PathBuf {
     }
 }
 
-/// What to run and where; `runs_dir`/`results_dir`/`model`/`name` override the pipeline's
-/// `[run]` keys.
+/// What to run and where; `runs_dir`/`results_dir`/`model`/`device`/`name` override the
+/// pipeline's `[run]` keys.
 pub struct Options<'a> {
     pub pipeline: &'a str,
     pub from: Option<&'a str>,
@@ -104,6 +104,7 @@ pub struct Options<'a> {
     pub runs_dir: Option<PathBuf>,
     pub results_dir: Option<PathBuf>,
     pub model: Option<String>,
+    pub device: Option<String>,
     pub name: Option<String>,
     pub check: bool,
 }
@@ -127,6 +128,9 @@ pub fn run(repo: &Path, opts: &Options) -> Result<mosr_artifacts::RunDir> {
     }
     if let Some(m) = &opts.model {
         file.run.model = m.clone();
+    }
+    if let Some(d) = &opts.device {
+        file.run.device = d.clone();
     }
     if let Some(n) = &opts.name {
         file.run.name = n.clone();

@@ -1,0 +1,75 @@
+//! Part of `cargo xtask test`: `crates/workspace-hack` still pins every feature that
+//! `--features wgpu` adds to a crate the default build compiles, so the wgpu build (CI's
+//! second) reuses every crate below burn. A dependency update can move a feature; without
+//! this check that shows only as a CI run ten minutes longer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// Crates the wgpu feature changes by design (their features or their dependencies).
+const REBUILT: [&str; 5] = ["burn", "cubecl", "cubek", "mosr-", "xtask"];
+
+/// Each package (`name vX.Y.Z`) with the feature sets it is built with (one per instance:
+/// a crate built for build scripts and for the target may differ).
+type Features = BTreeMap<String, BTreeSet<String>>;
+
+fn features(repo: &Path, cargo: &str, extra: &[&str]) -> Result<Features> {
+    let out = Command::new(cargo)
+        .args(["tree", "--workspace", "-e", "normal,build,dev"])
+        .args(["--prefix", "none", "-f", "{p}|{f}"])
+        .args(extra)
+        .current_dir(repo)
+        .output()
+        .context("running cargo tree")?;
+    ensure!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut map = Features::new();
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let Some((package, feats)) = line.split_once('|') else {
+            continue;
+        };
+        // `name vX.Y.Z (path)` for workspace members, then markers such as `(*)`.
+        let name: Vec<&str> = package.split_whitespace().take(2).collect();
+        let feats = feats.split(" (").next().unwrap_or(feats);
+        map.entry(name.join(" "))
+            .or_default()
+            .insert(feats.to_string());
+    }
+    Ok(map)
+}
+
+/// Every feature set of a crate in the default build (other than the ones the feature
+/// rebuilds by design) exists in the wgpu build too.
+pub fn check(repo: &Path, cargo: &str) -> Result<()> {
+    let plain = features(repo, cargo, &[])?;
+    let wgpu = features(repo, cargo, &["--features", "mosr-tests/wgpu,xtask/wgpu"])?;
+    let mut moved = Vec::new();
+    for (package, sets) in &plain {
+        if REBUILT.iter().any(|p| package.starts_with(p)) {
+            continue;
+        }
+        let there = wgpu.get(package).cloned().unwrap_or_default();
+        for set in sets.difference(&there) {
+            let now: Vec<&String> = there.iter().collect();
+            moved.push(format!(
+                "{package}: [{set}] in the default build, {now:?} with wgpu"
+            ));
+        }
+    }
+    if !moved.is_empty() {
+        bail!(
+            "`--features wgpu` changes the features of crates the default build compiles, so \
+             CI's wgpu build recompiles them and everything above them; add the missing \
+             features to crates/workspace-hack/Cargo.toml ([build-dependencies] for proc \
+             macros' crates):\n  {}",
+            moved.join("\n  ")
+        );
+    }
+    Ok(())
+}
