@@ -64,29 +64,10 @@ fn torch_python(repo: &Path, given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(py)
 }
 
-/// Builds the bench binaries (dev profile, as `reproduce` uses); returns `mosr-lm` and
-/// `mosr-finetune`. Built beside xtask, so features resolve as for xtask's own build and only
-/// the two binaries are compiled (alone, the two packages resolve serde's features without
-/// the workspace-hack's pins and rebuild most of the tree).
+/// Builds the bench binaries (dev profile, as `reproduce` uses) beside xtask; returns
+/// `mosr-lm` and `mosr-finetune`.
 pub(crate) fn binaries(repo: &Path) -> Result<(PathBuf, PathBuf)> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let ok = Command::new(&cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "xtask",
-            "-p",
-            "mosr-lm",
-            "-p",
-            "mosr-finetune",
-        ])
-        .current_dir(repo)
-        .status()?
-        .success();
-    if !ok {
-        bail!("building mosr-lm and mosr-finetune failed");
-    }
+    crate::pins::build_beside_xtask(repo, &["-p", "mosr-lm", "-p", "mosr-finetune"])?;
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo.join("target"));

@@ -213,24 +213,7 @@ fn stage_binary_beside_a_run(repo: &Path, dir: &Path) -> Result<()> {
     std::fs::write(&here, text.replacen("[run]\n", &at, 1))?;
     let file = mosr_artifacts::PipelineFile::load(&here)?;
     let _held = file.run_dir(repo).lock()?;
-    // Built beside xtask, so features resolve as for xtask's own build and nothing but the
-    // binary is compiled (`cargo run -p mosr-report` alone resolves burn's and polars' features
-    // for that package only and rebuilds them: minutes).
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(&cargo)
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "xtask",
-            "-p",
-            "mosr-report",
-            "--bin",
-            "mosr-report",
-        ])
-        .current_dir(repo)
-        .status()?;
-    ensure!(built.success(), "building mosr-report failed ({built})");
+    crate::pins::build_beside_xtask(repo, &["-p", "mosr-report", "--bin", "mosr-report"])?;
     let bin = std::env::current_exe()?.with_file_name("mosr-report");
     let out = Command::new(bin)
         .args(["--pipeline"])

@@ -9,6 +9,21 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 
+/// `cargo build -p xtask` plus `what` (packages, binaries): built beside xtask, features
+/// resolve as for xtask's own build, so only the named binaries are compiled. Alone, a
+/// package resolves its dependencies' features for itself (without the pins) and rebuilds
+/// most of the tree: minutes.
+pub fn build_beside_xtask(repo: &Path, what: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "-q", "-p", "xtask"])
+        .args(what)
+        .current_dir(repo)
+        .status()?;
+    ensure!(status.success(), "building {what:?} failed ({status})");
+    Ok(())
+}
+
 /// Crates the wgpu feature changes by design (their features or their dependencies).
 const REBUILT: [&str; 5] = ["burn", "cubecl", "cubek", "mosr-", "xtask"];
 
