@@ -1,7 +1,8 @@
-//! Part of `cargo xtask test`: `crates/workspace-hack` still pins every feature that
-//! `--features wgpu` adds to a crate the default build compiles, so the wgpu build (CI's
-//! second) reuses every crate below burn. A dependency update can move a feature; without
-//! this check that shows only as a CI run ten minutes longer.
+//! One build shared: what xtask builds (stage binaries for the bench and the e2e) is built
+//! beside xtask, and [`check`], part of `cargo xtask test`, holds that `crates/workspace-hack`
+//! still pins every feature `--features wgpu` adds to a crate the default build compiles, so
+//! the wgpu build (CI's second) reuses every crate below burn. A dependency update can move a
+//! feature; without the check that shows only as a CI run ten minutes longer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
