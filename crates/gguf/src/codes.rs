@@ -23,6 +23,69 @@ pub struct GroupCodes {
     pub codes: Vec<u8>,
     pub scale: Vec<f32>,
     pub offset: Vec<f32>,
+    /// How the type stores the same scales and offsets, for layouts that keep them as narrow.
+    pub stored: Stored,
+}
+
+/// How a type stores its groups' scales and offsets (each [`GroupCodes::scale`] and
+/// [`GroupCodes::offset`] is exactly what this gives).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    /// An f16 scale `d` per group and the offset `times · d` (Q4_0: −8, Q5_0: −16, Q8_0:
+    /// −128).
+    HalfScale { times: f32 },
+    /// An f16 scale and an f16 offset per group (Q4_1, Q5_1).
+    HalfPair,
+    /// The K-quants' units per block and counts per group.
+    Factored(Factors),
+}
+
+/// A K-quant's scales and offsets as its blocks hold them: per block of 256 elements an f16
+/// unit, per group a count of at most 8 bits, `scale = scale_unit · scale_count` and `offset =
+/// offset_unit · offset_count` by one f32 multiplication each, the very products in
+/// [`GroupCodes::scale`] and [`GroupCodes::offset`] (`−(dmin · m)` is `(−dmin) · m`, and `−32 ·
+/// (d · sc)` is `(−32 d) · sc`: rounding commutes with a sign and with a power of two). A
+/// layout keeping these reads 4.75 bits per Q4_K weight instead of 6 and changes no bit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Factors {
+    /// Groups per block: 8 (Q4_K, Q5_K) or 16 (Q6_K).
+    pub per: usize,
+    /// Per block: `d`.
+    pub scale_unit: Vec<f32>,
+    /// Per block: `−dmin` (Q4_K, Q5_K) or `−32 d` (Q6_K).
+    pub offset_unit: Vec<f32>,
+    /// Per group: the sub-block scale (6 bits, or Q6_K's signed byte).
+    pub scale_count: Vec<i8>,
+    /// Per group: the sub-block min (6 bits); `None` where the offset's count is the scale's
+    /// (Q6_K).
+    pub offset_count: Option<Vec<i8>>,
+}
+
+impl GroupCodes {
+    /// Appends `other`'s elements (a loader gathering rows out of order).
+    ///
+    /// # Panics
+    /// If the two disagree on group, bits or how the scales are stored.
+    pub fn append(&mut self, other: GroupCodes) {
+        assert_eq!((self.group, self.bits), (other.group, other.bits));
+        self.codes.extend(other.codes);
+        self.scale.extend(other.scale);
+        self.offset.extend(other.offset);
+        match (&mut self.stored, other.stored) {
+            (Stored::Factored(a), Stored::Factored(b)) => {
+                assert_eq!(a.per, b.per);
+                a.scale_unit.extend(b.scale_unit);
+                a.offset_unit.extend(b.offset_unit);
+                a.scale_count.extend(b.scale_count);
+                match (&mut a.offset_count, b.offset_count) {
+                    (None, None) => {}
+                    (Some(x), Some(y)) => x.extend(y),
+                    _ => panic!("GroupCodes::append: offset counts on one side only"),
+                }
+            }
+            (a, b) => assert_eq!(*a, b, "GroupCodes::append: stored differently"),
+        }
+    }
 }
 
 type Split = fn(&[u8], &mut [u8], &mut [f32], &mut [f32]);
@@ -57,6 +120,7 @@ pub(crate) fn group_codes(ty: GgmlType, bytes: &[u8], n: usize) -> Option<GroupC
         codes: vec![0u8; n],
         scale: vec![0f32; n / group],
         offset: vec![0f32; n / group],
+        stored: stored(ty, bytes),
     };
     let blocks = bytes
         .chunks_exact(ty.type_size())
@@ -67,6 +131,50 @@ pub(crate) fn group_codes(ty: GgmlType, bytes: &[u8], n: usize) -> Option<GroupC
         split(b, c, s, o);
     }
     Some(out)
+}
+
+/// How `ty` (one of [`group_codes`]' types) stores its scales and offsets: f16 values, or
+/// the K-quants' [`Factors`] read from the blocks' headers.
+fn stored(ty: GgmlType, bytes: &[u8]) -> Stored {
+    let (per, shared) = match ty {
+        GgmlType::Q4_0 => return Stored::HalfScale { times: -8.0 },
+        GgmlType::Q5_0 => return Stored::HalfScale { times: -16.0 },
+        GgmlType::Q8_0 => return Stored::HalfScale { times: -128.0 },
+        GgmlType::Q4_1 | GgmlType::Q5_1 => return Stored::HalfPair,
+        GgmlType::Q6_K => (16, true),
+        _ => (8, false),
+    };
+    let blocks = bytes.chunks_exact(ty.type_size());
+    let n = blocks.len();
+    let mut f = Factors {
+        per,
+        scale_unit: Vec::with_capacity(n),
+        offset_unit: Vec::with_capacity(n),
+        scale_count: Vec::with_capacity(per * n),
+        offset_count: (!shared).then(|| Vec::with_capacity(per * n)),
+    };
+    for b in blocks {
+        match &mut f.offset_count {
+            // Q6_K: offset −32 · (d · sc) = (−32 d) · sc.
+            None => {
+                let d = f16_at(b, 208);
+                f.scale_unit.push(d);
+                f.offset_unit.push(-32.0 * d);
+                f.scale_count.extend(b[192..208].iter().map(|&s| s as i8));
+            }
+            // Q4_K, Q5_K: offset −(dmin · m) = (−dmin) · m; 6-bit counts fit an i8.
+            Some(offset_count) => {
+                f.scale_unit.push(f16_at(b, 0));
+                f.offset_unit.push(-f16_at(b, 2));
+                for j in 0..8 {
+                    let (sc, m) = scale_min_k4(j, &b[4..16]);
+                    f.scale_count.push(sc as i8);
+                    offset_count.push(m as i8);
+                }
+            }
+        }
+    }
+    Stored::Factored(f)
 }
 
 /// Q4_0/Q4_1's nibble layout: element `i < 16` is the low nibble of `qs[i]`, `16 + i` its

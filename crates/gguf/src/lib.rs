@@ -30,7 +30,7 @@ mod meta;
 mod types;
 mod writer;
 
-pub use codes::GroupCodes;
+pub use codes::{Factors, GroupCodes, Stored};
 pub use dequant::{BlockAffine, dequantize};
 pub use error::{GgufError, IN_MEMORY};
 pub use file::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufFile, MAX_DIMS, TensorInfo};

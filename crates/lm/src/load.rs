@@ -8,7 +8,7 @@ use std::sync::Arc;
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 use mosr_kernels::amx::PackedWeight;
-use mosr_kernels::quant::QuantWeight;
+use mosr_kernels::quant::{QuantWeight, TileCodes};
 
 use crate::config::ModelConfig;
 use crate::lora::LoraLinear;
@@ -158,15 +158,13 @@ impl Loader<'_> {
         if !k.is_multiple_of(probe.group) {
             return Ok(None);
         }
-        let fill = |first, rows, c: &mut [u8], s: &mut [f32], o: &mut [f32]| -> Result<()> {
+        let affine = crate::weights::affine_of(&probe);
+        let fill = |first, rows| -> Result<TileCodes> {
             let g = self.src.group_codes_rows(name, first, rows)?;
             let g = g.expect("a tensor with codes in its first row has them in every row");
-            c.copy_from_slice(&g.codes);
-            s.copy_from_slice(&g.scale);
-            o.copy_from_slice(&g.offset);
-            Ok(())
+            Ok(crate::weights::tile_codes(g))
         };
-        let w = QuantWeight::from_rows(n, k, probe.group, probe.bits, fill)?;
+        let w = QuantWeight::from_rows(n, k, (probe.group, probe.bits), affine, fill)?;
         self.src.release(name)?;
         crate::weights::check_codes(self.src.origin(), name, &w)?;
         Ok(Some(Arc::new(w)))

@@ -82,6 +82,40 @@ pub fn check_values(origin: &Path, name: &str, t: &HostTensor) -> Result<()> {
     })
 }
 
+/// A file's codes as the kernel's layout takes them (moved, not copied).
+pub fn tile_codes(g: mosr_gguf::GroupCodes) -> mosr_kernels::quant::TileCodes {
+    let mut t = mosr_kernels::quant::TileCodes {
+        codes: g.codes,
+        scale: g.scale,
+        offset: g.offset,
+        ..Default::default()
+    };
+    if let mosr_gguf::Stored::Factored(f) = g.stored {
+        t.scale_unit = f.scale_unit;
+        t.offset_unit = f.offset_unit;
+        t.scale_count = f.scale_count;
+        t.offset_count = f.offset_count.unwrap_or_default();
+    }
+    t
+}
+
+/// How the kernel's layout keeps a file's scales and offsets: as narrow as the file stores
+/// them (f16, or the K-quants' factors), so a decode step reads about the file's bytes.
+pub fn affine_of(g: &mosr_gguf::GroupCodes) -> mosr_kernels::quant::Affine {
+    use mosr_gguf::Stored;
+    use mosr_kernels::quant::Affine;
+    match &g.stored {
+        Stored::HalfScale { times } => Affine::Half {
+            times: Some(*times),
+        },
+        Stored::HalfPair => Affine::Half { times: None },
+        Stored::Factored(f) => Affine::Factored {
+            per: f.per,
+            shared: f.offset_count.is_none(),
+        },
+    }
+}
+
 /// [`check_values`] for a weight kept as integer codes, without expanding it: every group's
 /// scale and offset must be finite (the values `scale · code + offset` then are: scales are
 /// f16 products with small integers and codes are below 256), and not all of them zero.
@@ -228,11 +262,7 @@ impl WeightSource for GgufWeights<'_> {
             };
             match &mut out {
                 None => out = Some(c),
-                Some(o) => {
-                    o.codes.extend(c.codes);
-                    o.scale.extend(c.scale);
-                    o.offset.extend(c.offset);
-                }
+                Some(o) => o.append(c),
             }
         }
         Ok(out)

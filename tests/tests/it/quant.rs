@@ -3,7 +3,9 @@
 //! on every tile, row-block and group shape, and stays within the activation rounding of the
 //! f32 product; the quantized forward stays near the exact one.
 
-use mosr_kernels::quant::{GROUPS, QuantWeight, product, product_many, product_portable, products};
+use mosr_kernels::quant::{
+    Affine, GROUPS, QuantWeight, TileCodes, product, product_many, product_portable, products,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -189,6 +191,245 @@ fn quant_narrow_codes_equal_byte_codes() {
     }
 }
 
+/// A weight keeping its scales and offsets as `affine` says (f16 values, or the K-quants'
+/// `unit · count` with units per block of `per` groups), and the same weight with them as f32.
+fn narrow_pair(
+    rng: &mut ChaCha8Rng,
+    (n, k): (usize, usize),
+    (group, bits): (usize, u32),
+    affine: Affine,
+) -> (QuantWeight, QuantWeight) {
+    let groups = k / group;
+    let codes: Vec<u8> = (0..n * k)
+        .map(|_| rng.random_range(0..1u16 << bits) as u8)
+        .collect();
+    // Values with 11 significant bits (f16's), both signs and zero.
+    let half = |rng: &mut ChaCha8Rng, len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| match rng.random_range(0..8) {
+                0 => 0.0,
+                _ => rng.random_range(-1024i32..1024) as f32 / 65536.0,
+            })
+            .collect()
+    };
+    let count = |rng: &mut ChaCha8Rng| -> Vec<i8> {
+        (0..n * groups)
+            .map(|_| rng.random_range(-128..=127i32) as i8)
+            .collect()
+    };
+    let mut t = TileCodes {
+        codes,
+        ..TileCodes::default()
+    };
+    match affine {
+        Affine::Groups => unreachable!("the f32 layout is the reference"),
+        Affine::Half { times } => {
+            t.scale = half(rng, n * groups);
+            t.offset = match times {
+                Some(m) => t.scale.iter().map(|s| s * m).collect(),
+                None => half(rng, n * groups),
+            };
+        }
+        Affine::Factored { per, shared } => {
+            let blocks = groups / per;
+            (t.scale_unit, t.offset_unit) = (half(rng, n * blocks), half(rng, n * blocks));
+            t.scale_count = count(rng);
+            t.offset_count = if shared { Vec::new() } else { count(rng) };
+            let of = |units: &[f32], counts: &[i8]| -> Vec<f32> {
+                (0..n * groups)
+                    .map(|i| {
+                        units[(i / groups) * blocks + (i % groups) / per] * f32::from(counts[i])
+                    })
+                    .collect()
+            };
+            t.scale = of(&t.scale_unit, &t.scale_count);
+            let offset_count = if shared {
+                &t.scale_count
+            } else {
+                &t.offset_count
+            };
+            t.offset = of(&t.offset_unit, offset_count);
+        }
+    }
+    let narrow = QuantWeight::whole(n, k, (group, bits), affine, &t);
+    let plain = QuantWeight::new(n, k, group, bits, &t.codes, &t.scale, &t.offset);
+    (narrow, plain)
+}
+
+/// Scales and offsets kept as narrow as a file stores them (f16, or the K-quants' `unit ·
+/// count`) give the same product bits as the f32 ones they stand for, on the VNNI and the
+/// portable path, every row count and partial tiles, in the bytes the layout implies (Q5_0
+/// 5.5 bits per weight instead of 7, Q4_K 4.75 instead of 6, Q6_K 6.75 instead of 10).
+#[test]
+fn quant_narrow_scales_give_the_same_bits_as_f32_ones() {
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let factored = |per, shared| Affine::Factored { per, shared };
+    let cases = [
+        (32, 4, factored(8, false)),
+        (32, 5, factored(8, false)),
+        (16, 6, factored(16, true)),
+        (32, 8, factored(2, true)),
+        (32, 5, Affine::Half { times: Some(-16.0) }),
+        (
+            32,
+            8,
+            Affine::Half {
+                times: Some(-128.0),
+            },
+        ),
+        (32, 4, Affine::Half { times: None }),
+        (16, 6, Affine::Half { times: None }),
+    ];
+    for (group, bits, affine) in cases {
+        let (n, k) = (37, 512);
+        let (f, p) = narrow_pair(&mut rng, (n, k), (group, bits), affine);
+        let shape = format!("group {group}, {bits} bits, {affine:?}");
+        assert_eq!(f.affine_kind(), affine);
+        for o in 0..n {
+            for g in 0..k / group {
+                let (a, b) = (f.affine(o, g), p.affine(o, g));
+                assert_eq!(
+                    (a.0.to_bits(), a.1.to_bits()),
+                    (b.0.to_bits(), b.1.to_bits()),
+                    "{shape}"
+                );
+            }
+        }
+        assert_eq!(f.dequantize(), p.dequantize(), "{shape}");
+        // Bytes per weight: the codes, then per group two f16 or one, or one or two counts
+        // and the units (8 bytes per block of `per` groups); against 8 bytes per group.
+        let per_group = match affine {
+            Affine::Half { times } => {
+                if times.is_some() {
+                    2.0
+                } else {
+                    4.0
+                }
+            }
+            Affine::Factored { per, shared } => (if shared { 1.0 } else { 2.0 }) + 8.0 / per as f64,
+            Affine::Groups => unreachable!(),
+        };
+        let want = bits as f64 / 8.0 + per_group / group as f64;
+        let got = f.bytes() as f64 / (n.next_multiple_of(16) * k) as f64;
+        assert!(
+            (got - want).abs() < 1e-9,
+            "{shape}: {got} bytes per weight, not {want}"
+        );
+        assert!(f.bytes() < p.bytes(), "{shape}");
+        for rows in [1, 3, 8, 19] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|_| rng.random_range(-2f32..2.0))
+                .collect();
+            let (mut a, mut b) = (vec![f32::NAN; rows * n], vec![f32::NAN; rows * n]);
+            product(&x, rows, &f, &mut a);
+            product(&x, rows, &p, &mut b);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{shape}, {rows} rows");
+            product_portable(&x, rows, &f, &mut a);
+            assert_eq!(bits(&a), bits(&b), "{shape}, {rows} rows, portable");
+        }
+    }
+}
+
+/// Every coded tensor of both fixtures keeps its scales and offsets as narrow as the file
+/// does: f16 for Q4_0-Q8_0 (the file's bytes exactly, tiles of 16 rows aside), units and
+/// counts for the K-quants; the same values as the f32 layout (checked as each is built), and
+/// the same product bits on one tensor of each type.
+#[test]
+fn quant_scales_are_kept_as_narrow_as_the_file_stores_them() {
+    use mosr_lm::weights::{affine_of, tile_codes};
+    for model in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
+        let path = mosr_tests::model_path(model);
+        let file = mosr_gguf::GgufFile::open(&path).unwrap();
+        let mut multiplied = std::collections::BTreeSet::new();
+        for info in file.tensors() {
+            let Some(g) = file.group_codes(&info.name).unwrap() else {
+                continue;
+            };
+            let (ty, name) = (info.ggml_type, &info.name);
+            let (k, n) = (
+                info.dims[0] as usize,
+                info.n_elements() / info.dims[0] as usize,
+            );
+            let (shape, affine) = ((g.group, g.bits), affine_of(&g));
+            let plain = QuantWeight::new(n, k, g.group, g.bits, &g.codes, &g.scale, &g.offset);
+            let narrow = QuantWeight::whole(n, k, shape, affine, &tile_codes(g));
+            let rows = n.next_multiple_of(16);
+            let want = match affine {
+                Affine::Half { .. } => rows * k / ty.block_size() * ty.type_size(),
+                Affine::Factored { per, shared } => {
+                    let (group, bits) = (shape.0, shape.1 as usize);
+                    let counts = if shared { 1 } else { 2 };
+                    rows * k * bits / 8 + rows * k / group * counts + rows * k / (per * group) * 8
+                }
+                Affine::Groups => panic!("{model} {name}: kept as f32"),
+            };
+            assert_eq!(narrow.bytes(), want, "{model} {name} ({ty})");
+            assert_eq!(narrow.dequantize(), plain.dequantize(), "{model} {name}");
+            if n <= 1024 && multiplied.insert(ty.name()) {
+                let rows = 9;
+                let x: Vec<f32> = (0..rows * k)
+                    .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 250.0)
+                    .collect();
+                let (mut a, mut b) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+                product(&x, rows, &narrow, &mut a);
+                product(&x, rows, &plain, &mut b);
+                assert_eq!(a, b, "{model} {name}");
+            }
+        }
+        // SmolLM2's Q4_1 (and Q8_0); the 0.5B model's Q5_0, Q8_0 and, where rows of 896
+        // are whole 256-blocks (only the down projections), Q4_K and Q6_K.
+        let want: &[&str] = match model {
+            "smollm2-135m-instruct" => &["Q4_1"],
+            _ => &["Q4_K", "Q5_0", "Q6_K", "Q8_0"],
+        };
+        for ty in want {
+            assert!(multiplied.contains(ty), "{model}: {multiplied:?}");
+        }
+    }
+}
+
+/// A loader whose factors do not give its scales would change products silently: refused.
+#[test]
+#[should_panic(expected = "unit · count gives")]
+fn quant_factors_that_disagree_with_the_scales_are_refused() {
+    let (n, k) = (3, 256);
+    let t = TileCodes {
+        codes: vec![1; n * k],
+        scale: vec![0.5; n * 8],
+        offset: vec![-0.25; n * 8],
+        scale_unit: vec![0.25; n],
+        offset_unit: vec![-0.125; n],
+        scale_count: vec![2; n * 8],
+        offset_count: vec![3; n * 8],
+    };
+    QuantWeight::whole(
+        n,
+        k,
+        (32, 4),
+        Affine::Factored {
+            per: 8,
+            shared: false,
+        },
+        &t,
+    );
+}
+
+/// A scale the layout cannot keep as an f16 would change products silently: refused.
+#[test]
+#[should_panic(expected = "are not as stored")]
+fn quant_scales_that_are_not_f16_values_are_refused() {
+    let (n, k) = (2, 32);
+    let (scale, offset) = ([0.1f32, 0.5], [-0.8f32, -4.0]);
+    let t = TileCodes {
+        codes: vec![1; n * k],
+        scale: scale.to_vec(),
+        offset: offset.to_vec(),
+        ..TileCodes::default()
+    };
+    QuantWeight::whole(n, k, (32, 4), Affine::Half { times: Some(-8.0) }, &t);
+}
+
 #[test]
 #[should_panic(expected = "does not fit in 4 bits")]
 fn quant_codes_wider_than_their_bits_are_refused() {
@@ -265,7 +506,7 @@ fn quant_group_codes_reproduce_the_dequantizer_on_real_files() {
 #[test]
 fn quant_loads_build_the_codes_of_the_whole_tensor() {
     use mosr_kernels::quant::QuantWeight;
-    use mosr_lm::weights::{hf_to_gguf_name, unpermute_rows};
+    use mosr_lm::weights::{affine_of, hf_to_gguf_name, tile_codes, unpermute_rows};
     for model in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
         let path = mosr_tests::model_path(model);
         let file = mosr_gguf::GgufFile::open(&path).unwrap();
@@ -282,16 +523,25 @@ fn quant_loads_build_the_codes_of_the_whole_tensor() {
                 _ if name.ends_with("attn_k.weight") => Some(c.num_kv_heads),
                 _ => None,
             };
-            let groups = [n, k / g.group];
-            let (codes, scale, offset) = match heads {
-                Some(h) => (
-                    unpermute_rows(&g.codes, &[n, k], h),
-                    unpermute_rows(&g.scale, &groups, h),
-                    unpermute_rows(&g.offset, &groups, h),
-                ),
-                None => (g.codes, g.scale, g.offset),
-            };
-            QuantWeight::new(n, k, g.group, g.bits, &codes, &scale, &offset)
+            let (shape, affine) = ((g.group, g.bits), affine_of(&g));
+            let mut t = tile_codes(g);
+            if let Some(h) = heads {
+                let groups = k / shape.0;
+                let blocks = t.scale_unit.len() / n;
+                fn perm<T: Copy + Default>(v: &mut Vec<T>, shape: [usize; 2], h: usize) {
+                    if !v.is_empty() {
+                        *v = unpermute_rows(v, &shape, h);
+                    }
+                }
+                perm(&mut t.codes, [n, k], h);
+                perm(&mut t.scale, [n, groups], h);
+                perm(&mut t.offset, [n, groups], h);
+                perm(&mut t.scale_count, [n, groups], h);
+                perm(&mut t.offset_count, [n, groups], h);
+                perm(&mut t.scale_unit, [n, blocks], h);
+                perm(&mut t.offset_unit, [n, blocks], h);
+            }
+            QuantWeight::whole(n, k, shape, affine, &t)
         };
         let mut checked = 0;
         for (i, block) in lm.net.layers.iter().enumerate() {

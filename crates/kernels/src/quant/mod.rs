@@ -5,9 +5,12 @@
 //! Q6_K): weight `(o, i)` is `scale[o, g] · code[o, i] + offset[o, g]` with `g = i / G` and an
 //! integer code below 256 (Q4_K's sub-block scale and min, Q6_K's signed scale with the bias of
 //! 32 folded into the offset, Q8_0's sign folded the same way). [`QuantWeight`] keeps those
-//! codes (one byte each) and the group's scale and offset (f32, exactly the values the
-//! dequantizer computes), so it holds the file's weights, not an approximation of them: 10
-//! bits per weight (12 for Q6_K) instead of 32.
+//! codes as narrow as their type and each group's scale and offset as narrow as the file
+//! stores them ([`Affine`]: the file's f16, or the K-quants' f16 unit per 256 weights times a
+//! 6-bit count), forming the f32 values the dequantizer computes by its own operations. So
+//! it holds the file's weights, not an approximation of them, in about the file's bytes:
+//! 5.5 bits per Q5_0 weight (as the file), 4.75 per Q4_K (the file's 4.5), 6.75 per Q6_K
+//! (6.56). [`Affine::Groups`] keeps f32 scales and offsets, for any other source.
 //!
 //! The activations are the approximate side: each row is quantized to int8 per group of the
 //! weight (`x ≈ d · q`, `d = max |x| / 127`, ties to even), so a product is
@@ -21,6 +24,11 @@ use rayon::prelude::*;
 
 use crate::SharedOut;
 
+mod layout;
+
+pub use layout::{Affine, QuantWeight, TileCodes};
+use layout::{Layout, code, planes};
+
 /// Version of the quantized arithmetic (activation rounding, group layout, float order):
 /// bumped whenever a change can alter a result, and part of the keys of everything computed
 /// with it, so answers of an older arithmetic are never reused. 2: the embedding is looked
@@ -33,279 +41,6 @@ pub const GROUPS: [usize; 2] = [16, 32];
 const TILE: usize = 16;
 /// Rows per register block of the kernel.
 const ROWS: usize = 8;
-
-/// How a weight keeps codes of `bits` bits: the bit planes it keeps above a low nibble (0
-/// for 4 bits, 1 for 5, 2 for 6), or `None` for one byte per code (8 bits).
-const fn planes(bits: u32) -> Option<usize> {
-    match bits {
-        0..=6 => Some(bits.saturating_sub(4) as usize),
-        _ => None,
-    }
-}
-
-/// The code width a weight keeps for codes below `2^bits`: 4, 5, 6 or 8.
-const fn kept_bits(bits: u32) -> u32 {
-    match bits {
-        0..=4 => 4,
-        5 | 6 => bits,
-        _ => 8,
-    }
-}
-
-/// Bytes of the codes of one (tile, group) cell of `16 × group` codes: one byte each, or
-/// the low nibbles two to a byte followed by one bit per code for each plane above them.
-const fn code_bytes(group: usize, bits: u32) -> usize {
-    match planes(bits) {
-        Some(p) => TILE * group / 2 + p * TILE * group / 8,
-        None => TILE * group,
-    }
-}
-
-/// Bytes of one (tile, group) cell: its codes, then 16 scales and 16 offsets.
-const fn cell_bytes(group: usize, bits: u32) -> usize {
-    code_bytes(group, bits) + 2 * TILE * 4
-}
-
-/// Code `i` (of the group) of lane `j` in a cell. One byte per code: quad `q = i / 4` is the
-/// 64 bytes at `64 q`, lane `j`'s four codes at `4 j` in it. Nibbles: quads `2p` and `2p + 1`
-/// share the 64 bytes at `64 p`, the first in the low nibbles; plane `k` then holds bit
-/// `4 + k` of quad `q`'s 64 codes as the 64 bits at `16 G / 2 + k · 2G + 8 q`, byte `b` of
-/// the quad in bit `b`. The kernel builds each quad's bytes from these in registers.
-fn code(cell: &[u8], group: usize, bits: u32, i: usize, j: usize) -> u8 {
-    let (q, b) = (i / 4, j * 4 + i % 4);
-    let Some(p) = planes(bits) else {
-        return cell[q * 64 + b];
-    };
-    let low = (cell[(q / 2) * 64 + b] >> (4 * (q % 2))) & 0x0F;
-    (0..p).fold(low, |c, k| {
-        let at = TILE * group / 2 + k * 2 * group + 8 * q + b / 8;
-        c | (((cell[at] >> (b % 8)) & 1) << (4 + k))
-    })
-}
-
-/// Writes `v` (below `2^bits`) as [`code`] reads it, into a zeroed cell.
-#[inline]
-fn put_code(cell: &mut [u8], group: usize, bits: u32, i: usize, j: usize, v: u8) {
-    let (q, b) = (i / 4, j * 4 + i % 4);
-    let Some(p) = planes(bits) else {
-        cell[q * 64 + b] = v;
-        return;
-    };
-    cell[(q / 2) * 64 + b] |= (v & 0x0F) << (4 * (q % 2));
-    for k in 0..p {
-        let at = TILE * group / 2 + k * 2 * group + 8 * q + b / 8;
-        cell[at] |= ((v >> (4 + k)) & 1) << (b % 8);
-    }
-}
-
-/// Writes group `g` of a tile's `rows` rows (`c [rows, k]` codes, `s`, `o` `[rows, k / group]`
-/// scales and offsets) into its zeroed cell.
-fn put_cell(
-    cell: &mut [u8],
-    (group, bits): (usize, u32),
-    (c, s, o): (&[u8], &[f32], &[f32]),
-    (k, g, rows): (usize, usize, usize),
-) {
-    let groups = k / group;
-    for j in 0..rows {
-        for (i, &v) in c[j * k + g * group..][..group].iter().enumerate() {
-            put_code(cell, group, bits, i, j, v);
-        }
-        let at = code_bytes(group, bits) + 4 * j;
-        cell[at..at + 4].copy_from_slice(&s[j * groups + g].to_le_bytes());
-        let at = at + 4 * TILE;
-        cell[at..at + 4].copy_from_slice(&o[j * groups + g].to_le_bytes());
-    }
-}
-
-/// A weight `[n, k]` as per-group affine integer codes, laid out for the kernel: for each
-/// tile of 16 output rows and each group of inputs, the codes interleaved by fours (lane `j`
-/// of quad `q` holds `code[o0 + j, g·G + 4q .. g·G + 4q + 4]`), then the 16 scales and the 16
-/// offsets. Codes are kept as narrow as their type (4 bits for Q4_0, Q4_1 and Q4_K, 5 for the
-/// Q5 types, 6 for Q6_K, 8 for Q8_0) as the file keeps them: a Q4_K weight takes 6 bits with
-/// its f32 scale and offset instead of 10.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuantWeight {
-    n: usize,
-    k: usize,
-    group: usize,
-    /// Bits kept per code ([`kept_bits`]; the layout is [`code`]'s).
-    bits: u32,
-    cells: Vec<u8>,
-}
-
-impl QuantWeight {
-    /// From row-major `codes [n, k]`, each below `2^bits`, and `scale`, `offset`
-    /// `[n, k / group]`.
-    ///
-    /// # Panics
-    /// If `group` is not one of [`GROUPS`], `k` is not a multiple of it, a slice length
-    /// disagrees with the shape, or a code does not fit in `bits`.
-    pub fn new(
-        n: usize,
-        k: usize,
-        group: usize,
-        bits: u32,
-        codes: &[u8],
-        scale: &[f32],
-        offset: &[f32],
-    ) -> Self {
-        assert_group(group, k);
-        let groups = k / group;
-        assert_eq!(codes.len(), n * k, "QuantWeight: codes are not [{n}, {k}]");
-        assert_eq!(
-            scale.len(),
-            n * groups,
-            "QuantWeight: scales are not [{n}, {groups}]"
-        );
-        assert_eq!(
-            offset.len(),
-            n * groups,
-            "QuantWeight: offsets are not [{n}, {groups}]"
-        );
-        let fill = |first: usize, rows: usize, c: &mut [u8], s: &mut [f32], o: &mut [f32]| {
-            c.copy_from_slice(&codes[first * k..(first + rows) * k]);
-            s.copy_from_slice(&scale[first * groups..(first + rows) * groups]);
-            o.copy_from_slice(&offset[first * groups..(first + rows) * groups]);
-            Ok::<(), std::convert::Infallible>(())
-        };
-        match Self::from_rows(n, k, group, bits, fill) {
-            Ok(w) => w,
-            Err(never) => match never {},
-        }
-    }
-
-    /// Built a tile of rows at a time: `fill(first, rows, codes, scale, offset)` writes rows
-    /// `first..first + rows` as [`Self::new`] takes them. A loader converting a file's blocks
-    /// thus holds a tile's codes per thread besides the weight, never a second copy of the
-    /// tensor. Tiles are laid out in parallel (each owns its cells), so the layout is the same
-    /// with any number of threads.
-    ///
-    /// # Panics
-    /// If `group` is not one of [`GROUPS`], `k` is not a multiple of it, or a code does not
-    /// fit in `bits`.
-    pub fn from_rows<E: Send>(
-        n: usize,
-        k: usize,
-        group: usize,
-        bits: u32,
-        fill: impl Fn(usize, usize, &mut [u8], &mut [f32], &mut [f32]) -> Result<(), E> + Sync,
-    ) -> Result<Self, E> {
-        assert_group(group, k);
-        let limit = 1u32 << bits.min(8);
-        let bits = kept_bits(bits);
-        let (groups, cell_len) = (k / group, cell_bytes(group, bits));
-        let mut cells = vec![0u8; n.div_ceil(TILE) * groups * cell_len];
-        let buffers = || {
-            (
-                vec![0u8; TILE * k],
-                vec![0f32; TILE * groups],
-                vec![0f32; TILE * groups],
-            )
-        };
-        cells
-            .par_chunks_exact_mut(groups * cell_len)
-            .enumerate()
-            .try_for_each_init(buffers, |(codes, scale, offset), (t, tile)| {
-                let rows = TILE.min(n - t * TILE);
-                let (c, s, o) = (
-                    &mut codes[..rows * k],
-                    &mut scale[..rows * groups],
-                    &mut offset[..rows * groups],
-                );
-                fill(t * TILE, rows, c, s, o)?;
-                if let Some(big) = c.iter().find(|&&v| u32::from(v) >= limit) {
-                    panic!(
-                        "QuantWeight: code {big} in rows from {} does not fit in {bits} bits",
-                        t * TILE
-                    );
-                }
-                for (g, cell) in tile.chunks_exact_mut(cell_len).enumerate() {
-                    put_cell(cell, (group, bits), (c, s, o), (k, g, rows));
-                }
-                Ok(())
-            })?;
-        Ok(Self {
-            n,
-            k,
-            group,
-            bits,
-            cells,
-        })
-    }
-
-    /// The cell of tile `t` (output rows `16 t ..`) and group `g`.
-    fn cell(&self, t: usize, g: usize) -> &[u8] {
-        let len = cell_bytes(self.group, self.bits);
-        &self.cells[(t * (self.k / self.group) + g) * len..][..len]
-    }
-
-    /// The scale and offset of row `o`'s group `g`.
-    pub fn affine(&self, o: usize, g: usize) -> (f32, f32) {
-        let at = code_bytes(self.group, self.bits) + 4 * (o % TILE);
-        let cell = self.cell(o / TILE, g);
-        (f32_at(cell, at), f32_at(cell, at + 4 * TILE))
-    }
-
-    /// Bits kept per code: 4, 5, 6 or 8.
-    pub fn bits(&self) -> u32 {
-        self.bits
-    }
-
-    pub fn n(&self) -> usize {
-        self.n
-    }
-    pub fn k(&self) -> usize {
-        self.k
-    }
-    pub fn group(&self) -> usize {
-        self.group
-    }
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.cells.len()
-    }
-
-    /// The weight's values `[n, k]`, `scale · code + offset` in f32 (what the file's
-    /// dequantizer gives, up to its rounding).
-    pub fn dequantize(&self) -> Vec<f32> {
-        self.rows(&(0..self.n).collect::<Vec<_>>())
-    }
-
-    /// Rows `ids` of the weight's values, one after another (`ids.len() × k`): an embedding
-    /// looked up from its codes, so a quantized load keeps no f32 copy of it.
-    ///
-    /// # Panics
-    /// If an id is not below `n`.
-    pub fn rows(&self, ids: &[usize]) -> Vec<f32> {
-        let mut out = vec![0f32; ids.len() * self.k];
-        for (&o, row) in ids.iter().zip(out.chunks_exact_mut(self.k)) {
-            assert!(o < self.n, "QuantWeight::rows: row {o} of {}", self.n);
-            for (g, xs) in row.chunks_exact_mut(self.group).enumerate() {
-                let (cell, (s, m)) = (self.cell(o / TILE, g), self.affine(o, g));
-                for (i, x) in xs.iter_mut().enumerate() {
-                    *x = s * f32::from(code(cell, self.group, self.bits, i, o % TILE)) + m;
-                }
-            }
-        }
-        out
-    }
-}
-
-fn assert_group(group: usize, k: usize) {
-    assert!(
-        GROUPS.contains(&group),
-        "QuantWeight: group {group} is not one of {GROUPS:?}"
-    );
-    assert!(
-        k.is_multiple_of(group),
-        "QuantWeight: k = {k} is not a multiple of {group}"
-    );
-}
-
-fn f32_at(b: &[u8], at: usize) -> f32 {
-    f32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
 
 /// Rows of activations quantized per group: `x ≈ scale · q`, with `sums = scale · Σ q` per
 /// group (the factor of the weight's offset).
@@ -427,19 +162,19 @@ fn products_on(x: &[f32], rows: usize, products: &mut [(&QuantWeight, &mut [f32]
 pub fn products(x: &[f32], rows: usize, weights: &[&QuantWeight]) -> Vec<Vec<f32>> {
     let mut outs: Vec<Vec<f32>> = weights
         .iter()
-        .map(|w| Vec::with_capacity(rows * w.n))
+        .map(|w| Vec::with_capacity(rows * w.n()))
         .collect();
     let targets: Vec<(&QuantWeight, usize, SharedOut)> = weights
         .iter()
         .zip(outs.iter_mut())
-        .map(|(w, o)| (*w, rows * w.n, SharedOut(o.as_mut_ptr())))
+        .map(|(w, o)| (*w, rows * w.n(), SharedOut(o.as_mut_ptr())))
         .collect();
     // SAFETY: each output has room for its `rows * n` values and only this call writes it.
     unsafe { products_into(x, rows, &targets, Path::Fastest) };
     for (o, w) in outs.iter_mut().zip(weights) {
         // SAFETY: `products_into` wrote every element of each `[rows, n]` output (every tile's
         // columns of every row), all of them initialized f32.
-        unsafe { o.set_len(rows * w.n) };
+        unsafe { o.set_len(rows * w.n()) };
     }
     outs
 }
@@ -455,17 +190,17 @@ unsafe fn products_into(
     products: &[(&QuantWeight, usize, SharedOut)],
     path: Path,
 ) {
-    let Some(k) = products.first().map(|(w, ..)| w.k) else {
+    let Some(k) = products.first().map(|(w, ..)| w.k()) else {
         return;
     };
     assert_eq!(x.len(), rows * k, "quant::product: x is not [{rows}, {k}]");
     for (w, len, _) in products {
-        assert_eq!(w.k, k, "quant::product: weights disagree on k");
+        assert_eq!(w.k(), k, "quant::product: weights disagree on k");
         assert_eq!(
             *len,
-            rows * w.n,
+            rows * w.n(),
             "quant::product: out is not [{rows}, {}]",
-            w.n
+            w.n()
         );
     }
     if rows == 0 {
@@ -473,14 +208,14 @@ unsafe fn products_into(
     }
     let rounded: Vec<QuantRows> = GROUPS
         .iter()
-        .filter(|&&g| products.iter().any(|(w, ..)| w.group == g))
+        .filter(|&&g| products.iter().any(|(w, ..)| w.group() == g))
         .map(|&g| quantize_rows(x, g, path))
         .collect();
     // Tasks: runs of tiles, a few per thread so an uneven last run does not idle a core.
     let threads = rayon::current_num_threads().max(1);
     let mut tasks = Vec::new();
     for (pi, (w, _, out)) in products.iter().enumerate() {
-        let tiles = w.n.div_ceil(TILE);
+        let tiles = w.n().div_ceil(TILE);
         let per = tiles.div_ceil(threads * 4).max(1);
         for t0 in (0..tiles).step_by(per) {
             tasks.push((pi, t0, (t0 + per).min(tiles), SharedOut(out.0)));
@@ -491,16 +226,18 @@ unsafe fn products_into(
         let w = weights[pi];
         let xq = rounded
             .iter()
-            .find(|r| r.group == w.group)
+            .find(|r| r.group == w.group())
             .expect("rounded per group");
         // Rows in chunks whose int8 activations stay in cache while the task's tiles pass
         // over them (a tile re-reads every row of its chunk); the order of the arithmetic
         // within an output is unchanged.
-        let chunk = (ACTIVATION_CHUNK_BYTES / w.k).max(1).next_multiple_of(ROWS);
+        let chunk = (ACTIVATION_CHUNK_BYTES / w.k())
+            .max(1)
+            .next_multiple_of(ROWS);
         for r0 in (0..rows).step_by(chunk) {
             let r1 = (r0 + chunk).min(rows);
             for t in t0..t1 {
-                // SAFETY: each tile writes its own columns of `out`, which is [rows, w.n].
+                // SAFETY: each tile writes its own columns of `out`, which is [rows, n].
                 unsafe { tile(w, t, xq, r0..r1, out.0, path) };
             }
         }
@@ -523,19 +260,18 @@ unsafe fn tile(
     out: *mut f32,
     path: Path,
 ) {
-    let (groups, cell_len) = (w.k / w.group, cell_bytes(w.group, w.bits));
-    let cells = &w.cells[t * groups * cell_len..][..groups * cell_len];
-    let cols = TILE.min(w.n - t * TILE);
+    let (k, n) = (w.k(), w.n());
+    let groups = k / w.group();
+    let cols = TILE.min(n - t * TILE);
     let mut r0 = rows.start;
     while r0 < rows.end {
         let r = ROWS.min(rows.end - r0);
         let block = Block {
-            cells,
-            group: w.group,
-            bits: w.bits,
+            tile: w.tile(t),
+            layout: w.layout,
             groups,
-            q: &xq.q[r0 * w.k..],
-            k: w.k,
+            q: &xq.q[r0 * k..],
+            k,
             scale: &xq.scale[r0 * groups..],
             sums: &xq.sums[r0 * groups..],
         };
@@ -547,7 +283,7 @@ unsafe fn tile(
         for (i, row) in acc.iter().take(r).enumerate() {
             // SAFETY: row r0 + i < rows.end, columns t*TILE .. t*TILE + cols < n.
             unsafe {
-                let dst = out.add((r0 + i) * w.n + t * TILE);
+                let dst = out.add((r0 + i) * n + t * TILE);
                 std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
             }
         }
@@ -557,9 +293,9 @@ unsafe fn tile(
 
 /// Up to [`ROWS`] rows against one tile.
 struct Block<'a> {
-    cells: &'a [u8],
-    group: usize,
-    bits: u32,
+    /// The tile's bytes.
+    tile: &'a [u8],
+    layout: Layout,
     groups: usize,
     q: &'a [i8],
     k: usize,
@@ -573,7 +309,7 @@ impl Block<'_> {
         if vnni::available() {
             // SAFETY: the CPU has the features (checked above); shapes checked by `product`.
             unsafe {
-                match (self.group, self.bits) {
+                match (self.layout.group, self.layout.bits) {
                     (16, 4) => vnni::rows_of::<16, 4>(self, rows, acc),
                     (16, 5) => vnni::rows_of::<16, 5>(self, rows, acc),
                     (16, 6) => vnni::rows_of::<16, 6>(self, rows, acc),
@@ -591,10 +327,10 @@ impl Block<'_> {
 
     /// The same arithmetic as the VNNI kernel, lane by lane.
     fn portable(&self, rows: usize, acc: &mut [[f32; TILE]; ROWS]) {
-        let (group, bits) = (self.group, self.bits);
-        let (codes, cell_len) = (code_bytes(group, bits), cell_bytes(group, bits));
+        let l = self.layout;
+        let (group, bits) = (l.group, l.bits);
         for g in 0..self.groups {
-            let cell = &self.cells[g * cell_len..][..cell_len];
+            let cell = &self.tile[l.cell_at(g)..];
             for (r, a) in acc.iter_mut().enumerate().take(rows) {
                 let x = &self.q[r * self.k + g * group..][..group];
                 let (d, s) = (
@@ -605,8 +341,7 @@ impl Block<'_> {
                     let dot: i32 = (0..group)
                         .map(|i| i32::from(code(cell, group, bits, i, j)) * i32::from(x[i]))
                         .sum();
-                    let sc = f32_at(cell, codes + 4 * j);
-                    let off = f32_at(cell, codes + 4 * (TILE + j));
+                    let (sc, off) = l.affine(self.tile, g, j);
                     let f = dot as f32 * d;
                     *lane = off.mul_add(s, f.mul_add(sc, *lane));
                 }
@@ -617,7 +352,7 @@ impl Block<'_> {
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
-    use super::{Block, ROWS, TILE, cell_bytes, code_bytes, planes};
+    use super::{Affine, Block, ROWS, TILE, planes};
     use std::arch::x86_64::*;
 
     pub(super) fn available() -> bool {
@@ -652,20 +387,25 @@ mod vnni {
     /// unsigned operand, the row's four activation bytes broadcast as the signed one), then
     /// `acc += (Σ code·q · d) · scale` and `acc += offset · (d Σ q)`. Codes narrower than a
     /// byte are rebuilt into bytes once per cell, for all the rows: the nibbles split with a
-    /// mask and a shift, each bit plane added through a byte mask.
+    /// mask and a shift, each bit plane added through a byte mask. Factored scales and offsets
+    /// are formed per group, for all the rows: two conversions and two products.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn run<const G: usize, const BITS: u32, const R: usize>(
         b: &Block<'_>,
         out: &mut [[f32; TILE]; ROWS],
     ) {
         let mut acc = [_mm512_setzero_ps(); R];
-        let cells = b.cells.as_ptr();
-        let (codes, low) = (code_bytes(G, BITS), _mm512_set1_epi8(0x0F));
+        let l = b.layout;
+        let (codes, low) = (l.code_bytes(), _mm512_set1_epi8(0x0F));
+        let (cell_len, head_len, per) = (l.cell_bytes(), l.head_bytes(), l.per());
+        // The cells in order, a block's head before its first (pointers step past the end
+        // after the last group, hence `wrapping_add`; nothing reads there).
+        let (mut head, mut cell) = (b.tile.as_ptr(), b.tile.as_ptr().wrapping_add(head_len));
+        let mut in_block = 0;
         for g in 0..b.groups {
-            // SAFETY: cell g of the tile and group g of each row are in bounds (shapes
-            // checked by `product`); unaligned loads throughout.
+            // SAFETY: cell g of the tile, its block's head and group g of each row are in
+            // bounds (shapes checked by `product`); unaligned loads throughout.
             unsafe {
-                let cell = cells.add(g * cell_bytes(G, BITS));
                 let mut w = [_mm512_setzero_si512(); 8];
                 match planes(BITS) {
                     Some(planes) => {
@@ -690,8 +430,32 @@ mod vnni {
                         }
                     }
                 }
-                let sc = _mm512_loadu_ps(cell.add(codes) as *const f32);
-                let off = _mm512_loadu_ps(cell.add(codes + 4 * TILE) as *const f32);
+                let at = cell.add(codes);
+                let (sc, off) = match l.affine {
+                    Affine::Groups => (
+                        _mm512_loadu_ps(at as *const f32),
+                        _mm512_loadu_ps(at.add(4 * TILE) as *const f32),
+                    ),
+                    Affine::Half { times } => {
+                        let sc = _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i));
+                        let off = match times {
+                            Some(t) => _mm512_mul_ps(sc, _mm512_set1_ps(t)),
+                            None => _mm512_cvtph_ps(_mm256_loadu_si256(
+                                at.add(2 * TILE) as *const __m256i
+                            )),
+                        };
+                        (sc, off)
+                    }
+                    Affine::Factored { shared, .. } => {
+                        let a = counts(at);
+                        let c = if shared { a } else { counts(at.add(TILE)) };
+                        let units = head as *const f32;
+                        (
+                            _mm512_mul_ps(_mm512_loadu_ps(units), a),
+                            _mm512_mul_ps(_mm512_loadu_ps(units.add(TILE)), c),
+                        )
+                    }
+                };
                 for (r, a) in acc.iter_mut().enumerate() {
                     let x = b.q.as_ptr().add(r * b.k + g * G) as *const i32;
                     let mut i = _mm512_setzero_si512();
@@ -706,11 +470,26 @@ mod vnni {
                     *a = _mm512_fmadd_ps(off, _mm512_set1_ps(s), *a);
                 }
             }
+            cell = cell.wrapping_add(cell_len);
+            in_block += 1;
+            if in_block == per {
+                (in_block, head) = (0, cell);
+                cell = cell.wrapping_add(head_len);
+            }
         }
         for (a, o) in acc.iter().zip(out.iter_mut()) {
             // SAFETY: `o` holds 16 f32.
             unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
         }
+    }
+
+    /// 16 i8 counts at `p` as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn counts(p: *const u8) -> __m512 {
+        // SAFETY: the caller's cell holds 16 counts at `p`.
+        let c = unsafe { _mm_loadu_si128(p as *const __m128i) };
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c))
     }
 
     /// [`super::quantize_group`] for a group of `16 · V` finite values, in registers: `None`
