@@ -40,8 +40,8 @@ pub enum Stored {
     Factored(Factors),
 }
 
-/// A K-quant's scales and offsets as its blocks hold them: per block of 256 elements an f16
-/// unit, per group a count of at most 8 bits, `scale = scale_unit · scale_count` and `offset =
+/// A K-quant's scales and offsets as its blocks hold them: per block of 256 elements a unit
+/// from the block's f16 header, per group a count of at most 8 bits, `scale = scale_unit · scale_count` and `offset =
 /// offset_unit · offset_count` by one f32 multiplication each, the very products in
 /// [`GroupCodes::scale`] and [`GroupCodes::offset`] (`−(dmin · m)` is `(−dmin) · m`, and `−32 ·
 /// (d · sc)` is `(−32 d) · sc`: rounding commutes with a sign and with a power of two). A
