@@ -458,11 +458,14 @@ mod vnni {
                 };
                 for (r, a) in acc.iter_mut().enumerate() {
                     let x = b.q.as_ptr().add(r * b.k + g * G) as *const i32;
-                    let mut i = _mm512_setzero_si512();
+                    // Two chains of `vpdpbusd` (one chain waits on its latency; four cost more
+                    // adds than they save): int32 sums, so their order changes no bit.
+                    let mut i = [_mm512_setzero_si512(); 2];
                     for (q, wq) in w.iter().enumerate().take(G / 4) {
                         let xq = _mm512_set1_epi32(x.add(q).read_unaligned());
-                        i = _mm512_dpbusd_epi32(i, *wq, xq);
+                        i[q % 2] = _mm512_dpbusd_epi32(i[q % 2], *wq, xq);
                     }
+                    let i = _mm512_add_epi32(i[0], i[1]);
                     let d = *b.scale.get_unchecked(r * b.groups + g);
                     let s = *b.sums.get_unchecked(r * b.groups + g);
                     let f = _mm512_mul_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(d));
