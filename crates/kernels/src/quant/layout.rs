@@ -200,68 +200,38 @@ impl Layout {
     /// got them wrong would change results silently.
     fn check(&self, c: &TileCodes, (first, rows, k): (usize, usize, usize), limit: u32) {
         let groups = k / self.group;
-        assert_eq!(
-            c.codes.len(),
-            rows * k,
-            "QuantWeight: codes are not [{rows}, {k}]"
-        );
-        assert_eq!(
-            c.scale.len(),
-            rows * groups,
-            "QuantWeight: scales are not [{rows}, {groups}]"
-        );
-        assert_eq!(
-            c.offset.len(),
-            rows * groups,
-            "QuantWeight: offsets are not [{rows}, {groups}]"
-        );
+        let mut parts = vec![
+            (c.codes.len(), k, "codes"),
+            (c.scale.len(), groups, "scales"),
+            (c.offset.len(), groups, "offsets"),
+        ];
+        if let Affine::Factored { per, shared } = self.affine {
+            parts.extend([
+                (c.scale_unit.len(), groups / per, "scale units"),
+                (c.offset_unit.len(), groups / per, "offset units"),
+                (c.scale_count.len(), groups, "scale counts"),
+            ]);
+            if !shared {
+                parts.push((c.offset_count.len(), groups, "offset counts"));
+            }
+        }
+        for (len, cols, what) in parts {
+            assert_eq!(
+                len,
+                rows * cols,
+                "QuantWeight: {len} {what}, not [{rows}, {cols}]"
+            );
+        }
         if let Some(big) = c.codes.iter().find(|&&v| u32::from(v) >= limit) {
             panic!(
                 "QuantWeight: code {big} in rows from {first} does not fit in {} bits",
                 limit.ilog2()
             );
         }
-        let (per, shared) = match self.affine {
-            Affine::Groups => return,
-            Affine::Half { times } => return check_half(c, times, groups, first),
-            Affine::Factored { per, shared } => (per, shared),
-        };
-        let blocks = groups / per;
-        assert_eq!(
-            c.scale_unit.len(),
-            rows * blocks,
-            "QuantWeight: scale units are not [{rows}, {blocks}]"
-        );
-        assert_eq!(
-            c.offset_unit.len(),
-            rows * blocks,
-            "QuantWeight: offset units are not [{rows}, {blocks}]"
-        );
-        assert_eq!(
-            c.scale_count.len(),
-            rows * groups,
-            "QuantWeight: scale counts are not [{rows}, {groups}]"
-        );
-        let offset_count = if shared {
-            &c.scale_count
-        } else {
-            &c.offset_count
-        };
-        assert_eq!(
-            offset_count.len(),
-            rows * groups,
-            "QuantWeight: offset counts are not [{rows}, {groups}]"
-        );
-        for (i, (&s, &o)) in c.scale.iter().zip(&c.offset).enumerate() {
-            let u = (i / groups) * blocks + (i % groups) / per;
-            let fs = c.scale_unit[u] * f32::from(c.scale_count[i]);
-            let fo = c.offset_unit[u] * f32::from(offset_count[i]);
-            assert!(
-                same(fs, s) && same(fo, o),
-                "QuantWeight: row {}, group {}: unit · count gives ({fs}, {fo}), not the scale and offset ({s}, {o})",
-                first + i / groups,
-                i % groups
-            );
+        match self.affine {
+            Affine::Groups => {}
+            Affine::Half { times } => check_half(c, times, groups, first),
+            Affine::Factored { per, shared } => check_factors(c, (per, shared), groups, first),
         }
     }
 }
@@ -473,6 +443,27 @@ fn assert_group(group: usize, k: usize) {
         k.is_multiple_of(group),
         "QuantWeight: k = {k} is not a multiple of {group}"
     );
+}
+
+/// Panics unless every `unit · count` of `c` is its scale or offset.
+fn check_factors(c: &TileCodes, (per, shared): (usize, bool), groups: usize, first: usize) {
+    let blocks = groups / per;
+    let offset_count = if shared {
+        &c.scale_count
+    } else {
+        &c.offset_count
+    };
+    for (i, (&s, &o)) in c.scale.iter().zip(&c.offset).enumerate() {
+        let u = (i / groups) * blocks + (i % groups) / per;
+        let fs = c.scale_unit[u] * f32::from(c.scale_count[i]);
+        let fo = c.offset_unit[u] * f32::from(offset_count[i]);
+        assert!(
+            same(fs, s) && same(fo, o),
+            "QuantWeight: row {}, group {}: unit · count gives ({fs}, {fo}), not the scale and offset ({s}, {o})",
+            first + i / groups,
+            i % groups
+        );
+    }
 }
 
 /// Panics unless every scale (and offset) of `c` is an f16 value, or the offset is `times ·
