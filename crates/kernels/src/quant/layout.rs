@@ -297,25 +297,15 @@ impl QuantWeight {
                 "QuantWeight: {len} {what} for a [{n}, {k}] weight"
             );
         }
-        let rows = |v: &[f32], per: usize, first: usize, count: usize| {
-            v.get(first * per..(first + count) * per)
-                .unwrap_or(&[])
-                .to_vec()
-        };
-        let counts = |v: &[i8], first: usize, count: usize| {
-            v.get(first * groups..(first + count) * groups)
-                .unwrap_or(&[])
-                .to_vec()
-        };
         let fill = |first: usize, count: usize| {
             Ok::<_, std::convert::Infallible>(TileCodes {
-                codes: c.codes[first * k..(first + count) * k].to_vec(),
-                scale: rows(&c.scale, groups, first, count),
-                offset: rows(&c.offset, groups, first, count),
-                scale_unit: rows(&c.scale_unit, blocks, first, count),
-                offset_unit: rows(&c.offset_unit, blocks, first, count),
-                scale_count: counts(&c.scale_count, first, count),
-                offset_count: counts(&c.offset_count, first, count),
+                codes: rows_of(&c.codes, k, first, count),
+                scale: rows_of(&c.scale, groups, first, count),
+                offset: rows_of(&c.offset, groups, first, count),
+                scale_unit: rows_of(&c.scale_unit, blocks, first, count),
+                offset_unit: rows_of(&c.offset_unit, blocks, first, count),
+                scale_count: rows_of(&c.scale_count, groups, first, count),
+                offset_count: rows_of(&c.offset_count, groups, first, count),
             })
         };
         match Self::from_rows(n, k, shape, affine, fill) {
@@ -432,6 +422,14 @@ impl QuantWeight {
         }
         out
     }
+}
+
+/// Rows `first..first + count` of a row-major `[_, cols]` slice; none of an empty one (a
+/// factor the layout does not keep).
+fn rows_of<T: Copy>(v: &[T], cols: usize, first: usize, count: usize) -> Vec<T> {
+    v.get(first * cols..(first + count) * cols)
+        .unwrap_or(&[])
+        .to_vec()
 }
 
 fn assert_group(group: usize, k: usize) {

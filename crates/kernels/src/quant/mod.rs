@@ -6,8 +6,8 @@
 //! integer code below 256 (Q4_K's sub-block scale and min, Q6_K's signed scale with the bias of
 //! 32 folded into the offset, Q8_0's sign folded the same way). [`QuantWeight`] keeps those
 //! codes as narrow as their type and each group's scale and offset as narrow as the file
-//! stores them ([`Affine`]: the file's f16, or the K-quants' f16 unit per 256 weights times a
-//! 6-bit count), forming the f32 values the dequantizer computes by its own operations. So
+//! stores them ([`Affine`]: the file's f16, or the K-quants' unit per 256 weights times a
+//! 6- or 8-bit count), forming the f32 values the dequantizer computes by its own operations. So
 //! it holds the file's weights, not an approximation of them, in about the file's bytes:
 //! 5.5 bits per Q5_0 weight (as the file), 4.75 per Q4_K (the file's 4.5), 6.75 per Q6_K
 //! (6.56). [`Affine::Groups`] keeps f32 scales and offsets, for any other source.
@@ -331,17 +331,18 @@ impl Block<'_> {
         let (group, bits) = (l.group, l.bits);
         for g in 0..self.groups {
             let cell = &self.tile[l.cell_at(g)..];
+            // The group's scales and offsets once for all the rows, as the VNNI kernel.
+            let affine: [(f32, f32); TILE] = std::array::from_fn(|j| l.affine(self.tile, g, j));
             for (r, a) in acc.iter_mut().enumerate().take(rows) {
                 let x = &self.q[r * self.k + g * group..][..group];
                 let (d, s) = (
                     self.scale[r * self.groups + g],
                     self.sums[r * self.groups + g],
                 );
-                for (j, lane) in a.iter_mut().enumerate() {
+                for (j, (lane, &(sc, off))) in a.iter_mut().zip(&affine).enumerate() {
                     let dot: i32 = (0..group)
                         .map(|i| i32::from(code(cell, group, bits, i, j)) * i32::from(x[i]))
                         .sum();
-                    let (sc, off) = l.affine(self.tile, g, j);
                     let f = dot as f32 * d;
                     *lane = off.mul_add(s, f.mul_add(sc, *lane));
                 }
