@@ -6,12 +6,17 @@
 //! with a message. Per model and batch size, each round runs `mosr-lm bench` (prefill, then
 //! prefill + generation; decode = the difference) and `llama-batched-bench` (its own prefill
 //! and decode timings), each in its own process so peak memory is per run (`/usr/bin/time`
-//! for llama.cpp, VmHWM for mosr). Token ids are synthetic on both sides.
+//! for llama.cpp, VmHWM for mosr), in turns (llama.cpp first in every other round). Token ids
+//! are synthetic on both sides. A ratio to llama.cpp is paired: mosr's figure over llama.cpp's
+//! of the same round, its median over rounds given with a distribution-free interval, so a
+//! slow spell of this shared machine over one run shows as a wide interval, not as a result.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+use crate::bench::Ratio;
 
 /// The llama.cpp comparison (`--anchor llama`), skipped with a message when llama.cpp
 /// cannot be built here.
@@ -20,12 +25,12 @@ pub fn run_llama(repo: &Path, plan: &Plan) -> Result<()> {
         return Ok(());
     };
     let (mosr_lm, _) = crate::bench::binaries(repo)?;
-    let cells = measure(&mosr_lm, &llama, plan)?;
-    println!("{}", table(&cells));
+    let rows = measure(&mosr_lm, &llama, plan)?;
+    println!("{}", table(&rows));
     crate::bench::record(
         repo,
         "llama_cpp",
-        serde_json::to_value(&cells)?,
+        serde_json::to_value(&rows)?,
         &["model", "batch", "implementation"],
     )
 }
@@ -241,9 +246,10 @@ fn llama_cell(bin: &Path, gguf: &Path, p: &Plan, b: usize) -> Result<Cell> {
     })
 }
 
-/// Every cell of the plan, `rounds` times, mosr and llama.cpp interleaved: the per-cell
-/// median over rounds of each field.
-pub fn measure(lm: &Path, llama: &Path, p: &Plan) -> Result<Vec<Cell>> {
+/// Every cell of the plan, `rounds` times, mosr and llama.cpp interleaved, the order turned
+/// round about (llama.cpp first in odd rounds) so a drift of the machine's speed favours
+/// neither side. Each mosr row keeps its ratios to llama.cpp's run of the same round.
+pub fn measure(lm: &Path, llama: &Path, p: &Plan) -> Result<Vec<Row>> {
     let mut out = Vec::new();
     for model in &p.models {
         let gguf = mosr_lm::fetch::fetch(model)?;
@@ -251,29 +257,86 @@ pub fn measure(lm: &Path, llama: &Path, p: &Plan) -> Result<Vec<Cell>> {
             let mut rounds: Vec<Vec<Cell>> = Vec::new();
             for r in 0..p.rounds {
                 eprintln!("{model} batch {b}: round {}/{}", r + 1, p.rounds);
+                let llama_first = r % 2 == 1;
+                let anchor = if llama_first {
+                    Some(llama_cell(llama, &gguf, p, b)?)
+                } else {
+                    None
+                };
                 let mut cells = Vec::new();
                 for a in &p.arithmetic {
                     cells.push(mosr_cell(lm, &gguf, p, b, a)?);
                 }
-                cells.push(llama_cell(llama, &gguf, p, b)?);
+                cells.push(match anchor {
+                    Some(c) => c,
+                    None => llama_cell(llama, &gguf, p, b)?,
+                });
+                for c in &mut cells {
+                    c.model = model.clone();
+                }
                 rounds.push(cells);
             }
-            for i in 0..rounds[0].len() {
-                let mut c = median_cell(rounds.iter().map(|r| &r[i]));
-                c.model = model.clone();
-                out.push(c);
-            }
+            out.extend(rows(&rounds));
         }
     }
     Ok(out)
 }
 
-fn median_cell<'a>(cells: impl Iterator<Item = &'a Cell>) -> Cell {
-    let cells: Vec<&Cell> = cells.collect();
+/// One implementation at one model and batch: the medians over rounds, every round, and for
+/// mosr the paired ratios to llama.cpp.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    #[serde(flatten)]
+    pub median: Cell,
+    pub rounds: Vec<Cell>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub against_llama_cpp: Option<Ratios>,
+}
+
+/// mosr / llama.cpp per round (prefill and decode speed, peak memory).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ratios {
+    pub prefill: Ratio,
+    pub decode: Ratio,
+    pub memory: Ratio,
+}
+
+/// The rows of one model and batch from its rounds (each round: the mosr cells, then
+/// llama.cpp's).
+fn rows(rounds: &[Vec<Cell>]) -> Vec<Row> {
+    let anchor = |r: &[Cell]| r.iter().find(|c| c.implementation == "llama.cpp").cloned();
+    (0..rounds[0].len())
+        .map(|i| {
+            let cells: Vec<Cell> = rounds.iter().map(|r| r[i].clone()).collect();
+            let paired = |f: fn(&Cell) -> f64| {
+                let v = rounds
+                    .iter()
+                    .filter_map(|r| anchor(r).map(|a| f(&r[i]) / f(&a)))
+                    .collect();
+                Ratio::of(v)
+            };
+            let against_llama_cpp = (cells[0].implementation != "llama.cpp")
+                .then(|| {
+                    Some(Ratios {
+                        prefill: paired(|c| c.prefill_tok_s)?,
+                        decode: paired(|c| c.decode_tok_s)?,
+                        memory: paired(|c| c.peak_rss_mb)?,
+                    })
+                })
+                .flatten();
+            Row {
+                median: median_cell(&cells),
+                rounds: cells,
+                against_llama_cpp,
+            }
+        })
+        .collect()
+}
+
+fn median_cell(cells: &[Cell]) -> Cell {
     let med = |f: fn(&Cell) -> f64| {
-        let mut v: Vec<f64> = cells.iter().map(|c| f(c)).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        let v: Vec<f64> = cells.iter().map(f).collect();
+        mosr_stats::median_interval(&v, 0.95).map_or(f64::NAN, |m| m.median)
     };
     Cell {
         prefill_tok_s: med(|c| c.prefill_tok_s),
@@ -284,20 +347,22 @@ fn median_cell<'a>(cells: impl Iterator<Item = &'a Cell>) -> Cell {
     }
 }
 
-/// The markdown table: each mosr row with its ratios to llama.cpp at the same model and batch.
-pub fn table(cells: &[Cell]) -> String {
+/// The markdown table: the medians over rounds, and each mosr row's paired ratios to
+/// llama.cpp as `median [low, high]`.
+pub fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| model | batch | implementation | prefill tok/s | decode tok/s | end to end s | peak MB | decode / llama.cpp | memory / llama.cpp |\n\
-         |---|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        "| model | batch | implementation | prefill tok/s | decode tok/s | end to end s | peak MB | prefill / llama.cpp | decode / llama.cpp | memory / llama.cpp |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for c in cells {
-        let anchor = cells
-            .iter()
-            .find(|a| a.implementation == "llama.cpp" && a.model == c.model && a.batch == c.batch);
-        let ratio =
-            |f: fn(&Cell) -> f64| anchor.map_or("–".into(), |a| format!("{:.2}x", f(c) / f(a)));
+    let ratio = |r: &Ratio| format!("{:.2}x [{:.2}, {:.2}]", r.median, r.low, r.high);
+    for r in rows {
+        let c = &r.median;
+        let (pre, dec, mem) = r.against_llama_cpp.as_ref().map_or_else(
+            || ("–".into(), "–".into(), "–".into()),
+            |a| (ratio(&a.prefill), ratio(&a.decode), ratio(&a.memory)),
+        );
         s += &format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.0} | {} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.0} | {pre} | {dec} | {mem} |\n",
             c.model,
             c.batch,
             c.implementation,
@@ -305,8 +370,14 @@ pub fn table(cells: &[Cell]) -> String {
             c.decode_tok_s,
             c.end_to_end_s,
             c.peak_rss_mb,
-            ratio(|c| c.decode_tok_s),
-            ratio(|c| c.peak_rss_mb),
+        );
+    }
+    if let Some(a) = rows.iter().find_map(|r| r.against_llama_cpp.as_ref()) {
+        s += &format!(
+            "\nRatios: the median over {} paired rounds (mosr / llama.cpp of the same round) and \
+             its distribution-free interval, coverage {:.1}%.\n",
+            a.decode.n,
+            100.0 * a.decode.coverage
         );
     }
     s

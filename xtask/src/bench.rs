@@ -258,13 +258,19 @@ pub fn run(repo: &Path, python: Option<PathBuf>, plan: &Plan) -> Result<()> {
                 c.args(["bench", "--workload", w, "--arithmetic", cell.arithmetic]);
                 c
             };
-            let m = run_json(mosr.arg("--model").arg(gguf).env("RAYON_NUM_THREADS", "2"))?;
-            let t = run_json(
-                Command::new(&py)
-                    .arg(repo.join("tools/bench/torch_bench.py"))
-                    .args(["--workload", w, "--threads", "2", "--gguf"])
-                    .arg(gguf),
-            )?;
+            mosr.arg("--model").arg(gguf).env("RAYON_NUM_THREADS", "2");
+            let mut torch = Command::new(&py);
+            torch
+                .arg(repo.join("tools/bench/torch_bench.py"))
+                .args(["--workload", w, "--threads", "2", "--gguf"])
+                .arg(gguf);
+            // In turns, PyTorch first in odd rounds: a drift of the machine favours neither.
+            let (m, t) = if round % 2 == 1 {
+                let t = run_json(&mut torch)?;
+                (run_json(&mut mosr)?, t)
+            } else {
+                (run_json(&mut mosr)?, run_json(&mut torch)?)
+            };
             results.push((m, t));
         }
         rows.push(row(&cell, &results));
@@ -277,6 +283,33 @@ pub fn run(repo: &Path, python: Option<PathBuf>, plan: &Plan) -> Result<()> {
         serde_json::Value::Array(rows),
         &["workload", "model", "arithmetic"],
     )
+}
+
+/// The median of a ratio over rounds, with the distribution-free interval of
+/// [`mosr_stats::median_interval`] at 95% (or the widest one, with its coverage, when there
+/// are fewer than six rounds).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Ratio {
+    pub n: usize,
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+    pub coverage: f64,
+    pub per_round: Vec<f64>,
+}
+
+impl Ratio {
+    pub(crate) fn of(per_round: Vec<f64>) -> Option<Ratio> {
+        let m = mosr_stats::median_interval(&per_round, 0.95)?;
+        Some(Ratio {
+            n: m.n,
+            median: m.median,
+            low: m.low,
+            high: m.high,
+            coverage: m.coverage,
+            per_round,
+        })
+    }
 }
 
 /// A cell's medians over its rounds, and every round's raw figures.
@@ -294,6 +327,9 @@ fn row(cell: &Cell, results: &[(serde_json::Value, serde_json::Value)]) -> serde
         "arithmetic": cell.arithmetic,
         "mosr_median_s": m_s, "pytorch_median_s": t_s,
         "speedup_mosr_over_pytorch": t_s / m_s,
+        "speedup_paired": Ratio::of(results.iter().map(|(m, t)| {
+            t["median_s"].as_f64().unwrap() / m["median_s"].as_f64().unwrap()
+        }).collect()),
         "mosr_gflops_per_s": med(&|r| r.0["gflops_per_s"].as_f64().unwrap()),
         "pytorch_gflops_per_s": med(&|r| r.1["gflops_per_s"].as_f64().unwrap()),
         "mosr_tokens_per_s": med(&|r| r.0["tokens_per_s"].as_f64().unwrap()),
@@ -332,21 +368,33 @@ fn table(rows: &[serde_json::Value]) -> String {
             .map_or("-".into(), |f| format!("{:.0}%", 100.0 * f))
     };
     let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    let paired = |v: &serde_json::Value| {
+        let g = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        format!("{:.2}x [{:.2}, {:.2}]", g("median"), g("low"), g("high"))
+    };
     for r in rows {
         out += &format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} |\n",
             r["workload"].as_str().unwrap(),
             r["model"].as_str().unwrap_or("-"),
             r["arithmetic"].as_str().unwrap(),
             f(r, "mosr_tokens_per_s"),
             f(r, "pytorch_tokens_per_s"),
-            f(r, "speedup_mosr_over_pytorch"),
+            paired(&r["speedup_paired"]),
             f(r, "mosr_gflops_per_s"),
             f(r, "pytorch_gflops_per_s"),
             pct(&r["mosr_fraction_of_f32_limit"]),
             pct(&r["pytorch_fraction_of_f32_limit"]),
             f(r, "mosr_peak_rss_mb"),
             f(r, "pytorch_peak_rss_mb"),
+        );
+    }
+    if let Some(p) = rows.first().map(|r| &r["speedup_paired"]) {
+        out += &format!(
+            "\nSpeed ratios: the median over {} paired rounds (PyTorch's time over mosr's in the \
+             same round) and its distribution-free interval, coverage {:.1}%.\n",
+            p["n"],
+            100.0 * p["coverage"].as_f64().unwrap_or(f64::NAN)
         );
     }
     out

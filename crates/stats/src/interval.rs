@@ -70,3 +70,55 @@ pub fn clustered_rate(clusters: &[(u64, u64)], z: f64) -> Option<ClusteredRate> 
         ci_high,
     })
 }
+
+/// The median of repeated measurements with a distribution-free interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MedianInterval {
+    pub n: usize,
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+    /// The interval's exact coverage for the population median (at least the level asked,
+    /// or the widest interval's when `n` is too small to reach it).
+    pub coverage: f64,
+}
+
+/// The median of `values` and the order-statistic interval `[x_(j), x_(n+1-j)]` for the
+/// population median, `j` the largest whose coverage `1 − 2·P(Bin(n, ½) < j)` is at least
+/// `level`; with fewer than six values no interval reaches 95% and `[min, max]` is returned
+/// with its coverage (`1 − 2⁻⁽ⁿ⁻¹⁾`). `None` without values or with a non-finite one.
+///
+/// For timings on a shared machine: nothing is assumed of the distribution (slow spells make
+/// it skewed and heavy-tailed), only that the rounds are independent draws.
+pub fn median_interval(values: &[f64], level: f64) -> Option<MedianInterval> {
+    if values.is_empty() || values.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    // P(Bin(n, ½) ≤ i) for i = 0, 1, …: coverage of [x_(j), x_(n+1-j)] is 1 − 2·cdf(j − 1).
+    let mut pmf = 0.5f64.powi(n as i32);
+    let (mut cdf, mut j) = (pmf, 1);
+    let coverage = |cdf: f64| (1.0 - 2.0 * cdf).max(0.0);
+    while j < n / 2 {
+        pmf *= (n - j + 1) as f64 / j as f64;
+        if coverage(cdf + pmf) < level {
+            break;
+        }
+        cdf += pmf;
+        j += 1;
+    }
+    Some(MedianInterval {
+        n,
+        median,
+        low: v[j - 1],
+        high: v[n - j],
+        coverage: coverage(cdf),
+    })
+}

@@ -4,8 +4,9 @@
 //! stage's tests and their hand-computed test cases all use the same formula:
 //!
 //! * [`dist`]: the normal distribution (cdf, quantile) and the χ²₁ tail.
-//! * [`interval`]: Wilson intervals, and rates over responses clustered by prompt (several
-//!   attacks of one prompt are not independent), widened by the design effect.
+//! * [`interval`]: Wilson intervals, rates over responses clustered by prompt (several
+//!   attacks of one prompt are not independent), widened by the design effect, and the
+//!   distribution-free interval of a median (repeated timings).
 //! * [`paired`]: paired binary comparisons (two variants answering the same prompts): exact
 //!   McNemar, the clustered McNemar of Durkalski et al. (2003), and a seeded paired cluster
 //!   bootstrap interval of the difference.
@@ -27,7 +28,7 @@ pub use frontier::{
     FrontierEffect, LineOutcomes, NoOverlap, frontier_effect, interpolate, matched_differences,
     mean_matched_difference,
 };
-pub use interval::{ClusteredRate, clustered_rate, wilson};
+pub use interval::{ClusteredRate, MedianInterval, clustered_rate, median_interval, wilson};
 pub use paired::{PairedCluster, PairedDiff, clustered_mcnemar_p, mcnemar_exact_p, paired_diff};
 pub use power::{max_discordance_for_power, paired_n_for_power, two_sample_n_for_power};
 pub use two_sample::{MeanDiff, mann_whitney_p, mean_diff};

@@ -6,8 +6,8 @@ use mosr_claims::paired::{ColumnKey, paired_rows};
 use mosr_claims::{Evidence, Kind, Verdict, combine, test_verdict};
 use mosr_stats::{
     PairedCluster, clustered_mcnemar_p, clustered_rate, interpolate, mann_whitney_p,
-    matched_differences, mcnemar_exact_p, normal_cdf, normal_quantile, paired_diff,
-    paired_n_for_power, two_sample_n_for_power, wilson,
+    matched_differences, mcnemar_exact_p, median_interval, normal_cdf, normal_quantile,
+    paired_diff, paired_n_for_power, two_sample_n_for_power, wilson,
 };
 
 fn close(a: f64, b: f64, tol: f64) {
@@ -45,6 +45,29 @@ fn exact_mcnemar_matches_binomial_tails() {
     // Large n stays finite and symmetric (log-space tail).
     let p = mcnemar_exact_p(1200, 1000);
     assert!(p > 0.0 && p < 1e-4, "{p}");
+}
+
+#[test]
+fn median_interval_is_the_order_statistics_of_binomial_tails() {
+    // Six rounds: [min, max] covers the median with 1 − 2/2⁶; the next pair, 1 − 2·7/64 =
+    // 0.78, falls short of 95%.
+    let m = median_interval(&[3.0, 1.0, 2.0, 6.0, 5.0, 4.0], 0.95).unwrap();
+    assert_eq!((m.n, m.median, m.low, m.high), (6, 3.5, 1.0, 6.0));
+    close(m.coverage, 1.0 - 2.0 / 64.0, 1e-12);
+    // Ten: P(X ≤ 1) = 11/1024 keeps 95% (0.9785), P(X ≤ 2) = 56/1024 does not (0.89).
+    let ten: Vec<f64> = (1..=10).rev().map(f64::from).collect();
+    let m = median_interval(&ten, 0.95).unwrap();
+    assert_eq!((m.median, m.low, m.high), (5.5, 2.0, 9.0));
+    close(m.coverage, 1.0 - 22.0 / 1024.0, 1e-12);
+    // Five cannot reach 95%: the widest interval and its own coverage, 1 − 2/32.
+    let m = median_interval(&[2.0, 9.0, 4.0, 1.0, 3.0], 0.95).unwrap();
+    assert_eq!((m.median, m.low, m.high), (3.0, 1.0, 9.0));
+    close(m.coverage, 0.9375, 1e-12);
+    // One value is its own median, with no coverage; nothing or a NaN gives nothing.
+    let m = median_interval(&[1.7], 0.95).unwrap();
+    assert_eq!((m.median, m.low, m.high, m.coverage), (1.7, 1.7, 1.7, 0.0));
+    assert!(median_interval(&[], 0.95).is_none());
+    assert!(median_interval(&[1.0, f64::NAN], 0.95).is_none());
 }
 
 #[test]
