@@ -163,37 +163,32 @@ pub struct Cell {
     pub peak_rss_mb: f64,
 }
 
-/// mosr's cell: `mosr-lm bench --workload generate` with one new token (the prefill as
-/// generation runs it: filling the KV cache, the last position's logits), then with all of
-/// them; decode = the difference, over the `new_tokens - 1` steps that follow the prefill
-/// (the first token comes from the prefill's logits). llama.cpp's prompt processing likewise
-/// keeps no hidden states (`mosr-lm bench --workload prefill` keeps every layer's, as the
-/// PyTorch comparison does).
+/// mosr's cell: one `mosr-lm bench --workload generate` run, timed in two phases as
+/// llama.cpp times them: the prefill (the prompts' pass to the first new token: filling the
+/// KV cache, the last position's logits) and the `new_tokens - 1` decode steps after it.
+/// llama.cpp's prompt processing likewise keeps no hidden states (`mosr-lm bench --workload
+/// prefill` keeps every layer's, as the PyTorch comparison does).
 fn mosr_cell(lm: &Path, gguf: &Path, p: &Plan, b: usize, arithmetic: &str) -> Result<Cell> {
     anyhow::ensure!(
         p.new_tokens >= 2,
         "--new-tokens: at least 2 to time decode steps"
     );
-    let bench = |new_tokens: usize| {
-        let mut c = Command::new(lm);
-        c.args(["bench", "--workload", "generate", "--model"])
-            .arg(gguf);
-        c.args(["--batch", &b.to_string(), "--seq", &p.prompt.to_string()]);
-        c.args(["--new-tokens", &new_tokens.to_string(), "--repeats", "1"]);
-        c.args(["--arithmetic", arithmetic]);
-        crate::bench::run_json(c.env("RAYON_NUM_THREADS", p.threads.to_string()))
-    };
-    let (pre, full) = (bench(1)?, bench(p.new_tokens)?);
-    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().context("bench JSON field");
-    let (pre_s, gen_s) = (f(&pre, "median_s")?, f(&full, "median_s")?);
+    let mut c = Command::new(lm);
+    c.args(["bench", "--workload", "generate", "--model"])
+        .arg(gguf);
+    c.args(["--batch", &b.to_string(), "--seq", &p.prompt.to_string()]);
+    c.args(["--new-tokens", &p.new_tokens.to_string(), "--repeats", "1"]);
+    c.args(["--arithmetic", arithmetic]);
+    let run = crate::bench::run_json(c.env("RAYON_NUM_THREADS", p.threads.to_string()))?;
+    let f = |k: &str| run[k].as_f64().context("mosr-lm bench JSON field");
     Ok(Cell {
         model: String::new(),
         implementation: format!("mosr-{arithmetic}"),
         batch: b,
-        prefill_tok_s: (b * p.prompt) as f64 / pre_s,
-        decode_tok_s: (b * (p.new_tokens - 1)) as f64 / (gen_s - pre_s).max(1e-9),
-        end_to_end_s: gen_s,
-        peak_rss_mb: f(&pre, "peak_rss_bytes")?.max(f(&full, "peak_rss_bytes")?) / 1e6,
+        prefill_tok_s: (b * p.prompt) as f64 / f("prefill_s")?,
+        decode_tok_s: (b * (p.new_tokens - 1)) as f64 / f("decode_s")?.max(1e-9),
+        end_to_end_s: f("median_s")?,
+        peak_rss_mb: f("peak_rss_bytes")? / 1e6,
     })
 }
 

@@ -114,9 +114,31 @@ pub fn generate(
     prompts: &[Vec<u32>],
     cfg: &GenerateConfig,
 ) -> Result<Vec<Generation>> {
+    generate_timed(model, prompts, cfg).map(|(g, _)| g)
+}
+
+/// Wall time of a generation's two phases.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerationTiming {
+    /// From the call to the first new token of every row: the prompts' forward pass.
+    pub prefill_s: f64,
+    /// The steps after it, to the last new token.
+    pub decode_s: f64,
+}
+
+/// [`generate`], timing the prefill apart from the decode steps: a benchmark reads both rates
+/// from one run instead of subtracting two runs' times, where a slow spell over either run
+/// would land in the difference.
+pub fn generate_timed(
+    model: &LanguageModel,
+    prompts: &[Vec<u32>],
+    cfg: &GenerateConfig,
+) -> Result<(Vec<Generation>, GenerationTiming)> {
+    let start = std::time::Instant::now();
+    let mut first_token = None;
     let b = prompts.len();
     if b == 0 {
-        return Ok(vec![]);
+        return Ok((vec![], GenerationTiming::default()));
     }
     let stops = &model.config.eos_token_ids;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -169,6 +191,7 @@ pub fn generate(
                 next.push(Some(tok));
             }
         }
+        first_token.get_or_insert_with(|| start.elapsed().as_secs_f64());
         if finish.iter().all(|f| f.is_some()) {
             break;
         }
@@ -185,7 +208,14 @@ pub fn generate(
             seq: 1,
         };
     }
-    out.into_iter()
+    let total = start.elapsed().as_secs_f64();
+    let prefill_s = first_token.unwrap_or(total);
+    let timing = GenerationTiming {
+        prefill_s,
+        decode_s: total - prefill_s,
+    };
+    let generations = out
+        .into_iter()
         .zip(finish)
         .map(|(tokens, f)| {
             let text = model.decode(&tokens, true)?;
@@ -195,5 +225,6 @@ pub fn generate(
                 finish: f.unwrap_or(Finish::Length),
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((generations, timing))
 }

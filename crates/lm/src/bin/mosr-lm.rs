@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mosr_lm::generate::{GenerateConfig, generate};
+use mosr_lm::generate::{GenerateConfig, generate, generate_timed};
 use mosr_lm::{LanguageModel, Message, device_from_name, fetch};
 
 #[derive(Parser)]
@@ -86,11 +86,13 @@ enum Cmd {
     },
 }
 
-/// A workload's wall times (one per repeat), with the tokens and flops of one repeat.
+/// A workload's wall times (one per repeat), with the tokens and flops of one repeat; for
+/// generation also each repeat's prefill and decode times.
 struct Timed {
     times: Vec<f64>,
     tokens: usize,
     flops: f64,
+    phases: Vec<mosr_lm::generate::GenerationTiming>,
 }
 
 /// `f` once to warm up, then `repeats` timed runs.
@@ -123,6 +125,7 @@ fn bench_matmul(dev: &mosr_lm::Device, repeats: usize) -> Timed {
         times,
         tokens: 0,
         flops: 2.0 * (n as f64).powi(3),
+        phases: Vec::new(),
     }
 }
 
@@ -154,6 +157,7 @@ fn bench_matmul_amx(repeats: usize) -> anyhow::Result<Timed> {
         times,
         tokens: 0,
         flops: 2.0 * (n as f64).powi(3),
+        phases: Vec::new(),
     })
 }
 
@@ -197,6 +201,7 @@ fn bench_model(
                 times,
                 tokens,
                 flops,
+                phases: Vec::new(),
             })
         }
         "generate" => {
@@ -210,11 +215,12 @@ fn bench_model(
                 ..cfg.clone()
             };
             let _ = generate(lm, &ids[..1.min(ids.len())], &warm)?;
-            let mut times = Vec::with_capacity(repeats);
+            let (mut times, mut phases) = (Vec::new(), Vec::new());
             for _ in 0..repeats {
                 let t0 = std::time::Instant::now();
-                let g = generate(lm, &ids, &cfg)?;
+                let (g, phase) = generate_timed(lm, &ids, &cfg)?;
                 times.push(t0.elapsed().as_secs_f64());
+                phases.push(phase);
                 assert!(g.iter().all(|g| g.tokens.len() == new_tokens));
             }
             let tokens = batch * new_tokens;
@@ -223,6 +229,7 @@ fn bench_model(
                 times,
                 tokens,
                 flops,
+                phases,
             })
         }
         other => {
@@ -256,6 +263,7 @@ fn bench(
         mut times,
         tokens,
         flops,
+        phases,
     } = match workload {
         "matmul" => bench_matmul(&dev, repeats),
         "matmul-amx" => bench_matmul_amx(repeats)?,
@@ -264,16 +272,23 @@ fn bench(
             bench_model(&lm, workload, batch, seq, new_tokens, repeats)?
         }
     };
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    println!(
-        "{}",
-        serde_json::json!({
-            "impl": "mosr", "workload": workload, "median_s": median, "times_s": times,
-            "tokens": tokens, "tokens_per_s": tokens as f64 / median,
-            "gflops_per_s": flops / median / 1e9, "peak_rss_bytes": mosr_lm::memory::process_bytes("VmHWM"),
-        })
-    );
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let median_s = median(&mut times);
+    let mut json = serde_json::json!({
+        "impl": "mosr", "workload": workload, "median_s": median_s, "times_s": times,
+        "tokens": tokens, "tokens_per_s": tokens as f64 / median_s,
+        "gflops_per_s": flops / median_s / 1e9, "peak_rss_bytes": mosr_lm::memory::process_bytes("VmHWM"),
+    });
+    if !phases.is_empty() {
+        // Medians of each phase over the repeats (generation: the prompts' pass to the
+        // first token, then the remaining steps).
+        json["prefill_s"] = median(&mut phases.iter().map(|p| p.prefill_s).collect()).into();
+        json["decode_s"] = median(&mut phases.iter().map(|p| p.decode_s).collect()).into();
+    }
+    println!("{json}");
     Ok(())
 }
 
