@@ -188,6 +188,20 @@ pub(crate) fn check_generate(lm: &LanguageModel, model: &str) {
             g["name"]
         );
     }
+    // The timed entry point generates the same tokens and splits its own wall time into the
+    // prompts' pass and the steps after it.
+    let t0 = std::time::Instant::now();
+    let (timed, phase) = mosr_lm::generate::generate_timed(lm, &prompts, &cfg).unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    assert!(timed.iter().zip(&out).all(|(a, b)| a.tokens == b.tokens));
+    assert!(
+        phase.prefill_s > 0.0 && phase.decode_s >= 0.0,
+        "{model}: {phase:?}"
+    );
+    assert!(
+        phase.prefill_s + phase.decode_s <= wall,
+        "{model}: {phase:?} in {wall} s"
+    );
 }
 
 /// The AMX products (`mosr_kernels::amx`, where this machine has them) against the portable
