@@ -2,7 +2,8 @@
 //! beside xtask, and [`check`], part of `cargo xtask test`, holds that `crates/workspace-hack`
 //! still pins every feature `--features wgpu` adds to a crate the default build compiles, so
 //! the wgpu build (CI's second) reuses every crate below burn. A dependency update can move a
-//! feature; without the check that shows only as a CI run ten minutes longer.
+//! feature; without the check that shows only as a CI run ten minutes longer. The same check
+//! holds that the wgpu build leaves burn's autotune off (TF32 products on a GPU).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -61,10 +62,12 @@ fn features(repo: &Path, cargo: &str, extra: &[&str]) -> Result<Features> {
 }
 
 /// Every feature set of a crate in the default build (other than the ones the feature
-/// rebuilds by design) exists in the wgpu build too.
+/// rebuilds by design) exists in the wgpu build too; and the wgpu build leaves burn's
+/// autotune off ([`no_autotune`]).
 pub fn check(repo: &Path, cargo: &str) -> Result<()> {
     let plain = features(repo, cargo, &[])?;
     let wgpu = features(repo, cargo, &["--features", "mosr-tests/wgpu,xtask/wgpu"])?;
+    no_autotune(&wgpu)?;
     let mut moved = Vec::new();
     for (package, sets) in &plain {
         if REBUILT.iter().any(|p| package.starts_with(p)) {
@@ -87,5 +90,26 @@ pub fn check(repo: &Path, cargo: &str) -> Result<()> {
             moved.join("\n  ")
         );
     }
+    Ok(())
+}
+
+/// burn's `autotune` times candidate kernels and keeps the fastest, and on a GPU with tensor
+/// cores the fastest f32 matmul rounds its inputs to TF32 (10 of f32's 23 bits): the GPU
+/// path would no longer be the f32 model the wgpu tests hold to the CPU one (see
+/// docs/architecture.md, invariants). A dependency that switches it on fails here.
+fn no_autotune(build: &Features) -> Result<()> {
+    let on: Vec<&String> = build
+        .iter()
+        .filter(|(p, sets)| {
+            p.starts_with("burn-cubecl ") && sets.iter().any(|s| s.contains("autotune"))
+        })
+        .map(|(p, _)| p)
+        .collect();
+    ensure!(
+        on.is_empty(),
+        "the wgpu build switches on burn's autotune ({on:?}), whose fastest f32 matmuls on a \
+         GPU round to TF32; find the dependency that enables it (cargo tree -e features \
+         --features mosr-tests/wgpu -i burn-cubecl) and turn it off"
+    );
     Ok(())
 }

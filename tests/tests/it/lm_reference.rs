@@ -2,7 +2,7 @@
 //! transformers fixtures (`tools/reference/make_fixtures.py`), through both the GGUF and the
 //! converted HF-folder loading paths.
 
-use mosr_lm::generate::{GenerateConfig, generate};
+use mosr_lm::generate::{GenerateConfig, Generation, generate};
 use mosr_lm::{ForwardOptions, LanguageModel, Logits, Message, TokenBatch};
 use mosr_tests::{fixture, floats, ids, model_path, rel_close};
 
@@ -167,14 +167,23 @@ fn check_batch(lm: &LanguageModel, model: &str) {
     }
 }
 
-pub(crate) fn check_generate(lm: &LanguageModel, model: &str) {
+/// The transformers fixture's generation prompts and its number of new tokens.
+pub(crate) fn generate_fixture(model: &str) -> (Vec<Vec<u32>>, GenerateConfig) {
     let fx = fixture(model, "generate");
     let gens = fx["generations"].as_array().unwrap();
-    let prompts: Vec<Vec<u32>> = gens.iter().map(|g| ids(&g["input_ids"])).collect();
     let cfg = GenerateConfig {
         max_new_tokens: fx["max_new_tokens"].as_u64().unwrap() as usize,
         ..Default::default()
     };
+    (gens.iter().map(|g| ids(&g["input_ids"])).collect(), cfg)
+}
+
+/// Greedy continuations of the fixture prompts, batched, checked against transformers';
+/// returns them for callers that generate again.
+pub(crate) fn check_generate(lm: &LanguageModel, model: &str) -> Vec<Generation> {
+    let fx = fixture(model, "generate");
+    let gens = fx["generations"].as_array().unwrap();
+    let (prompts, cfg) = generate_fixture(model);
     // Batched (left-padded) generation must give each prompt's unbatched greedy continuation.
     let out = generate(lm, &prompts, &cfg).unwrap();
     for (g, o) in gens.iter().zip(&out) {
@@ -202,6 +211,7 @@ pub(crate) fn check_generate(lm: &LanguageModel, model: &str) {
         phase.prefill_s + phase.decode_s <= wall,
         "{model}: {phase:?} in {wall} s"
     );
+    out
 }
 
 /// The AMX products (`mosr_kernels::amx`, where this machine has them) against the portable
