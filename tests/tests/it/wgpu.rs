@@ -108,6 +108,7 @@ fn wgpu_greedy_generation_equals_cpu_and_memory_stays_flat() {
     let after_second = mosr_lm::memory::process_bytes("VmRSS");
     let (prompts, cfg) = crate::lm_reference::generate_fixture(SMOL);
     let third = mosr_lm::generate::generate(&lm, &prompts, &cfg).unwrap();
+    assert_eq!(third.len(), first.len());
     assert!(third.iter().zip(&first).all(|(a, b)| a.tokens == b.tokens));
     let rss = [after_second, mosr_lm::memory::process_bytes("VmRSS")];
     eprintln!(
