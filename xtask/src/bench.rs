@@ -128,8 +128,11 @@ pub(crate) fn record(
     entry["kernels"] = mosr_kernels::arithmetic().into();
     entry["amx"] = amx.into();
     entry["rows"] = merge_rows(old, fresh, &identity).into();
-    std::fs::create_dir_all(out.parent().unwrap())?;
-    std::fs::write(&out, serde_json::to_string_pretty(&all)?)?;
+    // Temp file then rename: a killed run leaves the recorded rows whole.
+    mosr_artifacts::atomic::write_bytes_atomic(
+        &out,
+        serde_json::to_string_pretty(&all)?.as_bytes(),
+    )?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

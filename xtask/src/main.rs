@@ -12,6 +12,7 @@ mod e2e;
 mod models;
 mod pins;
 mod reproduce;
+mod summary;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "mosr project tasks")]
@@ -134,6 +135,10 @@ struct BenchArgs {
     /// llama: generated tokens per sequence.
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
+    /// Measure nothing: rewrite docs/performance.md's summary of issue 22's table and targets
+    /// from results/bench/latest.json (every run does so after recording).
+    #[arg(long)]
+    summary: bool,
 }
 
 #[derive(Subcommand)]
@@ -255,6 +260,8 @@ fn test(no_smoke: bool, smoke_only: bool, wgpu: bool, args: &[String]) -> Result
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     pins::check(&repo, &cargo)?;
     println!("feature pins: the wgpu build reuses every crate below burn");
+    summary::check(&repo)?;
+    println!("bench summary: docs/performance.md renders results/bench/latest.json");
     if wgpu {
         let env = [("MOSR_SMOLLM2_GGUF", smol), ("MOSR_QWEN05_GGUF", qwen)];
         return e2e::wgpu(&repo, &cargo, &env, !no_smoke);
@@ -284,6 +291,9 @@ fn bench(a: BenchArgs) -> Result<()> {
         "--anchor `{}`: pytorch, llama or all",
         a.anchor
     );
+    if a.summary {
+        return summary::write(&repo);
+    }
     let arithmetic_or = |default: &[&str]| match a.arithmetic.is_empty() {
         true => default.iter().map(|d| d.to_string()).collect(),
         false => a.arithmetic.clone(),
@@ -309,5 +319,5 @@ fn bench(a: BenchArgs) -> Result<()> {
         };
         anchors::run_llama(&repo, &plan)?;
     }
-    Ok(())
+    summary::write(&repo)
 }
