@@ -329,8 +329,37 @@ fn llama_table(rows: &[&Value]) -> String {
     s + "\n"
 }
 
-/// The issue's targets, one line per cell they name; a cell without rows is "not measured".
+/// One cell a target names: the target, the cell, its goal and the measured ratio.
+struct Line {
+    target: &'static str,
+    cell: String,
+    goal: Goal,
+    ratio: Option<Ratio>,
+}
+
+/// The issue's targets as a table, one line per cell they name.
 fn targets(torch: &[&Value], llama: &[&Value], amx: bool) -> String {
+    let mut s = String::from(
+        "Issue 22's targets on this CPU and path:\n\n| target | cell | goal | ratio | verdict |\n|---|---|---|---|---|\n",
+    );
+    for l in target_lines(torch, llama, amx) {
+        let verdict = l
+            .ratio
+            .as_ref()
+            .map_or("not measured", |r| l.goal.verdict(r));
+        s += &format!(
+            "| {} | {} | {} | {} | {verdict} |\n",
+            l.target,
+            l.cell,
+            l.goal.text(),
+            show(&l.ratio)
+        );
+    }
+    s
+}
+
+/// Every cell the targets name, measured or not ("not measured" shows what is missing).
+fn target_lines(torch: &[&Value], llama: &[&Value], amx: bool) -> Vec<Line> {
     // Prefill is compared exact on the tile unit, quantized elsewhere (the issue's wording).
     let prefill_arith = if amx { "exact" } else { "quantized" };
     let models: Vec<String> = mosr_lm::fetch::registry()
@@ -339,79 +368,69 @@ fn targets(torch: &[&Value], llama: &[&Value], amx: bool) -> String {
         .collect();
     let pairs = llama_pairs(llama);
     let llama_cell = |model: &str, batch: u64, arith: &str| {
+        let implementation = format!("mosr-{arith}");
         pairs
             .iter()
             .find(|(m, _)| {
-                m["model"] == model
-                    && m["batch"] == batch
-                    && m["implementation"] == format!("mosr-{arith}").as_str()
+                m["model"] == model && m["batch"] == batch && m["implementation"] == *implementation
             })
-            .map(|(m, a)| llama_ratios(m, a))
+            .map_or([None, None, None], |(m, a)| llama_ratios(m, a))
     };
     let torch_cell = |model: &str, workload: &str, arith: &str| {
         torch
             .iter()
             .find(|r| r["model"] == model && r["workload"] == workload && r["arithmetic"] == arith)
-            .map(|r| torch_ratios(r))
+            .map_or((None, None), |r| torch_ratios(r))
     };
-    let mut lines: Vec<(String, String, Goal, Option<Ratio>)> = Vec::new();
+    let mut lines = Vec::new();
+    let mut add = |target, cell: String, goal, ratio| {
+        lines.push(Line {
+            target,
+            cell,
+            goal,
+            ratio,
+        })
+    };
     for m in models.iter().filter(|m| m.starts_with("qwen")) {
         for b in [8, 32] {
-            let r = llama_cell(m, b, "quantized");
+            let [_, decode, memory] = llama_cell(m, b, "quantized");
             let cell = format!("{m}, batch {b}, quantized");
-            let [_, dec, mem] = r.unwrap_or([None, None, None]);
-            lines.push((
-                "decode vs llama.cpp".into(),
+            add(
+                "decode vs llama.cpp",
                 cell.clone(),
                 Goal::AtLeast(2.0),
-                dec,
-            ));
-            lines.push((
-                "peak memory vs llama.cpp".into(),
-                cell,
-                Goal::AtMost(1.5),
-                mem,
-            ));
+                decode,
+            );
+            add("peak memory vs llama.cpp", cell, Goal::AtMost(1.5), memory);
         }
     }
     for m in &models {
         for b in [1, 8, 32] {
-            let pre = llama_cell(m, b, prefill_arith).and_then(|[p, ..]| p);
+            let [prefill, ..] = llama_cell(m, b, prefill_arith);
             let cell = format!("{m}, batch {b}, {prefill_arith}");
-            lines.push(("prefill vs llama.cpp".into(), cell, Goal::AtLeast(1.5), pre));
+            add("prefill vs llama.cpp", cell, Goal::AtLeast(1.5), prefill);
         }
     }
     for m in &models {
-        let pre = torch_cell(m, "prefill", prefill_arith).and_then(|(s, _)| s);
+        let (prefill, _) = torch_cell(m, "prefill", prefill_arith);
         let cell = format!("{m}, 8 × 128, {prefill_arith}");
-        lines.push(("prefill vs PyTorch".into(), cell, Goal::AtLeast(1.5), pre));
+        add("prefill vs PyTorch", cell, Goal::AtLeast(1.5), prefill);
     }
     for m in &models {
-        let (speed, memory) = torch_cell(m, "train", "exact").unwrap_or((None, None));
+        let (speed, memory) = torch_cell(m, "train", "exact");
         let cell = format!("{m}, one step");
-        lines.push((
-            "LoRA step vs PyTorch + PEFT".into(),
+        add(
+            "LoRA step vs PyTorch + PEFT",
             cell.clone(),
             Goal::AtLeast(1.5),
             speed,
-        ));
-        lines.push((
-            "LoRA step peak memory vs PyTorch".into(),
+        );
+        add(
+            "LoRA step peak memory vs PyTorch",
             cell,
             Goal::AtMost(1.0),
             memory,
-        ));
-    }
-    let mut s = String::from(
-        "Issue 22's targets on this CPU and path:\n\n| target | cell | goal | ratio | verdict |\n|---|---|---|---|---|\n",
-    );
-    for (target, cell, goal, r) in lines {
-        let verdict = r.as_ref().map_or("not measured", |r| goal.verdict(r));
-        s += &format!(
-            "| {target} | {cell} | {} | {} | {verdict} |\n",
-            goal.text(),
-            show(&r)
         );
     }
-    s
+    lines
 }
