@@ -174,7 +174,8 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn amx_key(amx: bool) -> &'static str {
+/// The key of a path's entry in `results/bench/latest.json`.
+pub(crate) fn amx_key(amx: bool) -> &'static str {
     if amx { "amx" } else { "no_amx" }
 }
 

@@ -10,10 +10,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::bench::Ratio;
+use crate::bench::{Ratio, amx_key};
 
-pub(crate) const BEGIN: &str = "<!-- cargo xtask bench --summary: begin (generated) -->";
-pub(crate) const END: &str = "<!-- cargo xtask bench --summary: end -->";
+const BEGIN: &str = "<!-- cargo xtask bench --summary: begin (generated) -->";
+const END: &str = "<!-- cargo xtask bench --summary: end -->";
 const DOC: &str = "docs/performance.md";
 const JSON: &str = "results/bench/latest.json";
 
@@ -52,10 +52,7 @@ impl Goal {
 
 /// `cargo xtask bench --summary`: the block rewritten from the JSON (temp file, then rename).
 pub fn write(repo: &Path) -> Result<()> {
-    let (doc, text) = (repo.join(DOC), render(repo)?);
-    let old =
-        std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
-    let new = replace_block(&old, &text).with_context(|| doc.display().to_string())?;
+    let (doc, _, new) = regenerated(repo)?;
     mosr_artifacts::atomic::write_bytes_atomic(&doc, new.as_bytes())?;
     eprintln!("wrote the bench summary into {}", doc.display());
     Ok(())
@@ -63,16 +60,23 @@ pub fn write(repo: &Path) -> Result<()> {
 
 /// For `cargo xtask test`: the doc's block is what the JSON renders.
 pub fn check(repo: &Path) -> Result<()> {
-    let doc = repo.join(DOC);
-    let old =
-        std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
-    if replace_block(&old, &render(repo)?).with_context(|| doc.display().to_string())? != old {
+    let (doc, old, new) = regenerated(repo)?;
+    if new != old {
         bail!(
             "{}: the bench summary does not match {JSON}; run `cargo xtask bench --summary`",
             doc.display()
         );
     }
     Ok(())
+}
+
+/// The doc's path, its text, and its text with the block rendered afresh.
+fn regenerated(repo: &Path) -> Result<(std::path::PathBuf, String, String)> {
+    let doc = repo.join(DOC);
+    let old =
+        std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
+    let new = replace_block(&old, &render(repo)?).with_context(|| doc.display().to_string())?;
+    Ok((doc, old, new))
 }
 
 /// `doc` with the text between the markers replaced by `block`.
@@ -96,7 +100,7 @@ fn render(repo: &Path) -> Result<String> {
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let mut sections: Vec<(String, &str)> = Vec::new();
     for anchor in ["llama_cpp", "pytorch"] {
-        for key in ["no_amx", "amx"] {
+        for key in [false, true].map(amx_key) {
             for r in rows(&all, anchor, key) {
                 let s = (cpu(r), key);
                 if !sections.contains(&s) {
@@ -120,7 +124,7 @@ fn render(repo: &Path) -> Result<String> {
                 .collect()
         };
         let (torch, llama) = (pick("pytorch"), pick("llama_cpp"));
-        let amx = *key == "amx";
+        let amx = *key == amx_key(true);
         out += &format!(
             "\n### {cpu_name}, {}\n\n",
             if amx { "AMX tiles used" } else { "without AMX" }
