@@ -180,16 +180,16 @@ fn stored(ty: GgmlType, bytes: &[u8]) -> Stored {
 /// Q4_0/Q4_1's nibble layout: element `i < 16` is the low nibble of `qs[i]`, `16 + i` its
 /// high nibble.
 fn nibbles(qs: &[u8], c: &mut [u8]) {
-    for i in 0..16 {
-        c[i] = qs[i] & 0x0F;
-        c[16 + i] = qs[i] >> 4;
+    let (low, high) = c[..32].split_at_mut(16);
+    for ((l, h), &q) in low.iter_mut().zip(high).zip(&qs[..16]) {
+        (*l, *h) = (q & 0x0F, q >> 4);
     }
 }
 
 /// Q5_0/Q5_1: nibbles plus the fifth bit of element `i` in bit `i` of `qh`.
 fn nibbles5(qh: u32, qs: &[u8], c: &mut [u8]) {
     nibbles(qs, c);
-    for (i, v) in c.iter_mut().enumerate() {
+    for (i, v) in c[..32].iter_mut().enumerate() {
         *v |= (((qh >> i) & 1) << 4) as u8;
     }
 }
@@ -235,9 +235,14 @@ fn k_quant(b: &[u8], high: Option<&[u8]>, qs: &[u8], c: &mut [u8], s: &mut [f32]
     for (j, cj) in c.chunks_exact_mut(32).enumerate() {
         let (sc, m) = scale_min_k4(j, &b[4..16]);
         let shift = 4 * (j % 2);
-        for (l, v) in cj.iter_mut().enumerate() {
-            let hb = high.map_or(0, |qh| ((qh[l] >> j) & 1) << 4);
-            *v = ((qs[32 * (j / 2) + l] >> shift) & 0x0F) | hb;
+        // The nibbles, then the fifth bits: two loops over fixed-size runs (they vectorize).
+        for (v, &q) in cj.iter_mut().zip(&qs[32 * (j / 2)..][..32]) {
+            *v = (q >> shift) & 0x0F;
+        }
+        if let Some(qh) = high {
+            for (v, &h) in cj.iter_mut().zip(&qh[..32]) {
+                *v |= ((h >> j) & 1) << 4;
+            }
         }
         s[j] = d * f32::from(sc);
         o[j] = -(dmin * f32::from(m));

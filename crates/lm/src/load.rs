@@ -3,7 +3,7 @@
 //! the device will run: f32 `[in, out]` weights, the AMX tile layout where the machine has
 //! AMX, or the file's integer codes for quantized arithmetic (which replace the f32 copy).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -13,7 +13,7 @@ use mosr_kernels::quant::{QuantWeight, TileCodes};
 use crate::config::ModelConfig;
 use crate::lora::LoraLinear;
 use crate::model::{Attention, Block, CausalLm, Mlp, RmsNorm};
-use crate::weights::{HostTensor, WeightSource};
+use crate::weights::{CodeCheck, HostTensor, WeightSource};
 use crate::{Arithmetic, LmError, Result};
 
 /// The tied head's name: the embedding.
@@ -159,14 +159,21 @@ impl Loader<'_> {
             return Ok(None);
         }
         let affine = crate::weights::affine_of(&probe);
+        let checked = Mutex::new(CodeCheck::default());
+        let groups = k / probe.group;
         let fill = |first, rows| -> Result<TileCodes> {
             let g = self.src.group_codes_rows(name, first, rows)?;
             let g = g.expect("a tensor with codes in its first row has them in every row");
-            Ok(crate::weights::tile_codes(g))
+            let t = crate::weights::tile_codes(g);
+            let mut tile = CodeCheck::default();
+            tile.tile(first, groups, &t);
+            checked.lock().expect("no panic holds it").merge(tile);
+            Ok(t)
         };
         let w = QuantWeight::from_rows(n, k, (probe.group, probe.bits), affine, fill)?;
         self.src.release(name)?;
-        crate::weights::check_codes(self.src.origin(), name, &w)?;
+        let checked = checked.into_inner().expect("no panic holds it");
+        checked.verdict(self.src.origin(), name, (n, groups, probe.group))?;
         Ok(Some(Arc::new(w)))
     }
 

@@ -119,33 +119,70 @@ pub fn affine_of(g: &mosr_gguf::GroupCodes) -> mosr_kernels::quant::Affine {
 /// [`check_values`] for a weight kept as integer codes, without expanding it: every group's
 /// scale and offset must be finite (the values `scale · code + offset` then are: scales are
 /// f16 products with small integers and codes are below 256), and not all of them zero.
-pub fn check_codes(origin: &Path, name: &str, w: &mosr_kernels::quant::QuantWeight) -> Result<()> {
-    let (rows, groups, group) = (w.n(), w.k() / w.group(), w.group());
-    let affine = (0..rows).flat_map(|o| (0..groups).map(move |g| (o, g, w.affine(o, g))));
-    let (mut bad, mut first, mut nonzero) = (0usize, None, false);
-    for (o, g, (scale, offset)) in affine {
-        if !(scale.is_finite() && offset.is_finite()) {
-            bad += 1;
-            first.get_or_insert((o, g));
+/// Gathered tile by tile as the loader converts them ([`Self::tile`], on the loader's
+/// threads; the layout holds the same scale and offset bits, checked by `QuantWeight`), then
+/// judged once ([`Self::verdict`]).
+#[derive(Debug, Default)]
+pub struct CodeCheck {
+    bad: usize,
+    /// The first bad group, (row, group).
+    first: Option<(usize, usize)>,
+    nonzero: bool,
+}
+
+impl CodeCheck {
+    /// Rows `first..` of a tensor of `groups` groups per row, as `t` holds them.
+    pub fn tile(&mut self, first: usize, groups: usize, t: &mosr_kernels::quant::TileCodes) {
+        let pairs = || t.scale.iter().zip(&t.offset);
+        // Folds without early exits (they vectorize); the groups one by one only when bad.
+        self.nonzero |= pairs().fold(false, |a, (&s, &o)| a | (s != 0.0) | (o != 0.0));
+        if pairs().fold(true, |a, (s, o)| a & s.is_finite() & o.is_finite()) {
+            return;
         }
-        nonzero |= scale != 0.0 || offset != 0.0;
+        for (i, (&scale, &offset)) in pairs().enumerate() {
+            if !(scale.is_finite() && offset.is_finite()) {
+                self.bad += 1;
+                let at = (first + i / groups, i % groups);
+                self.first = Some(self.first.map_or(at, |f| f.min(at)));
+            }
+        }
     }
-    let problem = if let Some((o, g)) = first {
-        format!(
-            "tensor `{name}`: {bad} of {} groups have a non-finite scale or offset (first: row {o}, elements {}..{}); the file is corrupted",
-            rows * groups,
-            g * group,
-            (g + 1) * group
-        )
-    } else if !nonzero {
-        format!("tensor `{name}` is all zeros; the file is corrupted or not a trained model")
-    } else {
-        return Ok(());
-    };
-    Err(LmError::Weights {
-        file: origin.to_path_buf(),
-        problem,
-    })
+
+    /// Whatever the order the tiles came in, the same result.
+    pub fn merge(&mut self, other: Self) {
+        self.bad += other.bad;
+        self.first = match (self.first, other.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.nonzero |= other.nonzero;
+    }
+
+    /// The error naming `name` in `origin`, for a `[rows, groups · group]` weight.
+    pub fn verdict(
+        self,
+        origin: &Path,
+        name: &str,
+        (rows, groups, group): (usize, usize, usize),
+    ) -> Result<()> {
+        let problem = if let Some((o, g)) = self.first {
+            format!(
+                "tensor `{name}`: {} of {} groups have a non-finite scale or offset (first: row {o}, elements {}..{}); the file is corrupted",
+                self.bad,
+                rows * groups,
+                g * group,
+                (g + 1) * group
+            )
+        } else if !self.nonzero {
+            format!("tensor `{name}` is all zeros; the file is corrupted or not a trained model")
+        } else {
+            return Ok(());
+        };
+        Err(LmError::Weights {
+            file: origin.to_path_buf(),
+            problem,
+        })
+    }
 }
 
 /// Maps an HF parameter name to the llama.cpp GGUF name.

@@ -149,16 +149,19 @@ impl Layout {
 
     /// Writes `rows` rows of `c` into a zeroed tile.
     fn put_tile(&self, tile: &mut [u8], c: &TileCodes, k: usize, rows: usize) {
-        let (group, bits, groups) = (self.group, self.bits, k / self.group);
+        let (group, groups) = (self.group, k / self.group);
         for g in 0..groups {
             let cell = &mut tile[self.cell_at(g)..][..self.cell_bytes()];
+            let (codes, part) = cell.split_at_mut(self.code_bytes());
             for j in 0..rows {
-                for (i, &v) in c.codes[j * k + g * group..][..group].iter().enumerate() {
-                    put_code(cell, group, bits, i, j, v);
-                }
-            }
-            for j in 0..rows {
-                self.put_affine(&mut cell[self.code_bytes()..], c, j, j * groups + g);
+                put_codes(
+                    codes,
+                    group,
+                    self.bits,
+                    j,
+                    &c.codes[j * k + g * group..][..group],
+                );
+                self.put_affine(part, c, j, j * groups + g);
             }
         }
         if let Affine::Factored { per, .. } = self.affine {
@@ -222,9 +225,11 @@ impl Layout {
                 "QuantWeight: {len} {what}, not [{rows}, {cols}]"
             );
         }
-        if let Some(big) = c.codes.iter().find(|&&v| u32::from(v) >= limit) {
+        // The widest code first (a loop that vectorizes), the culprit only when there is one.
+        let widest = c.codes.iter().fold(0u8, |m, &v| m.max(v));
+        if u32::from(widest) >= limit {
             panic!(
-                "QuantWeight: code {big} in rows from {first} does not fit in {} bits",
+                "QuantWeight: code {widest} in rows from {first} does not fit in {} bits",
                 limit.ilog2()
             );
         }
@@ -351,6 +356,10 @@ impl QuantWeight {
                 let (first, rows) = (t * TILE, TILE.min(n - t * TILE));
                 let c = fill(first, rows)?;
                 layout.check(&c, (first, rows, k), limit);
+                // Written before `put_tile` ORs codes in: a first touch that reads maps the
+                // shared zero page, and the write after it then copies the page and flushes
+                // the other threads' TLBs (an interrupt per page: a third of a load's time).
+                tile.fill(0);
                 layout.put_tile(tile, &c, k, rows);
                 Ok(())
             })?;
@@ -445,22 +454,31 @@ fn assert_group(group: usize, k: usize) {
 
 /// Panics unless every `unit · count` of `c` is its scale or offset.
 fn check_factors(c: &TileCodes, (per, shared): (usize, bool), groups: usize, first: usize) {
-    let blocks = groups / per;
     let offset_count = if shared {
         &c.scale_count
     } else {
         &c.offset_count
     };
-    for (i, (&s, &o)) in c.scale.iter().zip(&c.offset).enumerate() {
-        let u = (i / groups) * blocks + (i % groups) / per;
-        let fs = c.scale_unit[u] * f32::from(c.scale_count[i]);
-        let fo = c.offset_unit[u] * f32::from(offset_count[i]);
-        assert!(
-            same(fs, s) && same(fo, o),
-            "QuantWeight: row {}, group {}: unit · count gives ({fs}, {fo}), not the scale and offset ({s}, {o})",
-            first + i / groups,
-            i % groups
-        );
+    // A row's groups are whole blocks, so group `i` of the tile is in block `i / per`.
+    let blocks = c.scale_unit.iter().zip(&c.offset_unit);
+    let groups_of = (c.scale.chunks_exact(per).zip(c.offset.chunks_exact(per))).zip(
+        c.scale_count
+            .chunks_exact(per)
+            .zip(offset_count.chunks_exact(per)),
+    );
+    for (u, ((&su, &ou), ((s, o), (sc, oc)))) in blocks.zip(groups_of).enumerate() {
+        for m in 0..per {
+            let (fs, fo) = (su * f32::from(sc[m]), ou * f32::from(oc[m]));
+            let i = u * per + m;
+            assert!(
+                same(fs, s[m]) && same(fo, o[m]),
+                "QuantWeight: row {}, group {}: unit · count gives ({fs}, {fo}), not the scale and offset ({}, {})",
+                first + i / groups,
+                i % groups,
+                s[m],
+                o[m]
+            );
+        }
     }
 }
 
@@ -520,17 +538,29 @@ pub(super) fn code(cell: &[u8], group: usize, bits: u32, i: usize, j: usize) -> 
     })
 }
 
-/// Writes `v` (below `2^bits`) as [`code`] reads it, into a zeroed cell.
-#[inline]
-fn put_code(cell: &mut [u8], group: usize, bits: u32, i: usize, j: usize, v: u8) {
-    let (q, b) = (i / 4, j * 4 + i % 4);
+/// Writes lane `j`'s codes of a group (each below `2^bits`) as [`code`] reads them, into a
+/// zeroed cell: a quad (four codes, one `u32`) at a time, its low nibbles with one OR and its
+/// bit of each plane gathered into one nibble of a plane byte (a loop over single codes made
+/// the layout the slowest part of a quantized load).
+fn put_codes(cell: &mut [u8], group: usize, bits: u32, j: usize, v: &[u8]) {
     let Some(p) = planes(bits) else {
-        cell[q * 64 + b] = v;
+        for (q, four) in v.chunks_exact(4).enumerate() {
+            cell[q * 64 + 4 * j..][..4].copy_from_slice(four);
+        }
         return;
     };
-    cell[(q / 2) * 64 + b] |= (v & 0x0F) << (4 * (q % 2));
-    for k in 0..p {
-        let at = TILE * group / 2 + k * 2 * group + 8 * q + b / 8;
-        cell[at] |= ((v >> (4 + k)) & 1) << (b % 8);
+    for (q, four) in v.chunks_exact(4).enumerate() {
+        let w = u32::from_le_bytes(four.try_into().expect("a quad"));
+        let at = &mut cell[(q / 2) * 64 + 4 * j..][..4];
+        let low = u32::from_le_bytes((&*at).try_into().expect("a quad"));
+        let low = low | ((w & 0x0F0F_0F0F) << (4 * (q % 2)));
+        at.copy_from_slice(&low.to_le_bytes());
+        for k in 0..p {
+            // Bit `4 + k` of each byte, moved to bits 21-24 by one product (its four partial
+            // products land on distinct bits, so nothing carries into them).
+            let nibble = (((w >> (4 + k)) & 0x0101_0101).wrapping_mul(0x0020_4081) >> 21) & 0x0F;
+            cell[TILE * group / 2 + k * 2 * group + 8 * q + j / 2] |=
+                (nibble as u8) << (4 * (j % 2));
+        }
     }
 }
