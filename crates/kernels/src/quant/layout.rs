@@ -147,8 +147,12 @@ impl Layout {
         }
     }
 
-    /// Writes `rows` rows of `c` into a zeroed tile.
+    /// Writes `rows` rows of `c` into `tile`, clearing it first: the codes are ORed in, and
+    /// the clearing write is also the tile's first touch (a first touch that reads maps the
+    /// shared zero page, and the write after it then copies the page and flushes the other
+    /// threads' TLBs: an interrupt per page, a third of a load's time).
     fn put_tile(&self, tile: &mut [u8], c: &TileCodes, k: usize, rows: usize) {
+        tile.fill(0);
         let (group, groups) = (self.group, k / self.group);
         for g in 0..groups {
             let cell = &mut tile[self.cell_at(g)..][..self.cell_bytes()];
@@ -356,10 +360,6 @@ impl QuantWeight {
                 let (first, rows) = (t * TILE, TILE.min(n - t * TILE));
                 let c = fill(first, rows)?;
                 layout.check(&c, (first, rows, k), limit);
-                // Written before `put_tile` ORs codes in: a first touch that reads maps the
-                // shared zero page, and the write after it then copies the page and flushes
-                // the other threads' TLBs (an interrupt per page: a third of a load's time).
-                tile.fill(0);
                 layout.put_tile(tile, &c, k, rows);
                 Ok(())
             })?;
